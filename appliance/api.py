@@ -1,0 +1,128 @@
+"""The Python API on torch tensors: commit a state dict, load it back verified.
+
+Owns: ``save`` / ``load`` / ``LoadedCheckpoint`` and restore fallback across candidates.
+Does not own the store mechanics (``appliance.store``) or file formats (``appliance.sources``).
+
+    store = Store.open("/var/lib/appliance")
+    result, _ = save(store, model.state_dict(), key, metadata={"step": 1200})
+    loaded = load(store)                        # fresh tensors, newest valid checkpoint
+    load(store, into=model.state_dict())        # in place, into preallocated tensors
+
+``load`` never returns a partially restored or unverified state: if a frame fails while
+restoring, that checkpoint is abandoned and the next candidate (other slot, older
+generation) is restored from scratch; if none is left, ``NoValidCheckpointError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from appliance.errors import ApplianceError, IntegrityError, NoValidCheckpointError, StorageError
+from appliance.signing import SigningKey
+from appliance.sources.tensors import allocate, check_destination, sources_from_dict
+from appliance.store.commit import CommitResult
+from appliance.store.discovery import Failure, OpenCheckpoint
+from appliance.store.restore import RestoreStats
+from appliance.store.store import Store
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class LoadedCheckpoint:
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    slot: str
+    generation: int
+    manifest_digest: str
+    stats: RestoreStats
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.failures)
+
+
+def save(
+    store: Store,
+    tensors: Mapping[str, torch.Tensor],
+    key: SigningKey | Sequence[SigningKey],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    policy: str | None = None,
+    full: bool = False,
+    floor: int = 0,
+    progress: Progress | None = None,
+) -> CommitResult:
+    keys = [key] if isinstance(key, SigningKey) else list(key)
+    result, _ = store.commit(
+        sources_from_dict(tensors),
+        keys,
+        metadata,
+        policy=policy,
+        full=full,
+        floor=floor,
+        progress=progress,
+    )
+    return result
+
+
+def load(
+    store: Store,
+    into: Mapping[str, torch.Tensor] | None = None,
+    *,
+    generation: int | None = None,
+    floor: int = 0,
+    deep: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> LoadedCheckpoint:
+    failures: list[Failure] = []
+    tried: set[tuple[str, int]] = set()
+    while True:
+        selection = store.select(generation, floor=floor, exclude=frozenset(tried))
+        failures.extend(f for f in selection.failures if (f.slot, f.generation) not in tried)
+        opened = selection.opened
+        tensors = _destinations(opened, into)
+        try:
+            views = {name: check_destination(opened.verified.manifest.tensor(name), t) for name, t in tensors.items()}
+            stats = store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
+        except (IntegrityError, StorageError) as exc:
+            failures.append(Failure(opened.slot, opened.generation, exc))
+            tried.add((opened.slot, opened.generation))
+            if generation is not None:
+                raise
+            continue
+        return LoadedCheckpoint(
+            tensors=tensors,
+            metadata=dict(opened.verified.manifest.metadata),
+            slot=opened.slot,
+            generation=opened.generation,
+            manifest_digest=opened.record.manifest_digest.hex,
+            stats=stats,
+            failures=_dedupe(failures),
+        )
+
+
+def _destinations(opened: OpenCheckpoint, into: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    manifest = opened.verified.manifest
+    if into is None:
+        return {t.name: allocate(t) for t in manifest.tensors}
+    return dict(into)
+
+
+def _dedupe(failures: list[Failure]) -> list[Failure]:
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for f in failures:
+        if (f.slot, f.generation) not in seen:
+            seen.add((f.slot, f.generation))
+            out.append(f)
+    return out
+
+
+__all__ = ["ApplianceError", "LoadedCheckpoint", "NoValidCheckpointError", "load", "save"]

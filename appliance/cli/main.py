@@ -1,0 +1,130 @@
+"""``appliance`` command line: the argument grammar and the one error -> exit-code mapping."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from appliance import __version__
+from appliance.cli import store_commands as sc
+from appliance.cli.output import Output
+from appliance.errors import ApplianceError
+from appliance.store.config import DEFAULT_FRAME_SIZE, DEFAULT_KEEP
+
+Command = Callable[[argparse.Namespace, Output], int]
+
+
+def _root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", type=Path, metavar="ROOT", help="store root directory")
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance", description="Signed, verified, crash-consistent A/B model checkpoints."
+    )
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="create an Ed25519 signing key pair (KEYFILE, KEYFILE.pub)")
+    p.add_argument("keyfile", type=Path, metavar="KEYFILE")
+    _json(p)
+    p.set_defaults(func=sc.cmd_keygen)
+
+    p = sub.add_parser("init", help="create a store with two empty slots")
+    _root(p)
+    p.add_argument(
+        "--trust",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="PUBKEY",
+        help="trusted public key(s)",
+    )
+    p.add_argument("--model", default="default", help="model id / compatibility string (default: %(default)s)")
+    p.add_argument("--frame-size", type=int, default=DEFAULT_FRAME_SIZE, help="frame size in bytes")
+    p.add_argument("--policy", choices=["compact", "fast", "auto"], default="compact")
+    p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="checkpoints kept per slot")
+    _json(p)
+    p.set_defaults(func=sc.cmd_init)
+
+    p = sub.add_parser("trust", help="list, add or revoke trusted signing keys")
+    _root(p)
+    p.add_argument("action", choices=["list", "add", "revoke"])
+    p.add_argument("value", nargs="?", help="PUBKEY file (add) or key id (revoke)")
+    p.add_argument("--comment", help="label stored with an added key")
+    _json(p)
+    p.set_defaults(func=sc.cmd_trust)
+
+    _add_data_commands(sub)
+    return parser
+
+
+def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("commit", help="commit a .safetensors file or model directory as a signed checkpoint")
+    _root(p)
+    p.add_argument("source", type=Path, metavar="SOURCE")
+    p.add_argument("--key", required=True, type=Path, metavar="KEYFILE")
+    p.add_argument("--meta", metavar="JSON", help="JSON object (or @file) stored with the checkpoint")
+    p.add_argument("--policy", choices=["compact", "fast", "auto"], help="override the store's policy")
+    p.add_argument("--full", action="store_true", help="compaction: store every frame without a delta chain")
+    _json(p)
+    p.set_defaults(func=sc.cmd_commit)
+
+    p = sub.add_parser("verify", help="verify every committed checkpoint in both slots")
+    _root(p)
+    p.add_argument("--deep", action="store_true", help="also decode every frame and check its raw SHA-256")
+    _json(p)
+    p.set_defaults(func=sc.cmd_verify)
+
+    p = sub.add_parser("restore", help="restore the newest valid checkpoint to a .safetensors file")
+    _root(p)
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.safetensors")
+    p.add_argument("--generation", type=int, metavar="N", help="restore exactly this generation")
+    p.add_argument("--deep", action="store_true", help="also check raw SHA-256 of every decoded frame")
+    _json(p)
+    p.set_defaults(func=sc.cmd_restore)
+
+    for name, func, text in (
+        ("log", sc.cmd_log, "list committed checkpoints, newest first"),
+        ("status", sc.cmd_status, "slot health, newest valid checkpoint, next commit target"),
+        ("gc", sc.cmd_gc, "apply retention and remove unreferenced frames and leftovers"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _root(p)
+        _json(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("demo", help="run the whole lifecycle on a built-in model in a work directory")
+    p.add_argument("--workdir", type=Path, help="directory for the demo store (default: a new temp dir)")
+    p.set_defaults(func=_demo, json=False)
+
+
+def _demo(args: argparse.Namespace, out: Output) -> int:
+    from appliance.demo import run_demo
+
+    return run_demo(args.workdir, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(json_mode=getattr(args, "json", False))
+    func: Command = args.func
+    try:
+        return func(args, out)
+    except ApplianceError as exc:
+        out.error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        out.note("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The store commands: keygen, init, trust, commit, verify, restore, log, status, gc.
+
+Each function takes parsed arguments and an ``Output``, calls one operation, renders it and
+returns an exit code (0 ok, 1 completed with warnings). Errors propagate to ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from appliance.cli.output import Output, human_bytes
+from appliance.errors import UsageError
+from appliance.signing import PublicKey, SigningKey
+from appliance.store.config import StoreConfig
+from appliance.store.store import Store
+
+WARNINGS = 1
+
+
+def parse_meta(value: str | None) -> dict[str, Any]:
+    if not value:
+        return {}
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(
+            f"--meta is not valid JSON: {exc}",
+            remedy="pass a JSON object, e.g. --meta '{\"step\": 5}'",
+        ) from exc
+    if not isinstance(meta, dict):
+        raise UsageError("--meta must be a JSON object")
+    return meta
+
+
+def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
+    key = SigningKey.generate()
+    pub = key.save(args.keyfile)
+    out.result(
+        {"keyfile": str(args.keyfile), "public_key": str(pub), "keyid": key.keyid},
+        lambda d: f"wrote {d['keyfile']} (private, mode 0600) and {d['public_key']}\nkey id {d['keyid']}",
+    )
+    return 0
+
+
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    keys = [PublicKey.load(p) for p in args.trust]
+    config = StoreConfig(model=args.model, frame_size=args.frame_size, policy=args.policy, keep=args.keep)
+    store = Store.init(args.root, keys, config)
+    out.result(
+        {
+            "root": str(args.root),
+            "model": config.model,
+            "trusted_keys": [k.keyid for k in store.trust.keys],
+        },
+        lambda d: f"initialised store {d['root']} for model {d['model']!r} trusting {len(d['trusted_keys'])} key(s)",
+    )
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace, out: Output) -> int:
+    store = Store.open(args.root)
+    trust = store.trust
+    if args.action == "add":
+        trust = trust.with_key(PublicKey.load(args.value), comment=args.comment or "")
+    elif args.action == "revoke":
+        trust = trust.revoke(args.value)
+    if trust is not store.trust:
+        store.save_trust(trust)
+    data = trust.to_dict()
+    out.result(
+        data,
+        lambda d: "\n".join(
+            [f"threshold {d['threshold']}"]
+            + [f"trusted  {k['keyid']}  {k['comment']}" for k in d["keys"]]
+            + [f"revoked  {k}" for k in d["revoked"]]
+        ),
+    )
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace, out: Output) -> int:
+    from appliance.sources.safetensors_io import open_model
+
+    store = Store.open(args.root)
+    key = SigningKey.load(args.key)
+    meta = parse_meta(args.meta)
+    model = open_model(args.source)
+    try:
+        with out.progress(model.raw_bytes, "commit") as progress:
+            result, gc = store.commit(model.sources, [key], meta, policy=args.policy, full=args.full, progress=progress)
+    finally:
+        model.close()
+    data = result.to_dict() | {"gc": gc.to_dict()}
+    out.result(data, _commit_text)
+    return 0
+
+
+def _commit_text(d: dict[str, Any]) -> str:
+    ratio = d["raw_bytes"] / d["stored_bytes"] if d["stored_bytes"] else 0.0
+    kinds = d["frame_kinds"]
+    return (
+        f"committed generation {d['generation']} into slot {d['slot']} "
+        f"(parent {d['parent_generation'] or '-'}) in {d['seconds']:.2f} s\n"
+        f"  {human_bytes(d['raw_bytes'])} raw, {human_bytes(d['stored_bytes'])} stored (ratio {ratio:.2f}), "
+        f"{human_bytes(d['written_bytes'])} written\n"
+        f"  frames: {d['frames']} ({kinds['full']} full, {kinds['delta']} delta, {kinds['reused']} reused; "
+        f"{kinds['copied']} copied from the other slot)"
+    )
+
+
+def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    store = Store.open(args.root)
+    with out.progress(0, "verify") as progress:
+        report = store.verify(deep=args.deep, progress=progress)
+    data = report.to_dict()
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [f"{'deep ' if d['deep'] else ''}verification of {len(d['checkpoints'])} checkpoint(s):"]
+        for c in d["checkpoints"]:
+            state = "ok" if c["ok"] else f"FAILED ({c['error_class']}: {c['error']})"
+            lines.append(f"  slot {c['slot']} generation {c['generation']}: {state}")
+        newest = d["newest_valid"]
+        lines.append(
+            f"newest valid: slot {newest['slot']} generation {newest['generation']}"
+            if newest
+            else "NO VALID CHECKPOINT"
+        )
+        return "\n".join(lines)
+
+    out.result(data, text)
+    if report.newest_valid is None:
+        from appliance.errors import NoValidCheckpointError
+
+        raise NoValidCheckpointError("no committed checkpoint verifies")
+    return 0 if report.all_ok else WARNINGS
+
+
+def cmd_restore(args: argparse.Namespace, out: Output) -> int:
+    from appliance import api
+    from appliance.sources.safetensors_io import export_safetensors
+
+    store = Store.open(args.root)
+    loaded = api.load(store, generation=args.generation, deep=args.deep)
+    meta = {
+        "appliance.generation": str(loaded.generation),
+        "appliance.metadata": json.dumps(loaded.metadata),
+    }
+    export_safetensors(loaded.tensors, args.out, meta)
+    data = {
+        "out": str(args.out),
+        "restore": loaded.stats.to_dict(),
+        "fell_back": loaded.fell_back,
+        "failures": [f.describe() for f in loaded.failures],
+        "metadata": loaded.metadata,
+    }
+
+    def text(d: dict[str, Any]) -> str:
+        r = d["restore"]
+        lines = [f"  skipped {f}" for f in d["failures"]]
+        lines.append(
+            f"restored generation {r['generation']} from slot {r['slot']}: {human_bytes(r['raw_bytes'])} "
+            f"verified in {r['seconds']:.3f} s ({r['gb_per_s']:.2f} GB/s) -> {d['out']}"
+        )
+        return "\n".join(lines)
+
+    out.result(data, text)
+    return WARNINGS if loaded.fell_back else 0
+
+
+def cmd_log(args: argparse.Namespace, out: Output) -> int:
+    entries = Store.open(args.root).log()
+
+    def text(d: dict[str, Any]) -> str:
+        lines = []
+        for e in d["checkpoints"]:
+            if "error" in e:
+                lines.append(f"gen {e['generation']:>6}  slot {e['slot']}  DAMAGED: {e['error']}")
+                continue
+            lines.append(
+                f"gen {e['generation']:>6}  slot {e['slot']}  {e['created']}  {human_bytes(e['raw_bytes'])} raw  "
+                f"{human_bytes(e['stored_bytes'])} stored  {e['frames']['delta']} delta frames  {e['policy']}"
+            )
+        return "\n".join(lines) or "no checkpoints"
+
+    out.result({"checkpoints": entries}, text)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    status = Store.open(args.root).status()
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [f"store {d['root']}  model {d['model']!r}  policy {d['policy']}"]
+        for name, s in d["slots"].items():
+            state = "available" if s["available"] else "MISSING"
+            gens = ", ".join(map(str, s["generations"])) or "empty"
+            lines.append(f"  slot {name}: {state}; generations {gens}; free {human_bytes(s['free_bytes'])}")
+        newest = d["newest_valid"]
+        lines.append(f"newest valid: {newest['slot']}/{newest['generation']}" if newest else "NO VALID CHECKPOINT")
+        lines.extend(f"  problem: {p}" for p in d["problems"])
+        nxt = d["next_commit"]
+        lines.append(f"next commit: generation {nxt['generation']} into slot {nxt['slot']}")
+        return "\n".join(lines)
+
+    out.result(status, text)
+    return WARNINGS if status["problems"] else 0
+
+
+def cmd_gc(args: argparse.Namespace, out: Output) -> int:
+    reports = Store.open(args.root).gc()
+    data = {"slots": [r.to_dict() for r in reports]}
+    out.result(
+        data,
+        lambda d: "\n".join(
+            f"slot {r['slot']}: kept {r['kept']}, removed checkpoints {r['removed_checkpoints']}, "
+            f"{r['removed_frames']} frames, {r['removed_other']} other files, freed {human_bytes(r['freed_bytes'])}"
+            for r in d["slots"]
+        ),
+    )
+    return 0

@@ -1,0 +1,198 @@
+"""The one exception tree of `appliance`, split by who must act.
+
+Owns: every error class, its stable CLI exit code and its default remedy text.
+Does not own: deciding *when* to raise (callers do) or printing (``appliance.cli`` does).
+
+Groups (exit-code ranges are a public contract, listed in the README):
+
+* ``UserError`` (10-29): the operator gave bad input or configuration; fix it and retry.
+* ``IntegrityError`` (30-49): stored or supplied data is damaged, forged or not for this
+  node; the system falls back to another checkpoint, the operator re-imports or repairs.
+* ``NoValidCheckpointError`` (50): nothing restorable is left; the node goes to recovery mode.
+* ``StorageError`` (60-69): the environment failed (disk full, I/O error, lock held,
+  slot not mounted); fix the device and retry. Committed data was not touched.
+* ``HardwareError`` (70-79): an accelerator path failed; the CPU path is used instead.
+
+Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base class: a message that names the problem and a remedy that names the fix."""
+
+    exit_code = 3
+    remedy = "see the message above"
+
+    def __init__(self, problem: str, *, remedy: str | None = None) -> None:
+        self.problem = problem
+        if remedy is not None:
+            self.remedy = remedy
+        super().__init__(f"{problem} (remedy: {self.remedy})")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": type(self).__name__,
+            "exit_code": self.exit_code,
+            "problem": self.problem,
+            "remedy": self.remedy,
+        }
+
+
+# --- the operator must act -------------------------------------------------------------
+
+
+class UserError(ApplianceError):
+    exit_code = 10
+    remedy = "correct the command-line arguments and retry"
+
+
+class UsageError(UserError):
+    exit_code = 10
+
+
+class KeyFileError(UserError):
+    exit_code = 11
+    remedy = "pass a key file written by `appliance keygen` (private: PEM PKCS#8 Ed25519)"
+
+
+class SourceFormatError(UserError):
+    exit_code = 12
+    remedy = "pass a valid .safetensors file or a model directory with *.safetensors shards"
+
+
+class StoreNotFoundError(UserError):
+    exit_code = 13
+    remedy = "create the store first with `appliance init ROOT --trust PUBKEY`"
+
+
+class StoreExistsError(UserError):
+    exit_code = 14
+    remedy = "choose an empty directory, or use the existing store"
+
+
+class TrustStoreError(UserError):
+    exit_code = 15
+    remedy = "re-create the trust store with `appliance init` or `appliance trust add`"
+
+
+class TensorMismatchError(UserError):
+    exit_code = 16
+    remedy = "load into tensors whose names, dtypes and shapes match the checkpoint"
+
+
+class CheckpointNotFoundError(UserError):
+    exit_code = 17
+    remedy = "list the committed generations with `appliance log ROOT`"
+
+
+class ConfigError(UserError):
+    exit_code = 18
+    remedy = "fix the store configuration (store.json) or re-initialise the store"
+
+
+# --- data is damaged, forged or not for this node --------------------------------------
+
+
+class IntegrityError(ApplianceError):
+    exit_code = 30
+    remedy = "the other slot or an older checkpoint is used; re-import a good checkpoint"
+
+
+class SignatureError(IntegrityError):
+    exit_code = 31
+    remedy = "refuse this checkpoint; re-sign it with a trusted key or import a signed one"
+
+
+class UntrustedKeyError(SignatureError):
+    exit_code = 32
+    remedy = "add the signer's public key with `appliance trust add` if it is legitimate"
+
+
+class RevokedKeyError(SignatureError):
+    exit_code = 33
+    remedy = "the signing key was revoked; re-sign the checkpoint with a current key"
+
+
+class ManifestError(IntegrityError):
+    exit_code = 34
+    remedy = "this manifest or commit record is malformed; the checkpoint is not used"
+
+
+class FrameError(IntegrityError):
+    exit_code = 35
+    remedy = "run `appliance verify ROOT`; the other slot is used, `appliance scrub` repairs"
+
+
+class FrameMissingError(FrameError):
+    exit_code = 36
+
+
+class LimitExceededError(IntegrityError):
+    exit_code = 37
+    remedy = "the input exceeds a safety cap (see appliance/limits.py) and is refused"
+
+
+class CompatibilityError(IntegrityError):
+    exit_code = 38
+    remedy = "this checkpoint is for another model; import one whose model id matches the store"
+
+
+class RollbackError(IntegrityError):
+    exit_code = 39
+    remedy = "the checkpoint is older than the anti-rollback floor; install a newer one"
+
+
+class UnsafePathError(IntegrityError):
+    exit_code = 40
+    remedy = "remove the planted entry; store files are never links (run `appliance verify`)"
+
+
+class NoValidCheckpointError(ApplianceError):
+    exit_code = 50
+    remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
+
+
+# --- the environment failed --------------------------------------------------------------
+
+
+class StorageError(ApplianceError):
+    exit_code = 60
+    remedy = "check the storage device; committed checkpoints were not modified"
+
+
+class StorageFullError(StorageError):
+    exit_code = 61
+    remedy = "free space on the slot's file system (`appliance gc ROOT`) and retry"
+
+
+class StorageIOError(StorageError):
+    exit_code = 62
+    remedy = "the device reported an I/O error; check dmesg and the storage medium"
+
+
+class LockedError(StorageError):
+    exit_code = 63
+    remedy = "another appliance process is writing this store; wait for it and retry"
+
+
+class SlotUnavailableError(StorageError):
+    exit_code = 64
+    remedy = "mount the slot's partition (see systemd/*.mount) and retry"
+
+
+class HardwareError(ApplianceError):
+    exit_code = 70
+    remedy = "the CPU path is used instead; check the GPU driver and nvCOMP installation"
+
+
+def all_error_classes() -> list[type[ApplianceError]]:
+    """Every error class, base first; used to document and test the exit-code table."""
+    found: list[type[ApplianceError]] = []
+    pending: list[type[ApplianceError]] = [ApplianceError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

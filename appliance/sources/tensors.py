@@ -1,0 +1,78 @@
+"""torch <-> bytes: the only module of the store path that touches ``torch`` tensors' memory.
+
+Owns: dtype-name mapping, uint8 views of tensor memory (zero-copy for contiguous CPU
+tensors), allocation of restore destinations, and ``TensorSource`` construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from appliance.codec.transform import U8
+from appliance.errors import TensorMismatchError, UsageError
+from appliance.format.dtypes import DTYPES
+from appliance.format.manifest import TensorEntry
+from appliance.store.encode import TensorSource
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if name not in DTYPES or not isinstance(dtype, torch.dtype):
+        raise TensorMismatchError(
+            f"dtype {name} is not available in this torch build ({torch.__version__})",
+            remedy="restore on a node whose torch supports this dtype, or export with a supported dtype",
+        )
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise UsageError(f"dtype {dtype} cannot be stored (format v1 knows {', '.join(DTYPES)})")
+    return name
+
+
+def byte_view(t: torch.Tensor) -> U8:
+    """A 1-D uint8 numpy view of ``t``'s memory; ``t`` must be a contiguous CPU tensor."""
+    if t.device.type != "cpu" or not t.is_contiguous():
+        raise TensorMismatchError(f"tensor on {t.device} (contiguous={t.is_contiguous()}) has no CPU byte view")
+    flat = t.detach().reshape(-1)
+    if flat.numel() == 0:
+        return torch.empty(0, dtype=torch.uint8).numpy()
+    return flat.view(torch.uint8).numpy()
+
+
+def source_from_tensor(name: str, t: torch.Tensor) -> TensorSource:
+    def load() -> U8:
+        return byte_view(t.detach().to("cpu").contiguous())
+
+    return TensorSource(name, dtype_name(t.dtype), tuple(t.shape), load)
+
+
+def sources_from_dict(tensors: Mapping[str, torch.Tensor]) -> list[TensorSource]:
+    if not isinstance(tensors, Mapping):
+        raise UsageError("tensors must be a mapping of name -> torch.Tensor")
+    out = []
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise UsageError(f"value for {name!r} is a {type(t).__name__}, not a torch.Tensor")
+        out.append(source_from_tensor(name, t))
+    return out
+
+
+def allocate(entry: TensorEntry) -> torch.Tensor:
+    return torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
+
+
+def check_destination(entry: TensorEntry, t: torch.Tensor) -> U8:
+    """The byte view to restore ``entry`` into ``t``, after checking dtype, shape and layout."""
+    if not isinstance(t, torch.Tensor):
+        raise TensorMismatchError(f"destination for {entry.name!r} is not a torch.Tensor")
+    if str(t.dtype).removeprefix("torch.") != entry.dtype or tuple(t.shape) != entry.shape:
+        raise TensorMismatchError(
+            f"tensor {entry.name!r}: checkpoint has {entry.dtype}{list(entry.shape)}, "
+            f"destination is {str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+        )
+    return byte_view(t)

@@ -1,0 +1,301 @@
+"""The commit: one write order, into the slot that does not hold the newest good checkpoint.
+
+Owns: planning a commit (target slot, generation, parent), driving the encoder, and the write
+order — frames -> (directory fsync) -> signed bundle -> commit record — each file through the
+durable-write helper. Does not own encoding decisions (``encode``) or retention (``gc``).
+
+Invariants (docs/design.md §6):
+* W1 Nothing in the target slot is referenced before it is durable: frames and their
+  directory are synced before the bundle is written; the bundle before the record.
+* W2 The commit record is the commit point; a crash at any earlier point leaves the previous
+  state committed and the new one absent.
+* W3 The target slot is self-contained when the record is written: every frame the manifest
+  names (bases included) is in the slot and was hashed there or copied there verified.
+* W4 On any error nothing is acknowledged; files this commit created are removed (best
+  effort) and committed checkpoints are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.errors import (
+    ApplianceError,
+    NoValidCheckpointError,
+    RevokedKeyError,
+    StorageError,
+    UntrustedKeyError,
+    UsageError,
+)
+from appliance.format.canonical import canonical_bytes
+from appliance.format.commit import CommitRecord
+from appliance.format.digest import Digest
+from appliance.format.manifest import FrameRef, Manifest, TensorEntry
+from appliance.format.plan import choose_target_slot, next_generation
+from appliance.limits import DEFAULT_LIMITS
+from appliance.signing import SigningKey, TrustStore, sign_manifest
+from appliance.storage import DurableBatch, Storage, write_durable
+from appliance.store import layout
+from appliance.store.discovery import OpenCheckpoint, scan, select
+from appliance.store.encode import (
+    EncodedFrame,
+    EncodeOptions,
+    FrameEncoder,
+    FrameSupply,
+    TensorSource,
+    encode_all,
+    tensor_jobs,
+)
+from appliance.store.slot import SlotReader
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class CommitResult:
+    slot: str
+    generation: int
+    manifest_digest: Digest
+    parent_generation: int | None
+    raw_bytes: int = 0
+    stored_bytes: int = 0  # what the checkpoint occupies in its slot
+    written_bytes: int = 0  # new bytes this commit wrote (frames + copies + bundle + record)
+    frames: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"reused": 0, "delta": 0, "full": 0, "copied": 0})
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "generation": self.generation,
+            "manifest_digest": self.manifest_digest.hex,
+            "parent_generation": self.parent_generation,
+            "raw_bytes": self.raw_bytes,
+            "stored_bytes": self.stored_bytes,
+            "written_bytes": self.written_bytes,
+            "frames": self.frames,
+            "frame_kinds": dict(self.counts),
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass(frozen=True)
+class CommitRequest:
+    model: str
+    options: EncodeOptions
+    keys: tuple[SigningKey, ...]
+    metadata: Mapping[str, Any]
+    floor: int = 0
+    good: Mapping[str, int | None] = field(default_factory=dict)  # slot -> GOOD generation
+    clock: Callable[[], float] = time.time
+
+
+def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
+    """Refuse up front to sign with a key that could never boot the result."""
+    for key in keys:
+        if key.keyid in trust.revoked:
+            raise RevokedKeyError(f"signing key {key.keyid[:12]} is revoked in this store's trust store")
+        if trust.get(key.keyid) is None:
+            raise UntrustedKeyError(
+                f"signing key {key.keyid[:12]} is not in this store's trust store; its checkpoints would never boot"
+            )
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        data = canonical_bytes(dict(metadata))
+    except ApplianceError as exc:
+        raise UsageError(f"metadata is not JSON-serialisable: {exc.problem}") from exc
+    if len(data) > DEFAULT_LIMITS.metadata_max_bytes:
+        raise UsageError(f"metadata is {len(data)} bytes; the cap is {DEFAULT_LIMITS.metadata_max_bytes}")
+    return dict(metadata)
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _find_parent(storage: Storage, trust: TrustStore, model: str, found: Any, floor: int) -> OpenCheckpoint | None:
+    try:
+        return select(storage, trust, model, floor=floor, found=found).opened
+    except NoValidCheckpointError:
+        return None
+
+
+def _ensure_dirs(storage: Storage, slot: str) -> None:
+    """Create the slot's directories (R2: a new directory entry is synced in its parent)."""
+    for path in (layout.frames_dir(slot), layout.checkpoints_dir(slot)):
+        if storage.listdir(path) is None:
+            storage.mkdir(path)
+            storage.fsync_dir(slot)
+
+
+class _FramePlacer:
+    """Writes the frames the encoder produced (new frames and verified copies) into the target."""
+
+    def __init__(self, target: SlotReader, batch: DurableBatch) -> None:
+        self.target = target
+        self.batch = batch
+        self.placed: set[Digest] = set()
+        self.created: list[str] = []
+        self.written_bytes = 0
+        self.copied = 0
+
+    def place(self, encoded: EncodedFrame) -> None:
+        for ref, data in encoded.extra:
+            self._write(ref, data)
+            self.copied += 1
+        if encoded.stored is not None and encoded.ref.digest not in self.placed:
+            if encoded.kind == "reused":
+                self.copied += 1
+                self._write(encoded.ref, encoded.stored)
+            elif not self._present_and_valid(encoded.ref):
+                self._write(encoded.ref, encoded.stored)
+        self.placed.add(encoded.ref.digest)
+
+    def _write(self, ref: FrameRef, data: bytes) -> None:
+        if ref.digest in self.placed:
+            return
+        path = layout.frame_path(self.target.slot, ref.digest)
+        existed = self.target.frame_size(ref.digest) is not None
+        self.batch.add(path, data)
+        if not existed:
+            self.created.append(path)
+        self.written_bytes += len(data)
+        self.placed.add(ref.digest)
+
+    def _present_and_valid(self, ref: FrameRef) -> bool:
+        if self.target.frame_size(ref.digest) != ref.size:
+            return False
+        try:
+            self.target.read_frame(ref)
+        except ApplianceError:
+            return False  # rotten copy: rewritten (the rename replaces it atomically)
+        return True
+
+
+def commit(
+    storage: Storage,
+    trust: TrustStore,
+    sources: Iterable[TensorSource],
+    request: CommitRequest,
+    progress: Progress | None = None,
+) -> CommitResult:
+    start = time.perf_counter()
+    check_signing_keys(request.keys, trust)
+    metadata = check_metadata(request.metadata)
+    found = scan(storage)
+    parent = _find_parent(storage, trust, request.model, found, request.floor)
+    target = choose_target_slot(found.views(dict(request.good)), parent.slot if parent else None)
+    generation = next_generation(found.seen, request.floor)
+    _ensure_dirs(storage, target)
+    batch = DurableBatch(storage)
+    target_reader = SlotReader(storage, target)
+    encoder = FrameEncoder(request.options, None, None)
+    if parent is not None:
+        parent_manifest = parent.verified.manifest
+        supply = FrameSupply(target_reader, SlotReader(storage, parent.slot), parent_manifest.frame_index())
+        encoder = FrameEncoder(request.options, parent_manifest, supply)
+    placer = _FramePlacer(target_reader, batch)
+    result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
+    try:
+        manifest = _encode_and_place(
+            encoder=encoder,
+            placer=placer,
+            sources=sources,
+            request=request,
+            generation=generation,
+            parent=parent,
+            metadata=metadata,
+            result=result,
+            progress=progress,
+        )
+        batch.sync()  # W1: frames and their directory are durable before anything names them
+        bundle = sign_manifest(manifest, request.keys)
+        write_durable(storage, layout.bundle_path(target, generation), bundle)
+        placer.created.append(layout.bundle_path(target, generation))
+        record = CommitRecord(
+            target,
+            generation,
+            Digest.of(bundle),
+            len(bundle),
+            manifest.digest(),
+            _utc(request.clock()),
+        )
+        record_bytes = record.to_bytes()
+        write_durable(storage, layout.record_path(target, generation), record_bytes)  # W2: the commit point
+    except BaseException:
+        _remove_created(storage, placer.created)  # W4
+        raise
+    result.manifest_digest = manifest.digest()
+    result.raw_bytes = manifest.raw_bytes
+    result.stored_bytes = manifest.stored_bytes
+    result.written_bytes = placer.written_bytes + len(bundle) + len(record_bytes)
+    result.counts["copied"] = placer.copied
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _encode_and_place(
+    *,
+    encoder: FrameEncoder,
+    placer: _FramePlacer,
+    sources: Iterable[TensorSource],
+    request: CommitRequest,
+    generation: int,
+    parent: OpenCheckpoint | None,
+    metadata: dict[str, Any],
+    result: CommitResult,
+    progress: Progress | None,
+) -> Manifest:
+    entries: list[tuple[str, str, tuple[int, ...]]] = []
+    frames: dict[int, list[FrameRef]] = {}
+    for job, encoded in encode_all(encoder, tensor_jobs(sources, request.options.frame_size, entries)):
+        placer.place(encoded)
+        frames.setdefault(job.tensor, []).append(encoded.ref)
+        result.counts[encoded.kind] += 1
+        result.frames += 1
+        if progress is not None:
+            progress(job.raw.size)
+    tensors = tuple(TensorEntry(n, d, s, tuple(frames.get(i, []))) for i, (n, d, s) in enumerate(entries))
+    bases = _base_closure(tensors, parent)  # every one was obtained with its chain by a worker
+    return Manifest(
+        model=request.model,
+        generation=generation,
+        parent=parent.verified.manifest.digest() if parent else None,
+        created=_utc(request.clock()),
+        frame_size=request.options.frame_size,
+        policy=request.options.policy,
+        tensors=tensors,
+        bases=tuple(bases),
+        metadata=metadata,
+    )
+
+
+def _base_closure(tensors: tuple[TensorEntry, ...], parent: OpenCheckpoint | None) -> list[FrameRef]:
+    """Every frame a delta chain needs that no tensor references directly, parent-first order."""
+    if parent is None:
+        return []
+    index = parent.verified.manifest.frame_index()
+    direct = {f.digest for t in tensors for f in t.frames}
+    needed: dict[Digest, FrameRef] = {}
+    pending = [f.base for t in tensors for f in t.frames if f.base is not None]
+    while pending:
+        digest = pending.pop()
+        if digest in direct or digest in needed:
+            continue
+        ref = index[digest]
+        needed[digest] = ref
+        if ref.base is not None:
+            pending.append(ref.base)
+    return sorted(needed.values(), key=lambda f: (f.depth, f.digest))
+
+
+def _remove_created(storage: Storage, paths: list[str]) -> None:
+    for path in reversed(paths):
+        with contextlib.suppress(OSError, StorageError, ApplianceError):
+            storage.unlink(path)

@@ -1,0 +1,244 @@
+"""Turning one tensor's frames into stored frames: reuse, delta, or full — decided per frame.
+
+Owns: ``TensorSource`` (what a commit consumes), the per-frame decision and the parallel
+encoding of a whole checkpoint. Does not own writing files or the commit order (``commit``).
+
+Per frame, in order of preference (docs/design.md §4.4). (1) and (2) need the parent's
+frames, each verified in this commit; when one is damaged the frame falls through to (3),
+so a rotten parent never makes a commit fail:
+1. *Reuse*: a parent frame with the same raw SHA-256 (and a codec that fits this dtype) is
+   referenced as-is; nothing is compressed or written.
+2. *Delta*: if the parent has a frame at the same position with the same size and its chain
+   is shorter than ``max_delta_depth``, encode ``raw XOR parent_raw`` (byte-grouped, zstd).
+   It is taken outright when it is at most 1/8 of the raw size, else only if smaller than (3).
+3. *Full*: byte-grouped zstd (``compact``), or raw bytes if that is not smaller / ``fast``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from appliance.codec.frames import Scratch, decode_into, encode
+from appliance.codec.transform import U8
+from appliance.errors import ApplianceError, FrameMissingError, StorageError, UsageError
+from appliance.format.codec_name import IDENTITY, CodecSpec
+from appliance.format.digest import Digest
+from appliance.format.dtypes import DType, dtype_named
+from appliance.format.manifest import FrameRef, Manifest, TensorEntry, validate_tensor_name
+from appliance.format.plan import frame_spans
+from appliance.store.slot import SlotReader
+
+DELTA_ACCEPT_FRACTION = 1 / 8
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """One tensor to commit; ``load`` returns its bytes as a 1-D uint8 array (C order)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    load: Callable[[], U8]
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    policy: str  # "fast" | "compact"
+    frame_size: int
+    zstd_level: int = 1
+    max_delta_depth: int = 8
+    full: bool = False  # compaction: every frame stored without a delta chain
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    ref: FrameRef
+    stored: bytes | None  # bytes to write into the target slot, None if already there
+    kind: str  # "reused" | "delta" | "full"
+    extra: tuple[tuple[FrameRef, bytes], ...] = ()  # chain frames copied into the target slot
+
+
+class FrameSupply:
+    """Parent frames for the new checkpoint, from the target slot or copied from the parent's.
+
+    Every frame handed out was hashed in this commit. A frame already valid in the target
+    slot is used in place; otherwise its verified bytes from the parent's slot are returned
+    for writing, to exactly one caller per digest.
+    """
+
+    def __init__(self, target: SlotReader, source: SlotReader | None, index: Mapping[Digest, FrameRef]) -> None:
+        self.target = target
+        self.source = source
+        self.index = index
+        self._claimed: set[Digest] = set()
+        self._lock = threading.Lock()
+
+    def chain(self, ref: FrameRef) -> list[FrameRef]:
+        """``ref`` and its delta bases, deepest base first."""
+        out = [ref]
+        while (base := out[-1].base) is not None:
+            out.append(self.index[base])
+        return out[::-1]
+
+    def obtain(self, ref: FrameRef) -> tuple[bytes, bool]:
+        """Verified stored bytes of ``ref`` and whether this caller must write them."""
+        if self.target.frame_size(ref.digest) == ref.size:
+            try:
+                return bytes(self.target.read_frame(ref)), False
+            except (ApplianceError, StorageError):
+                pass  # a rotten copy in the target slot is replaced by a verified one
+        if self.source is None or self.source.slot == self.target.slot:
+            raise FrameMissingError(f"frame {ref.digest.short()} has no verified copy")
+        data = bytes(self.source.read_frame(ref))
+        with self._lock:
+            first = ref.digest not in self._claimed
+            self._claimed.add(ref.digest)
+        return data, first
+
+
+class FrameEncoder:
+    def __init__(self, options: EncodeOptions, parent: Manifest | None, supply: FrameSupply | None) -> None:
+        self.options = options
+        self.supply = supply
+        self.by_raw: dict[tuple[Digest, int], FrameRef] = {}
+        self.by_position: dict[tuple[str, int], FrameRef] = {}
+        if parent is not None:
+            for t in parent.tensors:
+                for i, f in enumerate(t.frames):
+                    self.by_raw.setdefault((f.raw_digest, f.raw_size), f)
+                    self.by_position[(t.name, i)] = f
+        self._local = threading.local()
+
+    def _scratch(self) -> Scratch:
+        s: Scratch | None = getattr(self._local, "s", None)
+        if s is None:
+            s = self._local.s = Scratch()
+        return s
+
+    def full_spec(self, dtype: DType) -> CodecSpec:
+        if self.options.policy == "fast":
+            return IDENTITY
+        return CodecSpec(planes=dtype.planes, level=self.options.zstd_level)
+
+    def encode_frame(self, name: str, index: int, dtype: DType, raw: U8) -> EncodedFrame:
+        """Reuse, delta or full; a damaged parent frame only costs the optimisation."""
+        raw_digest = Digest(hashlib.sha256(raw).hexdigest())
+        reused = self._reuse(raw_digest, raw.size, dtype)
+        if reused is not None:
+            return reused
+        delta = self._delta(name, index, dtype, raw, raw_digest)
+        if delta is not None and delta.ref.size <= raw.size * DELTA_ACCEPT_FRACTION:
+            return delta
+        full = self._full(dtype, raw, raw_digest)
+        if delta is not None and delta.ref.size < full.ref.size:
+            return delta
+        return full
+
+    def _obtain_chain(self, ref: FrameRef) -> list[tuple[FrameRef, bytes, bool]] | None:
+        if self.supply is None:
+            return None
+        supply = self.supply
+        try:
+            return [(f, *supply.obtain(f)) for f in supply.chain(ref)]
+        except (ApplianceError, StorageError):
+            return None
+
+    def _reuse(self, raw_digest: Digest, size: int, dtype: DType) -> EncodedFrame | None:
+        ref = self.by_raw.get((raw_digest, size))
+        if ref is None or ref.codec.planes not in (0, dtype.planes):
+            return None
+        if (self.options.full and ref.depth > 0) or (self.options.policy == "fast" and ref.codec != IDENTITY):
+            return None
+        chain = self._obtain_chain(ref)
+        if chain is None:
+            return None
+        *bases, (_, data, write) = chain
+        extra = tuple((f, d) for f, d, w in bases if w)
+        return EncodedFrame(ref, data if write else None, "reused", extra)
+
+    def _delta(self, name: str, index: int, dtype: DType, raw: U8, raw_digest: Digest) -> EncodedFrame | None:
+        opts = self.options
+        base = self.by_position.get((name, index))
+        if opts.full or opts.policy != "compact" or base is None:
+            return None
+        if (
+            base.raw_size != raw.size
+            or base.depth >= opts.max_delta_depth
+            or base.codec.planes not in (0, dtype.planes)
+        ):
+            return None
+        chain = self._obtain_chain(base)
+        if chain is None:
+            return None
+        scratch = self._scratch()
+        base_raw = scratch.get("base", raw.size)
+        for (
+            frame,
+            data,
+            _,
+        ) in chain:  # deepest base first: each xor frame applies onto the one below
+            decode_into(data, frame.codec, base_raw, scratch)
+        spec = CodecSpec(xor=True, planes=dtype.planes, level=opts.zstd_level)
+        stored = encode(raw, spec, base_raw, scratch)
+        ref = FrameRef(Digest.of(stored), len(stored), raw_digest, raw.size, spec, base.digest, base.depth + 1)
+        return EncodedFrame(ref, stored, "delta", tuple((f, d) for f, d, w in chain if w))
+
+    def _full(self, dtype: DType, raw: U8, raw_digest: Digest) -> EncodedFrame:
+        spec = self.full_spec(dtype)
+        stored = encode(raw, spec, None, self._scratch())
+        if spec != IDENTITY and len(stored) >= raw.size:
+            spec, stored = IDENTITY, raw.tobytes()
+        return EncodedFrame(FrameRef(Digest.of(stored), len(stored), raw_digest, raw.size, spec), stored, "full")
+
+
+@dataclass(frozen=True)
+class FrameJob:
+    tensor: int
+    index: int
+    name: str
+    dtype: DType
+    raw: U8
+
+
+def tensor_jobs(
+    sources: Iterable[TensorSource],
+    frame_size: int,
+    entries: list[tuple[str, str, tuple[int, ...]]],
+) -> Iterator[FrameJob]:
+    """Validate each source and cut it into frame jobs; loads one tensor at a time."""
+    seen: set[str] = set()
+    for ti, src in enumerate(sources):
+        name = validate_tensor_name(src.name)
+        if name in seen:
+            raise UsageError(f"tensor name {name!r} appears twice")
+        seen.add(name)
+        dtype = dtype_named(src.dtype)
+        shape = tuple(int(d) for d in src.shape)
+        entries.append((name, dtype.name, shape))
+        nbytes = TensorEntry(name, dtype.name, shape, ()).nbytes
+        data = src.load()
+        if data.size != nbytes:
+            raise UsageError(f"tensor {name!r} provides {data.size} bytes, its dtype and shape need {nbytes}")
+        for fi, (off, size) in enumerate(frame_spans(nbytes, dtype.itemsize, frame_size)):
+            yield FrameJob(ti, fi, name, dtype, data[off : off + size])
+
+
+def encode_all(
+    encoder: FrameEncoder, jobs: Iterator[FrameJob], workers: int | None = None
+) -> Iterator[tuple[FrameJob, EncodedFrame]]:
+    """Encode jobs on a thread pool with a bounded window; yields in submission order."""
+    n = max(1, workers or os.cpu_count() or 1)
+    window: list[tuple[FrameJob, Future[EncodedFrame]]] = []
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="encode") as pool:
+        for job in jobs:
+            window.append((job, pool.submit(encoder.encode_frame, job.name, job.index, job.dtype, job.raw)))
+            if len(window) >= 2 * n:
+                first, fut = window.pop(0)
+                yield first, fut.result()
+        for job, fut in window:
+            yield job, fut.result()

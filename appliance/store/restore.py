@@ -1,0 +1,211 @@
+"""Verified restore: read -> check stored SHA-256 -> decode -> undo transforms -> place.
+
+Owns: the parallel restore pipeline that writes straight into destination memory (numpy byte
+views of the caller's tensors). Does not own choosing the checkpoint (``discovery``) or
+allocating tensors (``appliance.api``).
+
+Guarantees:
+* Only a ``VerifiedManifest`` (inside an ``OpenCheckpoint``) is accepted.
+* No frame byte is decoded before its stored SHA-256 matched the signed manifest.
+* Memory is bounded: each worker owns one read buffer and one scratch set of at most one
+  frame each; there is no second copy of the model.
+* On any error the restore stops and raises; the destination is then partially written and
+  must not be used (the boot path discards it and falls back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from appliance.codec.frames import Scratch, decode_into
+from appliance.codec.transform import U8
+from appliance.errors import FrameError, TensorMismatchError
+from appliance.format.digest import Digest
+from appliance.format.manifest import FrameRef
+from appliance.storage import Storage
+from appliance.store.discovery import OpenCheckpoint
+from appliance.store.slot import SlotReader
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over workers (so they can exceed wall time)."""
+
+    read: float = 0.0
+    hash: float = 0.0
+    decode: float = 0.0
+    deep: float = 0.0
+
+    def add(self, other: StageTimes) -> None:
+        self.read += other.read
+        self.hash += other.hash
+        self.decode += other.decode
+        self.deep += other.deep
+
+
+@dataclass
+class RestoreStats:
+    generation: int
+    slot: str
+    raw_bytes: int = 0
+    stored_bytes_read: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    workers: int = 1
+    stages: StageTimes = field(default_factory=StageTimes)
+
+    @property
+    def gbps(self) -> float:
+        return self.raw_bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "generation": self.generation,
+            "slot": self.slot,
+            "raw_bytes": self.raw_bytes,
+            "stored_bytes_read": self.stored_bytes_read,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 6),
+            "gb_per_s": round(self.gbps, 3),
+            "workers": self.workers,
+            "stage_seconds": {k: round(v, 6) for k, v in vars(self.stages).items()},
+        }
+
+
+class _Worker:
+    """Per-thread state: a read buffer, decode scratch and stage timers."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.scratch = Scratch()
+        self.times = StageTimes()
+        self.stored = 0
+
+
+class FrameDecoder:
+    """Decodes frames (and their delta chains) of one slot into destination slices."""
+
+    def __init__(self, reader: SlotReader, index: Mapping[Digest, FrameRef]) -> None:
+        self.reader = reader
+        self.index = index
+        self._local = threading.local()
+        self.workers: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def _worker(self) -> _Worker:
+        w: _Worker | None = getattr(self._local, "w", None)
+        if w is None:
+            w = _Worker()
+            self._local.w = w
+            with self._lock:
+                self.workers.append(w)
+        return w
+
+    def decode(self, frame: FrameRef, out: U8) -> None:
+        """Write the raw bytes of ``frame`` into ``out``; bases first, each verified."""
+        if frame.base is not None:
+            self.decode(self.index[frame.base], out)
+        w = self._worker()
+        if len(w.buf) < frame.size:
+            w.buf = bytearray(frame.size)
+        t0 = time.perf_counter()
+        stored = self.reader.read_frame_unverified(frame, w.buf)
+        t1 = time.perf_counter()
+        self.reader.verify_frame(frame, stored)
+        t2 = time.perf_counter()
+        decode_into(stored, frame.codec, out, w.scratch)
+        w.times.read += t1 - t0
+        w.times.hash += t2 - t1
+        w.times.decode += time.perf_counter() - t2
+        w.stored += frame.size
+
+
+def destination_views(opened: OpenCheckpoint, dest: Mapping[str, U8]) -> dict[str, U8]:
+    """Check that ``dest`` has a byte view of the right size for every tensor, and nothing else."""
+    manifest = opened.verified.manifest
+    names = {t.name for t in manifest.tensors}
+    extra, missing = set(dest) - names, names - set(dest)
+    if extra or missing:
+        raise TensorMismatchError(
+            f"destination tensors differ from the checkpoint: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
+        )
+    views = {}
+    for t in manifest.tensors:
+        view = dest[t.name]
+        if view.dtype != np.uint8 or view.ndim != 1 or view.size != t.nbytes or not view.flags.writeable:
+            raise TensorMismatchError(f"destination for {t.name!r} is not a writable {t.nbytes}-byte view")
+        views[t.name] = view
+    return views
+
+
+def restore_into(
+    storage: Storage,
+    opened: OpenCheckpoint,
+    dest: Mapping[str, U8],
+    *,
+    deep: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> RestoreStats:
+    """Restore ``opened`` into the byte views ``dest`` (tensor name -> uint8 view)."""
+    manifest = opened.verified.manifest
+    views = destination_views(opened, dest)
+    reader = SlotReader(storage, opened.slot)
+    decoder = FrameDecoder(reader, manifest.frame_index())
+    tasks: list[tuple[FrameRef, U8]] = []
+    for t in manifest.tensors:
+        offset = 0
+        for frame in t.frames:
+            tasks.append((frame, views[t.name][offset : offset + frame.raw_size]))
+            offset += frame.raw_size
+    # Large frames first: better load balance across workers.
+    tasks.sort(key=lambda task: -task[0].raw_size)
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    stats = RestoreStats(opened.generation, opened.slot, raw_bytes=manifest.raw_bytes, workers=n_workers)
+
+    def run(task: tuple[FrameRef, U8]) -> None:
+        frame, out = task
+        decoder.decode(frame, out)
+        if deep:
+            t0 = time.perf_counter()
+            if hashlib.sha256(out).hexdigest() != frame.raw_digest.hex:
+                raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw SHA-256")
+            decoder._worker().times.deep += time.perf_counter() - t0
+        if progress is not None:
+            progress(frame.raw_size)
+
+    start = time.perf_counter()
+    _run_all(run, tasks, n_workers)
+    stats.seconds = time.perf_counter() - start
+    for w in decoder.workers:
+        stats.stages.add(w.times)
+        stats.stored_bytes_read += w.stored
+    stats.frames = len(tasks)
+    return stats
+
+
+def _run_all(fn: Callable[[tuple[FrameRef, U8]], None], tasks: list[tuple[FrameRef, U8]], workers: int) -> None:
+    """Run ``fn`` over ``tasks`` on ``workers`` threads; the first error cancels the rest."""
+    if workers == 1:
+        for task in tasks:
+            fn(task)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
+        futures = [pool.submit(fn, task) for task in tasks]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in done:
+            exc = f.exception()
+            if exc is not None:
+                raise exc

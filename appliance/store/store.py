@@ -1,0 +1,315 @@
+"""``Store``: one object per store root, tying configuration, trust, lock and operations together.
+
+Owns: creating and opening a store, and the public operations (commit, select, restore,
+verify, log, status, gc, trust changes) with the writer lock held where they write.
+Does not own the algorithms (sibling modules) or tensors (``appliance.api``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from appliance.codec.transform import U8
+from appliance.errors import (
+    ApplianceError,
+    ConfigError,
+    NoValidCheckpointError,
+    StorageError,
+    StoreExistsError,
+    StoreNotFoundError,
+    TrustStoreError,
+)
+from appliance.format.canonical import canonical_bytes, strict_loads
+from appliance.format.commit import SLOT_NAMES
+from appliance.format.plan import choose_target_slot, next_generation, protected_slot
+from appliance.format.statement import parse_bundle, parse_statement
+from appliance.limits import DEFAULT_LIMITS, Limits
+from appliance.signing import PublicKey, SigningKey, TrustStore
+from appliance.storage import LocalStorage, Storage, write_durable
+from appliance.store import layout
+from appliance.store.commit import CommitRequest, CommitResult, commit
+from appliance.store.config import StoreConfig
+from appliance.store.discovery import OpenCheckpoint, Selection, scan, select
+from appliance.store.encode import EncodeOptions, TensorSource
+from appliance.store.gc import GcReport, collect_slot
+from appliance.store.lock import writer_lock
+from appliance.store.restore import RestoreStats, restore_into
+from appliance.store.slot import SlotReader
+from appliance.store.verify import VerifyReport, verify_store
+
+Progress = Callable[[int], None]
+GoodProvider = Callable[[], Mapping[str, int | None]]
+
+
+def _read_json(storage: Storage, path: str, what: str, limits: Limits) -> Any:
+    try:
+        data = storage.read(path, limits.config_max_bytes)
+    except FileNotFoundError:
+        raise
+    except ApplianceError as exc:
+        raise ConfigError(f"{what} cannot be read: {exc.problem}") from exc
+    try:
+        return strict_loads(data, what=what, max_bytes=limits.config_max_bytes, max_depth=8)
+    except ApplianceError as exc:
+        raise ConfigError(f"{what} is damaged: {exc.problem}") from exc
+
+
+class Store:
+    def __init__(
+        self,
+        storage: Storage,
+        config: StoreConfig,
+        trust: TrustStore,
+        *,
+        lock_path: Path | None = None,
+        trust_path: Path | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.storage = storage
+        self.config = config
+        self.trust = trust
+        self.lock_path = lock_path
+        self.trust_path = trust_path
+        self.limits = limits
+        # Slot boot states (GOOD generations) come from the boot layer when it is present.
+        self.good_provider: GoodProvider = dict
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, root: str | Path, trusted: Sequence[PublicKey], config: StoreConfig) -> Store:
+        root = Path(root)
+        if root.exists() and any(root.iterdir()):
+            raise StoreExistsError(f"{root} is not empty")
+        if not trusted:
+            raise TrustStoreError("a store needs at least one trusted public key", remedy="pass --trust PUBKEY")
+        root.mkdir(parents=True, exist_ok=True)
+        storage = LocalStorage(root)
+        trust = TrustStore()
+        for key in trusted:
+            trust = trust.with_key(key)
+        for slot in SLOT_NAMES:
+            storage.mkdir(slot)
+            storage.fsync_dir("")
+            for sub in (layout.frames_dir(slot), layout.checkpoints_dir(slot)):
+                storage.mkdir(sub)
+            storage.fsync_dir(slot)
+        if not Path(config.trust).is_absolute():
+            write_durable(storage, config.trust, canonical_bytes(trust.to_dict()) + b"\n")
+        write_durable(storage, layout.STORE_CONFIG, canonical_bytes(config.to_dict()) + b"\n")
+        return cls.open(root)
+
+    @classmethod
+    def open(cls, root: str | Path, trust_path: str | Path | None = None, limits: Limits = DEFAULT_LIMITS) -> Store:
+        root = Path(root)
+        storage = LocalStorage(root)
+        try:
+            config = StoreConfig.from_dict(_read_json(storage, layout.STORE_CONFIG, "store.json", limits))
+        except FileNotFoundError as exc:
+            raise StoreNotFoundError(f"{root} is not an appliance store (no {layout.STORE_CONFIG})") from exc
+        except StorageError as exc:
+            raise StoreNotFoundError(f"{root} cannot be opened: {exc.problem}") from exc
+        path = Path(trust_path) if trust_path else Path(config.trust)
+        path = path if path.is_absolute() else root / path
+        trust = cls._load_trust(path, limits)
+        return cls(
+            storage,
+            config,
+            trust,
+            lock_path=root / layout.LOCK_FILE,
+            trust_path=path,
+            limits=limits,
+        )
+
+    @staticmethod
+    def _load_trust(path: Path, limits: Limits) -> TrustStore:
+        try:
+            obj = _read_json(LocalStorage(path.parent), path.name, str(path), limits)
+        except FileNotFoundError as exc:
+            raise TrustStoreError(f"trust store {path} does not exist") from exc
+        return TrustStore.from_dict(obj)
+
+    def save_trust(self, trust: TrustStore) -> None:
+        if self.trust_path is None:
+            raise TrustStoreError("this store has no trust file to update")
+        with writer_lock(self.lock_path):
+            storage = LocalStorage(self.trust_path.parent)
+            write_durable(storage, self.trust_path.name, canonical_bytes(trust.to_dict()) + b"\n")
+        self.trust = trust
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def commit(
+        self,
+        sources: Iterable[TensorSource],
+        keys: Sequence[SigningKey],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        policy: str | None = None,
+        full: bool = False,
+        floor: int = 0,
+        progress: Progress | None = None,
+    ) -> tuple[CommitResult, GcReport]:
+        options = EncodeOptions(
+            policy=self.resolve_policy(policy or self.config.policy),
+            frame_size=self.config.frame_size,
+            zstd_level=self.config.zstd_level,
+            max_delta_depth=self.config.max_delta_depth,
+            full=full,
+        )
+        with writer_lock(self.lock_path):
+            good = self.good_provider()
+            request = CommitRequest(self.config.model, options, tuple(keys), metadata or {}, floor, good)
+            result = commit(self.storage, self.trust, sources, request, progress)
+            protect = frozenset(g for g in (good.get(result.slot),) if g is not None)
+            gc = collect_slot(
+                self.storage, result.slot, self.trust, self.config.model, keep=self.config.keep, protect=protect
+            )
+        return result, gc
+
+    @staticmethod
+    def resolve_policy(policy: str) -> str:
+        # "auto" picks by measured storage vs decode speed (restore-time report); until a
+        # device profile exists it means "compact", the policy that also decodes on a GPU.
+        return "compact" if policy == "auto" else policy
+
+    def gc(self) -> list[GcReport]:
+        with writer_lock(self.lock_path):
+            good = self.good_provider()
+            return [
+                collect_slot(
+                    self.storage,
+                    slot,
+                    self.trust,
+                    self.config.model,
+                    keep=self.config.keep,
+                    protect=frozenset(g for g in (good.get(slot),) if g is not None),
+                )
+                for slot in SLOT_NAMES
+            ]
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def select(
+        self,
+        generation: int | None = None,
+        *,
+        floor: int = 0,
+        exclude: frozenset[tuple[str, int]] = frozenset(),
+    ) -> Selection:
+        good = self.good_provider()
+        good_slot = protected_slot(scan(self.storage, self.limits).views(dict(good))) if good else None
+        return select(
+            self.storage,
+            self.trust,
+            self.config.model,
+            generation=generation,
+            floor=floor,
+            good_slot=good_slot,
+            exclude=exclude,
+            limits=self.limits,
+        )
+
+    def restore_into(
+        self,
+        opened: OpenCheckpoint,
+        dest: Mapping[str, U8],
+        *,
+        deep: bool = False,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> RestoreStats:
+        return restore_into(self.storage, opened, dest, deep=deep, workers=workers, progress=progress)
+
+    def verify(self, deep: bool = False, progress: Progress | None = None) -> VerifyReport:
+        return verify_store(
+            self.storage,
+            self.trust,
+            self.config.model,
+            deep=deep,
+            progress=progress,
+            limits=self.limits,
+        )
+
+    def log(self) -> list[dict[str, Any]]:
+        """Every commit record in both slots, newest first, with what its manifest says."""
+        entries = []
+        for outcome in scan(self.storage, self.limits).records:
+            entry: dict[str, Any] = {"slot": outcome.slot, "generation": outcome.generation}
+            if outcome.record is None:
+                entry["error"] = outcome.error.problem if outcome.error else "unreadable"
+                entries.append(entry)
+                continue
+            entry["committed"] = outcome.record.committed
+            entry["manifest_digest"] = outcome.record.manifest_digest.hex
+            try:
+                data = SlotReader(self.storage, outcome.slot, self.limits).read_bundle(outcome.record)
+                manifest = parse_statement(parse_bundle(data, self.limits).payload, self.limits)
+            except ApplianceError as exc:
+                entry["error"] = exc.problem
+                entries.append(entry)
+                continue
+            kinds = {"delta": 0, "full": 0}
+            for f in manifest.all_frames():
+                kinds["delta" if f.base is not None else "full"] += 1
+            entry.update(
+                created=manifest.created,
+                parent=manifest.parent.hex if manifest.parent else None,
+                policy=manifest.policy,
+                tensors=len(manifest.tensors),
+                raw_bytes=manifest.raw_bytes,
+                stored_bytes=manifest.stored_bytes,
+                frames=kinds,
+                metadata=dict(manifest.metadata),
+            )
+            entries.append(entry)
+        entries.sort(key=lambda e: (-e["generation"], e["slot"]))
+        return entries
+
+    def status(self) -> dict[str, Any]:
+        found = scan(self.storage, self.limits)
+        good = dict(self.good_provider())
+        slots = {}
+        for view in found.views(good):
+            free = None
+            if view.available:
+                try:
+                    free = self.storage.free_bytes(view.name)
+                except (ApplianceError, OSError):
+                    free = None
+            gens = sorted(
+                (r.generation for r in found.records if r.slot == view.name and r.record),
+                reverse=True,
+            )
+            slots[view.name] = {
+                "available": view.available,
+                "generations": gens,
+                "free_bytes": free,
+                "good_generation": view.good_generation,
+            }
+        try:
+            newest = self.select()
+            newest_valid: dict[str, Any] | None = {
+                "slot": newest.opened.slot,
+                "generation": newest.opened.generation,
+            }
+            failures = [f.describe() for f in newest.failures]
+        except NoValidCheckpointError as exc:
+            newest_valid, failures = None, [exc.problem]
+        try:
+            target: str | None = choose_target_slot(found.views(good))
+        except ApplianceError:
+            target = None
+        return {
+            "root": str(getattr(self.storage, "root", "")),
+            "model": self.config.model,
+            "policy": self.config.policy,
+            "frame_size": self.config.frame_size,
+            "trusted_keys": [k.keyid for k in self.trust.keys],
+            "slots": slots,
+            "newest_valid": newest_valid,
+            "problems": failures,
+            "next_commit": {"slot": target, "generation": next_generation(found.seen)},
+        }

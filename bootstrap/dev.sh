@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up a development machine and run the demo or the tests.
+#
+#   bash bootstrap/dev.sh demo    # the whole lifecycle on the built-in model
+#   bash bootstrap/dev.sh test    # lint, types, layers, and the test suite (what CI runs)
+#
+# Creates .venv with Python 3.11 (or $PYTHON), installs CPU torch first (`torch==2.13.0`, which
+# pip takes from local disk on the dev/CI machines; a bare `torch` would pull a multi-GB CUDA
+# build), then this package with its dev extras. Safe to re-run: an existing venv is reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    # shellcheck disable=SC1091
+    source "$VENV/bin/activate"
+    if ! python -c "import torch" 2>/dev/null; then
+        pip install --quiet "$TORCH_SPEC"
+    fi
+    pip install --quiet -e ".[dev]"
+}
+
+run_tests() {
+    ruff check .
+    ruff format --check .
+    mypy
+    lint-imports
+    pytest -m "not slow and not vm and not hil" "$@"
+}
+
+cmd=${1:-test}
+shift || true
+setup
+case "$cmd" in
+    demo) appliance demo "$@" ;;
+    test) run_tests "$@" ;;
+    *) echo "usage: bash bootstrap/dev.sh {demo|test} [args]" >&2; exit 2 ;;
+esac
