@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,12 +16,16 @@ from appliance.store.config import DEFAULT_FRAME_SIZE, DEFAULT_KEEP
 
 Command = Callable[[argparse.Namespace, Output], int]
 
+# Further command groups (boot/service/persist, scrub, report, ...) live in their own modules,
+# each with ``register(subparsers)``; listing them here is the only edit main.py needs.
+COMMAND_MODULES: list[str] = []
 
-def _root(p: argparse.ArgumentParser) -> None:
+
+def add_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path, metavar="ROOT", help="store root directory")
 
 
-def _json(p: argparse.ArgumentParser) -> None:
+def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -33,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key pair (KEYFILE, KEYFILE.pub)")
     p.add_argument("keyfile", type=Path, metavar="KEYFILE")
-    _json(p)
+    add_json(p)
     p.set_defaults(func=sc.cmd_keygen)
 
     p = sub.add_parser("init", help="create a store with two empty slots")
-    _root(p)
+    add_root(p)
     p.add_argument(
         "--trust",
         nargs="+",
@@ -50,44 +55,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-size", type=int, default=DEFAULT_FRAME_SIZE, help="frame size in bytes")
     p.add_argument("--policy", choices=["compact", "fast", "auto"], default="compact")
     p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="checkpoints kept per slot")
-    _json(p)
+    add_json(p)
     p.set_defaults(func=sc.cmd_init)
 
     p = sub.add_parser("trust", help="list, add or revoke trusted signing keys")
-    _root(p)
+    add_root(p)
     p.add_argument("action", choices=["list", "add", "revoke"])
     p.add_argument("value", nargs="?", help="PUBKEY file (add) or key id (revoke)")
     p.add_argument("--comment", help="label stored with an added key")
-    _json(p)
+    add_json(p)
     p.set_defaults(func=sc.cmd_trust)
 
     _add_data_commands(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
 def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("commit", help="commit a .safetensors file or model directory as a signed checkpoint")
-    _root(p)
+    add_root(p)
     p.add_argument("source", type=Path, metavar="SOURCE")
     p.add_argument("--key", required=True, type=Path, metavar="KEYFILE")
     p.add_argument("--meta", metavar="JSON", help="JSON object (or @file) stored with the checkpoint")
     p.add_argument("--policy", choices=["compact", "fast", "auto"], help="override the store's policy")
     p.add_argument("--full", action="store_true", help="compaction: store every frame without a delta chain")
-    _json(p)
+    add_json(p)
     p.set_defaults(func=sc.cmd_commit)
 
     p = sub.add_parser("verify", help="verify every committed checkpoint in both slots")
-    _root(p)
+    add_root(p)
     p.add_argument("--deep", action="store_true", help="also decode every frame and check its raw SHA-256")
-    _json(p)
+    add_json(p)
     p.set_defaults(func=sc.cmd_verify)
 
     p = sub.add_parser("restore", help="restore the newest valid checkpoint to a .safetensors file")
-    _root(p)
+    add_root(p)
     p.add_argument("--out", required=True, type=Path, metavar="FILE.safetensors")
     p.add_argument("--generation", type=int, metavar="N", help="restore exactly this generation")
     p.add_argument("--deep", action="store_true", help="also check raw SHA-256 of every decoded frame")
-    _json(p)
+    add_json(p)
     p.set_defaults(func=sc.cmd_restore)
 
     for name, func, text in (
@@ -96,8 +103,8 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         ("gc", sc.cmd_gc, "apply retention and remove unreferenced frames and leftovers"),
     ):
         p = sub.add_parser(name, help=text)
-        _root(p)
-        _json(p)
+        add_root(p)
+        add_json(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("demo", help="run the whole lifecycle on a built-in model in a work directory")
@@ -106,7 +113,7 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _demo(args: argparse.Namespace, out: Output) -> int:
-    from appliance.demo import run_demo
+    from appliance.cli.demo import run_demo
 
     return run_demo(args.workdir, out)
 

@@ -47,7 +47,7 @@ def encode(raw: U8, spec: CodecSpec, base_raw: U8 | None = None, scratch: Scratc
     if spec.planes:
         data = transform.group(data, spec.planes, scratch.get("group", raw.size))
     if spec.compressed:
-        return zstdframe.compress(memoryview(data), spec.level)
+        return zstdframe.compress(data.data, spec.level)
     return data.tobytes()
 
 
@@ -58,7 +58,7 @@ def decode_into(stored: bytes | memoryview, spec: CodecSpec, out: U8, scratch: S
     if spec.compressed:
         zstdframe.check_frame(stored, size, MAX_WINDOW)
         target = scratch.get("decoded", size) if staged_xor_or_group else out
-        zstdframe.decompress_into(stored, memoryview(target))
+        zstdframe.decompress_into(stored, target.data)
         decoded: U8 = target
     else:
         if len(stored) != size:

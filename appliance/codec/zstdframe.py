@@ -27,13 +27,15 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     cache = _local.__dict__.setdefault("cctx", {})
     if level not in cache:
         cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
-    return cache[level]
+    compressor: zstandard.ZstdCompressor = cache[level]
+    return compressor
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
     if not hasattr(_local, "dctx"):
         _local.dctx = zstandard.ZstdDecompressor()
-    return _local.dctx
+    dctx: zstandard.ZstdDecompressor = _local.dctx
+    return dctx
 
 
 def compress(data: memoryview | bytes, level: int) -> bytes:

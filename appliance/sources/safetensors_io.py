@@ -106,8 +106,8 @@ def open_model(source: str | Path) -> ImportedModel:
         with _wrap(path):
             handle = safe_open(str(path), framework="pt")
             model._handles.append(handle)
-            model.metadata.update(handle.metadata() or {})
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+            model.metadata.update(handle.metadata() or {})  # type: ignore[no-untyped-call]
+            for name in handle.keys():  # type: ignore[no-untyped-call]  # noqa: SIM118 (not iterable)
                 if name in seen:
                     raise SourceFormatError(f"tensor {name!r} appears in more than one shard")
                 seen.add(name)

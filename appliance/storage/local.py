@@ -113,7 +113,8 @@ class LocalStorage:
     def listdir(self, path: str) -> list[str] | None:
         try:
             with self._dir(split_path(path), "list", path) as dfd:
-                return sorted(self._call("list", path, os.listdir, dfd))  # type: ignore[call-overload]
+                names: list[str] = self._call("list", path, os.listdir, dfd)  # type: ignore[assignment]
+                return sorted(names)
         except FileNotFoundError:
             return None
 

@@ -127,7 +127,7 @@ class FrameEncoder:
 
     def encode_frame(self, name: str, index: int, dtype: DType, raw: U8) -> EncodedFrame:
         """Reuse, delta or full; a damaged parent frame only costs the optimisation."""
-        raw_digest = Digest(hashlib.sha256(raw).hexdigest())
+        raw_digest = Digest(hashlib.sha256(raw.data).hexdigest())
         reused = self._reuse(raw_digest, raw.size, dtype)
         if reused is not None:
             return reused

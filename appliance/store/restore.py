@@ -178,7 +178,7 @@ def restore_into(
         decoder.decode(frame, out)
         if deep:
             t0 = time.perf_counter()
-            if hashlib.sha256(out).hexdigest() != frame.raw_digest.hex:
+            if hashlib.sha256(out.data).hexdigest() != frame.raw_digest.hex:
                 raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw SHA-256")
             decoder._worker().times.deep += time.perf_counter() - t0
         if progress is not None:

@@ -162,7 +162,7 @@ def _decode_frames(reader: SlotReader, index: dict[Digest, FrameRef], frames: li
             buf = local.buf = np.empty(frame.raw_size, np.uint8)
         out = buf[: frame.raw_size]
         decoder.decode(frame, out)
-        if hashlib.sha256(out).hexdigest() != frame.raw_digest.hex:
+        if hashlib.sha256(out.data).hexdigest() != frame.raw_digest.hex:
             raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw SHA-256")
 
     with ThreadPoolExecutor(_workers(), thread_name_prefix="verify-deep") as pool:
