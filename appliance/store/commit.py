@@ -147,19 +147,19 @@ class _FramePlacer:
 
     def place(self, encoded: EncodedFrame) -> None:
         for ref, data in encoded.extra:
-            self._write(ref, data)
-            self.copied += 1
-        if encoded.stored is not None and encoded.ref.digest not in self.placed:
-            if encoded.kind == "reused":
-                self.copied += 1
-                self._write(encoded.ref, encoded.stored)
-            elif not self._present_and_valid(encoded.ref):
-                self._write(encoded.ref, encoded.stored)
-        self.placed.add(encoded.ref.digest)
+            self.copied += self._write(ref, data)
+        if encoded.stored is None:  # already valid in the target slot
+            self.placed.add(encoded.ref.digest)
+        elif encoded.kind == "reused":
+            self.copied += self._write(encoded.ref, encoded.stored)
+        elif encoded.ref.digest not in self.placed and not self._present_and_valid(encoded.ref):
+            self._write(encoded.ref, encoded.stored)
+        else:
+            self.placed.add(encoded.ref.digest)
 
-    def _write(self, ref: FrameRef, data: bytes) -> None:
+    def _write(self, ref: FrameRef, data: bytes) -> bool:
         if ref.digest in self.placed:
-            return
+            return False
         path = layout.frame_path(self.target.slot, ref.digest)
         existed = self.target.frame_size(ref.digest) is not None
         self.batch.add(path, data)
@@ -167,6 +167,7 @@ class _FramePlacer:
             self.created.append(path)
         self.written_bytes += len(data)
         self.placed.add(ref.digest)
+        return True
 
     def _present_and_valid(self, ref: FrameRef) -> bool:
         if self.target.frame_size(ref.digest) != ref.size:
@@ -215,6 +216,7 @@ def commit(
             progress=progress,
         )
         batch.sync()  # W1: frames and their directory are durable before anything names them
+        _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
         bundle = sign_manifest(manifest, request.keys)
         write_durable(storage, layout.bundle_path(target, generation), bundle)
         placer.created.append(layout.bundle_path(target, generation))
@@ -293,6 +295,11 @@ def _base_closure(tensors: tuple[TensorEntry, ...], parent: OpenCheckpoint | Non
         if ref.base is not None:
             pending.append(ref.base)
     return sorted(needed.values(), key=lambda f: (f.depth, f.digest))
+
+
+def _check_self_contained(target: SlotReader, manifest: Manifest) -> None:
+    for frame in manifest.frame_index().values():
+        target.check_present(frame)
 
 
 def _remove_created(storage: Storage, paths: list[str]) -> None:
