@@ -82,3 +82,45 @@ def test_commit_never_acknowledges_a_checkpoint_missing_a_frame(keys: Keys, monk
         store.commit(_sources({"w": _frame(6)}), [keys.signer])
     assert BOOT(storage, make_config(), keys.trust).recovery
     assert not [p for p in storage.walk() if p.endswith(".commit.json")]
+
+
+def test_commit_of_a_tensor_toggling_between_two_states_succeeds(keys: Keys) -> None:
+    """raw0 -> raw0^M -> raw0: the new delta's bytes equal its base's; the commit still succeeds."""
+    storage = empty_store_storage()
+    store = Store(storage, make_config(), keys.trust)
+    raw0 = _frame(7)
+    mask = np.zeros_like(raw0)
+    mask[:64] = 0x5A
+    generation = 0
+    for state in (raw0, raw0 ^ mask, raw0.copy(), raw0 ^ mask):
+        result, _ = store.commit(_sources({"flags": state.copy()}), [keys.signer])
+        generation = result.generation
+    counts.add("commit regressions")
+    assert BOOT(storage, make_config(), keys.trust).generation == generation
+
+
+def test_commit_where_a_new_frame_equals_a_parent_delta_payload_succeeds(keys: Keys) -> None:
+    """A full frame whose stored bytes equal a parent delta frame's gets its own digest."""
+    storage = empty_store_storage()
+    store = Store(storage, make_config(), keys.trust)
+    base = np.full(4096, 0x11, np.uint8)
+    mask = np.zeros(4096, np.uint8)
+    mask[::97] = 3
+    store.commit(_sources({"x": base.copy(), "y": _frame(8)}), [keys.signer])
+    store.commit(_sources({"x": base ^ mask, "y": _frame(8)}), [keys.signer])  # x: delta whose payload is `mask`
+    result, _ = store.commit(_sources({"x": base ^ mask, "y": mask.copy()}), [keys.signer])  # y: full == payload
+    counts.add("commit regressions")
+    assert BOOT(storage, make_config(), keys.trust).generation == result.generation
+
+
+def test_commit_where_two_tensors_get_the_same_delta_payload_succeeds(keys: Keys) -> None:
+    """Two frames changed by one mask on different bases store equal bytes; both still resolve."""
+    storage = empty_store_storage()
+    store = Store(storage, make_config(), keys.trust)
+    a, b = np.full(4096, 0x21, np.uint8), np.full(4096, 0x42, np.uint8)
+    mask = np.zeros(4096, np.uint8)
+    mask[::89] = 5
+    store.commit(_sources({"a": a.copy(), "b": b.copy()}), [keys.signer])
+    result, _ = store.commit(_sources({"a": a ^ mask, "b": b ^ mask}), [keys.signer])
+    counts.add("commit regressions")
+    assert BOOT(storage, make_config(), keys.trust).generation == result.generation
