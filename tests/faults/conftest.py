@@ -20,10 +20,10 @@ def history() -> History:
 
 
 @pytest.fixture(scope="session")
-def recorded(keys: Keys, history: History) -> list[Recorded]:
+def recorded(keys: Keys, history: History) -> dict[str, Recorded]:
     paths = write_paths(keys, history)
     counts.add("write paths", len(paths))
-    counts.add("ops", sum(len(r.ops) for r in paths))
+    counts.add("ops", sum(len(r.ops) for r in paths.values()))
     return paths
 
 

@@ -106,29 +106,42 @@ def _inode_of(image: Image, path: str) -> int:
     return inode
 
 
-def write_paths(keys: Keys, history: History) -> list[Recorded]:
+PATHS = {  # parameter id -> write path; write_paths() records them in this order
+    "first": "first commit (all frames full)",
+    "second": "second commit (reused frames copied into the other slot)",
+    "delta": "delta commit onto a delta chain",
+    "compact": "compaction commit (full=True)",
+    "two-commits": "two consecutive delta commits",
+    "gc-keep2": "commit whose GC drops a checkpoint (keep=2)",
+    "gc-keep1": "commits whose GC drops the slot's previous checkpoint (keep=1)",
+    "commit-then-gc": "commit, then appliance gc after retention lowered to 1",
+    "rotten-target": "commit replacing a rotten frame in the target slot",
+}
+
+
+def write_paths(keys: Keys, history: History) -> dict[str, Recorded]:
     """Every write path the store has today; each a separate crash-test subject."""
     out: list[Recorded] = []
     rec = Recorder(keys, history)
-    out.append(rec.record("first commit (all frames full)", rec.commit))
-    out.append(rec.record("second commit (reused frames copied into the other slot)", rec.commit))
-    out.append(rec.record("delta commit onto a delta chain", rec.commit))
-    out.append(rec.record("compaction commit (full=True)", lambda: rec.commit(full=True)))
-    out.append(rec.record("two consecutive delta commits", rec.commit, rec.commit))
-    out.append(rec.record("commit whose GC drops a checkpoint (keep=2)", rec.commit))
+    out.append(rec.record(PATHS["first"], rec.commit))
+    out.append(rec.record(PATHS["second"], rec.commit))
+    out.append(rec.record(PATHS["delta"], rec.commit))
+    out.append(rec.record(PATHS["compact"], lambda: rec.commit(full=True)))
+    out.append(rec.record(PATHS["two-commits"], rec.commit, rec.commit))
+    out.append(rec.record(PATHS["gc-keep2"], rec.commit))
 
     lean = Recorder(keys, history, make_config(keep=1))
     lean.commit()
-    out.append(lean.record("commits whose GC drops the slot's previous checkpoint (keep=1)", lean.commit, lean.commit))
-
-    out.append(rec.record("commit, then appliance gc after retention lowered to 1", rec.commit, lambda: _gc(rec, 1)))
+    out.append(lean.record(PATHS["gc-keep1"], lean.commit, lean.commit))
+    out.append(rec.record(PATHS["commit-then-gc"], rec.commit, lambda: _gc(rec, 1)))
 
     rot = Recorder(keys, history)
     rot.commit()
     rot.commit()
     rot.rot_frame("A", 1)
-    out.append(rot.record("commit replacing a rotten frame in the target slot", rot.commit))
-    return out
+    out.append(rot.record(PATHS["rotten-target"], rot.commit))
+    assert [r.path for r in out] == list(PATHS.values())
+    return dict(zip(PATHS, out, strict=True))
 
 
 def _gc(rec: Recorder, keep: int) -> None:
