@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from appliance.storage.recording import Image, Op, RecordingStorage
 from appliance.store import layout
 from appliance.store.config import StoreConfig
+from appliance.store.discovery import open_checkpoint
+from appliance.store.scrub import scrub
 from appliance.store.slot import SlotReader
 from appliance.store.store import Store
 
@@ -81,15 +83,17 @@ class Recorder:
         ops = list(self.storage.ops)
         return Recorded(path, base, ops, acked, acks, dict(self.contents), self.config, self.step + 1)
 
-    def rot_frame(self, slot: str, generation: int, index: int = 0) -> str:
-        """Flip a byte of one frame file of ``slot``/``generation`` outside the log (bit rot)."""
-        store = self.store
+    def rot_frame(self, slot: str, generation: int, *, shared: bool = False) -> str:
+        """Flip a byte of one frame of ``slot``/``generation`` outside the log (bit rot).
+
+        ``shared``: pick a frame whose twin is also stored in the other slot.
+        """
         record = next(r.record for r in SlotReader(self.storage, slot).records() if r.generation == generation)
         assert record is not None
-        from appliance.store.discovery import open_checkpoint
-
-        opened = open_checkpoint(self.storage, record, store.trust, self.config.model)
-        frame = sorted(opened.verified.manifest.frame_index().values(), key=lambda f: f.digest)[index]
+        opened = open_checkpoint(self.storage, record, self.keys.trust, self.config.model)
+        other = SlotReader(self.storage, "B" if slot == "A" else "A")
+        frames = sorted(opened.verified.manifest.frame_index().values(), key=lambda f: f.digest)
+        frame = next(f for f in frames if not shared or other.frame_size(f.digest) == f.size)
         path = layout.frame_path(slot, frame.digest)
         data = bytearray(self.storage.read(path, 1 << 30))
         data[len(data) // 2] ^= 0x01
@@ -116,6 +120,7 @@ PATHS = {  # parameter id -> write path; write_paths() records them in this orde
     "gc-keep1": "commits whose GC drops the slot's previous checkpoint (keep=1)",
     "commit-then-gc": "commit, then appliance gc after retention lowered to 1",
     "rotten-target": "commit replacing a rotten frame in the target slot",
+    "scrub-repair": "scrub repairing a rotten frame from its twin in the other slot",
 }
 
 
@@ -140,8 +145,20 @@ def write_paths(keys: Keys, history: History) -> dict[str, Recorded]:
     rot.commit()
     rot.rot_frame("A", 1)
     out.append(rot.record(PATHS["rotten-target"], rot.commit))
+
+    heal = Recorder(keys, history)
+    for _ in range(3):
+        heal.commit()
+    heal.rot_frame("A", 3, shared=True)
+    out.append(heal.record(PATHS["scrub-repair"], lambda: _scrub(heal, 3)))
     assert [r.path for r in out] == list(PATHS.values())
     return dict(zip(PATHS, out, strict=True))
+
+
+def _scrub(rec: Recorder, heals: int) -> int:
+    report = scrub(rec.storage, rec.keys.trust, rec.config.model)
+    assert report.repaired, "the scrub write path must repair something"
+    return heals
 
 
 def _gc(rec: Recorder, keep: int) -> None:
