@@ -176,3 +176,24 @@ def test_damaged_slot_state_never_blocks_boot(action: str, template: Template, t
         counts.add("damage.detected")
     result, _ = store.commit(template.history.sources(NEWEST + 1), [template.signer])
     assert BOOT(store.storage, store.config, store.trust).generation == result.generation
+
+
+@pytest.mark.parametrize("edit", ["drop-newline", "add-space", "pretty-print"])
+def test_a_commit_record_differing_by_any_byte_is_not_committed(edit: str) -> None:
+    """The commit point is byte-exact: a torn newline or re-serialised JSON is not a commit."""
+    import json
+
+    from appliance.errors import ManifestError
+    from appliance.format.commit import CommitRecord
+    from appliance.format.digest import Digest
+
+    record = CommitRecord("A", 7, Digest.of(b"b"), 10, Digest.of(b"m"), "2026-01-01T00:00:00Z")
+    data = record.to_bytes()
+    assert CommitRecord.from_bytes(data) == record
+    edited = {
+        "drop-newline": data[:-1],
+        "add-space": data[:1] + b" " + data[1:],
+        "pretty-print": json.dumps(json.loads(data), indent=2).encode(),
+    }[edit]
+    with pytest.raises(ManifestError):
+        CommitRecord.from_bytes(edited)
