@@ -40,7 +40,7 @@ from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import SigningKey, TrustStore, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
 from appliance.store import layout
-from appliance.store.discovery import OpenCheckpoint, scan, select
+from appliance.store.discovery import OpenCheckpoint, Scan, open_checkpoint, scan, select
 from appliance.store.encode import (
     EncodedFrame,
     EncodeOptions,
@@ -126,6 +126,27 @@ def _find_parent(storage: Storage, trust: TrustStore, model: str, found: Any, fl
         return None
 
 
+def _counted_generations(
+    storage: Storage, trust: TrustStore, model: str, found: Scan, parent: OpenCheckpoint | None
+) -> list[int]:
+    """Generations a new commit must go above: only checkpoints whose record, bundle and signature verify.
+
+    An unverified name or record (junk, a forgery, a key since revoked) must not move the
+    counter: a planted ``09223372036854775807.commit.json`` would otherwise block every later
+    commit (TUF's fast-forward attack). Checkpoints failing only on frames still count.
+    """
+    counted = [parent.generation if parent else 0]
+    for outcome in found.records:
+        if outcome.record is None or outcome.generation <= counted[0]:
+            continue
+        try:
+            open_checkpoint(storage, outcome.record, trust, model, check_frames=False)
+        except (ApplianceError, StorageError):
+            continue
+        counted.append(outcome.generation)
+    return counted
+
+
 def _ensure_dirs(storage: Storage, slot: str) -> None:
     """Create the slot's directories (R2: a new directory entry is synced in its parent)."""
     for path in (layout.frames_dir(slot), layout.checkpoints_dir(slot)):
@@ -192,7 +213,7 @@ def commit(
     found = scan(storage)
     parent = _find_parent(storage, trust, request.model, found, request.floor)
     target = choose_target_slot(found.views(dict(request.good)), parent.slot if parent else None)
-    generation = next_generation(found.seen, request.floor)
+    generation = next_generation(_counted_generations(storage, trust, request.model, found, parent), request.floor)
     _ensure_dirs(storage, target)
     batch = DurableBatch(storage)
     target_reader = SlotReader(storage, target)
