@@ -8,13 +8,24 @@ can vary exactly one thing (signer, manifest field, record field) and watch boot
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
+from appliance.errors import ManifestError
+from appliance.format.canonical import canonical_bytes
 from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
 from appliance.format.manifest import Manifest
-from appliance.format.statement import bundle_bytes, statement_payload
+from appliance.format.statement import (
+    PAYLOAD_TYPE,
+    PREDICATE_TYPE,
+    STATEMENT_TYPE,
+    Signature,
+    bundle_bytes,
+    pae,
+    statement_payload,
+)
 from appliance.signing import SigningKey, sign_manifest
 from appliance.storage import write_durable
 from appliance.store import layout
@@ -98,6 +109,24 @@ def holding_slot(victim: Victim, manifest: Manifest) -> str:
 
 def unsigned(manifest: Manifest) -> bytes:
     return bundle_bytes(statement_payload(manifest), [])
+
+
+def sign_predicate(predicate: dict[str, Any], keys: list[SigningKey]) -> bytes:
+    """A bundle over an arbitrary predicate, skipping all structural checks: a hostile or buggy signer."""
+    subject = [{"name": predicate.get("model"), "digest": {"sha256": Digest.of(_json(predicate)).hex}}]
+    payload = _json(
+        {"_type": STATEMENT_TYPE, "subject": subject, "predicateType": PREDICATE_TYPE, "predicate": predicate}
+    )
+    signed = pae(PAYLOAD_TYPE, payload)
+    return bundle_bytes(payload, [Signature(k.keyid, k.sign(signed)) for k in keys])
+
+
+def _json(value: Any) -> bytes:
+    """Canonical JSON where possible; ASCII-escaped where it is not (e.g. lone surrogates)."""
+    try:
+        return canonical_bytes(value)
+    except (ManifestError, UnicodeEncodeError):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def newer(manifest: Manifest, generation: int, **changes: Any) -> Manifest:
