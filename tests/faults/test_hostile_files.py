@@ -7,6 +7,7 @@ and memory. Bombs are decoded in a child process whose peak RSS is measured.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import shutil
@@ -14,10 +15,13 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance import api
 from appliance.errors import FrameError, LimitExceededError, SourceFormatError, UnsafePathError
@@ -267,6 +271,35 @@ def test_malformed_safetensors_import_is_a_typed_error(case: str, tmp_path: Path
     path.write_bytes(SAFETENSORS_CASES[case])
     with pytest.raises(SourceFormatError):
         _import_all(path)
+
+
+ST_DTYPES = ["F32", "F16", "BF16", "I64", "U8", "BOOL", "F8_E4M3", "C64", "F99", "", "f32"]
+st_entries = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(ST_DTYPES),
+        "shape": st.lists(st.integers(-2, 2**40) | st.sampled_from([0, 1, 2, 4]), max_size=4),
+        "data_offsets": st.lists(st.integers(-1, 2**40) | st.sampled_from([0, 4, 8, 16, 64]), max_size=3),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    header=st.dictionaries(st.text(max_size=6), st_entries | st.just("junk"), max_size=3),
+    data=st.binary(max_size=128),
+    length_delta=st.sampled_from([0, 0, 0, 1, -1, 1 << 40]),
+)
+def test_fuzzed_safetensors_headers_import_or_raise_source_format_error(
+    header: dict[str, object], data: bytes, length_delta: int
+) -> None:
+    """Random safetensors headers: imported, or SourceFormatError; never another exception."""
+    counts.add("hostile.cases")
+    raw = json.dumps(header).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fuzz.safetensors"
+        path.write_bytes(_st(raw, data, length=max(0, len(raw) + length_delta)))
+        with contextlib.suppress(SourceFormatError):
+            _import_all(path)
 
 
 def test_safetensors_index_naming_a_shard_outside_the_directory_is_refused(tmp_path: Path) -> None:
