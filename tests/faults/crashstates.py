@@ -127,6 +127,16 @@ def orderings(ops: Sequence[Op]) -> Iterator[CrashState]:
                 yield CrashState("ordering", j, frozenset({i}))
 
 
+def pair_orderings(ops: Sequence[Op], rng: random.Random, per_cut: int) -> Iterator[CrashState]:
+    """Two optional ops lost while everything else up to ``j`` persists (sampled; nightly)."""
+    for j in range(3, len(ops) + 1):
+        optional = optional_ops(ops, j)
+        if len(optional) < 2:
+            continue
+        for _ in range(per_cut):
+            yield CrashState("ordering", j, frozenset(rng.sample(optional, 2)))
+
+
 def torn(ops: Sequence[Op]) -> Iterator[CrashState]:
     """Every write torn every way, at the last cut where it is still optional."""
     for i, op in enumerate(ops):

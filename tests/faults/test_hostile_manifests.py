@@ -118,6 +118,14 @@ def test_fuzzed_signed_manifests_verify_or_raise_typed_errors(doc: dict[str, Any
     assert verified.manifest.to_dict() == doc  # accepted only if it is exactly a valid manifest
 
 
+@pytest.mark.slow
+@settings(max_examples=50_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_manifests())
+def test_nightly_fuzzed_signed_manifests(doc: dict[str, Any]) -> None:
+    """Nightly: 50,000 mutated manifests behind a trusted signature."""
+    test_fuzzed_signed_manifests_verify_or_raise_typed_errors.hypothesis.inner_test(doc)  # type: ignore[attr-defined]
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.data())
 def test_fuzzed_envelope_bytes_raise_only_typed_errors(data: st.DataObject) -> None:

@@ -18,7 +18,7 @@ from appliance.storage.recording import Fsync, FsyncDir, Op, apply
 
 from . import counts
 from .checker import CrashChecker, next_persist, recover_twice
-from .crashstates import cuts, orderings, torn, unsynced
+from .crashstates import cuts, orderings, pair_orderings, torn, unsynced
 from .model import History, Keys
 from .workloads import PATHS, Recorded
 
@@ -111,3 +111,16 @@ def _is_frames_dir(path: Recorded, inode: int) -> bool:
     for op in path.ops:
         apply(image, op)
     return any(image.dirs[slot].get("frames") == inode for slot in (image.dirs[0]["A"], image.dirs[0]["B"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+def test_nightly_unsynced_drop_and_pair_ordering_sweep(
+    seed: int, recorded: dict[str, Recorded], keys: Keys, history: History
+) -> None:
+    """Nightly: 64 unsynced subsets per cut and every ordering with two lost ops, on every path."""
+    for path in recorded.values():
+        checker = CrashChecker(path, keys, history, seed=seed)
+        checker.run(unsynced(path.ops, 64, random.Random(seed * 7919 + len(path.ops))))
+        checker.run(pair_orderings(path.ops, random.Random(seed), per_cut=8))
+        checker.assert_clean()

@@ -28,13 +28,12 @@ from appliance.errors import (
 from appliance.format.canonical import canonical_bytes
 from appliance.format.digest import Digest
 from appliance.format.manifest import MAX_GENERATION
-from appliance.format.statement import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, Signature, bundle_bytes, pae
 from appliance.signing import SigningKey, TrustStore, verify_bundle
 from appliance.store import layout
 from appliance.store.store import Store
 
 from . import counts
-from .forge import Victim, newer, plant, unsigned
+from .forge import Victim, newer, plant, sign_predicate, unsigned
 from .model import History
 
 pytestmark = pytest.mark.faults
@@ -50,20 +49,6 @@ def _failures(victim: Victim) -> dict[tuple[str, int], type]:
     selection = victim.store.select()
     loaded = api.load(victim.store)
     return {(f.slot, f.generation): type(f.error) for f in [*selection.failures, *loaded.failures]}
-
-
-def _sign_dict(predicate: dict[str, object], keys: list[SigningKey]) -> bytes:
-    """A bundle over an arbitrary predicate (no structural validation on the way): a hostile signer."""
-    payload = canonical_bytes(
-        {
-            "_type": STATEMENT_TYPE,
-            "subject": [{"name": predicate["model"], "digest": {"sha256": Digest.of(canonical_bytes(predicate)).hex}}],
-            "predicateType": PREDICATE_TYPE,
-            "predicate": predicate,
-        }
-    )
-    signed = pae(PAYLOAD_TYPE, payload)
-    return bundle_bytes(payload, [Signature(k.keyid, k.sign(signed)) for k in keys])
 
 
 # --- arbitrary installation --------------------------------------------------------------
@@ -200,7 +185,7 @@ def test_mix_and_match_delta_on_a_base_that_is_not_its_parent_is_refused(victim:
             if frame["digest"] == delta.digest.hex:
                 frame["base"] = older.digest.hex  # a base outside the manifest's chain
     predicate["generation"] = 4
-    bundle = _sign_dict(predicate, [victim.signer])
+    bundle = sign_predicate(predicate, [victim.signer])
     plant(victim, newer(m3, 4), [], bundle=bundle, record={"manifest_digest": Digest.of(canonical_bytes(predicate))})
     victim.assert_boots_honest(3)
     assert _failures(victim)[("A", 4)] is ManifestError
@@ -240,7 +225,7 @@ def test_endless_manifest_fields_beyond_the_caps_are_refused(victim: Victim) -> 
             predicate["tensors"][0]["frames"][0]["raw_size"] = 1 << 40
         else:
             predicate["tensors"][0]["shape"] = [2**31] * 40
-        bundle = _sign_dict(predicate, [victim.signer])
+        bundle = sign_predicate(predicate, [victim.signer])
         with pytest.raises((ManifestError, LimitExceededError)):
             verify_bundle(bundle, victim.store.trust)
         record = {"manifest_digest": Digest.of(canonical_bytes(predicate))}

@@ -178,3 +178,13 @@ StoreMachine.TestCase.settings = settings(
     max_examples=120, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_random_sequences_of_commit_gc_rot_scrub_and_power_cuts_keep_the_oracle = StoreMachine.TestCase
+
+
+class NightlyStoreMachine(StoreMachine):
+    pass
+
+
+NightlyStoreMachine.TestCase.settings = settings(
+    max_examples=3000, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_nightly_random_sequences = pytest.mark.slow(NightlyStoreMachine.TestCase)
