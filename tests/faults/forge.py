@@ -86,16 +86,30 @@ def plant(
     generation = manifest.generation if generation is None else generation
     slot = slot or holding_slot(victim, manifest)
     data = bundle if bundle is not None else (sign_manifest(manifest, keys) if keys else unsigned(manifest))
+    return _write(victim, slot, generation, data, manifest.digest(), record or {})
+
+
+def plant_predicate(
+    victim: Victim, predicate: dict[str, Any], keys: list[SigningKey], slot: str = "A"
+) -> tuple[str, int]:
+    """Sign a manifest *dict* (valid or not) with ``keys`` and plant it as its generation in ``slot``."""
+    bundle = sign_predicate(predicate, keys)
+    return _write(victim, slot, predicate["generation"], bundle, Digest.of(_json(predicate)), {})
+
+
+def _write(
+    victim: Victim, slot: str, generation: int, bundle: bytes, manifest_digest: Digest, record: dict[str, Any]
+) -> tuple[str, int]:
     fields = {
         "slot": slot,
         "generation": generation,
-        "bundle_digest": Digest.of(data),
-        "bundle_size": len(data),
-        "manifest_digest": manifest.digest(),
+        "bundle_digest": Digest.of(bundle),
+        "bundle_size": len(bundle),
+        "manifest_digest": manifest_digest,
         "committed": "2026-01-01T00:00:00Z",
-    } | (record or {})
+    } | record
     storage = victim.store.storage
-    write_durable(storage, layout.bundle_path(slot, generation), data)
+    write_durable(storage, layout.bundle_path(slot, generation), bundle)
     write_durable(storage, layout.record_path(slot, generation), CommitRecord(**fields).to_bytes())
     return slot, generation
 

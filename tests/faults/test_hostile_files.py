@@ -34,7 +34,7 @@ from appliance.store import layout
 from appliance.store.store import Store
 
 from . import counts
-from .forge import Victim, newer, plant, sign_predicate
+from .forge import Victim, plant_predicate
 from .inject import FaultyStorage
 from .model import History
 
@@ -215,17 +215,7 @@ def test_a_bomb_behind_a_trusted_signature_falls_back(victim: Victim) -> None:
         {f["digest"]: f["size"] for t in predicate["tensors"] for f in t["frames"]}.values()
     ) + sum(b["size"] for b in predicate["bases"])
     (victim.root / layout.frame_path("A", bomb.digest)).write_bytes(data)
-    from appliance.format.canonical import canonical_bytes
-
-    bundle = sign_predicate(predicate, [victim.signer])
-    plant(
-        victim,
-        newer(m3, 4),
-        [],
-        slot="A",
-        bundle=bundle,
-        record={"manifest_digest": Digest.of(canonical_bytes(predicate))},
-    )
+    plant_predicate(victim, predicate, [victim.signer])
     victim.assert_boots_honest(3)
 
 
@@ -350,17 +340,7 @@ def test_a_pickle_planted_anywhere_is_never_unpickled(victim: Victim, tmp_path: 
     predicate["bases"], predicate["generation"] = [], 4
     predicate["totals"] = {"tensors": 1, "raw_bytes": len(payload), "stored_bytes": len(payload)}
     (victim.root / layout.frame_path("A", frame.digest)).write_bytes(payload)
-    from appliance.format.canonical import canonical_bytes
-
-    bundle = sign_predicate(predicate, [victim.signer])
-    plant(
-        victim,
-        newer(m3, 4),
-        [],
-        slot="A",
-        bundle=bundle,
-        record={"manifest_digest": Digest.of(canonical_bytes(predicate))},
-    )
+    plant_predicate(victim, predicate, [victim.signer])
     loaded = api.load(victim.reopen())
     assert loaded.generation == 4 and loaded.tensors["pickled"].numpy().tobytes() == payload
     victim.store.gc()

@@ -26,14 +26,13 @@ from appliance.errors import (
     UntrustedKeyError,
 )
 from appliance.format.canonical import canonical_bytes
-from appliance.format.digest import Digest
 from appliance.format.manifest import MAX_GENERATION
 from appliance.signing import SigningKey, TrustStore, verify_bundle
 from appliance.store import layout
 from appliance.store.store import Store
 
 from . import counts
-from .forge import Victim, newer, plant, sign_predicate, unsigned
+from .forge import Victim, newer, plant, plant_predicate, sign_predicate, unsigned
 from .model import History
 
 pytestmark = pytest.mark.faults
@@ -185,8 +184,7 @@ def test_mix_and_match_delta_on_a_base_that_is_not_its_parent_is_refused(victim:
             if frame["digest"] == delta.digest.hex:
                 frame["base"] = older.digest.hex  # a base outside the manifest's chain
     predicate["generation"] = 4
-    bundle = sign_predicate(predicate, [victim.signer])
-    plant(victim, newer(m3, 4), [], bundle=bundle, record={"manifest_digest": Digest.of(canonical_bytes(predicate))})
+    plant_predicate(victim, predicate, [victim.signer])
     victim.assert_boots_honest(3)
     assert _failures(victim)[("A", 4)] is ManifestError
     base_file = victim.root / layout.frame_path("A", delta.base)
@@ -228,8 +226,7 @@ def test_endless_manifest_fields_beyond_the_caps_are_refused(victim: Victim) -> 
         bundle = sign_predicate(predicate, [victim.signer])
         with pytest.raises((ManifestError, LimitExceededError)):
             verify_bundle(bundle, victim.store.trust)
-        record = {"manifest_digest": Digest.of(canonical_bytes(predicate))}
-        plant(victim, newer(victim.manifest(3), 4), [], bundle=bundle, record=record)
+        plant_predicate(victim, predicate, [victim.signer])
         victim.assert_boots_honest(3)
 
 
