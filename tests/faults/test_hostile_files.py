@@ -1,7 +1,7 @@
-"""Hostile files: planted symlinks and FIFOs, zstd bombs, malformed safetensors, pickles, TOCTOU swaps.
+"""Hostile files: planted symlinks and FIFOs, malformed safetensors, armed pickles, TOCTOU swaps.
 
-Each case ends in a typed error (and boot restores an honest checkpoint) within bounded time
-and memory. Bombs are decoded in a child process whose peak RSS is measured.
+Each case ends in a typed error (and boot restores an honest checkpoint) within bounded time.
+Decompression bombs: ``test_zstd_bombs.py``.
 """
 
 from __future__ import annotations
