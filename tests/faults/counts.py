@@ -37,6 +37,8 @@ LABELS = [
     ("signing.attacks", "signing attacks"),
     ("scrub.repairs", "scrub repairs checked"),
     ("oracle.violations", "oracle violations"),
+    ("commit regressions", "regression tests for commit bugs the suites found"),
+    ("negative controls caught", "negative controls caught (sabotaged protocols must fail)"),
 ]
 
 

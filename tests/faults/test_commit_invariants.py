@@ -80,6 +80,7 @@ def test_commit_never_acknowledges_a_checkpoint_missing_a_frame(keys: Keys, monk
     store = Store(storage, make_config(), keys.trust)
     with pytest.raises(FrameMissingError):
         store.commit(_sources({"w": _frame(6)}), [keys.signer])
+    counts.add("commit regressions")
     assert BOOT(storage, make_config(), keys.trust).recovery
     assert not [p for p in storage.walk() if p.endswith(".commit.json")]
 
