@@ -25,6 +25,7 @@ from typing import Any
 
 from appliance.errors import (
     ApplianceError,
+    FrameMissingError,
     NoValidCheckpointError,
     RevokedKeyError,
     StorageError,
@@ -319,8 +320,14 @@ def _base_closure(tensors: tuple[TensorEntry, ...], parent: OpenCheckpoint | Non
 
 
 def _check_self_contained(target: SlotReader, manifest: Manifest) -> None:
-    for frame in manifest.frame_index().values():
-        target.check_present(frame)
+    """One directory listing, not a stat per frame: every frame the manifest names is in the slot."""
+    present = set(target.storage.listdir(layout.frames_dir(target.slot)) or [])
+    missing = [f.digest.short() for f in manifest.frame_index().values() if f.digest.hex not in present]
+    if missing:
+        raise FrameMissingError(
+            f"{len(missing)} frame(s) the new manifest names are not in slot {target.slot} ({', '.join(missing[:3])})",
+            remedy="this is a bug in the commit path; nothing was committed, the previous checkpoint is intact",
+        )
 
 
 def _remove_created(storage: Storage, paths: list[str]) -> None:
