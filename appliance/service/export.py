@@ -1,0 +1,87 @@
+"""Capturing the serving model's state with a short pause, then writing it to the outbox.
+
+Owns: ``capture`` (under the model lock: answer the canary input, clone every state tensor —
+the only time serving waits) and ``write`` (outside the lock: content digest, safetensors
+file, atomic rename into the outbox). Does not own committing (``appliance.persist``).
+
+The pause is a memory copy of the state (plus one forward pass of the canary input), not a
+persist: hashing, compressing, signing and fsyncing happen in other threads and processes
+while requests keep being answered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from appliance.format.canary import Canary
+from appliance.format.export import ExportInfo
+from appliance.service import loader
+from appliance.sources.export import write_export
+
+CANARY_ATOL = 1e-5
+CANARY_RTOL = 1e-4
+
+
+@dataclass
+class Snapshot:
+    tensors: dict[str, torch.Tensor]
+    step: int
+    canary: Canary | None
+    pause_s: float
+
+
+def capture(model: nn.Module, lock: threading.Lock) -> Snapshot:
+    """A private copy of ``model.state_dict()`` and its canary answer, taken atomically."""
+    with lock:
+        start = time.perf_counter()
+        canary = _canary(model)
+        tensors = {name: t.detach().clone() for name, t in model.state_dict().items()}
+        step = loader.adaptation_step(model)
+        pause = time.perf_counter() - start
+    return Snapshot(tensors, step, canary, pause)
+
+
+def _canary(model: nn.Module) -> Canary | None:
+    inputs = loader.canary_input(model)
+    if inputs is None:
+        return None
+    with torch.inference_mode():
+        expected = model(inputs)
+    return Canary(input=inputs.tolist(), expected=expected.tolist(), atol=CANARY_ATOL, rtol=CANARY_RTOL)
+
+
+def write(snapshot: Snapshot, outbox: str | Path, model_entry: str, source: dict[str, Any] | None) -> ExportResult:
+    start = time.perf_counter()
+    path, info = write_export(
+        snapshot.tensors,
+        outbox,
+        model=model_entry,
+        step=snapshot.step,
+        pause_s=snapshot.pause_s,
+        canary=snapshot.canary,
+        source=source,
+    )
+    return ExportResult(path, info, time.perf_counter() - start)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    info: ExportInfo
+    write_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.path.name,
+            "step": self.info.step,
+            "pause_s": round(self.info.pause_s, 6),
+            "write_s": round(self.write_s, 6),
+            "raw_bytes": self.info.raw_bytes,
+        }
