@@ -147,19 +147,18 @@ class _FramePlacer:
 
     def place(self, encoded: EncodedFrame) -> None:
         for ref, data in encoded.extra:
-            self._write(ref, data)
-            self.copied += 1
+            self.copied += self._write(ref, data)
         if encoded.stored is not None and encoded.ref.digest not in self.placed:
             if encoded.kind == "reused":
-                self.copied += 1
-                self._write(encoded.ref, encoded.stored)
+                self.copied += self._write(encoded.ref, encoded.stored)
             elif not self._present_and_valid(encoded.ref):
                 self._write(encoded.ref, encoded.stored)
         self.placed.add(encoded.ref.digest)
 
-    def _write(self, ref: FrameRef, data: bytes) -> None:
+    def _write(self, ref: FrameRef, data: bytes) -> bool:
+        """Write ``data`` as frame ``ref`` unless this commit already placed it; True if written."""
         if ref.digest in self.placed:
-            return
+            return False
         path = layout.frame_path(self.target.slot, ref.digest)
         existed = self.target.frame_size(ref.digest) is not None
         self.batch.add(path, data)
@@ -167,6 +166,7 @@ class _FramePlacer:
             self.created.append(path)
         self.written_bytes += len(data)
         self.placed.add(ref.digest)
+        return True
 
     def _present_and_valid(self, ref: FrameRef) -> bool:
         if self.target.frame_size(ref.digest) != ref.size:
