@@ -154,11 +154,6 @@ class ExportFileError(IntegrityError):
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
 
 
-class CanaryError(IntegrityError):
-    exit_code = 42
-    remedy = "the checkpoint is marked BAD and the other slot is booted; check the model code and its canary"
-
-
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
     remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"

@@ -38,6 +38,10 @@ class ServiceControl(Protocol):
 
     def stop(self, name: str) -> None: ...
 
+    def shutdown(self) -> None:
+        """Ask supervisord to stop every program and exit."""
+        self._call("shutdown")
+
     def info(self, name: str) -> ProcessInfo: ...
 
 
@@ -85,6 +89,10 @@ class SupervisorControl:
         except xmlrpc.client.Fault as exc:
             if exc.faultCode != Faults.NOT_RUNNING:
                 raise ServiceError(f"supervisord cannot stop {name}: {exc.faultString}") from exc
+
+    def shutdown(self) -> None:
+        """Ask supervisord to stop every program and exit."""
+        self._call("shutdown")
 
     def info(self, name: str) -> ProcessInfo:
         try:

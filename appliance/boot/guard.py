@@ -24,6 +24,7 @@ from typing import TextIO
 from supervisor import childutils
 
 from appliance.boot.control import ServiceControl
+from appliance.boot.trial import BLAMELESS_PHASES
 from appliance.events import EventLog
 from appliance.format import slotstate as ss
 from appliance.format.handoff import Admit
@@ -51,6 +52,7 @@ class Guard:
         self.events = events
         self.reboot = reboot
         self.run = RunDir(config.run_dir)
+        self.blameless = 0  # consecutive deaths before a restore began (a broken service, not a checkpoint)
 
     def serve_forever(self, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
         while True:
@@ -79,6 +81,9 @@ class Guard:
             return "ignored: no checkpoint proven GOOD is being served"
         if report is None or report.pid != pid or report.handoff is None or report.handoff.boot_id != handoff.boot_id:
             return "ignored: not the process serving the current handoff"
+        if report.phase.value in BLAMELESS_PHASES:
+            return self._broken_service(f"the service died while {report.phase.value} (before restoring)")
+        self.blameless = 0
         state = ss.crash(self.states.load(handoff.slot), handoff.generation, handoff.manifest_digest, _utc())
         self.states.write(state)
         self.events.emit(
@@ -102,8 +107,22 @@ class Guard:
             return "ignored: no checkpoint proven GOOD is being served"
         if self.control.info(self.config.service_program).state != "FATAL":
             return "ignored: the service is no longer FATAL"
+        report = self.run.read_report()
+        if report is None or report.phase.value in BLAMELESS_PHASES:
+            self.blameless = 0
+            code = self.reboot()  # boot retries; a service that cannot even load ends in recovery mode
+            return f"service FATAL before restoring; boot exited {code}"
         return self._condemn(handoff.slot, handoff.generation, handoff.manifest_digest,
                              "supervisord gave up restarting the service (FATAL)")  # fmt: skip
+
+    def _broken_service(self, reason: str) -> str:
+        """Deaths before the restore are the service's fault: counted here, never against a checkpoint."""
+        self.blameless += 1
+        if self.blameless <= self.config.max_boot_attempts:
+            return f"not counted against the checkpoint: {reason}"
+        self.blameless = 0
+        code = self.reboot()
+        return f"service keeps dying before restoring; boot exited {code}"
 
     def _condemn(self, slot: str, generation: int, digest: str, reason: str) -> str:
         state = ss.mark_bad(self.states.load(slot), generation, digest, reason, _utc())

@@ -165,8 +165,8 @@ class BootRun:
         o = self.outcome
         o.serving = {"slot": opened.slot, "generation": opened.generation, "manifest_digest": digest}
         o.restore = trial.report.restore if trial.report else None
-        self._add_stage("mark_s", self.ctx.clock() - t0)
-        o.stages.update(_service_stages(trial))
+        o.stages = {"discover_s": o.stages.get("discover_s", 0.0), **_service_stages(trial)}
+        o.stages["mark_s"] = self.ctx.clock() - t0
         o.stages["total_s"] = self.ctx.clock() - self.started
         self._emit("boot.serving", opened, total_s=round(o.stages["total_s"], 3), stages=o.to_dict()["stages"],
                    restore=o.restore, fallbacks=len(o.failures))  # fmt: skip
@@ -240,20 +240,24 @@ def _digest(opened: OpenCheckpoint) -> str:
 
 
 def _service_stages(trial: Trial) -> dict[str, float]:
-    """Seconds per stage inside the service (from its report) plus what boot measured around it."""
-    out = dict(trial.seconds)
+    """Seconds per stage, in boot order: boot's view of the service start, then its own breakdown.
+
+    ``process_start_s`` is interpreter + imports (torch) up to the handoff read; ``restore_*_cpu_s``
+    are summed over restore workers, so together they can exceed ``restore_s`` (wall time).
+    """
+    out = {"service_start_s": trial.seconds.get("service_start_s", 0.0)}
     report = trial.report
-    if report is None:
-        return out
-    t = report.timings
+    t = report.timings if report else {}
     if "loading" in t and "restoring" in t:
         out["process_start_s"] = t["loading"]
         out["model_build_s"] = t["restoring"] - t["loading"]
     if "restoring" in t and "restored" in t:
         out["restore_s"] = t["restored"] - t["restoring"]
-    stats = report.restore or {}
+    stats = (report.restore if report else None) or {}
     for stage, seconds in (stats.get("stage_seconds") or {}).items():
-        out[f"restore_{stage}_cpu_s"] = float(seconds)
+        if seconds:
+            out[f"restore_{stage}_cpu_s"] = float(seconds)
+    out["canary_s"] = trial.seconds.get("canary_s", 0.0)
     return out
 
 

@@ -103,13 +103,14 @@ def _boot_text(d: dict[str, Any]) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    started = time.monotonic()
     config = load_config(args.config)
     run = RunDir(config.run_dir)
     # First sign of life, before torch is imported: a crash after this is attributable to this pid.
     run.write_report(ServiceReport(os.getpid(), Phase.STARTING, run.read_handoff(), _utc()))
     from appliance.service.server import serve
 
-    return serve(config)
+    return serve(config, started)
 
 
 def cmd_persist(args: argparse.Namespace, out: Output) -> int:

@@ -46,7 +46,13 @@ def _utc() -> str:
 
 
 class ServiceRuntime:
-    def __init__(self, config: NodeConfig, run: RunDir | None = None, events: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        run: RunDir | None = None,
+        events: EventLog | None = None,
+        started: float | None = None,
+    ) -> None:
         self.config = config
         self.run = run or RunDir(config.run_dir)
         self.events = events or EventLog(config.event_log, "service")
@@ -59,7 +65,7 @@ class ServiceRuntime:
         self.error: dict[str, Any] | None = None
         self.exit_code: int | None = None
         self.stop_server: Callable[[], None] = lambda: None
-        self._started = time.monotonic()
+        self._started = time.monotonic() if started is None else started  # process start, for phase timings
         self.timings: dict[str, float] = {}
 
     # --- bring-up ----------------------------------------------------------------------

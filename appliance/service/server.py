@@ -36,9 +36,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: NodeConfig) -> int:
+def serve(config: NodeConfig, started: float | None = None) -> int:
+    """Run the service; ``started`` (monotonic) is when the process began, for the phase timings."""
     sock = bind(config.host, config.port)
-    runtime = ServiceRuntime(config)
+    runtime = ServiceRuntime(config, started=started)
     app = create_app(runtime)
 
     @contextlib.asynccontextmanager
