@@ -38,10 +38,6 @@ class ServiceControl(Protocol):
 
     def stop(self, name: str) -> None: ...
 
-    def shutdown(self) -> None:
-        """Ask supervisord to stop every program and exit."""
-        self._call("shutdown")
-
     def info(self, name: str) -> ProcessInfo: ...
 
 

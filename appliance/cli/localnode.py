@@ -13,6 +13,7 @@ disk survives it. Losing that is what the VM tier (QEMU hard reset) tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,7 +59,7 @@ class LocalNode:
         argv = ["node-init", str(root)]
         for key, value in options.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
-        subprocess.run(CLI + argv, check=True, capture_output=True, timeout=60, env={**os.environ, **(env or {})})
+        subprocess.run(CLI + argv, check=True, capture_output=True, timeout=60, env={**os.environ, **(env or {})})  # noqa: S603
         return cls(root, env)
 
     @property
@@ -71,7 +72,7 @@ class LocalNode:
         """Run ``appliance ARGV --config NODE.json`` in a child process."""
         cmd = [*CLI, *argv, "--config", str(self.config_path)]
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env, check=False)
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env, check=False)  # noqa: S603
         except subprocess.TimeoutExpired as exc:
             raise NodeTimeoutError(f"`appliance {' '.join(argv)}` did not finish within {timeout}s") from exc
 
@@ -95,7 +96,7 @@ class LocalNode:
 
     def start(self, timeout: float = 30.0) -> None:
         log = open(self.root / "log" / "supervisord.stdout", "ab")  # noqa: SIM115 (lives as long as the process)
-        self.supervisord = subprocess.Popen(
+        self.supervisord = subprocess.Popen(  # noqa: S603 (our own interpreter and config)
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.root / "supervisord.conf")],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -181,10 +182,8 @@ class LocalNode:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _tree(root: int) -> list[int]:
