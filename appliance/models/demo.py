@@ -63,7 +63,7 @@ class DemoModel(nn.Module):
                 v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
                 m_hat, v_hat = m / (1 - BETAS[0] ** t), v / (1 - BETAS[1] ** t)
                 p.sub_(self.lr * m_hat / (v_hat.sqrt() + EPS))
-        return {"loss": float(loss), "step": float(t)}
+        return {"loss": float(loss.detach()), "step": float(t)}
 
     def canary_input(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(20240601)
