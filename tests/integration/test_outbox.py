@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from appliance.events import read_events
+from appliance.events import EventLog, read_events
 from appliance.models.demo import build
 from appliance.node.config import NodeConfig
 from appliance.node.rundir import RunDir
 from appliance.persist.committer import Committer
 from appliance.persist.daemon import PersistDaemon
 from appliance.sources.export import open_export, write_export
-from appliance.events import EventLog
 from appliance.store.store import Store
 from tests.integration.node_fixtures import node, serving_good, with_changes
 
