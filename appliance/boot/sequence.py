@@ -86,6 +86,7 @@ class BootRun:
         self.outcome = BootOutcome(uuid.uuid4().hex[:16])
         self.started = ctx.clock()
         self.floor = 0
+        self.floor_damaged = False
 
     # --- the sequence ------------------------------------------------------------------
 
@@ -211,10 +212,14 @@ class BootRun:
         except FloorUnreadableError as exc:
             floor = ss.floor_after_good(0, (r.state for r in self.states.read_all().values()))
             self.ctx.events.emit("floor.damaged", reason=str(exc), floor=floor)
+            self.floor_damaged = True
             return floor
 
     def _raise_floor(self) -> None:
         new = ss.floor_after_good(self.floor, (r.state for r in self.states.read_all().values()))
+        if self.floor_damaged:  # rewrite the damaged store with the value rebuilt from the slot states
+            self.floor = self.floor_store.raise_to(self.floor)
+            self.floor_damaged = False
         if new > self.floor:
             stored = self.floor_store.raise_to(new)
             self.ctx.events.emit("floor.raised", old=self.floor, new=stored)

@@ -63,11 +63,12 @@ class FileFloor:
 
     def raise_to(self, value: int) -> int:
         try:
-            current = self.read()
+            current, damaged = self.read(), False
         except FloorUnreadableError:
-            current = 0  # rewritten below with the value the caller derived
-        if value <= current:
+            current, damaged = 0, True  # rewritten below with the value the caller derived
+        if value <= current and not damaged:
             return current
+        value = max(value, current)
         body: dict[str, Any] = {
             "format": FLOOR_FORMAT,
             "version": FLOOR_VERSION,
