@@ -92,7 +92,7 @@ def _adapt_and_persist(node: LocalNode) -> dict[str, Any]:
     node.call("/v1/adapt", {"inputs": X, "targets": TARGET})
     before = len(node.events("persist.committed"))
     _, exported = node.call("/v1/export", {})
-    committed = node.wait_event("persist.committed", after=before, timeout=120)["fields"]
+    committed: dict[str, Any] = node.wait_event("persist.committed", after=before, timeout=120)["fields"]
     print(
         f"step {exported['step']}: serving paused {exported['pause_s'] * 1000:.1f} ms to capture; "
         f"{_committed(committed)} in {committed['seconds']:.3f} s"
@@ -100,17 +100,19 @@ def _adapt_and_persist(node: LocalNode) -> dict[str, Any]:
     return committed
 
 
+def _newest_acknowledged(node: LocalNode) -> int:
+    return max((int(e["fields"]["generation"]) for e in node.events("persist.committed")), default=0)
+
+
 def _cut_during_persist(node: LocalNode) -> int:
-    acknowledged = max(e["fields"]["generation"] for e in node.events("persist.committed"))
+    acknowledged = _newest_acknowledged(node)
     node.call("/v1/adapt", {"inputs": X, "targets": TARGET})
     started = len(node.events("persist.started"))
     threading.Thread(target=_export_quietly, args=(node,), daemon=True).start()
     node.wait_event("persist.started", after=started, timeout=120)
     killed = node.power_cut()
-    finished = len(node.events("persist.committed")) > 0 and max(
-        e["fields"]["generation"] for e in node.events("persist.committed")
-    )
-    state = "the commit completed just before the cut" if finished and finished > acknowledged else "mid-commit"
+    finished = _newest_acknowledged(node) > acknowledged
+    state = "the commit completed just before the cut" if finished else "mid-commit"
     print(f"killed {len(killed)} processes ({state}); /run wiped as a power loss would")
     return acknowledged
 
