@@ -68,3 +68,11 @@ def test_journald_native_protocol_fields(tmp_path: Path) -> None:
 
 def test_datagram_encodes_non_strings_as_json() -> None:
     assert journal_datagram({"A": {"x": 1}}) == b'A={"x": 1}\n'
+
+
+def test_boot_doc_lists_every_event_with_its_id() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "boot.md").read_text()
+    for e in CATALOGUE.values():
+        assert f"| `{e.name}` | {e.id} |" in doc, e.name
