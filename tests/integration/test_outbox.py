@@ -123,3 +123,37 @@ def test_commit_refused_when_the_target_slot_is_not_mounted(node: NodeConfig) ->
     assert failed["error"] == "SlotUnavailableError"
     assert path.exists() and generations(node) == [1]
     assert not list((Path(node.store) / "B" / "frames").iterdir())
+
+
+def test_daemon_rescans_on_start_and_feeds_the_systemd_watchdog(
+    node: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export left while the watchdog was down is committed at start; the loop pings WATCHDOG=1."""
+    import socket
+    import threading
+
+    serving_good(node)
+    export(node, 1, 1)  # dropped before the daemon runs: no file event will ever announce it
+    notify = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(notify))
+        systemd.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
+        monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+        d = daemon(node)
+        loop = threading.Thread(target=d.run)
+        loop.start()
+        try:
+            assert systemd.recv(64) == b"WATCHDOG=1"
+            generations: list[int] = []
+            for _ in range(300):  # the seed's commit (generation 1) is already in the log
+                generations = [e["fields"]["generation"] for e in events(node, "persist.committed")]
+                if 2 in generations:
+                    break
+                threading.Event().wait(0.1)
+            assert generations == [1, 2]
+        finally:
+            d.stop.set()
+            d.wake.set()
+            loop.join(30)
+    assert not loop.is_alive()
