@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from appliance.errors import ApplianceError, StorageError
 from appliance.format.canonical import canonical_bytes, strict_loads
@@ -30,6 +30,7 @@ HANDOFF = "handoff.json"
 REPORT = "service.json"
 RECOVERY = "recovery.json"
 BOOT_LOCK = "boot.lock"
+T = TypeVar("T")
 
 
 class RunDir:
@@ -61,11 +62,7 @@ class RunDir:
         self._write(HANDOFF, handoff.to_dict())
 
     def read_handoff(self) -> Handoff | None:
-        obj = self._read(HANDOFF)
-        try:
-            return None if obj is None else Handoff.from_dict(obj)
-        except ApplianceError:
-            return None
+        return _parsed(self._read(HANDOFF), Handoff.from_dict)
 
     def clear_handoff(self) -> None:
         self._remove(HANDOFF)
@@ -76,11 +73,7 @@ class RunDir:
         self._write(REPORT, report.to_dict())
 
     def read_report(self) -> ServiceReport | None:
-        obj = self._read(REPORT)
-        try:
-            return None if obj is None else ServiceReport.from_dict(obj)
-        except ApplianceError:
-            return None
+        return _parsed(self._read(REPORT), ServiceReport.from_dict)
 
     def clear_report(self) -> None:
         self._remove(REPORT)
@@ -130,3 +123,13 @@ class RunDir:
     def boot_running(self) -> bool:
         with self.commit_guard() as free:
             return not free
+
+
+def _parsed(obj: Any, parse: Callable[[Any], T]) -> T | None:
+    """``parse(obj)``, or ``None`` when the file was absent or does not parse (a reader never crashes)."""
+    if obj is None:
+        return None
+    try:
+        return parse(obj)
+    except ApplianceError:
+        return None
