@@ -270,3 +270,29 @@ def test_malformed_canary_condemns_the_checkpoint(node: Node) -> None:
     node.commit(2, canary={"input": "not a list", "expected": [[1.0]]})
     assert served(node.boot()) == ("A", 1)
     assert "malformed" in node.slot("B").reason
+
+
+@pytest.mark.root
+def test_an_unmounted_slot_is_never_read_even_if_its_directory_holds_checkpoints(node: Node, tmp_path: Path) -> None:
+    """With require_mounts, B's bare directory (partition not mounted) is skipped; A's mounted one serves."""
+    import dataclasses
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs as slot A's partition")
+    node.commit(1)
+    node.commit(2)  # the newest, in B, which will look unmounted
+    slot_a = Path(node.config.store) / "A"
+    saved = tmp_path / "A.saved"
+    shutil.copytree(slot_a, saved)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(slot_a)], check=False).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        shutil.copytree(saved, slot_a, dirs_exist_ok=True)
+        node.config = dataclasses.replace(node.config, require_mounts=True)
+        assert served(node.boot()) == ("A", 1)
+        assert node.events("slot.unavailable")[-1]["fields"]["slot"] == "B"
+    finally:
+        subprocess.run(["umount", str(slot_a)], check=False)
