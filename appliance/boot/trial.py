@@ -104,6 +104,7 @@ def _mine(ctx: TrialContext, boot_id: str) -> ServiceReport | None:
 def _wait_restored(ctx: TrialContext, handoff: Handoff) -> Trial:
     deadline = ctx.clock() + ctx.config.ready_timeout
     last_note = 0.0
+    first_pid = 0  # supervisord may restart a dead service before we look: a new pid is a death too
     while True:
         report = _mine(ctx, handoff.boot_id)
         phase = report.phase.value if report else Phase.STARTING.value
@@ -112,6 +113,9 @@ def _wait_restored(ctx: TrialContext, handoff: Handoff) -> Trial:
         if report and report.phase is Phase.FAILED:
             return _failed(report)
         info = ctx.control.info(ctx.config.service_program)
+        first_pid = first_pid or info.pid
+        if info.alive and info.pid and info.pid != first_pid:
+            return Trial(False, phase, f"the service died while {phase} and was restarted", report)
         if not info.alive:
             report = _mine(ctx, handoff.boot_id) or report  # it may have reported just before exiting
             if report and report.phase is Phase.FAILED:

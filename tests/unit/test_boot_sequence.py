@@ -296,3 +296,22 @@ def test_an_unmounted_slot_is_never_read_even_if_its_directory_holds_checkpoints
         assert node.events("slot.unavailable")[-1]["fields"]["slot"] == "B"
     finally:
         subprocess.run(["umount", str(slot_a)], check=False)
+
+
+def test_a_service_restarted_behind_boots_back_counts_as_dead(node: Node) -> None:
+    """If supervisord restarts a crashed service before boot looks, the new pid still condemns the candidate."""
+    node.commit(1)
+    node.commit(2)
+    node.service.plan[("B", 2)] = "hang:restoring"
+    real_info = node.service.info
+    calls = {"n": 0}
+
+    def info(name: str) -> ProcessInfo:
+        calls["n"] += 1
+        if calls["n"] == 3 and node.service.started[-1] == ("B", 2):
+            node.service.pid += 1  # died and was restarted between two polls
+        return real_info(name)
+
+    node.service.info = info  # type: ignore[method-assign]
+    assert served(node.boot()) == ("A", 1)
+    assert "restarted" in node.slot("B").reason
