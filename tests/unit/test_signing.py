@@ -152,7 +152,9 @@ def test_key_files_round_trip_and_refuse_overwrite(tmp_path: Path) -> None:
         key.save(tmp_path / "k")
 
 
-@pytest.mark.parametrize("content", [b"", b"not a key", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a key", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"]
+)
 def test_malformed_key_files_are_refused(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "bad").write_bytes(content)
     with pytest.raises(KeyFileError):
