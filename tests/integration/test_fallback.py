@@ -18,10 +18,10 @@ from appliance.errors import (
     UntrustedKeyError,
 )
 from appliance.signing import SigningKey
-from appliance.store.lock import writer_lock
-from appliance.store.store import Store
 from appliance.storage import LocalStorage
 from appliance.storage.base import translate_os_error
+from appliance.store.lock import writer_lock
+from appliance.store.store import Store
 from tests.integration.conftest import flip_bit, frame_files, nudge, same, weights
 
 pytestmark = pytest.mark.integration
