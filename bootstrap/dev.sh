@@ -32,6 +32,21 @@ run_tests() {
     mypy
     lint-imports
     pytest -m "not slow and not vm and not hil" "$@"
+    py310_smoke
+}
+
+# The Jetson runs Python 3.10. The torch-free layers (format, signing, codec, storage) and their
+# unit tests run under 3.10 here too; torch for 3.10 is a CUDA build on PyPI, so it is not used.
+py310_smoke() {
+    if ! command -v python3.10 >/dev/null 2>&1; then
+        echo "py310 smoke: SKIPPED (no python3.10 on this machine)"
+        return 0
+    fi
+    if [ ! -x .venv310/bin/python ]; then
+        python3.10 -m venv .venv310
+    fi
+    .venv310/bin/pip install --quiet numpy zstandard cryptography safetensors pytest hypothesis
+    PYTHONPATH=. .venv310/bin/python -m pytest -q -p no:cacheprovider tests/unit
 }
 
 cmd=${1:-test}
