@@ -114,7 +114,7 @@ def _commit_text(d: dict[str, Any]) -> str:
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     store = Store.open(args.root)
-    with out.progress(0, "verify") as progress:
+    with out.progress(None, "verify") as progress:
         report = store.verify(deep=args.deep, progress=progress)
     data = report.to_dict()
 
@@ -142,7 +142,8 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     from appliance.sources.safetensors_io import export_safetensors
 
     store = Store.open(args.root)
-    loaded = api.load(store, generation=args.generation, deep=args.deep)
+    with out.progress(None, "restore") as progress:
+        loaded = api.load(store, generation=args.generation, deep=args.deep, progress=progress)
     meta = {
         "appliance.generation": str(loaded.generation),
         "appliance.metadata": json.dumps(loaded.metadata),
