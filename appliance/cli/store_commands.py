@@ -23,7 +23,10 @@ WARNINGS = 1
 def parse_meta(value: str | None) -> dict[str, Any]:
     if not value:
         return {}
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --meta file {value[1:]}: {exc}") from exc
     try:
         meta = json.loads(text)
     except ValueError as exc:

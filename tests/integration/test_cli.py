@@ -86,6 +86,9 @@ def test_no_valid_checkpoint_exit_code(setup: dict[str, Path], capsys: pytest.Ca
         (["commit", "{root}", "{v1}", "--key", "{other}", "--json"], 32, "UntrustedKeyError"),
         (["restore", "{root}", "--out", "{tmp}/o.safetensors", "--generation", "7", "--json"], 17, "CheckpointNotFoundError"),
         (["init", "{root}", "--trust", "{key}.pub", "--json"], 14, "StoreExistsError"),
+        (["init", "{key}", "--trust", "{key}.pub", "--json"], 14, "StoreExistsError"),
+        (["commit", "{root}", "{v1}", "--key", "{key}", "--meta", "@{tmp}/none.json", "--json"], 10, "UsageError"),
+        (["init", "{tmp}/new", "--trust", "{v1}", "--json"], 11, "KeyFileError"),
     ],
 )  # fmt: skip
 def test_errors_map_to_documented_exit_codes(
