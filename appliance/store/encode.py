@@ -148,7 +148,11 @@ class FrameEncoder:
         ref = self.by_raw.get((raw_digest, size))
         if ref is None or ref.codec.planes not in (0, dtype.planes):
             return None
-        if (self.options.full and ref.depth > 0) or (self.options.policy == "fast" and ref.codec != IDENTITY):
+        # Compaction re-encodes anything not written the way this policy writes a full frame;
+        # "fast" never reuses compressed frames (its point is zero-decode restores).
+        if self.options.full and ref.codec != self.full_spec(dtype):
+            return None
+        if self.options.policy == "fast" and ref.codec != IDENTITY:
             return None
         chain = self._obtain_chain(ref)
         if chain is None:
