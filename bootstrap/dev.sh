@@ -57,7 +57,7 @@ py310_smoke() {
     if [ ! -x .venv310/bin/python ]; then
         "$py310" -m venv .venv310
     fi
-    .venv310/bin/pip install --quiet numpy zstandard cryptography safetensors pytest hypothesis
+    .venv310/bin/pip install --quiet numpy zstandard cryptography safetensors pytest hypothesis supervisor
     PYTHONPATH=. .venv310/bin/python -m pytest -q -p no:cacheprovider tests/unit
 }
 

@@ -68,15 +68,15 @@ class FrameSupply:
 
     Every frame handed out was hashed in this commit. A frame already valid in the target
     slot is used in place; otherwise its verified bytes from the parent's slot are returned
-    for writing, to exactly one caller per digest.
+    for writing to every caller that needs it: an encoder may discard the frame it obtained them
+    for (a delta that loses to a full frame), so no caller may rely on another one writing a
+    copy; the commit's frame placer writes each digest once.
     """
 
     def __init__(self, target: SlotReader, source: SlotReader | None, index: Mapping[Digest, FrameRef]) -> None:
         self.target = target
         self.source = source
         self.index = index
-        self._claimed: set[Digest] = set()
-        self._lock = threading.Lock()
 
     def chain(self, ref: FrameRef) -> list[FrameRef]:
         """``ref`` and its delta bases, deepest base first."""
@@ -94,11 +94,7 @@ class FrameSupply:
                 pass  # a rotten copy in the target slot is replaced by a verified one
         if self.source is None or self.source.slot == self.target.slot:
             raise FrameMissingError(f"frame {ref.digest.short()} has no verified copy")
-        data = bytes(self.source.read_frame(ref))
-        with self._lock:
-            first = ref.digest not in self._claimed
-            self._claimed.add(ref.digest)
-        return data, first
+        return bytes(self.source.read_frame(ref)), True
 
 
 class FrameEncoder:
