@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from appliance.errors import ApplianceError, IntegrityError, NoValidCheckpointError, StorageError
+from appliance.codec.transform import U8
+from appliance.errors import ApplianceError, IntegrityError, NoValidCheckpointError, StorageError, TensorMismatchError
 from appliance.signing import SigningKey
 from appliance.sources.tensors import allocate, check_destination, sources_from_dict
 from appliance.store.commit import CommitResult
@@ -88,8 +89,8 @@ def load(
         failures.extend(f for f in selection.failures if (f.slot, f.generation) not in tried)
         opened = selection.opened
         tensors = _destinations(opened, into)
+        views = _views(opened, tensors)
         try:
-            views = {name: check_destination(opened.verified.manifest.tensor(name), t) for name, t in tensors.items()}
             stats = store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
         except (IntegrityError, StorageError) as exc:
             failures.append(Failure(opened.slot, opened.generation, exc))
@@ -113,6 +114,17 @@ def _destinations(opened: OpenCheckpoint, into: Mapping[str, torch.Tensor] | Non
     if into is None:
         return {t.name: allocate(t) for t in manifest.tensors}
     return dict(into)
+
+
+def _views(opened: OpenCheckpoint, tensors: Mapping[str, torch.Tensor]) -> dict[str, U8]:
+    manifest = opened.verified.manifest
+    names = {t.name for t in manifest.tensors}
+    if names != set(tensors):
+        missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
+        raise TensorMismatchError(
+            f"destination tensors differ from the checkpoint: missing {missing[:5]}, extra {extra[:5]}"
+        )
+    return {t.name: check_destination(t, tensors[t.name]) for t in manifest.tensors}
 
 
 def _dedupe(failures: list[Failure]) -> list[Failure]:

@@ -149,6 +149,11 @@ class UnsafePathError(IntegrityError):
     remedy = "remove the planted entry; store files are never links (run `appliance verify`)"
 
 
+class ExportFileError(IntegrityError):
+    exit_code = 41
+    remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
+
+
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
     remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
@@ -180,6 +185,16 @@ class LockedError(StorageError):
 class SlotUnavailableError(StorageError):
     exit_code = 64
     remedy = "mount the slot's partition (see systemd/*.mount) and retry"
+
+
+class ServiceError(StorageError):
+    exit_code = 65
+    remedy = "check the model service's log (supervisorctl tail model) and the node configuration"
+
+
+class SupervisorUnavailableError(StorageError):
+    exit_code = 66
+    remedy = "start supervisord (systemctl start appliance-supervisor) and retry"
 
 
 class HardwareError(ApplianceError):

@@ -32,6 +32,33 @@ run_tests() {
     mypy
     lint-imports
     pytest -m "not slow and not vm and not hil" "$@"
+    py310_smoke
+}
+
+# The Jetson runs Python 3.10. The torch-free layers (format, signing, codec, storage) and their
+# unit tests run under 3.10 here too; torch for 3.10 is a CUDA build on PyPI, so it is not used.
+find_python310() {
+    local candidate
+    for candidate in python3.10 "$(pyenv root 2>/dev/null)"/versions/3.10*/bin/python3.10; do
+        if "$candidate" -c "import sys; assert sys.version_info[:2] == (3, 10)" >/dev/null 2>&1; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+py310_smoke() {
+    local py310
+    if ! py310=$(find_python310); then
+        echo "py310 smoke: SKIPPED (no working python3.10 on this machine)"
+        return 0
+    fi
+    if [ ! -x .venv310/bin/python ]; then
+        "$py310" -m venv .venv310
+    fi
+    .venv310/bin/pip install --quiet numpy zstandard cryptography safetensors pytest hypothesis supervisor
+    PYTHONPATH=. .venv310/bin/python -m pytest -q -p no:cacheprovider tests/unit
 }
 
 cmd=${1:-test}

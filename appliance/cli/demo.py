@@ -5,7 +5,8 @@ calls the same functions as the CLI (``appliance.cli.main``), in process.
 
 Steps: keygen -> init -> commit (full) -> fine-tune 1% of weights -> commit (delta) ->
 corrupt one frame of the newest checkpoint -> verify (detects it) -> restore (falls back to
-the other slot, bit-exact) -> commit again (succeeds despite the damage) -> verify.
+the other slot, bit-exact) -> commit again (succeeds despite the damage) -> verify; then the
+supervised lifecycle (``appliance.cli.demo_supervised``).
 """
 
 from __future__ import annotations
@@ -105,8 +106,12 @@ def run_demo(workdir: Path | None, out: Output) -> int:
     print(f"restored state is bit-identical to generation 1: {same}")
     step("the next commit still succeeds", "commit", str(root), str(work / "model-v2.safetensors"), "--key", str(key))
     step("status", "status", str(root))
-    out.note(f"\ndemo finished; store left in {root}")
-    return 0 if same else 1
+    from appliance.cli.demo_supervised import run_supervised_demo
+
+    print("\n=== part 2: the supervised lifecycle (real supervisord, real model service, a power cut)", flush=True)
+    supervised = run_supervised_demo(work)
+    out.note(f"\ndemo finished; store left in {root}, node in {work / 'node'}")
+    return 0 if same and supervised else 1
 
 
 def _largest_frame(directory: Path) -> Path:

@@ -43,9 +43,9 @@ class Output:
         self.err.write(f"appliance: error: {exc.problem}\n  remedy: {exc.remedy}\n")
 
     @contextmanager
-    def progress(self, total: int, desc: str) -> Iterator[Callable[[int], None] | None]:
-        """A byte-progress callback drawing a bar on a terminal; ``None`` otherwise."""
-        if self.json_mode or not self.err.isatty() or total <= 0:
+    def progress(self, total: int | None, desc: str) -> Iterator[Callable[[int], None] | None]:
+        """A byte-progress callback drawing a bar on a terminal (a counter if ``total`` is unknown)."""
+        if self.json_mode or not self.err.isatty():
             yield None
             return
         from tqdm import tqdm

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.output import Output, human_bytes
-from appliance.errors import UsageError
+from appliance.errors import NoValidCheckpointError, UsageError
 from appliance.signing import PublicKey, SigningKey
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
@@ -23,7 +23,10 @@ WARNINGS = 1
 def parse_meta(value: str | None) -> dict[str, Any]:
     if not value:
         return {}
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --meta file {value[1:]}: {exc}") from exc
     try:
         meta = json.loads(text)
     except ValueError as exc:
@@ -114,7 +117,7 @@ def _commit_text(d: dict[str, Any]) -> str:
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     store = Store.open(args.root)
-    with out.progress(0, "verify") as progress:
+    with out.progress(None, "verify") as progress:
         report = store.verify(deep=args.deep, progress=progress)
     data = report.to_dict()
 
@@ -132,10 +135,8 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
         return "\n".join(lines)
 
     out.result(data, text)
-    if report.newest_valid is None:
-        from appliance.errors import NoValidCheckpointError
-
-        raise NoValidCheckpointError("no committed checkpoint verifies")
+    if report.newest_valid is None:  # one JSON document per run: the report says why
+        return NoValidCheckpointError.exit_code
     return 0 if report.all_ok else WARNINGS
 
 
@@ -144,7 +145,8 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     from appliance.sources.safetensors_io import export_safetensors
 
     store = Store.open(args.root)
-    loaded = api.load(store, generation=args.generation, deep=args.deep)
+    with out.progress(None, "restore") as progress:
+        loaded = api.load(store, generation=args.generation, deep=args.deep, progress=progress)
     meta = {
         "appliance.generation": str(loaded.generation),
         "appliance.metadata": json.dumps(loaded.metadata),

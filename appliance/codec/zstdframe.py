@@ -57,6 +57,8 @@ def frame_length(data: bytes | memoryview, max_blocks: int) -> int:
         if kind == 3 or size > MAX_BLOCK_SIZE:
             raise FrameError("zstd frame has a reserved block type or an oversized block")
         pos += 3 + (1 if kind == 1 else size)
+        if pos > len(data):
+            raise FrameError("zstd frame is truncated inside a block")
         if last:
             return pos + (4 if has_checksum else 0)
     raise LimitExceededError(f"zstd frame has more than {max_blocks} blocks")

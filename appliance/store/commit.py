@@ -65,6 +65,8 @@ class CommitResult:
     raw_bytes: int = 0
     stored_bytes: int = 0  # what the checkpoint occupies in its slot
     written_bytes: int = 0  # new bytes this commit wrote (frames + copies + bundle + record)
+    encoded_bytes: int = 0  # of which newly encoded frames (full or delta)
+    copied_bytes: int = 0  # of which verified frames copied from the other slot
     frames: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"reused": 0, "delta": 0, "full": 0, "copied": 0})
     seconds: float = 0.0
@@ -78,6 +80,8 @@ class CommitResult:
             "raw_bytes": self.raw_bytes,
             "stored_bytes": self.stored_bytes,
             "written_bytes": self.written_bytes,
+            "encoded_bytes": self.encoded_bytes,
+            "copied_bytes": self.copied_bytes,
             "frames": self.frames,
             "frame_kinds": dict(self.counts),
             "seconds": round(self.seconds, 6),
@@ -166,22 +170,27 @@ class _FramePlacer:
         self.created: list[str] = []
         self.written_bytes = 0
         self.copied = 0
+        self.copied_bytes = 0
 
     def place(self, encoded: EncodedFrame) -> None:
         for ref, data in encoded.extra:
-            self.copied += self._write(ref, data)
-        if encoded.stored is None:  # already valid in the target slot
-            self.placed.add(encoded.ref.digest)
-        elif encoded.kind == "reused":
-            self.copied += self._write(encoded.ref, encoded.stored)
-        elif encoded.ref.digest not in self.placed and not self._present_and_valid(encoded.ref):
-            self._write(encoded.ref, encoded.stored)
-        else:
-            self.placed.add(encoded.ref.digest)
+            self._copy(ref, data)
+        if encoded.stored is not None and encoded.ref.digest not in self.placed:
+            if encoded.kind == "reused":
+                self._copy(encoded.ref, encoded.stored)
+            elif not self._present_and_valid(encoded.ref):
+                self._write(encoded.ref, encoded.stored)
+        self.placed.add(encoded.ref.digest)
 
-    def _write(self, ref: FrameRef, data: bytes) -> bool:
+    def _copy(self, ref: FrameRef, data: bytes) -> None:
+        if ref.digest not in self.placed:
+            self.copied += 1
+            self.copied_bytes += len(data)
+            self._write(ref, data)
+
+    def _write(self, ref: FrameRef, data: bytes) -> None:
         if ref.digest in self.placed:
-            return False
+            return
         path = layout.frame_path(self.target.slot, ref.digest)
         existed = self.target.frame_size(ref.digest) is not None
         self.batch.add(path, data)
@@ -189,7 +198,6 @@ class _FramePlacer:
             self.created.append(path)
         self.written_bytes += len(data)
         self.placed.add(ref.digest)
-        return True
 
     def _present_and_valid(self, ref: FrameRef) -> bool:
         if self.target.frame_size(ref.digest) != ref.size:
@@ -260,6 +268,8 @@ def commit(
     result.stored_bytes = manifest.stored_bytes
     result.written_bytes = placer.written_bytes + len(bundle) + len(record_bytes)
     result.counts["copied"] = placer.copied
+    result.copied_bytes = placer.copied_bytes
+    result.encoded_bytes = placer.written_bytes - placer.copied_bytes
     result.seconds = time.perf_counter() - start
     return result
 

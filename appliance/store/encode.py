@@ -68,8 +68,9 @@ class FrameSupply:
 
     Every frame handed out was hashed in this commit. A frame already valid in the target
     slot is used in place; otherwise its verified bytes from the parent's slot are returned
-    for writing to *every* caller: a caller's encoding may be discarded (a rejected delta),
-    so none may rely on another to write a shared frame; the placer writes each digest once.
+    for writing to every caller that needs it: an encoder may discard the frame it obtained them
+    for (a delta that loses to a full frame), so no caller may rely on another one writing a
+    copy; the commit's frame placer writes each digest once.
     """
 
     def __init__(self, target: SlotReader, source: SlotReader | None, index: Mapping[Digest, FrameRef]) -> None:
@@ -166,7 +167,11 @@ class FrameEncoder:
         ref = self.by_raw.get((raw_digest, size))
         if ref is None or ref.codec.planes not in (0, dtype.planes):
             return None
-        if (self.options.full and ref.depth > 0) or (self.options.policy == "fast" and ref.codec != IDENTITY):
+        # Compaction re-encodes anything not written the way this policy writes a full frame;
+        # "fast" never reuses compressed frames (its point is zero-decode restores).
+        if self.options.full and ref.codec != self.full_spec(dtype):
+            return None
+        if self.options.policy == "fast" and ref.codec != IDENTITY:
             return None
         chain = self._obtain_chain(ref)
         if chain is None:

@@ -81,8 +81,8 @@ class Store:
     @classmethod
     def init(cls, root: str | Path, trusted: Sequence[PublicKey], config: StoreConfig) -> Store:
         root = Path(root)
-        if root.exists() and any(root.iterdir()):
-            raise StoreExistsError(f"{root} is not empty")
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise StoreExistsError(f"{root} exists and is not an empty directory")
         if not trusted:
             raise TrustStoreError("a store needs at least one trusted public key", remedy="pass --trust PUBKEY")
         root.mkdir(parents=True, exist_ok=True)

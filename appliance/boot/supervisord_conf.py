@@ -1,0 +1,107 @@
+"""The supervisord configuration of a node: the model service, the persistence watchdog, the guard.
+
+Owns: ``render`` — the one template for both the shipped production file
+(``systemd/supervisord.conf``, checked by a test to equal ``render(production())``) and the
+development/test nodes ``appliance node-init`` creates. Does not own starting supervisord
+(systemd's ``appliance-supervisor.service``, or the test harness).
+
+Program policy: the model service is never autostarted (``appliance boot`` starts it after
+choosing a checkpoint) and is restarted by supervisord only after an unexpected exit; the
+persistence watchdog always runs (it commits only while a GOOD checkpoint is served, and its
+loop feeds systemd's watchdog); the guard listens for the service's EXITED/FATAL events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_TEMPLATE = """\
+; supervisord configuration for an appliance node (rendered by appliance.boot.supervisord_conf).
+; systemd starts supervisord (appliance-supervisor.service); `appliance boot` starts the model.
+
+[unix_http_server]
+file={socket}
+chmod=0770
+
+[supervisord]
+nodaemon=true
+logfile={log_dir}/supervisord.log
+pidfile={pidfile}
+childlogdir={log_dir}
+{environment}
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{socket}
+
+[program:{service}]
+; restore happens inside this process (no CUDA memory IPC on Orin), from the boot's handoff
+command={appliance} serve --config {config}
+autostart=false
+autorestart=unexpected
+exitcodes=0
+startsecs=1
+startretries=2
+stopsignal=TERM
+stopwaitsecs=30
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={log_dir}/{service}.log
+
+[program:{persist}]
+; commits the service's state exports; pings systemd's watchdog (NotifyAccess=all on the unit)
+command={appliance} persist --config {config}
+autostart=true
+autorestart=true
+startsecs=1
+stopsignal=TERM
+stopwaitsecs=300
+redirect_stderr=true
+stdout_logfile={log_dir}/{persist}.log
+
+[eventlistener:guard]
+; a service that keeps dying after its restore -> mark the checkpoint BAD, boot the other one
+command={appliance} guard --config {config}
+events=PROCESS_STATE_EXITED,PROCESS_STATE_FATAL
+buffer_size=64
+autorestart=true
+stderr_logfile={log_dir}/guard.log
+"""
+
+
+@dataclass(frozen=True)
+class SupervisordLayout:
+    config: str  # node.json path
+    appliance: str  # command that runs the appliance CLI
+    socket: str
+    log_dir: str
+    pidfile: str
+    service: str = "model"
+    persist: str = "persist"
+    environment: str = ""  # KEY="value",KEY2="value2" for every program
+
+
+def production() -> SupervisordLayout:
+    return SupervisordLayout(
+        config="/etc/appliance/node.json",
+        appliance="/opt/appliance/venv/bin/appliance",
+        socket="/run/appliance/supervisor.sock",
+        log_dir="/var/log/appliance",
+        pidfile="/run/appliance/supervisord.pid",
+    )
+
+
+def render(layout: SupervisordLayout) -> str:
+    env = f"environment={layout.environment}\n" if layout.environment else ""
+    return _TEMPLATE.format(
+        config=layout.config,
+        appliance=layout.appliance,
+        socket=layout.socket,
+        log_dir=layout.log_dir,
+        pidfile=layout.pidfile,
+        service=layout.service,
+        persist=layout.persist,
+        environment=env,
+    )

@@ -1,0 +1,165 @@
+"""One boot trial: hand a checkpoint to the model service, wait for its verified restore, run the canary.
+
+Owns: ``run_trial`` and its result (``Trial``): writing the handoff, (re)starting the service
+program, watching its report and process state until it is restored, failed, dead or out of
+time, then the health gate (the checkpoint's canary, answered by the restored service).
+It also decides *whom to blame*: a service that dies before it starts restoring is broken
+itself (no checkpoint is marked); one that fails while restoring or answering the canary
+condemns the checkpoint. Does not own marking slots or choosing candidates (``sequence``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from appliance.boot.control import ServiceControl
+from appliance.errors import ApplianceError, ServiceError
+from appliance.events import EventLog
+from appliance.format.canary import Canary, check
+from appliance.format.handoff import Handoff, Phase, ServiceReport
+from appliance.node import http
+from appliance.node.config import NodeConfig
+from appliance.node.notify import sd_notify
+from appliance.node.rundir import RunDir
+from appliance.store.discovery import OpenCheckpoint
+
+BLAMELESS_PHASES = frozenset({Phase.STARTING.value, Phase.LOADING.value})
+
+
+class ServiceProbe(Protocol):
+    def canary(self, inputs: list[Any]) -> Any: ...
+
+    def admit(self, boot_id: str) -> None: ...
+
+
+class HttpProbe:
+    """The model service's HTTP interface as the boot sequence uses it."""
+
+    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+
+    def canary(self, inputs: list[Any]) -> Any:
+        status, body = http.call(f"{self.base_url}/v1/canary", {"inputs": inputs}, self.timeout)
+        if status != 200 or not isinstance(body, dict):
+            raise ServiceError(f"the service refused the canary (HTTP {status}): {body}")
+        return body.get("outputs")
+
+    def admit(self, boot_id: str) -> None:
+        status, body = http.call(f"{self.base_url}/v1/admit", {"boot_id": boot_id}, self.timeout)
+        if status != 200:
+            raise ServiceError(f"the service refused admission (HTTP {status}): {body}")
+
+
+@dataclass
+class TrialContext:
+    config: NodeConfig
+    run: RunDir
+    control: ServiceControl
+    probe: ServiceProbe
+    events: EventLog
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    poll: float = 0.05
+
+
+@dataclass
+class Trial:
+    ok: bool
+    phase: str  # the furthest phase the service reached
+    reason: str = ""
+    report: ServiceReport | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def blames_checkpoint(self) -> bool:
+        return not self.ok and self.phase not in BLAMELESS_PHASES
+
+
+def run_trial(ctx: TrialContext, opened: OpenCheckpoint, handoff: Handoff) -> Trial:
+    program = ctx.config.service_program
+    ctx.control.stop(program)
+    ctx.run.clear_report()
+    ctx.run.write_handoff(handoff)
+    start = ctx.clock()
+    ctx.control.start(program)
+    trial = _wait_restored(ctx, handoff)
+    trial.seconds["service_start_s"] = ctx.clock() - start
+    if not trial.ok:
+        return trial
+    gate_start = ctx.clock()
+    trial = _health_gate(ctx, opened, trial)
+    trial.seconds["canary_s"] = ctx.clock() - gate_start
+    return trial
+
+
+def _mine(ctx: TrialContext, boot_id: str) -> ServiceReport | None:
+    report = ctx.run.read_report()
+    return report if report and report.handoff and report.handoff.boot_id == boot_id else None
+
+
+def _wait_restored(ctx: TrialContext, handoff: Handoff) -> Trial:
+    deadline = ctx.clock() + ctx.config.ready_timeout
+    last_note = 0.0
+    first_pid = 0  # supervisord may restart a dead service before we look: a new pid is a death too
+    while True:
+        report = _mine(ctx, handoff.boot_id)
+        phase = report.phase.value if report else Phase.STARTING.value
+        if report and report.phase in (Phase.RESTORED, Phase.SERVING):
+            return Trial(True, phase, report=report)
+        if report and report.phase is Phase.FAILED:
+            return _failed(report)
+        info = ctx.control.info(ctx.config.service_program)
+        first_pid = first_pid or info.pid
+        if info.alive and info.pid and info.pid != first_pid:
+            return Trial(False, phase, f"the service died while {phase} and was restarted", report)
+        if not info.alive:
+            report = _mine(ctx, handoff.boot_id) or report  # it may have reported just before exiting
+            if report and report.phase is Phase.FAILED:
+                return _failed(report)
+            return Trial(
+                False, phase, f"the service exited while {phase} ({info.state}, exit status {info.exitstatus})"
+            )
+        if ctx.clock() > deadline:
+            return Trial(False, phase, f"the service was still {phase} after {ctx.config.ready_timeout:.0f}s", report)
+        if ctx.clock() - last_note > 10:
+            last_note = ctx.clock()
+            sd_notify(f"STATUS=restoring {handoff.slot}/{handoff.generation}: {phase}", "EXTEND_TIMEOUT_USEC=30000000")
+        ctx.sleep(ctx.poll)
+
+
+def _failed(report: ServiceReport) -> Trial:
+    error = report.error or {}
+    phase = str(error.get("phase", report.phase.value))
+    return Trial(False, phase, f"{error.get('error', 'error')}: {error.get('problem', 'the service failed')}", report)
+
+
+def _health_gate(ctx: TrialContext, opened: OpenCheckpoint, trial: Trial) -> Trial:
+    where = {"slot": opened.slot, "generation": opened.generation}
+    try:
+        canary = Canary.from_metadata(dict(opened.verified.manifest.metadata))
+    except ApplianceError as exc:
+        return _gate_failed(ctx, trial, where, f"the checkpoint's canary is malformed: {exc.problem}")
+    if canary is None:
+        detail = "no canary in this checkpoint; the gate is the verified restore alone"
+    else:
+        try:
+            result = check(canary, ctx.probe.canary(canary.input))
+        except ServiceError as exc:
+            return _gate_failed(ctx, trial, where, f"the service did not answer the canary: {exc.problem}")
+        if not result.ok:
+            return _gate_failed(ctx, trial, where, result.detail)
+        detail = result.detail
+    info = ctx.control.info(ctx.config.service_program)
+    if not info.alive or (trial.report is not None and info.pid != trial.report.pid):
+        return Trial(False, "restored", "the service died while answering the canary", trial.report, trial.seconds)
+    ctx.events.emit("canary.passed", **where, detail=detail)
+    return trial
+
+
+def _gate_failed(ctx: TrialContext, trial: Trial, where: dict[str, Any], detail: str) -> Trial:
+    ctx.events.emit("canary.failed", **where, detail=detail)
+    return Trial(False, "restored", f"canary: {detail}", trial.report, trial.seconds)

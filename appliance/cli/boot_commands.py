@@ -1,0 +1,192 @@
+"""The supervised-lifecycle commands: boot, serve, persist, guard, seed.
+
+Each parses ``--config NODE.json``, builds the objects one operation needs, runs it and
+returns an exit code. ``serve``, ``persist`` and ``guard`` are long-running and are started by
+supervisord; ``boot`` by systemd (or the guard). Heavy imports (torch, uvicorn) happen inside
+the commands that need them, so ``appliance boot`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.cli.main import add_json
+from appliance.cli.output import Output, human_bytes
+from appliance.errors import ApplianceError, LockedError
+from appliance.events import EventLog
+from appliance.format.handoff import Phase, ServiceReport
+from appliance.node.config import NodeConfig, load_config
+from appliance.node.rundir import RunDir
+
+
+def add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, metavar="NODE.json", help="node configuration")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("boot", help="choose, restore, canary-check and serve the newest good checkpoint")
+    add_config(p)
+    p.add_argument("--wait-supervisor", type=float, default=30.0, metavar="S", help="seconds to wait for supervisord")
+    add_json(p)
+    p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("serve", help="the model service (started by supervisord with boot's handoff)")
+    add_config(p)
+    p.set_defaults(func=cmd_serve, json=False)
+
+    p = sub.add_parser("persist", help="the persistence watchdog: commit the service's state exports")
+    add_config(p)
+    p.add_argument("--once", action="store_true", help="process the outbox once and exit (on-demand persist)")
+    p.add_argument("--export", action="store_true", help="with --once: ask the service for an export first")
+    add_json(p)
+    p.set_defaults(func=cmd_persist)
+
+    p = sub.add_parser("guard", help="supervisord event listener (speaks the listener protocol on stdout)")
+    add_config(p)
+    p.set_defaults(func=cmd_guard, json=False)
+
+    p = sub.add_parser("seed", help="commit a fresh state of the configured model (first checkpoint of a node)")
+    add_config(p)
+    add_json(p)
+    p.set_defaults(func=cmd_seed)
+
+
+def cmd_boot(args: argparse.Namespace, out: Output) -> int:
+    from appliance.boot.control import SupervisorControl
+    from appliance.boot.sequence import BootContext, boot, recover_early
+    from appliance.boot.trial import HttpProbe
+    from appliance.node.floor import open_floor
+    from appliance.store.bootstate import SlotStates
+    from appliance.store.store import Store
+
+    config = load_config(args.config)
+    control = SupervisorControl(config.supervisor_socket)
+    control.wait_ready(args.wait_supervisor)
+    events, run = EventLog(config.event_log, "boot"), RunDir(config.run_dir)
+    try:
+        store = Store.open(config.store, trust_path=config.trust or None)
+        floor = open_floor(config)
+    except ApplianceError as exc:
+        recover_early(config, run, control, events, f"the store cannot be opened: {exc.problem}")
+        raise
+    ctx = BootContext(config=config, run=run, control=control, probe=HttpProbe(config.service_url), events=events,
+                      store=store, states=SlotStates(store.storage, store.limits), floor=floor)  # fmt: skip
+    outcome = boot(ctx)
+    out.result(outcome.to_dict(), _boot_text)
+    return outcome.exit_code
+
+
+def _boot_text(d: dict[str, Any]) -> str:
+    lines = [f"  skipped {f}" for f in d["failures"]]
+    s = d["stages"]
+    if d["recovery"]:
+        lines.append(f"RECOVERY MODE: {d['recovery']} (nothing is served)")
+        return "\n".join(lines)
+    serving, r = d["serving"], d["restore"] or {}
+    lines.append(
+        f"serving slot {serving['slot']} generation {serving['generation']} "
+        f"(manifest {serving['manifest_digest'][:12]}); boot to serving {s['total_s']:.2f} s"
+    )
+    lines.append("  stages: " + ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in s.items() if k != "total_s"))
+    if r:
+        lines.append(
+            f"  restore: {human_bytes(r['raw_bytes'])} in {r['frames']} frames, every frame hashed, "
+            f"{r['seconds']:.3f} s ({r['gb_per_s']:.2f} GB/s, {r['workers']} workers)"
+        )
+    return "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    started = time.monotonic()
+    config = load_config(args.config)
+    run = RunDir(config.run_dir)
+    # First sign of life, before torch is imported: a crash after this is attributable to this pid.
+    run.write_report(ServiceReport(os.getpid(), Phase.STARTING, run.read_handoff(), _utc()))
+    from appliance.service.server import serve
+
+    return serve(config, started)
+
+
+def cmd_persist(args: argparse.Namespace, out: Output) -> int:
+    from appliance.persist.committer import Committer
+    from appliance.persist.daemon import PersistDaemon
+
+    config = load_config(args.config)
+    events = EventLog(config.event_log, "persist")
+    daemon = PersistDaemon(Committer(config, events), events)
+    if not args.once:
+        _stop_on_signals(daemon.stop, daemon.wake)
+        daemon.run()
+        return 0
+    if args.export and not daemon.request_export():
+        out.note("the service did not export (is it serving?); committing what is in the outbox")
+    result = daemon.process()
+    data = {"committed": result.to_dict() if result else None}
+    out.result(data, lambda d: _committed_text(d["committed"]))
+    return 0
+
+
+def _committed_text(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "nothing committed (empty outbox, invalid exports or commits deferred; see `appliance events`)"
+    return f"committed generation {c['generation']} into slot {c['slot']} ({human_bytes(c['written_bytes'])} written)"
+
+
+def _stop_on_signals(stop: threading.Event, wake: threading.Event) -> None:
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_guard(args: argparse.Namespace, out: Output) -> int:
+    from appliance.boot.control import SupervisorControl
+    from appliance.boot.guard import Guard, boot_subprocess
+    from appliance.store.bootstate import SlotStates
+    from appliance.store.store import Store
+
+    config = load_config(args.config)
+    store = Store.open(config.store, trust_path=config.trust or None)
+    guard = Guard(
+        config,
+        SlotStates(store.storage, store.limits),
+        SupervisorControl(config.supervisor_socket),
+        EventLog(config.event_log, "guard"),
+        boot_subprocess(args.config.resolve()),
+    )
+    guard.serve_forever()
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace, out: Output) -> int:
+    config = load_config(args.config)
+    data = seed(config)
+    out.result(data, lambda d: f"seeded: {_committed_text(d)}")
+    return 0
+
+
+def seed(config: NodeConfig) -> dict[str, Any]:
+    """Commit the configured model's fresh state (with its canary) as a checkpoint of this node."""
+    from appliance.persist.committer import Committer
+    from appliance.service import export, loader
+
+    model = loader.build_model(config.model)
+    snapshot = export.capture(model, threading.Lock())
+    written = export.write(snapshot, config.outbox, config.model, None)
+    committer = Committer(config, EventLog(config.event_log, "cli"))
+    with committer.run.commit_guard() as free:
+        if not free:
+            raise LockedError("a boot is running; seed again when it has finished")
+        return committer.commit_file(written.path).to_dict()
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

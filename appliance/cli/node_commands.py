@@ -1,0 +1,178 @@
+"""Node commands: create a development node, show boot state, read events, reset a slot.
+
+``node-init`` writes everything a node needs into one directory (signing key, store, node.json,
+supervisord.conf) so the supervised lifecycle runs on a fresh machine:
+
+    appliance node-init /tmp/node && appliance seed --config /tmp/node/node.json
+    supervisord -c /tmp/node/supervisord.conf
+    appliance boot --config /tmp/node/node.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.boot.supervisord_conf import SupervisordLayout, render
+from appliance.cli.boot_commands import add_config
+from appliance.cli.main import add_json
+from appliance.cli.output import Output
+from appliance.errors import StoreExistsError, UsageError
+from appliance.events import read_events
+from appliance.format import slotstate as ss
+from appliance.format.commit import SLOT_NAMES
+from appliance.node.config import NodeConfig, load_config
+from appliance.node.floor import FloorUnreadableError, open_floor
+from appliance.node.rundir import RunDir
+from appliance.signing import SigningKey
+from appliance.store.bootstate import SlotStates
+from appliance.store.config import DEFAULT_FRAME_SIZE, StoreConfig
+from appliance.store.store import Store
+
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "node-init", help="create a development node directory (key, store, node.json, supervisord.conf)"
+    )
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--model", default=NodeConfig.model, help="model entry point (default: %(default)s)")
+    p.add_argument("--model-id", help="store compatibility string (default: the entry point)")
+    p.add_argument("--port", type=int, default=NodeConfig.port)
+    p.add_argument("--frame-size", type=int, default=DEFAULT_FRAME_SIZE)
+    p.add_argument("--persist-interval", type=float, default=NodeConfig.persist_interval, metavar="S")
+    p.add_argument("--max-boot-attempts", type=int, default=NodeConfig.max_boot_attempts)
+    p.add_argument("--ready-timeout", type=float, default=NodeConfig.ready_timeout, metavar="S")
+    p.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for supervised programs"
+    )
+    add_json(p)
+    p.set_defaults(func=cmd_node_init)
+
+    p = sub.add_parser("boot-status", help="slot states, anti-rollback floor, what is served, recovery reason")
+    add_config(p)
+    add_json(p)
+    p.set_defaults(func=cmd_boot_status)
+
+    p = sub.add_parser("events", help="the structured event log (newest last)")
+    add_config(p)
+    p.add_argument("--tail", type=int, default=30, metavar="N")
+    p.add_argument("--event", action="append", metavar="NAME", help="only events with this name (repeatable)")
+    add_json(p)
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("slot-reset", help="technician: clear a slot's BAD mark so its checkpoint is tried again")
+    add_config(p)
+    p.add_argument("slot", choices=SLOT_NAMES)
+    add_json(p)
+    p.set_defaults(func=cmd_slot_reset)
+
+
+def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
+    root: Path = args.dir.resolve()
+    if (root / "node.json").exists():
+        raise StoreExistsError(f"{root} already holds a node")
+    config = NodeConfig(
+        store="store", model=args.model, run_dir="run", outbox="outbox", event_log="log/events.jsonl",
+        signing_key="keys/device.key", floor_file="floor.json", supervisor_socket="run/supervisor.sock",
+        port=args.port, persist_interval=args.persist_interval, max_boot_attempts=args.max_boot_attempts,
+        ready_timeout=args.ready_timeout,
+    )  # fmt: skip
+    absolute = config.resolved(root)
+    if len(absolute.supervisor_socket) > SOCKET_PATH_MAX:
+        raise UsageError(f"{absolute.supervisor_socket} is too long for a unix socket; choose a shorter DIR")
+    for sub in ("keys", "run", "outbox", "log"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    key.save(absolute.signing_key)
+    Store.init(absolute.store, [key.public], StoreConfig(model=args.model_id or args.model, frame_size=args.frame_size))
+    (root / "node.json").write_bytes(config.to_bytes())
+    layout = SupervisordLayout(
+        config=str(root / "node.json"),
+        appliance=f"{sys.executable} -m appliance.cli.main",
+        socket=absolute.supervisor_socket,
+        log_dir=str(root / "log"),
+        pidfile=str(root / "run" / "supervisord.pid"),
+        environment=",".join(_env_pair(e) for e in args.env),
+    )
+    (root / "supervisord.conf").write_text(render(layout))
+    data = {"dir": str(root), "config": str(root / "node.json"), "supervisord_conf": str(root / "supervisord.conf")}
+    out.result(data, lambda d: f"node in {d['dir']}\n  config {d['config']}\n  supervisord -c {d['supervisord_conf']}")
+    return 0
+
+
+def _env_pair(item: str) -> str:
+    key, sep, value = item.partition("=")
+    if not sep or not key.isidentifier() or '"' in value:
+        raise UsageError(f"--env takes KEY=VALUE without quotes, got {item!r}")
+    return f'{key}="{value}"'
+
+
+def cmd_boot_status(args: argparse.Namespace, out: Output) -> int:
+    config = load_config(args.config)
+    data = boot_status(config)
+    out.result(data, _status_text)
+    return 1 if data["recovery"] else 0
+
+
+def boot_status(config: NodeConfig) -> dict[str, Any]:
+    store = Store.open(config.store, trust_path=config.trust or None)
+    run = RunDir(config.run_dir)
+    slots = {}
+    for slot, reading in SlotStates(store.storage, store.limits).read_all().items():
+        slots[slot] = reading.state.to_dict() | {"damaged": reading.damaged}
+    try:
+        floor: int | str = open_floor(config).read()
+    except FloorUnreadableError as exc:
+        floor = f"unreadable: {exc}"
+    handoff, report = run.read_handoff(), run.read_report()
+    return {
+        "slots": slots,
+        "floor": floor,
+        "handoff": handoff.to_dict() if handoff else None,
+        "service": report.to_dict() if report else None,
+        "recovery": run.read_recovery(),
+    }
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    lines = []
+    for slot, s in d["slots"].items():
+        good = f"; proven GOOD: generation {s['good_generation']}" if s["good_generation"] else ""
+        why = f" ({s['reason']})" if s["reason"] else ""
+        lines.append(f"slot {slot}: {s['state']} generation {s['generation']} attempts {s['attempts']}{why}{good}")
+    lines.append(f"anti-rollback floor: {d['floor']}")
+    h, svc = d["handoff"], d["service"]
+    if h:
+        lines.append(f"handoff: slot {h['slot']} generation {h['generation']} (admit {h['admit']})")
+    if svc:
+        lines.append(f"service: pid {svc['pid']} {svc['phase']}")
+    if d["recovery"]:
+        lines.append(f"RECOVERY MODE: {d['recovery']['reason']}")
+        lines.extend(f"  {f}" for f in d["recovery"].get("failures", []))
+    return "\n".join(lines)
+
+
+def cmd_events(args: argparse.Namespace, out: Output) -> int:
+    config = load_config(args.config)
+    names = frozenset(args.event) if args.event else None
+    events = read_events(config.event_log, names)[-args.tail :] if args.tail > 0 else []
+    out.result(
+        {"events": events},
+        lambda d: "\n".join(f"{e['ts']}  {e['component']:<8} {e['event']:<20} {e['message']}" for e in d["events"]),
+    )
+    return 0
+
+
+def cmd_slot_reset(args: argparse.Namespace, out: Output) -> int:
+    config = load_config(args.config)
+    store = Store.open(config.store, trust_path=config.trust or None)
+    states = SlotStates(store.storage, store.limits)
+    state = ss.reset(states.load(args.slot), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    states.write(state)
+    out.result(state.to_dict(), lambda d: f"slot {d['slot']} is {d['state']} again (generation {d['generation']})")
+    return 0

@@ -1,0 +1,227 @@
+"""The event catalogue and log: every state change of boot, service and persistence, structured.
+
+Owns: the catalogue (stable ids, names, priorities, message templates, explanations), writing
+an event as one JSON line (append-only file shared by all processes) and, when the journal
+socket exists, as a journald native-protocol datagram with ``MESSAGE_ID`` and ``APPLIANCE_*``
+fields; reading the log back; rendering the journald catalog file. Does not own deciding what
+happened (callers emit) — and a broken logger never aborts the operation that emits.
+
+An event id is a 128-bit hex string that never changes once released (journald ``MESSAGE_ID``;
+``systemd/appliance.catalog`` explains each one). Consumers (the recovery console, tests,
+``appliance events``) match on ``event`` (the name) or ``id``, never on the message text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+MAX_LINE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    id: str
+    priority: int  # syslog: 2 crit, 3 err, 4 warning, 5 notice, 6 info
+    template: str
+    explanation: str
+
+
+_CATALOGUE = (
+    EventType("boot.started", "68694b70344a4d3e880a58194a6e5f85", 6,
+              "boot {boot_id} started (anti-rollback floor {floor})",
+              "The boot supervisor started choosing a checkpoint to serve."),
+    EventType("checkpoint.refused", "82ed12d472d94d8fb3e59feabc131c5c", 4,
+              "slot {slot} generation {generation} refused: {error}: {problem}",
+              "Discovery refused a committed checkpoint (damaged record or manifest, bad signature, other model, "
+              "below the anti-rollback floor, missing frames). The next candidate is tried."),
+    EventType("slot.attempt", "586ec1252cb04a4a878c38b63adf70b3", 6,
+              "trying slot {slot} generation {generation} (attempt {attempts} of {max_attempts})",
+              "The boot supervisor counted a boot attempt before starting the restore."),
+    EventType("slot.marked_good", "08055e11634748a6988d00380e3ab524", 5,
+              "slot {slot} generation {generation} marked GOOD",
+              "The checkpoint restored with every frame verified and answered its canary."),
+    EventType("slot.marked_bad", "4990430136534f1097897e7137330251", 4,
+              "slot {slot} generation {generation} marked BAD: {reason}",
+              "The checkpoint will not be booted again; the other slot or an older checkpoint is used."),
+    EventType("slot.state_damaged", "2f9bb2174e0a4c35a102a3c2207fb743", 4,
+              "slot {slot} state unreadable, treated as UNKNOWN: {reason}",
+              "The slot's state.json is missing its parts or corrupt. Its checkpoints are still tried."),
+    EventType("slot.unavailable", "7f6d20fb78704d88a234868b21b9a08f", 4, "slot {slot} is unavailable: {reason}",
+              "The slot directory is missing or not mounted; only the other slot is used."),
+    EventType("fallback.taken", "51ca7f57cf3848e39cd59848d4f7c97a", 4,
+              "leaving slot {slot} generation {generation}: {reason}",
+              "The candidate failed on the way to serving; the boot supervisor moves to the next one."),
+    EventType("restore.finished", "864df9febda54406a96d16bde012b568", 6,
+              "restored slot {slot} generation {generation}: {raw_bytes} bytes verified in {seconds}s",
+              "The model service restored a checkpoint; every frame matched its signed SHA-256."),
+    EventType("restore.failed", "9f7b515c1b11405b828ea220a290e88e", 3,
+              "restore of slot {slot} generation {generation} failed: {error}: {problem}",
+              "The model service could not restore the checkpoint it was handed and exits."),
+    EventType("service.failed", "bcb404501f954e8a9c0ce045465a3799", 3,
+              "model service failed while {phase} slot {slot} generation {generation}: {detail}",
+              "The model service exited or timed out before its restore was proven good."),
+    EventType("canary.passed", "ce638851dcea4ea289b6243f08e4f471", 6,
+              "canary passed for slot {slot} generation {generation}: {detail}",
+              "The restored service answered the checkpoint's golden input as expected."),
+    EventType("canary.failed", "9f5fe9c59d1f40f2a0de48880e2a82a6", 3,
+              "canary failed for slot {slot} generation {generation}: {detail}",
+              "The restored service answered the golden input wrongly; the checkpoint is marked BAD."),
+    EventType("boot.serving", "443baed6af794a5a92b953b482a774b0", 5,
+              "serving slot {slot} generation {generation}; boot to serving {total_s}s",
+              "Boot finished: the service serves a verified, canary-checked checkpoint."),
+    EventType("recovery.entered", "0f34c751f39b427c8f9396e44e3a3bdd", 2, "recovery mode: {reason}",
+              "No checkpoint can be served. Nothing is served; a technician imports a signed checkpoint."),
+    EventType("floor.raised", "47e94ccaf6764968b3e9cd2fa6daaa92", 5, "anti-rollback floor raised from {old} to {new}",
+              "Checkpoints older than the new floor are refused from now on."),
+    EventType("floor.damaged", "71e15f5862054fbea43b4c3a0dd098f6", 4,
+              "anti-rollback floor unreadable ({reason}); using {floor} derived from the slot states",
+              "The floor store could not be read; the floor is rebuilt from the slots' proven generations."),
+    EventType("service.crashed", "3853e87c646c4af3800525c387cc0aab", 4,
+              "model service died after restoring slot {slot} generation {generation} "
+              "(attempt {attempts} of {max_attempts})",
+              "supervisord saw the serving model service exit unexpectedly; boot counting continues."),
+    EventType("service.admitted", "0fc1afc5c8ea4363adc5e0159e2eb291", 6,
+              "model service serves slot {slot} generation {generation} (admitted by {by})",
+              "The model service accepts requests."),
+    EventType("state.exported", "02a620bb7e0b4ee785669a212e99f08b", 6,
+              "state at step {step} exported to {file}; serving paused {pause_s}s",
+              "The model service captured its state and dropped it into the outbox."),
+    EventType("persist.started", "65b00050d409451ba3d83a589ebced51", 6, "persisting {file} ({raw_bytes} bytes)",
+              "The persistence watchdog started committing an export."),
+    EventType("persist.committed", "acfa30a9099e41fcbce1de13a28f4e97", 5,
+              "committed generation {generation} into slot {slot} in {seconds}s ({written_bytes} bytes written)",
+              "A delta checkpoint is durable and signed; it is a boot candidate from now on."),
+    EventType("persist.failed", "706b73ad3da44a8b93a8c5c21c3f6788", 3, "persist of {file} failed: {error}: {problem}",
+              "The commit did not happen; committed checkpoints are untouched and the export is retried."),
+    EventType("persist.deferred", "82614338a75b448f84ddc8b5d1a9a677", 6, "persist deferred: {reason}",
+              "Exports wait until the service serves a checkpoint proven GOOD."),
+    EventType("outbox.rejected", "77b26a2d91534376aa44ef88d7f65539", 4,
+              "outbox file {file} quarantined: {error}: {problem}",
+              "An outbox file is truncated, damaged or not a state export; it is moved aside, never committed."),
+)  # fmt: skip
+
+CATALOGUE: Mapping[str, EventType] = {e.name: e for e in _CATALOGUE}
+
+
+class _Defaults(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return f"<{key}?>"
+
+
+def render_message(event: EventType, fields: Mapping[str, Any]) -> str:
+    return event.template.format_map(_Defaults(fields))
+
+
+class EventLog:
+    """Writes catalogued events for one component (boot, service, persist, guard, cli)."""
+
+    def __init__(self, path: str | Path | None, component: str, journal: str | None = JOURNAL_SOCKET) -> None:
+        self.path = Path(path) if path else None
+        self.component = component
+        self.journal = journal if journal and Path(journal).exists() else None
+
+    def emit(self, name: str, **fields: Any) -> dict[str, Any]:
+        event = CATALOGUE[name]  # an uncatalogued name is a programming error
+        now = time.time()
+        record = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "ts_unix": round(now, 6),
+            "id": event.id,
+            "event": name,
+            "priority": event.priority,
+            "component": self.component,
+            "pid": os.getpid(),
+            "message": render_message(event, fields),
+            "fields": fields,
+        }
+        line = json.dumps(record, sort_keys=True, default=str, separators=(",", ":")) + "\n"
+        self._append(line)
+        self._journal(event, record)
+        return record
+
+    def _append(self, line: str) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, line.encode("utf-8")[:MAX_LINE])  # one write: lines never interleave
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            print(f"appliance: cannot write event log {self.path}: {exc}", file=sys.stderr)
+
+    def _journal(self, event: EventType, record: dict[str, Any]) -> None:
+        if self.journal is None:
+            return
+        fields: dict[str, Any] = {
+            "MESSAGE": record["message"],
+            "MESSAGE_ID": event.id,
+            "PRIORITY": event.priority,
+            "SYSLOG_IDENTIFIER": f"appliance-{self.component}",
+            "APPLIANCE_EVENT": event.name,
+        }
+        for key, value in record["fields"].items():
+            fields["APPLIANCE_" + "".join(c if c.isalnum() else "_" for c in key.upper())] = value
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(journal_datagram(fields), self.journal)
+
+
+def journal_datagram(fields: Mapping[str, Any]) -> bytes:
+    """journald's native protocol: ``KEY=value`` lines; values with newlines length-prefixed."""
+    out = bytearray()
+    for key, value in fields.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        data = text.encode("utf-8")
+        if b"\n" in data:
+            out += key.encode("ascii") + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode("ascii") + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def read_events(path: str | Path, names: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """Every complete event in the log (a torn last line is skipped), optionally filtered by name."""
+    return list(iter_events(path, names))
+
+
+def iter_events(path: str | Path, names: frozenset[str] | None = None) -> Iterator[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return
+    for line in lines:
+        if not line.endswith("\n"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (names is None or record.get("event") in names):
+            yield record
+
+
+def render_catalog() -> str:
+    """The journald catalog (``journalctl --update-catalog``) for every event id."""
+    parts = []
+    for e in _CATALOGUE:
+        parts.append(
+            f"-- {e.id}\nSubject: {e.name}: {e.template}\nDefined-By: appliance\n"
+            f"Support: docs/boot.md\n\n{e.explanation}\n"
+        )
+    return "\n".join(parts)

@@ -1,0 +1,141 @@
+"""A state export: what the model service drops into the outbox for the persistence watchdog.
+
+Owns: ``ExportInfo`` (the ``appliance.export`` entry of the export file's safetensors header),
+the content digest that binds it to the tensor bytes, the outbox file-name rule, and the
+checkpoint metadata a commit of the export carries. Does not own writing or reading the file
+(``appliance.sources.export``) or committing it (``appliance.persist``).
+
+The content digest is SHA-256 over, for every tensor in name order: the length-prefixed name,
+dtype and shape, then the length-prefixed bytes. A truncated, bit-rotten or spliced export
+fails it and is quarantined instead of being signed into a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import ManifestError
+from appliance.format.canary import Canary
+from appliance.format.canonical import canonical_bytes, get_int, get_str, require_keys, strict_loads
+from appliance.format.digest import Digest
+
+EXPORT_FORMAT = "appliance.export"
+EXPORT_VERSION = 1
+HEADER_KEY = "appliance.export"
+SUFFIX = ".safetensors"
+_NAME = re.compile(r"export-(\d{20})\.safetensors")
+
+
+def export_name(sequence: int) -> str:
+    """Outbox file name for the export with this sequence number; names sort in export order."""
+    return f"export-{sequence:020d}{SUFFIX}"
+
+
+def export_sequence(name: str) -> int | None:
+    """The sequence number of an outbox file name, ``None`` for anything else."""
+    m = _NAME.fullmatch(name)
+    return int(m[1]) if m else None
+
+
+class ContentHasher:
+    """Incremental content digest; feed tensors in name order."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._last: str | None = None
+
+    def add(self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | memoryview) -> None:
+        if self._last is not None and name <= self._last:
+            raise ValueError("tensors must be hashed in strictly increasing name order")
+        self._last = name
+        for part in (name.encode("utf-8"), dtype.encode("ascii"), canonical_bytes(list(shape))):
+            self._h.update(struct.pack("<Q", len(part)) + part)
+        view = memoryview(data).cast("B")
+        self._h.update(struct.pack("<Q", len(view)))
+        self._h.update(view)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def content_digest(items: Iterable[tuple[str, str, tuple[int, ...], bytes | memoryview]]) -> str:
+    hasher = ContentHasher()
+    for name, dtype, shape, data in sorted(items, key=lambda item: item[0]):
+        hasher.add(name, dtype, shape, data)
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    model: str  # the service's model entry point (informational)
+    step: int  # adaptation steps applied to this state
+    created: str
+    content_sha256: str
+    tensors: int
+    raw_bytes: int
+    pause_s: float  # how long serving was paused to capture this state
+    canary: Canary | None = None
+    source: dict[str, Any] | None = None  # the checkpoint the service restored: slot, generation, digest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "model": self.model,
+            "step": self.step,
+            "created": self.created,
+            "content_sha256": self.content_sha256,
+            "tensors": self.tensors,
+            "raw_bytes": self.raw_bytes,
+            "pause_s": self.pause_s,
+            "canary": self.canary.to_dict() if self.canary else None,
+            "source": self.source,
+        }
+
+    def header_value(self) -> str:
+        return canonical_bytes(self.to_dict()).decode("utf-8")
+
+    @classmethod
+    def from_header(cls, value: str | None) -> ExportInfo:
+        if value is None:
+            raise ManifestError(f"the file has no {HEADER_KEY!r} entry: it is not a state export")
+        obj = strict_loads(value.encode("utf-8"), what="export header", max_bytes=4 << 20, max_depth=16)
+        d = require_keys(obj, "export header", set(cls("", 0, "", "0" * 64, 0, 0, 0.0).to_dict()))
+        if d["format"] != EXPORT_FORMAT or d["version"] != EXPORT_VERSION:
+            raise ManifestError("not a v1 state export")
+        pause = d["pause_s"]
+        if isinstance(pause, bool) or not isinstance(pause, int | float) or pause < 0:
+            raise ManifestError("export header pause_s must be a non-negative number")
+        if d["source"] is not None and not isinstance(d["source"], dict):
+            raise ManifestError("export header source must be an object")
+        return cls(
+            model=get_str(d, "model", "export", 512),
+            step=get_int(d, "step", "export", 0, 2**63 - 1),
+            created=get_str(d, "created", "export", 64),
+            content_sha256=Digest.parse(d["content_sha256"], "export content_sha256").hex,
+            tensors=get_int(d, "tensors", "export", 0, 1_000_000),
+            raw_bytes=get_int(d, "raw_bytes", "export", 0, 1 << 42),
+            pause_s=float(pause),
+            canary=None if d["canary"] is None else Canary.from_dict(d["canary"]),
+            source=d["source"],
+        )
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """The signed metadata of the checkpoint this export becomes."""
+        meta: dict[str, Any] = {
+            "step": self.step,
+            "exported": self.created,
+            "model_entry": self.model,
+            "export_pause_s": round(self.pause_s, 6),
+            "content_sha256": self.content_sha256,
+        }
+        if self.canary is not None:
+            meta["canary"] = self.canary.to_dict()
+        if self.source is not None:
+            meta["derived_from"] = self.source
+        return meta

@@ -1,0 +1,121 @@
+"""Node configuration (``node.json``): where one appliance's store, run files and service live.
+
+Owns: ``NodeConfig``, its JSON form and loading it (relative paths are resolved against the
+file's directory, so a development node directory can be moved). Does not own the store's
+own configuration (``store.json``) or the supervisord/systemd files that point at it.
+
+Every long-running command (``appliance boot | serve | persist | guard``) takes
+``--config NODE.json``; production uses ``/etc/appliance/node.json`` (see ``systemd/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError, ConfigError, ManifestError
+from appliance.format.canonical import canonical_bytes, require_keys, strict_loads
+from appliance.limits import DEFAULT_LIMITS
+
+CONFIG_FORMAT = "appliance.node"
+CONFIG_VERSION = 1
+_PATHS = ("store", "run_dir", "outbox", "event_log", "signing_key", "floor_file", "supervisor_socket", "trust")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    store: str = "/var/lib/appliance"  # store root; slots A/B are mounted at STORE/A and STORE/B
+    model: str = "appliance.models.demo:build"  # entry point: package.module:factory -> nn.Module
+    run_dir: str = "/run/appliance"  # handoff, service report, boot lock, recovery file
+    outbox: str = "/var/lib/appliance-outbox"  # state exports waiting to be committed
+    event_log: str = "/var/log/appliance/events.jsonl"
+    signing_key: str = "/etc/appliance/device.key"  # device key that signs persisted deltas
+    floor_file: str = "/var/lib/appliance-floor/floor.json"  # file-backed anti-rollback floor
+    floor_provider: str = ""  # optional entry point of a GenerationFloor (secure storage on Jetson)
+    supervisor_socket: str = "/run/appliance/supervisor.sock"
+    trust: str = ""  # trust store override; "" = the store's own trust.json
+    host: str = "127.0.0.1"
+    port: int = 8470
+    service_program: str = "model"  # supervisord program names
+    persist_program: str = "persist"
+    persist_interval: float = 300.0  # seconds between scheduled exports
+    max_boot_attempts: int = 3
+    ready_timeout: float = 600.0  # seconds a restore may take before the candidate is abandoned
+    require_mounts: bool = False  # slots must be mount points (production); a bare directory is "unmounted"
+    restore_workers: int = 0  # 0 = one per CPU
+
+    def __post_init__(self) -> None:
+        if ":" not in self.model:
+            raise ConfigError(f"model must be an entry point 'package.module:factory', got {self.model!r:.80}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be 1..65535, got {self.port}")
+        if not 1 <= self.max_boot_attempts <= 100:
+            raise ConfigError("max_boot_attempts must be 1..100")
+        if self.persist_interval <= 0 or self.ready_timeout <= 0:
+            raise ConfigError("persist_interval and ready_timeout must be positive")
+
+    @property
+    def service_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def path(self, name: str) -> Path:
+        return Path(getattr(self, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION}
+        out.update({f.name: getattr(self, f.name) for f in fields(self)})
+        return out
+
+    @classmethod
+    def from_dict(cls, obj: object, base: Path | None = None) -> NodeConfig:
+        names = {f.name for f in fields(cls)}
+        try:
+            d = require_keys(obj, "node.json", {"format", "version"}, frozenset(names))
+        except ManifestError as exc:
+            raise ConfigError(f"node.json is invalid: {exc.problem}") from exc
+        if d["format"] != CONFIG_FORMAT or d["version"] != CONFIG_VERSION:
+            raise ConfigError("node.json is not a v1 node configuration")
+        values = {k: v for k, v in d.items() if k in names}
+        for f in fields(cls):
+            if f.name in values and not _type_ok(values[f.name], f.default):
+                raise ConfigError(f"node.json field {f.name} has the wrong type ({type(values[f.name]).__name__})")
+        config = cls(**values)
+        return config.resolved(base) if base is not None else config
+
+    def resolved(self, base: Path) -> NodeConfig:
+        """Relative paths made absolute against ``base`` (the config file's directory)."""
+        changes: dict[str, Any] = {
+            name: str((base / value).resolve())
+            for name in _PATHS
+            if (value := getattr(self, name)) and not Path(value).is_absolute()
+        }
+        return replace(self, **changes)
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes(self.to_dict()) + b"\n"
+
+
+def _type_ok(value: object, default: object) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return type(value) is type(default)
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(DEFAULT_LIMITS.config_max_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read node configuration {path}: {exc.strerror or exc}",
+            remedy="pass --config NODE.json (create a development node with `appliance node-init DIR`)",
+        ) from exc
+    try:
+        obj = strict_loads(data, what=str(path), max_bytes=DEFAULT_LIMITS.config_max_bytes, max_depth=4)
+    except ApplianceError as exc:
+        raise ConfigError(f"node configuration {path} is damaged: {exc.problem}") from exc
+    return NodeConfig.from_dict(obj, base=path.parent.resolve())

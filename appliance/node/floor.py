@@ -1,0 +1,87 @@
+"""The anti-rollback generation floor behind an interface, with a file-backed default.
+
+Owns: ``GenerationFloor`` (the interface), ``FileFloor`` (a JSON file written durably) and
+``open_floor`` (picks the implementation from ``NodeConfig``). Does not own the rule for the
+floor's value (``appliance.format.slotstate.floor_after_good``) or when it is raised (boot).
+
+Contract of every implementation: ``read`` returns the floor or raises ``FloorUnreadableError``;
+``raise_to`` never lowers it and returns the value now stored.
+
+On a Jetson the floor belongs in tamper-resistant storage (OP-TEE secure storage or an fTPM NV
+counter): a file on the same disk can be rewound by anyone who can rewrite the disk. Such a
+build implements ``GenerationFloor`` and names its factory in ``node.json`` as
+``"floor_provider": "package.module:factory"`` (called with the ``NodeConfig``); it must fail
+closed (raise) rather than report 0 when the secure store cannot be read.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance.errors import ApplianceError, StorageError
+from appliance.format.canonical import canonical_bytes, get_int, require_keys, strict_loads
+from appliance.format.manifest import MAX_GENERATION
+from appliance.node.config import NodeConfig
+from appliance.node.entrypoint import load_entry_point
+from appliance.storage import LocalStorage, write_durable
+
+FLOOR_FORMAT = "appliance.floor"
+FLOOR_VERSION = 1
+
+
+class FloorUnreadableError(Exception):
+    """The floor store exists but cannot be read or parsed."""
+
+
+class GenerationFloor(Protocol):
+    def read(self) -> int: ...
+
+    def raise_to(self, value: int) -> int: ...
+
+
+class FileFloor:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def read(self) -> int:
+        try:
+            data = LocalStorage(self.path.parent).read(self.path.name, 4096)
+        except FileNotFoundError:
+            return 0
+        except (ApplianceError, StorageError, OSError) as exc:
+            raise FloorUnreadableError(f"cannot read {self.path}: {exc}") from exc
+        try:
+            obj = strict_loads(data, what=str(self.path), max_bytes=4096, max_depth=2)
+            d = require_keys(obj, "floor", {"format", "version", "floor", "updated"})
+            if d["format"] != FLOOR_FORMAT or d["version"] != FLOOR_VERSION:
+                raise FloorUnreadableError(f"{self.path} is not a v1 floor file")
+            return get_int(d, "floor", "floor", 0, MAX_GENERATION)
+        except ApplianceError as exc:
+            raise FloorUnreadableError(f"{self.path} is corrupt: {exc.problem}") from exc
+
+    def raise_to(self, value: int) -> int:
+        try:
+            current, damaged = self.read(), False
+        except FloorUnreadableError:
+            current, damaged = 0, True  # rewritten below with the value the caller derived
+        if value <= current and not damaged:
+            return current
+        value = max(value, current)
+        body: dict[str, Any] = {
+            "format": FLOOR_FORMAT,
+            "version": FLOOR_VERSION,
+            "floor": value,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_durable(LocalStorage(self.path.parent), self.path.name, canonical_bytes(body) + b"\n")
+        return value
+
+
+def open_floor(config: NodeConfig) -> GenerationFloor:
+    if not config.floor_provider:
+        return FileFloor(config.floor_file)
+    floor: GenerationFloor = load_entry_point(config.floor_provider, "floor_provider")(config)
+    return floor

@@ -1,0 +1,94 @@
+"""Committing one state export as a signed checkpoint, with the slot states wired into the store.
+
+Owns: ``Committer`` — when a commit may happen (the service serves a checkpoint proven GOOD,
+no recovery mode, target slot mounted), and committing a validated export through
+``Store.commit`` with the device key, the anti-rollback floor and ``good_provider`` set from
+the slot states, so the commit lands in the slot that does not hold the newest GOOD state.
+Does not own scanning the outbox or scheduling (``daemon``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.errors import SlotUnavailableError
+from appliance.events import EventLog
+from appliance.format.handoff import Admit
+from appliance.format.plan import choose_target_slot
+from appliance.node.config import NodeConfig
+from appliance.node.floor import FloorUnreadableError, open_floor
+from appliance.node.mounts import unavailable_slots
+from appliance.node.rundir import RunDir
+from appliance.signing import SigningKey
+from appliance.sources.export import open_export, remove_durably
+from appliance.store.bootstate import SlotStates
+from appliance.store.commit import CommitResult
+from appliance.store.discovery import scan
+from appliance.store.store import Store
+
+
+class Committer:
+    def __init__(self, config: NodeConfig, events: EventLog) -> None:
+        self.config = config
+        self.events = events
+        self.store = Store.open(config.store, trust_path=config.trust or None)
+        self.states = SlotStates(self.store.storage, self.store.limits)
+        self.store.good_provider = self.states.good_generations
+        self.key = SigningKey.load(config.signing_key)
+        self.floor = open_floor(config)
+        self.run = RunDir(config.run_dir)
+
+    def not_ready(self) -> str | None:
+        """Why exports must wait now, or ``None`` when a commit may go ahead."""
+        if self.run.read_recovery() is not None:
+            return "the node is in recovery mode"
+        handoff = self.run.read_handoff()
+        if handoff is None or handoff.admit is not Admit.SELF:
+            return "the service does not yet serve a checkpoint proven GOOD"
+        return None
+
+    def target_slot(self) -> str:
+        """The slot the next commit writes; refused if it is missing or not mounted."""
+        good = self.states.good_generations()
+        target = choose_target_slot(scan(self.store.storage, self.store.limits).views(good))
+        missing = unavailable_slots(self.config.store, self.config.require_mounts)
+        if target in missing:
+            raise SlotUnavailableError(f"slot {target} (the commit target) is unavailable: {missing[target]}")
+        return target
+
+    def current_floor(self) -> int:
+        try:
+            return self.floor.read()
+        except FloorUnreadableError:
+            return 0  # generations only need to be above every generation seen; boot repairs the floor
+
+    def commit_file(self, path: Path, progress: Callable[[int], None] | None = None) -> CommitResult:
+        """Validate and commit ``path``; on success the export is removed. ``ExportFileError`` if invalid."""
+        opened = open_export(path)
+        try:
+            self.target_slot()
+            self.events.emit("persist.started", file=path.name, raw_bytes=opened.info.raw_bytes, step=opened.info.step)
+            result, gc = self.store.commit(
+                opened.model.sources,
+                [self.key],
+                opened.info.checkpoint_metadata(),
+                floor=self.current_floor(),
+                progress=progress,
+            )
+        finally:
+            opened.close()
+        self.events.emit(
+            "persist.committed",
+            file=path.name,
+            generation=result.generation,
+            slot=result.slot,
+            seconds=round(result.seconds, 6),
+            written_bytes=result.written_bytes,
+            frames=result.counts,
+            step=opened.info.step,
+            export_pause_s=opened.info.pause_s,
+            gc_removed=gc.removed_checkpoints,
+        )
+        remove_durably(path)
+        return result

@@ -1,0 +1,208 @@
+"""The model service's state: phase, model, restore result, and the operations the HTTP app calls.
+
+Owns: ``ServiceRuntime`` — bringing the service up in a background thread (read handoff ->
+build model -> verified restore -> wait for admission), the phase machine
+(loading -> restoring -> restored -> serving, or failed), the model lock, and inference,
+canary, adaptation and export on the model. Does not own HTTP (``app``) or the process
+(``server``). Every phase change is written to the run directory's service report.
+
+Admission: after a restore the service answers only the canary until boot admits it (the
+first restore of a boot), or admits itself when the handoff says the checkpoint was already
+proven GOOD (supervisord restarted the service).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from appliance.errors import ApplianceError, ServiceError, StorageError, UsageError
+from appliance.events import EventLog
+from appliance.format.handoff import Admit, Handoff, Phase, ServiceReport
+from appliance.node.config import NodeConfig
+from appliance.node.rundir import RunDir
+from appliance.service import export, loader
+from appliance.service.restore import Restored, restore_into_model
+from appliance.store.store import Store
+
+
+class NotAvailableError(Exception):
+    """The request cannot be served in the current phase (HTTP 503) or conflicts (409)."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        config: NodeConfig,
+        run: RunDir | None = None,
+        events: EventLog | None = None,
+        started: float | None = None,
+    ) -> None:
+        self.config = config
+        self.run = run or RunDir(config.run_dir)
+        self.events = events or EventLog(config.event_log, "service")
+        self.model_lock = threading.Lock()
+        self.export_lock = threading.Lock()
+        self.model: nn.Module | None = None
+        self.phase = Phase.LOADING
+        self.handoff: Handoff | None = None
+        self.restored: Restored | None = None
+        self.error: dict[str, Any] | None = None
+        self.exit_code: int | None = None
+        self.stop_server: Callable[[], None] = lambda: None
+        self._started = time.monotonic() if started is None else started  # process start, for phase timings
+        self.timings: dict[str, float] = {}
+
+    # --- bring-up ----------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.bring_up, name="restore", daemon=True)
+        thread.start()
+        return thread
+
+    def bring_up(self) -> None:
+        try:
+            self.handoff = self.run.read_handoff()
+            if self.handoff is None:
+                raise ServiceError(
+                    f"no valid handoff in {self.run.path}", remedy="start the service with `appliance boot`"
+                )
+            self._enter(Phase.LOADING)
+            model = loader.build_model(self.config.model)
+            self._enter(Phase.RESTORING)
+            store = Store.open(self.config.store, trust_path=self.config.trust or None)
+            restored = restore_into_model(store, self.handoff, model, self.config.restore_workers or None)
+            self.model, self.restored = model, restored
+            self._emit_restored(restored)
+            self._enter(Phase.RESTORED)
+            if self.handoff.admit is Admit.SELF:
+                self._serve("self")
+        except ApplianceError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a model or library bug must still end in a report and an exit code
+            self._fail(ServiceError(f"unexpected {type(exc).__name__} while {self.phase.value}: {exc}"))
+
+    def _emit_restored(self, restored: Restored) -> None:
+        stats = restored.stats.to_dict()
+        self.events.emit(
+            "restore.finished",
+            slot=restored.opened.slot,
+            generation=restored.opened.generation,
+            raw_bytes=stats["raw_bytes"],
+            seconds=stats["seconds"],
+            stats=stats,
+        )
+
+    def _enter(self, phase: Phase) -> None:
+        self.phase = phase
+        self.timings[phase.value] = round(time.monotonic() - self._started, 6)
+        self._report()
+
+    def _report(self) -> None:
+        report = ServiceReport(
+            pid=os.getpid(),
+            phase=self.phase,
+            handoff=self.handoff,
+            updated=_utc(),
+            error=self.error,
+            restore=self.restored.stats.to_dict() if self.restored else None,
+            timings=dict(self.timings),
+        )
+        try:
+            self.run.write_report(report)
+        except (ApplianceError, StorageError, OSError) as exc:
+            print(f"appliance serve: cannot write the service report: {exc}", file=sys.stderr)
+
+    def _fail(self, exc: ApplianceError) -> None:
+        failed_in = self.phase
+        self.error = exc.to_dict() | {"phase": failed_in.value}
+        h = self.handoff
+        where = {"slot": h.slot if h else "-", "generation": h.generation if h else 0}
+        if failed_in is Phase.RESTORING:
+            self.events.emit("restore.failed", **where, error=type(exc).__name__, problem=exc.problem)
+        else:
+            self.events.emit("service.failed", **where, phase=failed_in.value, detail=exc.problem)
+        self._enter(Phase.FAILED)
+        self.exit_code = exc.exit_code
+        self.stop_server()
+
+    def _serve(self, by: str) -> None:
+        h = self.restored.opened if self.restored else None
+        self._enter(Phase.SERVING)
+        self.events.emit("service.admitted", slot=h.slot if h else "-", generation=h.generation if h else 0, by=by)
+
+    # --- operations --------------------------------------------------------------------
+
+    def _model_in(self, *phases: Phase) -> nn.Module:
+        if self.phase not in phases or self.model is None:
+            raise NotAvailableError(f"not serving: the service is {self.phase.value}")
+        return self.model
+
+    def _run(self, model: nn.Module, inputs: list[list[float]]) -> list[Any]:
+        x = torch.tensor(inputs, dtype=torch.float32)
+        with self.model_lock, torch.inference_mode():
+            out: list[Any] = model(x).tolist()
+        return out
+
+    def infer(self, inputs: list[list[float]]) -> list[Any]:
+        return self._run(self._model_in(Phase.SERVING), inputs)
+
+    def canary(self, inputs: list[list[float]]) -> list[Any]:
+        return self._run(self._model_in(Phase.RESTORED, Phase.SERVING), inputs)
+
+    def admit(self, boot_id: str) -> None:
+        self._model_in(Phase.RESTORED, Phase.SERVING)
+        if self.handoff is None or boot_id != self.handoff.boot_id:
+            raise NotAvailableError("admission from a boot that did not start this service", status=409)
+        if self.phase is Phase.RESTORED:
+            self._serve("boot")
+
+    def adapt(self, inputs: list[list[float]], targets: list[list[float]]) -> dict[str, Any]:
+        model = self._model_in(Phase.SERVING)
+        x, y = torch.tensor(inputs, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32)
+        with self.model_lock:
+            result = loader.adapt(model, x, y)
+        if result is None:
+            raise UsageError("this model does not adapt online (it has no adapt() method)")
+        return result
+
+    def export(self) -> dict[str, Any]:
+        """Capture the state (short pause) and write it into the outbox (no pause)."""
+        model = self._model_in(Phase.SERVING)
+        with self.export_lock:
+            snapshot = export.capture(model, self.model_lock)
+            result = export.write(snapshot, self.config.outbox, self.config.model, self._source())
+        data = result.to_dict()
+        self.events.emit("state.exported", **data)
+        return data
+
+    def _source(self) -> dict[str, Any] | None:
+        if self.restored is None:
+            return None
+        o = self.restored.opened
+        return {"slot": o.slot, "generation": o.generation, "manifest_digest": o.record.manifest_digest.hex}
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase.value,
+            "pid": os.getpid(),
+            "handoff": self.handoff.to_dict() if self.handoff else None,
+            "restore": self.restored.stats.to_dict() if self.restored else None,
+            "timings": dict(self.timings),
+            "error": self.error,
+        }

@@ -1,0 +1,113 @@
+"""State export files: a safetensors file whose header carries a content-digested ``ExportInfo``.
+
+Owns: writing an export atomically (temp name, fsync, rename, directory fsync) and opening one
+with every check a persist needs before it signs anything: the safetensors structure (a
+truncated file fails here), the ``appliance.export`` header, and the content digest over all
+tensor bytes. Does not own the outbox (``appliance.persist``) or capturing state (the service).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from appliance.errors import ApplianceError, ExportFileError
+from appliance.format.canary import Canary
+from appliance.format.export import HEADER_KEY, ContentHasher, ExportInfo, export_name
+from appliance.sources.safetensors_io import ImportedModel, export_safetensors, open_model
+from appliance.sources.tensors import byte_view, dtype_name
+from appliance.storage import LocalStorage
+
+
+@dataclass
+class OpenedExport:
+    path: Path
+    info: ExportInfo
+    model: ImportedModel
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    hasher = ContentHasher()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous()
+        hasher.add(name, dtype_name(t.dtype), tuple(t.shape), byte_view(t).data)
+    return hasher.hexdigest()
+
+
+def write_export(
+    tensors: Mapping[str, torch.Tensor],
+    outbox: str | Path,
+    *,
+    model: str,
+    step: int,
+    pause_s: float,
+    canary: Canary | None = None,
+    source: dict[str, Any] | None = None,
+    sequence: int | None = None,
+) -> tuple[Path, ExportInfo]:
+    """Write ``tensors`` (a private snapshot: nobody may modify them meanwhile) into ``outbox``."""
+    outbox = Path(outbox)
+    outbox.mkdir(parents=True, exist_ok=True)
+    info = ExportInfo(
+        model=model,
+        step=step,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        content_sha256=tensors_digest(tensors),
+        tensors=len(tensors),
+        raw_bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
+        pause_s=pause_s,
+        canary=canary,
+        source=source,
+    )
+    path = outbox / export_name(sequence if sequence is not None else time.time_ns())
+    export_safetensors(tensors, path, {HEADER_KEY: info.header_value()})
+    return path, info
+
+
+def open_export(path: str | Path) -> OpenedExport:
+    """Open and fully check an export; ``ExportFileError`` says why it must not be committed."""
+    path = Path(path)
+    try:
+        model = open_model(path)
+    except ApplianceError as exc:
+        raise ExportFileError(f"{path.name} is not a readable safetensors file: {exc.problem}") from exc
+    try:
+        info = ExportInfo.from_header(model.metadata.get(HEADER_KEY))
+        _check_content(model, info)
+    except ApplianceError as exc:
+        model.close()
+        if isinstance(exc, ExportFileError):
+            raise
+        raise ExportFileError(f"{path.name} is not a valid state export: {exc.problem}") from exc
+    return OpenedExport(path, info, model)
+
+
+def _check_content(model: ImportedModel, info: ExportInfo) -> None:
+    if len(model.sources) != info.tensors or model.raw_bytes != info.raw_bytes:
+        raise ExportFileError(
+            f"export holds {len(model.sources)} tensors / {model.raw_bytes} bytes, "
+            f"its header says {info.tensors} / {info.raw_bytes}"
+        )
+    hasher = ContentHasher()
+    for source in sorted(model.sources, key=lambda s: s.name):
+        hasher.add(source.name, source.dtype, source.shape, source.load().data)
+    if hasher.hexdigest() != info.content_sha256:
+        raise ExportFileError("export content does not match its content_sha256 (damaged or altered)")
+
+
+def remove_durably(path: Path) -> None:
+    """Unlink ``path`` and sync its directory (a committed export must not come back)."""
+    storage = LocalStorage(path.parent)
+    try:
+        storage.unlink(path.name)
+    except FileNotFoundError:
+        return
+    storage.fsync_dir("")

@@ -1,0 +1,92 @@
+"""Write the format-v1 golden store (tests/golden/v1). Run only for an intentional format change:
+
+    python -m tests.golden.make_golden --update-goldens
+
+The golden store is read by tests/golden/test_golden.py on every run, so any later change
+that cannot read what v1 wrote fails CI. Regenerating it is a format change: review it as one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import zstandard
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.signing import SigningKey, TrustStore
+from appliance.sources.tensors import byte_view, sources_from_dict
+from appliance.store.commit import CommitRequest, commit
+from appliance.store.config import StoreConfig
+from appliance.store.encode import EncodeOptions
+from appliance.store.store import Store
+
+HERE = Path(__file__).parent / "v1"
+FIXED_TIME = 1_790_000_000.0  # 2026-09-21T...Z
+
+
+def golden_key() -> SigningKey:
+    return SigningKey(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"appliance golden v1").digest()))
+
+
+def golden_states() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1234)
+    v1 = {
+        "layer.weight": (torch.randn(64, 96, generator=g) * 0.02).to(torch.bfloat16),
+        "layer.bias": torch.randn(96, generator=g),
+        "embed": torch.randn(40, 16, generator=g).to(torch.float16),
+        "mask": torch.rand(33, generator=g) > 0.5,
+        "step": torch.tensor(7, dtype=torch.int64),
+        "empty": torch.empty(0, 3),
+        "ids": torch.arange(50, dtype=torch.int32),
+    }
+    v2 = dict(v1)
+    w = v1["layer.weight"].clone().view(-1)
+    w[::97] = (w[::97].float() + 1e-3).to(torch.bfloat16)
+    v2["layer.weight"] = w.view(64, 96)
+    v2["step"] = torch.tensor(8, dtype=torch.int64)
+    return [v1, v2]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(byte_view(t.contiguous()).data).hexdigest()
+
+
+def build(target: Path) -> dict[str, object]:
+    key = golden_key()
+    config = StoreConfig(model="golden-model", frame_size=4096)
+    store = Store.init(target, [key.public], config)
+    expected: dict[str, object] = {"zstandard": zstandard.__version__, "generations": {}}
+    for i, state in enumerate(golden_states(), start=1):
+        options = EncodeOptions(policy="compact", frame_size=config.frame_size)
+        request = CommitRequest(config.model, options, (key,), {"step": 6 + i, "note": "golden"},
+                                clock=lambda i=i: FIXED_TIME + i)  # fmt: skip
+        result = commit(store.storage, store.trust, sources_from_dict(state), request)
+        expected["generations"][str(result.generation)] = {  # type: ignore[index]
+            "slot": result.slot,
+            "manifest_digest": result.manifest_digest.hex,
+            "tensors": {
+                n: [str(t.dtype).removeprefix("torch."), list(t.shape), tensor_digest(t)] for n, t in state.items()
+            },  # fmt: skip
+        }
+    (target / "lock").unlink(missing_ok=True)
+    return expected
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--update-goldens", action="store_true", required=True)
+    parser.parse_args()
+    if HERE.exists():
+        shutil.rmtree(HERE)
+    expected = build(HERE / "store")
+    (HERE / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {HERE}; trust {TrustStore().with_key(golden_key().public).to_dict()['keys'][0]['keyid']}")
+
+
+if __name__ == "__main__":
+    main()

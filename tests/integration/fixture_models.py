@@ -1,0 +1,46 @@
+"""Model entry points the supervised tests hand to the real service (importable via PYTHONPATH).
+
+Each is the built-in demo model with one behaviour a fault test needs; none is used in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+from appliance.models.demo import DemoModel, _seeded
+
+QUERY_OF_DEATH = 666.0
+
+
+class FragileModel(DemoModel):
+    """Dies like a segfault on a "query of death" when its checkpoint has ``fragile`` set."""
+
+    fragile: torch.Tensor
+
+    def __init__(self, **shape: int) -> None:
+        super().__init__(**shape)
+        self.register_buffer("fragile", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if int(self.fragile) and x.numel() and float(x.reshape(-1)[0]) == QUERY_OF_DEATH:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
+def fragile() -> FragileModel:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return FragileModel(in_features=16, hidden=512, layers=3, out_features=4)
+
+
+def broken() -> DemoModel:
+    """Model code that cannot even be built (a bad software update, not a bad checkpoint)."""
+    raise RuntimeError("model code is broken: missing weights file")
+
+
+def medium() -> DemoModel:
+    """~50 MB of state: commits take long enough to be interrupted and to overlap requests."""
+    return _seeded(0, in_features=16, hidden=2048, layers=4, out_features=4)

@@ -1,0 +1,96 @@
+"""The model service in process (FastAPI TestClient): restore from the handoff, admission, export."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from appliance.events import read_events
+from appliance.format.canary import check
+from appliance.format.handoff import Admit, Phase
+from appliance.node.config import NodeConfig
+from appliance.node.rundir import RunDir
+from appliance.service.app import create_app
+from appliance.service.runtime import ServiceRuntime
+from appliance.sources.export import open_export
+from tests.integration.node_fixtures import handoff, node, with_changes
+
+pytestmark = pytest.mark.integration
+__all__ = ["node"]
+X = {"inputs": [[0.25] * 16]}
+
+
+def started(config: NodeConfig) -> tuple[ServiceRuntime, TestClient]:
+    runtime = ServiceRuntime(config)
+    runtime.bring_up()  # synchronously: the server runs it in a thread
+    return runtime, TestClient(create_app(runtime))
+
+
+def test_restored_service_answers_only_the_canary_until_boot_admits_it(node: NodeConfig) -> None:
+    """Traffic is refused until the boot that started the service admits it after the canary."""
+    h = handoff(node)
+    runtime, client = started(node)
+    assert runtime.phase is Phase.RESTORED
+    assert client.get("/health").json()["restore"]["generation"] == 1
+    assert client.get("/ready").status_code == 503
+    assert client.post("/v1/infer", json=X).status_code == 503
+    assert client.post("/v1/canary", json=X).status_code == 200
+    assert client.post("/v1/admit", json={"boot_id": "someoneelse"}).status_code == 409
+    assert client.post("/v1/admit", json={"boot_id": h.boot_id}).status_code == 200
+    assert client.get("/ready").status_code == 200
+    body = client.post("/v1/infer", json=X).json()
+    assert body["generation"] == 1 and len(body["outputs"][0]) == 4
+    assert RunDir(node.run_dir).read_report().phase is Phase.SERVING  # type: ignore[union-attr]
+
+
+def test_handoff_for_a_checkpoint_proven_good_admits_itself(node: NodeConfig) -> None:
+    """A service restarted by supervisord for a GOOD checkpoint serves as soon as its restore verified."""
+    handoff(node, Admit.SELF)
+    runtime, client = started(node)
+    assert runtime.phase is Phase.SERVING and client.get("/ready").status_code == 200
+
+
+def test_handoff_that_does_not_match_the_slot_fails_with_its_exit_code(node: NodeConfig) -> None:
+    """The service restores exactly what boot chose: a different manifest digest is refused."""
+    handoff(node, digest="0" * 64)
+    runtime, client = started(node)
+    assert runtime.phase is Phase.FAILED and runtime.exit_code == 34
+    assert client.get("/ready").status_code == 503
+    failed = read_events(node.event_log, frozenset({"restore.failed"}))[-1]["fields"]
+    assert failed["error"] == "ManifestError"
+
+
+def test_checkpoint_for_another_architecture_fails_the_restore(node: NodeConfig) -> None:
+    """Tensor names or shapes that do not fit the model end the restore (the checkpoint is then BAD)."""
+    handoff(node)
+    runtime, _ = started(with_changes(node, model="tests.integration.fixture_models:medium"))
+    assert runtime.phase is Phase.FAILED
+    assert runtime.error is not None and runtime.error["error"] == "TensorMismatchError"
+    assert runtime.error["phase"] == "restoring"
+
+
+def test_missing_handoff_is_a_service_fault(node: NodeConfig) -> None:
+    """Started without a handoff the service fails before loading anything (exit code 65)."""
+    runtime, _ = started(node)
+    assert runtime.phase is Phase.FAILED and runtime.exit_code == 65
+
+
+def test_export_captures_adapted_state_with_its_canary(node: NodeConfig) -> None:
+    """An export holds the adapted state, the pause it cost, and the canary answer of exactly that state."""
+    handoff(node, Admit.SELF)
+    _, client = started(node)
+    before = client.post("/v1/infer", json=X).json()["outputs"]
+    adapted = client.post("/v1/adapt", json={"inputs": X["inputs"], "targets": [[1.0, 2.0, 3.0, 4.0]]}).json()
+    assert adapted["step"] == 1
+    assert client.post("/v1/infer", json=X).json()["outputs"] != before
+    result = client.post("/v1/export").json()
+    assert result["step"] == 1 and result["pause_s"] > 0
+    opened = open_export(f"{node.outbox}/{result['file']}")
+    try:
+        canary = opened.info.canary
+        assert canary is not None and opened.info.source is not None
+        assert (opened.info.source["slot"], opened.info.source["generation"]) == ("A", 1)
+        answer = client.post("/v1/canary", json={"inputs": canary.input}).json()["outputs"]
+        assert check(canary, answer).ok
+    finally:
+        opened.close()

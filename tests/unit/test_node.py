@@ -1,0 +1,148 @@
+"""Node edge: node.json, run-directory files and locks, the file floor, mounts, sd_notify, entry points."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ConfigError
+from appliance.format.handoff import Handoff
+from appliance.node.config import NodeConfig, load_config
+from appliance.node.entrypoint import load_entry_point
+from appliance.node.floor import FileFloor, FloorUnreadableError, open_floor
+from appliance.node.mounts import unavailable_slots
+from appliance.node.notify import sd_notify, watchdog_interval
+from appliance.node.rundir import RunDir
+
+pytestmark = pytest.mark.unit
+
+
+def test_node_json_resolves_relative_paths_against_its_directory(tmp_path: Path) -> None:
+    (tmp_path / "node.json").write_text(json.dumps({"format": "appliance.node", "version": 1, "store": "s", "port": 9}))
+    config = load_config(tmp_path / "node.json")
+    assert config.store == str(tmp_path / "s") and config.port == 9 and config.run_dir == "/run/appliance"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        '{"format": "appliance.node", "version": 1, "port": "80"}',
+        '{"format": "appliance.node", "version": 1, "unknown": 1}',
+        '{"format": "appliance.node", "version": 1, "model": "no-colon"}',
+        '{"format": "appliance.node", "version": 2}',
+    ],
+)
+def test_bad_node_json_is_a_config_error(tmp_path: Path, content: str) -> None:
+    (tmp_path / "node.json").write_text(content)
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "node.json")
+
+
+def test_missing_node_json_names_the_remedy(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.json")
+
+
+def test_run_files_round_trip_and_damage_reads_as_absent(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    h = Handoff("abc", "A", 3, "f" * 64)
+    run.write_handoff(h)
+    assert run.read_handoff() == h
+    (tmp_path / "run" / "handoff.json").write_text("{garbage")
+    assert run.read_handoff() is None
+    run.write_recovery({"reason": "x"})
+    assert run.read_recovery() == {"reason": "x"}
+    run.clear_recovery()
+    run.clear_recovery()  # idempotent
+    assert run.read_recovery() is None and run.read_report() is None
+
+
+def test_boot_lock_excludes_commits_and_is_released_with_its_holder(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    assert not run.boot_running()
+    with run.boot_lock():
+        assert run.boot_running()
+        with run.commit_guard() as free:
+            assert not free
+    with run.commit_guard() as free:
+        assert free
+        released = threading.Event()
+
+        def boot() -> None:
+            with run.boot_lock():
+                released.set()
+
+        t = threading.Thread(target=boot)
+        t.start()
+        assert not released.wait(0.2)  # a boot waits for the in-flight commit
+    t.join(5)
+    assert released.is_set()
+
+
+def test_file_floor_only_rises(tmp_path: Path) -> None:
+    floor = FileFloor(tmp_path / "f" / "floor.json")
+    assert floor.read() == 0
+    assert floor.raise_to(5) == 5 and floor.raise_to(3) == 5 and floor.read() == 5
+
+
+def test_damaged_floor_file_is_reported_and_rewritten_by_a_raise(tmp_path: Path) -> None:
+    path = tmp_path / "floor.json"
+    path.write_text('{"floor": "high"}')
+    floor = FileFloor(path)
+    with pytest.raises(FloorUnreadableError):
+        floor.read()
+    assert floor.raise_to(4) == 4 and floor.read() == 4
+
+
+def test_floor_provider_entry_point(tmp_path: Path) -> None:
+    config = NodeConfig(floor_file=str(tmp_path / "x.json"))
+    assert isinstance(open_floor(config), FileFloor)
+    custom = NodeConfig(floor_provider="tests.unit.test_node:_memory_floor")
+    assert open_floor(custom).read() == 42  # type: ignore[attr-defined]
+
+
+class _MemoryFloor:
+    def read(self) -> int:
+        return 42
+
+    def raise_to(self, value: int) -> int:
+        return max(value, 42)
+
+
+def _memory_floor(config: NodeConfig) -> _MemoryFloor:
+    return _MemoryFloor()
+
+
+def test_entry_point_errors_are_config_errors() -> None:
+    assert load_entry_point("json:dumps", "x") is json.dumps
+    for spec in ("json", "no_such_module_x:f", "json:no_such_attr", "json:__doc__", "../evil:f"):
+        with pytest.raises(ConfigError):
+            load_entry_point(spec, "x")
+
+
+def test_unavailable_slots_missing_and_unmounted(tmp_path: Path) -> None:
+    (tmp_path / "A").mkdir()
+    assert unavailable_slots(tmp_path, require_mounts=False) == {"B": f"{tmp_path / 'B'} is missing"}
+    (tmp_path / "B").mkdir()
+    assert unavailable_slots(tmp_path, False) == {}
+    gaps = unavailable_slots(tmp_path, True, ismount=lambda p: p.endswith("A"))
+    assert list(gaps) == ["B"] and "not a mount point" in gaps["B"]
+
+
+def test_sd_notify_sends_to_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sd_notify("READY=1") is False  # not under systemd
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+        assert sd_notify("WATCHDOG=1", "STATUS=ok") is True
+        assert server.recv(100) == b"WATCHDOG=1\nSTATUS=ok"
+        assert watchdog_interval() == 15.0
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert watchdog_interval() is None
