@@ -1,11 +1,10 @@
 """The boot under test, and the oracle every fault tier checks its result against.
 
-THE PLUG POINT: ``BOOT`` is the one function the suites call to "power on" a store. Today it
-is the store's real discovery plus verified restore with fallback (``appliance.api.load``).
-When the boot supervisor (issue 4) lands, replace ``store_boot`` by a function that runs the
-real ``appliance boot`` logic on ``storage`` — including its slot-state marking writes, which
-then go through the same ``storage`` and are crash-tested by ``recover_twice`` — and returns a
-``BootOutcome``. Nothing else in the suites needs to change.
+THE PLUG POINT: ``BOOT`` is the one function the suites call to "power on" a store. It is the
+real boot supervisor (``supervisor_boot``: ``appliance.boot.sequence`` with an in-process model
+service, see ``supervisor.py``), whose slot-state marking writes go through the storage under
+test, so ``recover_twice`` cuts power inside them. ``store_boot`` — the store's discovery plus
+verified restore with fallback (``appliance.api.load``) — is the boot without slot states.
 
 Oracle (issue 5): with ``acked`` the newest checkpoint whose commit returned before the fault,
 boot yields ``acked`` or the in-flight one — never older, never anything that fails a check,
@@ -59,8 +58,20 @@ def store_boot(storage: Storage, config: StoreConfig, trust: TrustStore) -> Boot
     return BootOutcome(loaded.generation, loaded.slot, contents_digest(tensors))
 
 
-BOOT: BootFn = store_boot
-BOOT_WRITES_SLOT_STATE = False  # set True with the issue-4 boot: enables the slot-state damage cases
+def supervisor_boot(storage: Storage, config: StoreConfig, trust: TrustStore) -> BootOutcome:
+    """The boot supervisor of issue 4 (``appliance boot``'s sequence) with an in-process service."""
+    from .supervisor import run_supervisor
+
+    outcome, restored = run_supervisor(storage, config, trust)
+    if outcome.serving is None:
+        assert outcome.exit_code == NoValidCheckpointError.exit_code, f"boot failed otherwise: {outcome.recovery}"
+        return BootOutcome(None)
+    slot, generation = outcome.serving["slot"], outcome.serving["generation"]
+    return BootOutcome(generation, slot, restored[(slot, generation)])
+
+
+BOOT: BootFn = supervisor_boot
+BOOT_WRITES_SLOT_STATE = True  # the boot marks slots in {A,B}/state.json: enables the slot-state damage cases
 
 
 @dataclass(frozen=True)

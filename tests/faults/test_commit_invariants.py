@@ -125,3 +125,21 @@ def test_commit_where_two_tensors_get_the_same_delta_payload_succeeds(keys: Keys
     result, _ = store.commit(_sources({"a": a ^ mask, "b": b ^ mask}), [keys.signer])
     counts.add("commit regressions")
     assert BOOT(storage, make_config(), keys.trust).generation == result.generation
+
+
+def test_a_generation_number_is_never_reused_after_its_checkpoint_was_refused(keys: Keys) -> None:
+    """Newest checkpoint damaged -> boot refuses it (BAD by generation) -> the next commit still boots."""
+    storage = empty_store_storage()
+    store = Store(storage, make_config(), keys.trust)
+    for seed in (9, 10):
+        store.commit(_sources({"w": _frame(seed)}), [keys.signer])
+    bundle = "B/checkpoints/00000000000000000002.manifest.json"
+    damaged = bytearray(storage.read(bundle, 1 << 20))
+    damaged[50] ^= 1
+    storage.unlink(bundle)
+    storage.write_new(bundle, bytes(damaged))
+    assert BOOT(storage, make_config(), keys.trust).generation == 1
+    result, _ = store.commit(_sources({"w": _frame(11)}), [keys.signer])
+    counts.add("commit regressions")
+    assert result.generation == 3, "a number a refused checkpoint still holds was reused"
+    assert BOOT(storage, make_config(), keys.trust).generation == 3
