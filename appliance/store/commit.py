@@ -36,7 +36,7 @@ from appliance.format.canonical import canonical_bytes
 from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
-from appliance.format.plan import choose_target_slot, next_generation
+from appliance.format.plan import choose_target_slot, first_unused_generation
 from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import SigningKey, TrustStore, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
@@ -136,9 +136,10 @@ def _counted_generations(
 ) -> list[int]:
     """Generations a new commit must go above: only checkpoints whose record, bundle and signature verify.
 
-    An unverified name or record (junk, a forgery, a key since revoked) must not move the
-    counter: a planted ``09223372036854775807.commit.json`` would otherwise block every later
-    commit (TUF's fast-forward attack). Checkpoints failing only on frames still count.
+    An unverified name or record (junk, a forgery, a key since revoked) must not order the
+    history: a planted ``09223372036854775807.commit.json`` would otherwise block every later
+    commit (TUF's fast-forward attack); it is only stepped over (``first_unused_generation``).
+    Checkpoints failing only on frames still count.
     """
     counted = [parent.generation if parent else 0]
     for outcome in found.records:
@@ -222,7 +223,8 @@ def commit(
     found = scan(storage)
     parent = _find_parent(storage, trust, request.model, found, request.floor)
     target = choose_target_slot(found.views(dict(request.good)), parent.slot if parent else None)
-    generation = next_generation(_counted_generations(storage, trust, request.model, found, parent), request.floor)
+    newest_valid = max(_counted_generations(storage, trust, request.model, found, parent))
+    generation = first_unused_generation(newest_valid, found.seen, request.floor)
     _ensure_dirs(storage, target)
     batch = DurableBatch(storage)
     target_reader = SlotReader(storage, target)

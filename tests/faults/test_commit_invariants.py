@@ -143,3 +143,13 @@ def test_a_generation_number_is_never_reused_after_its_checkpoint_was_refused(ke
     counts.add("commit regressions")
     assert result.generation == 3, "a number a refused checkpoint still holds was reused"
     assert BOOT(storage, make_config(), keys.trust).generation == 3
+
+
+def test_first_unused_generation_steps_over_names_and_never_overflows() -> None:
+    """Above every valid checkpoint and the floor; skips every name seen; junk at 2^63-1 is harmless."""
+    from appliance.format.plan import first_unused_generation
+
+    assert first_unused_generation(3, {1, 2, 3}) == 4
+    assert first_unused_generation(3, {4, 5, 2**63 - 1, 10**20}) == 6
+    assert first_unused_generation(3, set(), floor=9) == 9
+    assert first_unused_generation(0, set()) == 1
