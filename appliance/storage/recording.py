@@ -118,11 +118,13 @@ def apply(image: Image, op: Op) -> None:
     directory whose own entry was lost leaves an unreachable orphan; a ``Rename`` or
     ``Unlink`` only removes the source name if it still names the recorded inode.
     """
+    # Every inode an operation names is taken, even when the Link that created it was lost:
+    # a later allocation must never reuse it (a lost Link + kept Write + kept Rename is legal).
+    image.next_inode = max(image.next_inode, op.inode + 1, getattr(op, "dir", 0) + 1)
     if isinstance(op, Link):
         if op.is_dir:
             image.dirs.setdefault(op.inode, {})
         image.dirs.setdefault(op.dir, {})[op.name] = op.inode
-        image.next_inode = max(image.next_inode, op.inode + 1)
     elif isinstance(op, Write):
         image.files[op.inode] = op.data
     elif isinstance(op, Rename):

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from appliance.format.manifest import FrameRef
+from appliance.format.slotstate import unknown
 from appliance.signing import SigningKey
 from appliance.store import layout
+from appliance.store.bootstate import SlotStates
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
 
@@ -166,9 +168,10 @@ def test_damaged_slot_state_never_blocks_boot(action: str, template: Template, t
     root = tmp_path / "store"
     shutil.copytree(template.root, root)
     store = Store.open(root)
-    assert BOOT(store.storage, store.config, store.trust).generation == NEWEST  # boot writes the slot states
+    assert BOOT(store.storage, store.config, store.trust).generation == NEWEST  # B/state.json: GOOD, gen 4
+    SlotStates(store.storage).write(unknown("A"))  # A was never booted: give it a state file to damage
     for k, slot in enumerate("AB"):
-        other = layout.slot_state_path("B" if slot == "A" else "A")
+        other = layout.slot_state_path("B" if slot == "A" else "A")  # valid, but for the other slot
         damage(root, layout.slot_state_path(slot), lambda d: (0, len(d)), other, action, k)
         counts.add("damage.cases")
         outcome = BOOT(store.storage, store.config, store.trust)

@@ -21,7 +21,7 @@ from appliance.store.scrub import EVENT_KINDS, ScrubEvent, load_cursor, scrub
 from appliance.store.store import Store
 
 from . import counts
-from .boot import BOOT
+from .boot import BOOT, store_boot
 from .model import FRAME, MODEL_ID, History, Keys
 from .workloads import Recorder
 
@@ -54,7 +54,7 @@ def test_scrub_repairs_a_rotten_frame_from_its_verified_twin(keys: Keys, history
     """A frame rotten in one slot is replaced by the other slot's verified copy; boot is newest again."""
     rec = _store(keys, history)
     digest = rec.rot_frame("A", 3, shared=True)
-    assert BOOT(rec.storage, rec.config, keys.trust).generation == 2  # damage makes boot fall back
+    assert store_boot(rec.storage, rec.config, keys.trust).generation == 2  # damage makes restore fall back
     events: list[ScrubEvent] = []
     report = scrub(rec.storage, keys.trust, MODEL_ID, sink=events.append)
     counts.add("scrub.repairs")
@@ -62,9 +62,19 @@ def test_scrub_repairs_a_rotten_frame_from_its_verified_twin(keys: Keys, history
     assert report.pass_completed and not report.marked
     data = rec.storage.read(f"A/frames/{digest}", 1 << 20)
     assert hashlib.sha256(data).hexdigest() == digest
-    assert BOOT(rec.storage, rec.config, keys.trust).generation == 3
+    assert BOOT(rec.storage, rec.config, keys.trust).generation == 3  # no boot saw the rot: it boots again
     assert {e.kind for e in events} >= {"scrub.started", "scrub.frame_repaired", "scrub.pass_completed"}
     assert {e.kind for e in events} <= set(EVENT_KINDS)
+
+
+def test_a_checkpoint_boot_marked_bad_stays_bad_after_scrub_heals_it(keys: Keys, history: History) -> None:
+    """Documents the interplay with issue 4: BAD is sticky; a healed checkpoint needs a slot reset."""
+    rec = _store(keys, history)
+    rec.rot_frame("A", 3, shared=True)
+    assert BOOT(rec.storage, rec.config, keys.trust).generation == 2  # boot marks A/gen 3 BAD
+    assert scrub(rec.storage, keys.trust, MODEL_ID).repaired
+    assert store_boot(rec.storage, rec.config, keys.trust).generation == 3  # verifiable again
+    assert BOOT(rec.storage, rec.config, keys.trust).generation == 2  # but boot still skips it
 
 
 def test_scrub_marks_but_never_patches_a_frame_damaged_in_both_slots(keys: Keys, history: History) -> None:
