@@ -23,6 +23,7 @@ import pytest
 
 from appliance.signing import SigningKey
 from appliance.storage import LocalStorage
+from appliance.store import layout
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
 
@@ -119,11 +120,9 @@ def _cut_sweep(fs: Ext4, cuts: int, seed: int, *, tally: bool = True) -> list[st
     acked, contents = 1, {1: history.digest(1)}
     for i in range(cuts):
         step = i + 2
-        generation = acked + 1  # one writer, boot saw the newest: the commit takes the next number
-        contents[generation] = history.digest(step)
         k, full = rng.randrange(0, 60), rng.random() < 0.15
         fs.mount()
-        acknowledged = _commit_until_cut(root, fs, history, signer, step, k, full)
+        acknowledged, generation = _commit_until_cut(root, fs, history, signer, step, k, full)
         fs.umount()
         fs.mount()
         store = Store.open(root)
@@ -131,7 +130,10 @@ def _cut_sweep(fs: Ext4, cuts: int, seed: int, *, tally: bool = True) -> list[st
         fs.umount()
         if tally:
             counts.add("ext4.cuts")
-        expect = Expectation.of(generation if acknowledged else acked, [generation], contents)
+        if generation is not None:
+            contents[generation] = history.digest(step)
+        inflight = [generation] if generation is not None else []
+        expect = Expectation.of(generation if acknowledged else acked, inflight, contents)
         try:
             check(outcome, expect, f"ext4 cut {i} at call {k} (full={full}, acknowledged={acknowledged})")
         except AssertionError as exc:
@@ -143,10 +145,18 @@ def _cut_sweep(fs: Ext4, cuts: int, seed: int, *, tally: bool = True) -> list[st
 
 def _commit_until_cut(
     root: Path, fs: Ext4, history: History, signer: SigningKey, step: int, k: int, full: bool
-) -> bool:
-    """Commit ``step``; cut power before mutating call ``k`` (or right after it returns). Acknowledged?"""
+) -> tuple[bool, int | None]:
+    """Commit ``step``; cut power before mutating call ``k`` (or right after it returns).
+
+    Returns whether the commit was acknowledged and its generation (read from the first
+    checkpoint file it wrote; ``None`` if the cut came before any).
+    """
+    seen: list[int] = []
 
     def cut(call: Call) -> None:
+        parsed = layout.parse_checkpoint_name(call.path.rsplit("/", 1)[-1].split("-")[-1])
+        if parsed is not None and not seen:
+            seen.append(parsed[0])
         if call.index == k:
             fs.shutdown()
             raise PowerCut
@@ -154,11 +164,11 @@ def _commit_until_cut(
     opened = Store.open(root)
     store = Store(FaultyStorage(LocalStorage(root), on_call=cut), opened.config, opened.trust, lock_path=root / "lock")
     try:
-        store.commit(history.sources(step), [signer], {"step": step}, full=full)
+        result, _ = store.commit(history.sources(step), [signer], {"step": step}, full=full)
     except PowerCut:
-        return False
+        return False, seen[0] if seen else None
     fs.shutdown()
-    return True
+    return True, result.generation
 
 
 def test_ext4_shutdown_mid_persist_keeps_the_oracle(ext4: Ext4) -> None:
