@@ -24,7 +24,7 @@ from appliance.errors import ApplianceError, StorageError
 from appliance.events import EventLog
 from appliance.format.handoff import Phase, ServiceReport
 from appliance.node.config import NodeConfig
-from appliance.node.floor import FileFloor
+from appliance.node.floor import FileFloor, GenerationFloor
 from appliance.node.rundir import RunDir
 from appliance.signing import TrustStore
 from appliance.storage import Storage
@@ -90,9 +90,12 @@ class InProcessService:
 
 
 def run_supervisor(
-    storage: Storage, config: StoreConfig, trust: TrustStore
+    storage: Storage, config: StoreConfig, trust: TrustStore, floor: GenerationFloor | None = None
 ) -> tuple[BootOutcome, dict[tuple[str, int], str]]:
-    """Run ``appliance boot``'s sequence on ``storage``; returns its outcome and what was restored."""
+    """Run ``appliance boot``'s sequence on ``storage``; returns its outcome and what was restored.
+
+    ``floor``: the anti-rollback floor store (default: a fresh file, i.e. floor 0).
+    """
     with tempfile.TemporaryDirectory(dir=_SCRATCH) as tmp:
         node = Path(tmp)
         for slot in ("A", "B"):  # slot availability is checked on the real file system
@@ -115,7 +118,7 @@ def run_supervisor(
             events=EventLog(node_config.event_log, "boot", journal=None),
             store=store,
             states=SlotStates(storage),
-            floor=FileFloor(node_config.floor_file),
+            floor=floor or FileFloor(node_config.floor_file),
             poll=0.0,
         )
         return boot(ctx), service.restored

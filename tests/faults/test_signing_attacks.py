@@ -27,13 +27,18 @@ from appliance.errors import (
 )
 from appliance.format.canonical import canonical_bytes
 from appliance.format.manifest import MAX_GENERATION
+from appliance.node.floor import FileFloor
 from appliance.signing import SigningKey, TrustStore, verify_bundle
+from appliance.storage.recording import RecordingStorage
 from appliance.store import layout
+from appliance.store.bootstate import SlotStates
 from appliance.store.store import Store
 
 from . import counts
+from .crashstates import CrashState, build, optional_ops
 from .forge import Victim, newer, plant, plant_predicate, sign_predicate, unsigned
-from .model import History
+from .model import History, Keys, empty_store_storage, make_config
+from .supervisor import run_supervisor
 
 pytestmark = pytest.mark.faults
 
@@ -108,13 +113,47 @@ def test_rollback_by_replaying_an_old_checkpoint_as_a_new_generation_is_refused(
     assert _failures(victim)[("A", 4)] is ManifestError
 
 
-@pytest.mark.skip(
-    reason="needs issue-4 boot state: asserts that after committing gen 4 and a cut between 'boot gen 4' and "
-    "'mark slot GOOD', the stored floor is still 3 (<= the old GOOD slot's generation), so falling back to "
-    "gen 3 stays possible; the floor moves to 4 only in the same durable step that marks the new slot GOOD"
-)
-def test_floor_raised_before_the_new_slot_is_proven_is_refused() -> None:
-    """The anti-rollback floor moves only after the new slot is proven GOOD (AVB rule)."""
+class WatchedFloor:
+    """A file floor that remembers, for each raise, how many storage operations had been issued."""
+
+    def __init__(self, path: Path, storage: RecordingStorage) -> None:
+        self.inner = FileFloor(path)
+        self.storage = storage
+        self.raises: list[tuple[int, int]] = []  # (operations issued, new value)
+
+    def read(self) -> int:
+        return self.inner.read()
+
+    def raise_to(self, value: int) -> int:
+        self.raises.append((len(self.storage.ops), value))
+        return self.inner.raise_to(value)
+
+
+def test_floor_raised_before_the_new_slot_is_proven_is_refused(tmp_path: Path, keys: Keys, history: History) -> None:
+    """The floor rises only after the new slot's GOOD mark is durable, and never above the fallback's GOOD."""
+    counts.add("signing.attacks")
+    storage = empty_store_storage()
+    store = Store(storage, make_config(), keys.trust)
+    store.good_provider = SlotStates(storage).good_generations
+    floor_file = tmp_path / "floor.json"
+    checked = 0
+    for step in (1, 2, 3):  # each commit, then a boot that proves it: A 1, B 2, A 3
+        store.commit(history.sources(step), [keys.signer])
+        before_boot = storage.image()
+        storage.ops.clear()
+        watched = WatchedFloor(floor_file, storage)
+        outcome, _ = run_supervisor(storage, make_config(), keys.trust, floor=watched)
+        assert outcome.serving is not None and outcome.serving["generation"] == step
+        for issued, value in watched.raises:  # a power cut right when the floor rises:
+            ops = storage.ops[:issued]
+            image = build(before_boot, ops, CrashState("durable", issued, frozenset(optional_ops(ops, issued))))
+            states = SlotStates(RecordingStorage(image)).read_all()
+            proven = {slot: r.state.good_generation for slot, r in states.items()}
+            assert proven[outcome.serving["slot"]] == step, "the floor rose before the new GOOD mark was durable"
+            assert None not in proven.values() and value <= min(g for g in proven.values() if g is not None)
+            checked += 1
+    assert checked == 2  # the floor rose twice: to 1 (after B's first GOOD) and to 2 (after A's second)
+    assert FileFloor(floor_file).read() == 2  # min(GOOD A 3, GOOD B 2): falling back to B stays possible
 
 
 def test_fast_forward_by_a_planted_huge_generation_does_not_block_commits(victim: Victim) -> None:
