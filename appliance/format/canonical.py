@@ -13,6 +13,7 @@ round-trip repr. Readers that verify a signature over a payload also check that 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from appliance.errors import IntegrityError, ManifestError
@@ -21,9 +22,9 @@ from appliance.errors import IntegrityError, ManifestError
 def canonical_bytes(value: Any) -> bytes:
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")  # inside the try: a lone surrogate has no UTF-8 form
     except (TypeError, ValueError) as exc:
         raise ManifestError(f"value cannot be canonical JSON: {exc}") from exc
-    return text.encode("utf-8")
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -73,7 +74,31 @@ def strict_loads(
         raise error(f"{what} is not valid JSON: {exc}") from exc
     if json_depth(value) > max_depth:
         raise error(f"{what} is nested deeper than {max_depth} levels")
+    if _SURROGATE_ESCAPE.search(text) and not _all_utf8(value):
+        raise error(f"{what} contains an unpaired UTF-16 surrogate escape (not valid Unicode text)")
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _all_utf8(value: Any) -> bool:
+    """Every string (keys included) of a parsed JSON value has a UTF-8 form."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        strings: list[Any] = [item] if isinstance(item, str) else []
+        if isinstance(item, dict):
+            strings = list(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        for text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def require_keys(obj: object, what: str, required: set[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -79,4 +79,6 @@ class CommitRecord:
         )
         if Digest.parse(d["record_digest"], "record_digest") != Digest.of(canonical_bytes(record._body())):
             raise ManifestError("commit record fails its own checksum (torn or altered write)")
+        if record.to_bytes() != bytes(data):  # byte-exact: a torn newline or re-serialisation is not a commit
+            raise ManifestError("commit record is not byte-for-byte in canonical form (torn or altered write)")
         return record

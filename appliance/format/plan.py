@@ -1,6 +1,7 @@
 """Pure decisions of the store: how to cut frames, which slot to write, what to try first.
 
-Owns: ``frame_spans``, ``choose_target_slot``, ``next_generation``, ``boot_order``.
+Owns: ``frame_spans``, ``choose_target_slot``, ``next_generation``, ``first_unused_generation``,
+``boot_order``.
 Does not own: reading slots (callers build ``SlotView`` values from disk) or acting on the
 answer. Every function here is total over its inputs and has no side effects.
 """
@@ -68,6 +69,22 @@ def choose_target_slot(views: Iterable[SlotView], newest_valid: str | None = Non
 def next_generation(seen: Iterable[int], floor: int = 0) -> int:
     """One above every generation ever seen in either slot, and never below the floor."""
     return max(max(seen, default=0) + 1, floor)
+
+
+def first_unused_generation(newest_valid: int, seen: Iterable[int], floor: int = 0) -> int:
+    """The lowest generation above every valid checkpoint (and at least ``floor``) that no file uses.
+
+    Valid checkpoints order the history; names that do not verify (junk, forgeries, damaged or
+    half-written checkpoints) are only stepped over, never reused: boot refuses BAD checkpoints
+    by generation, so a reused number would hide the new commit. An unverified name therefore
+    cannot push the counter past 2^63-1 (TUF fast-forward), and the loop is bounded by the
+    number of names seen.
+    """
+    taken = set(seen)
+    candidate = max(newest_valid + 1, floor)
+    while candidate in taken:
+        candidate += 1
+    return candidate
 
 
 @dataclass(frozen=True)

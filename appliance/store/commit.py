@@ -25,6 +25,7 @@ from typing import Any
 
 from appliance.errors import (
     ApplianceError,
+    FrameMissingError,
     NoValidCheckpointError,
     RevokedKeyError,
     StorageError,
@@ -35,12 +36,12 @@ from appliance.format.canonical import canonical_bytes
 from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
-from appliance.format.plan import choose_target_slot, next_generation
+from appliance.format.plan import choose_target_slot, first_unused_generation
 from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import SigningKey, TrustStore, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
 from appliance.store import layout
-from appliance.store.discovery import OpenCheckpoint, scan, select
+from appliance.store.discovery import OpenCheckpoint, Scan, open_checkpoint, scan, select
 from appliance.store.encode import (
     EncodedFrame,
     EncodeOptions,
@@ -130,6 +131,28 @@ def _find_parent(storage: Storage, trust: TrustStore, model: str, found: Any, fl
         return None
 
 
+def _counted_generations(
+    storage: Storage, trust: TrustStore, model: str, found: Scan, parent: OpenCheckpoint | None
+) -> list[int]:
+    """Generations a new commit must go above: only checkpoints whose record, bundle and signature verify.
+
+    An unverified name or record (junk, a forgery, a key since revoked) must not order the
+    history: a planted ``09223372036854775807.commit.json`` would otherwise block every later
+    commit (TUF's fast-forward attack); it is only stepped over (``first_unused_generation``).
+    Checkpoints failing only on frames still count.
+    """
+    counted = [parent.generation if parent else 0]
+    for outcome in found.records:
+        if outcome.record is None or outcome.generation <= counted[0]:
+            continue
+        try:
+            open_checkpoint(storage, outcome.record, trust, model, check_frames=False)
+        except (ApplianceError, StorageError):
+            continue
+        counted.append(outcome.generation)
+    return counted
+
+
 def _ensure_dirs(storage: Storage, slot: str) -> None:
     """Create the slot's directories (R2: a new directory entry is synced in its parent)."""
     for path in (layout.frames_dir(slot), layout.checkpoints_dir(slot)):
@@ -200,7 +223,8 @@ def commit(
     found = scan(storage)
     parent = _find_parent(storage, trust, request.model, found, request.floor)
     target = choose_target_slot(found.views(dict(request.good)), parent.slot if parent else None)
-    generation = next_generation(found.seen, request.floor)
+    newest_valid = max(_counted_generations(storage, trust, request.model, found, parent))
+    generation = first_unused_generation(newest_valid, found.seen, request.floor)
     _ensure_dirs(storage, target)
     batch = DurableBatch(storage)
     target_reader = SlotReader(storage, target)
@@ -224,6 +248,7 @@ def commit(
             progress=progress,
         )
         batch.sync()  # W1: frames and their directory are durable before anything names them
+        _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
         bundle = sign_manifest(manifest, request.keys)
         write_durable(storage, layout.bundle_path(target, generation), bundle)
         placer.created.append(layout.bundle_path(target, generation))
@@ -304,6 +329,17 @@ def _base_closure(tensors: tuple[TensorEntry, ...], parent: OpenCheckpoint | Non
         if ref.base is not None:
             pending.append(ref.base)
     return sorted(needed.values(), key=lambda f: (f.depth, f.digest))
+
+
+def _check_self_contained(target: SlotReader, manifest: Manifest) -> None:
+    """One directory listing, not a stat per frame: every frame the manifest names is in the slot."""
+    present = set(target.storage.listdir(layout.frames_dir(target.slot)) or [])
+    missing = [f.digest.short() for f in manifest.frame_index().values() if f.digest.hex not in present]
+    if missing:
+        raise FrameMissingError(
+            f"{len(missing)} frame(s) the new manifest names are not in slot {target.slot} ({', '.join(missing[:3])})",
+            remedy="this is a bug in the commit path; nothing was committed, the previous checkpoint is intact",
+        )
 
 
 def _remove_created(storage: Storage, paths: list[str]) -> None:

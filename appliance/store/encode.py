@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from appliance.codec.frames import Scratch, decode_into, encode
 from appliance.codec.transform import U8
-from appliance.errors import ApplianceError, FrameMissingError, StorageError, UsageError
+from appliance.errors import ApplianceError, FrameMissingError, ManifestError, StorageError, UsageError
 from appliance.format.codec_name import IDENTITY, CodecSpec
 from appliance.format.digest import Digest
 from appliance.format.dtypes import DType, dtype_named
@@ -108,6 +108,11 @@ class FrameEncoder:
                 for i, f in enumerate(t.frames):
                     self.by_raw.setdefault((f.raw_digest, f.raw_size), f)
                     self.by_position[(t.name, i)] = f
+        # Stored digest -> the one frame record it names in this manifest. Equal stored bytes can
+        # mean different frames (one XOR payload on two bases), so a frame whose digest is taken
+        # by another record falls back to a plainer encoding instead of aliasing it.
+        self._records: dict[Digest, FrameRef] = dict(parent.frame_index()) if parent is not None else {}
+        self._records_lock = threading.Lock()
         self._local = threading.local()
 
     def _scratch(self) -> Scratch:
@@ -128,12 +133,26 @@ class FrameEncoder:
         if reused is not None:
             return reused
         delta = self._delta(name, index, dtype, raw, raw_digest)
-        if delta is not None and delta.ref.size <= raw.size * DELTA_ACCEPT_FRACTION:
+        if delta is not None and delta.ref.size <= raw.size * DELTA_ACCEPT_FRACTION and self._claim(delta):
             return delta
         full = self._full(dtype, raw, raw_digest)
-        if delta is not None and delta.ref.size < full.ref.size:
+        if delta is not None and delta.ref.size < full.ref.size and self._claim(delta):
             return delta
-        return full
+        if self._claim(full):
+            return full
+        plain = EncodedFrame(
+            FrameRef(Digest.of(raw.data), raw.size, raw_digest, raw.size, IDENTITY), raw.tobytes(), "full"
+        )
+        if self._claim(plain):
+            return plain
+        raise ManifestError(
+            f"frame {index} of tensor {name!r} stores bytes that another frame of this checkpoint names"
+        )
+
+    def _claim(self, encoded: EncodedFrame) -> bool:
+        """Reserve ``encoded``'s stored digest for its record; ``False`` if another record holds it."""
+        with self._records_lock:
+            return self._records.setdefault(encoded.ref.digest, encoded.ref) == encoded.ref
 
     def _obtain_chain(self, ref: FrameRef) -> list[tuple[FrameRef, bytes, bool]] | None:
         if self.supply is None:

@@ -136,14 +136,19 @@ def _drop_frames(storage: Storage, slot: str, referenced: set[Digest], report: G
 
 
 def _unlink(storage: Storage, path: str, report: GcReport, other: bool = False) -> None:
+    regular = True
     try:
         size = storage.size(path) or 0
     except (ApplianceError, StorageError):
-        size = 0  # a planted symlink or device: remove the entry itself, never its target
+        size, regular = 0, False  # a planted symlink or device: remove the entry itself, never its target
     try:
         storage.unlink(path)
     except FileNotFoundError:
         return
+    except (ApplianceError, StorageError):
+        if regular:
+            raise
+        return  # a planted directory cannot be unlinked: leave it (never descend), never fail a commit
     report.freed_bytes += size
     if other:
         report.removed_other += 1

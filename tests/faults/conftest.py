@@ -1,0 +1,36 @@
+"""Fixtures shared by the fault suites, and the end-of-run table of what they exercised."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import counts
+from .model import History, Keys
+from .workloads import Recorded, write_paths
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture(scope="session")
+def history() -> History:
+    return History(seed=5)
+
+
+@pytest.fixture(scope="session")
+def recorded(keys: Keys, history: History) -> dict[str, Recorded]:
+    paths = write_paths(keys, history)
+    counts.add("write paths", len(paths))
+    counts.add("ops", sum(len(r.ops) for r in paths.values()))
+    return paths
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = counts.render()
+    if lines:
+        terminalreporter.section("fault suites")
+        for line in lines:
+            terminalreporter.write_line(line)
+        counts.dump()
