@@ -7,6 +7,7 @@ Does not own the store mechanics (``appliance.store``) or file formats (``applia
     result, _ = save(store, model.state_dict(), key, metadata={"step": 1200})
     loaded = load(store)                        # fresh tensors, newest valid checkpoint
     load(store, into=model.state_dict())        # in place, into preallocated tensors
+    load(store, zero_copy=True)                 # fast checkpoints: tensors share the page cache
 
 ``load`` never returns a partially restored or unverified state: if a frame fails while
 restoring, that checkpoint is abandoned and the next candidate (other slot, older
@@ -21,13 +22,14 @@ from typing import Any
 
 import torch
 
-from appliance.errors import ApplianceError, IntegrityError, NoValidCheckpointError, StorageError
+from appliance.errors import ApplianceError, IntegrityError, NoValidCheckpointError, StorageError, UsageError
 from appliance.signing import SigningKey
-from appliance.sources.tensors import allocate, check_destination, sources_from_dict
+from appliance.sources.tensors import allocate, check_destination, sources_from_dict, tensor_from_region
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import Failure, OpenCheckpoint
 from appliance.store.restore import RestoreStats
 from appliance.store.store import Store
+from appliance.store.zerocopy import restore_mapped
 
 Progress = Callable[[int], None]
 
@@ -80,17 +82,29 @@ def load(
     deep: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    zero_copy: bool = False,
 ) -> LoadedCheckpoint:
+    """The newest valid checkpoint (or ``generation``), verified, as CPU tensors.
+
+    ``zero_copy=True`` (fresh tensors only) maps the uncompressed frames of sealed files into
+    the tensors instead of copying them (docs/performance.md): the fastest verified restore,
+    with tensors whose pages stay shared with the page cache until written.
+    """
+    if zero_copy and into is not None:
+        raise UsageError("zero_copy restores into new tensors; it cannot fill `into`")
     failures: list[Failure] = []
     tried: set[tuple[str, int]] = set()
     while True:
         selection = store.select(generation, floor=floor, exclude=frozenset(tried))
         failures.extend(f for f in selection.failures if (f.slot, f.generation) not in tried)
         opened = selection.opened
-        tensors = _destinations(opened, into)
         try:
-            views = {name: check_destination(opened.verified.manifest.tensor(name), t) for name, t in tensors.items()}
-            stats = store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
+            if zero_copy:
+                tensors, stats = _restore_zero_copy(store, opened, deep=deep, workers=workers, progress=progress)
+            else:
+                tensors = _destinations(opened, into)
+                views = {n: check_destination(opened.verified.manifest.tensor(n), t) for n, t in tensors.items()}
+                stats = store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
         except (IntegrityError, StorageError) as exc:
             failures.append(Failure(opened.slot, opened.generation, exc))
             tried.add((opened.slot, opened.generation))
@@ -106,6 +120,14 @@ def load(
             stats=stats,
             failures=_dedupe(failures),
         )
+
+
+def _restore_zero_copy(
+    store: Store, opened: OpenCheckpoint, *, deep: bool, workers: int | None, progress: Progress | None
+) -> tuple[dict[str, torch.Tensor], RestoreStats]:
+    regions, stats = restore_mapped(store.storage, opened, deep=deep, workers=workers, progress=progress)
+    manifest = opened.verified.manifest
+    return {t.name: tensor_from_region(t, regions[t.name]) for t in manifest.tensors}, stats
 
 
 def _destinations(opened: OpenCheckpoint, into: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
