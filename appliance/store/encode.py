@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from appliance.codec.frames import Scratch, decode_into, encode
 from appliance.codec.transform import U8
 from appliance.errors import ApplianceError, FrameMissingError, StorageError, UsageError
@@ -140,6 +142,9 @@ class FrameEncoder:
 
     def encode_frame(self, name: str, index: int, dtype: DType, raw: U8) -> EncodedFrame:
         """Reuse, delta or full; a damaged parent frame only costs the optimisation."""
+        snapshot = raw.tobytes() if self.options.policy == "fast" else None  # hashed once, stored as is
+        if snapshot is not None:
+            raw = np.frombuffer(snapshot, np.uint8)
         raw_digest = Digest(hashlib.sha256(raw.data).hexdigest())
         reused = self._reuse(raw_digest, raw.size, dtype)
         if reused is not None:
@@ -147,7 +152,7 @@ class FrameEncoder:
         delta = self._delta(name, index, dtype, raw, raw_digest)
         if delta is not None and delta.ref.size <= raw.size * DELTA_ACCEPT_FRACTION:
             return delta
-        full = self._full(dtype, raw, raw_digest)
+        full = self._full(dtype, raw, raw_digest, snapshot)
         if delta is not None and delta.ref.size < full.ref.size:
             return delta
         return full
@@ -201,8 +206,10 @@ class FrameEncoder:
         ref = FrameRef(Digest.of(stored), len(stored), raw_digest, raw.size, spec, base.digest, base.depth + 1)
         return EncodedFrame(ref, stored, "delta", tuple((f, d) for f, d, w in chain if w))
 
-    def _full(self, dtype: DType, raw: U8, raw_digest: Digest) -> EncodedFrame:
+    def _full(self, dtype: DType, raw: U8, raw_digest: Digest, snapshot: bytes | None) -> EncodedFrame:
         spec = self.full_spec(dtype)
+        if spec == IDENTITY and snapshot is not None:  # the stored bytes are the hashed raw bytes
+            return EncodedFrame(FrameRef(raw_digest, len(snapshot), raw_digest, raw.size, spec), snapshot, "full")
         stored = encode(raw, spec, None, self._scratch())
         if spec != IDENTITY and len(stored) >= raw.size:
             spec, stored = IDENTITY, raw.tobytes()
