@@ -18,7 +18,7 @@ Command = Callable[[argparse.Namespace, Output], int]
 
 # Further command groups (boot/service/persist, scrub, report, ...) live in their own modules,
 # each with ``register(subparsers)``; listing them here is the only edit main.py needs.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["appliance.cli.perf_commands"]
 
 
 def add_root(p: argparse.ArgumentParser) -> None:

@@ -126,6 +126,14 @@ class LocalStorage:
         ):
             mapping.advise_willneed(fd)
 
+    def evict(self, path: str) -> None:
+        """Drop ``path``'s clean pages from the page cache (the restore-time probe's cold read)."""
+        with (
+            contextlib.suppress(FileNotFoundError, StorageError, UnsafePathError),
+            self._open_regular(path, "evict") as (fd, _),
+        ):
+            mapping.advise_dontneed(fd)
+
     def size(self, path: str) -> int | None:
         *dirs, name = split_path(path)
         try:

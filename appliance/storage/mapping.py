@@ -110,6 +110,12 @@ def advise_willneed(fd: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
 
 
+def advise_dontneed(fd: int) -> None:
+    """Ask the kernel to drop the file's clean pages from the page cache."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def is_mapping_error(exc: OSError) -> bool:
     """Errors that mean "this file system cannot map": the caller copies instead."""
     return exc.errno in (errno.ENODEV, errno.EACCES, errno.EINVAL, errno.ENOMEM, errno.EPERM)

@@ -5,6 +5,7 @@ Owns: names and paths (docs/design.md §3). Does not own file contents.
     ROOT/store.json                         store configuration (model id, frame size, policy)
     ROOT/trust.json                         trust store (development; production: read-only rootfs)
     ROOT/lock                               advisory lock for writers
+    ROOT/device-profile.json                measured restore rates of this device (``auto`` policy)
     ROOT/{A,B}/frames/<sha256>              stored frames, named by the SHA-256 of their bytes
     ROOT/{A,B}/checkpoints/<gen>.manifest.json   signed bundle (DSSE envelope around the manifest)
     ROOT/{A,B}/checkpoints/<gen>.commit.json     commit record: the commit point
@@ -26,6 +27,7 @@ from appliance.format.digest import Digest
 STORE_CONFIG = "store.json"
 TRUST_FILE = "trust.json"
 LOCK_FILE = "lock"
+DEVICE_PROFILE = "device-profile.json"
 FRAMES = "frames"
 CHECKPOINTS = "checkpoints"
 SLOT_STATE = "state.json"
