@@ -16,6 +16,7 @@ generation) is restored from scratch; if none is left, ``NoValidCheckpointError`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,13 @@ import torch
 
 from appliance.errors import ApplianceError, IntegrityError, NoValidCheckpointError, StorageError, UsageError
 from appliance.signing import SigningKey
-from appliance.sources.tensors import allocate, check_destination, sources_from_dict, tensor_from_region
+from appliance.sources.tensors import (
+    allocate,
+    check_destination,
+    sources_from_dict,
+    tensor_from_region,
+    torch_dtype,
+)
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import Failure, OpenCheckpoint
 from appliance.store.restore import RestoreStats
@@ -32,6 +39,7 @@ from appliance.store.store import Store
 from appliance.store.zerocopy import restore_mapped
 
 Progress = Callable[[int], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -122,6 +130,54 @@ def load(
         )
 
 
+def load_to_device(
+    store: Store,
+    device: str | torch.device = "cuda",
+    *,
+    generation: int | None = None,
+    floor: int = 0,
+    workers: int | None = None,
+) -> LoadedCheckpoint:
+    """The newest valid checkpoint, verified, as tensors on ``device`` (a Jetson's GPU).
+
+    With nvCOMP and a CUDA device, stored frames are verified on the CPU cores and decoded on the
+    device (``appliance.gpu.restore``). Otherwise the reason is logged, the checkpoint is
+    restored on the CPU (``load``) and copied to ``device``.
+    """
+    from appliance.codec import gpu as gpu_codec
+
+    dev = torch.device(device)
+    availability = gpu_codec.available()
+    if dev.type != "cuda" or not availability.ok:
+        log.warning("decoding on the CPU, then copying to %s: %s", dev, availability.reason)
+        loaded = load(store, generation=generation, floor=floor, workers=workers)
+        loaded.tensors = {name: t.to(dev) for name, t in loaded.tensors.items()}
+        return loaded
+    from appliance.gpu.restore import restore_to_device
+
+    decoder = gpu_codec.NvcompBatchDecoder(torch.cuda.current_stream(dev).cuda_stream, dev.index or 0)
+    failures: list[Failure] = []
+    tried: set[tuple[str, int]] = set()
+    while True:
+        selection = store.select(generation, floor=floor, exclude=frozenset(tried))
+        failures.extend(f for f in selection.failures if (f.slot, f.generation) not in tried)
+        opened = selection.opened
+        try:
+            flat, gstats = restore_to_device(store.storage, opened, dev, decoder, workers=workers)
+        except (IntegrityError, StorageError) as exc:
+            failures.append(Failure(opened.slot, opened.generation, exc))
+            tried.add((opened.slot, opened.generation))
+            if generation is not None:
+                raise
+            continue
+        manifest = opened.verified.manifest
+        tensors = {t.name: flat[t.name].view(torch_dtype(t.dtype)).reshape(t.shape) for t in manifest.tensors}
+        stats = RestoreStats(opened.generation, opened.slot, raw_bytes=gstats.raw_bytes, seconds=gstats.seconds)
+        stats.mode, stats.stored_bytes_read, stats.frames = "gpu", gstats.stored_bytes, gstats.frames
+        return LoadedCheckpoint(tensors, dict(manifest.metadata), opened.slot, opened.generation,
+                                opened.record.manifest_digest.hex, stats, _dedupe(failures))  # fmt: skip
+
+
 def _restore_zero_copy(
     store: Store, opened: OpenCheckpoint, *, deep: bool, workers: int | None, progress: Progress | None
 ) -> tuple[dict[str, torch.Tensor], RestoreStats]:
@@ -147,4 +203,4 @@ def _dedupe(failures: list[Failure]) -> list[Failure]:
     return out
 
 
-__all__ = ["ApplianceError", "LoadedCheckpoint", "NoValidCheckpointError", "load", "save"]
+__all__ = ["ApplianceError", "LoadedCheckpoint", "NoValidCheckpointError", "load", "load_to_device", "save"]

@@ -13,8 +13,8 @@ from appliance.signing import SigningKey
 from appliance.storage import LocalStorage
 from appliance.storage.mapping import PAGE, Region
 from appliance.store import layout
-from appliance.store.encode import TensorSource
 from appliance.store.config import StoreConfig
+from appliance.store.encode import TensorSource
 from appliance.store.restore import restore_into
 from appliance.store.store import Store
 from appliance.store.zerocopy import region_array, restore_mapped
