@@ -66,6 +66,7 @@ class CommitResult:
     raw_bytes: int = 0
     stored_bytes: int = 0  # what the checkpoint occupies in its slot
     written_bytes: int = 0  # new bytes this commit wrote (frames + copies + bundle + record)
+    copied_bytes: int = 0  # of which verified copies of frames the other slot already had
     frames: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"reused": 0, "delta": 0, "full": 0, "copied": 0})
     seconds: float = 0.0
@@ -79,6 +80,7 @@ class CommitResult:
             "raw_bytes": self.raw_bytes,
             "stored_bytes": self.stored_bytes,
             "written_bytes": self.written_bytes,
+            "copied_bytes": self.copied_bytes,
             "frames": self.frames,
             "frame_kinds": dict(self.counts),
             "seconds": round(self.seconds, 6),
@@ -155,18 +157,19 @@ class _FramePlacer:
         self.placed: set[Digest] = set()
         self.created: list[str] = []
         self.written_bytes = 0
+        self.copied_bytes = 0
         self.copied = 0
         self._pool = ThreadPoolExecutor(max_workers=self.WRITERS, thread_name_prefix="commit-write")
         self._pending: deque[Future[None]] = deque()
 
     def place(self, encoded: EncodedFrame) -> None:
         for ref, data in encoded.extra:
-            self._write(ref, data)
+            self.copied_bytes += self._write(ref, data)
             self.copied += 1
         if encoded.stored is not None and encoded.ref.digest not in self.placed:
             if encoded.kind == "reused":
                 self.copied += 1
-                self._write(encoded.ref, encoded.stored)
+                self.copied_bytes += self._write(encoded.ref, encoded.stored)
             elif not self._present_and_valid(encoded.ref):
                 self._write(encoded.ref, encoded.stored)
         self.placed.add(encoded.ref.digest)
@@ -183,9 +186,9 @@ class _FramePlacer:
         if error is not None:
             raise error
 
-    def _write(self, ref: FrameRef, data: bytes) -> None:
+    def _write(self, ref: FrameRef, data: bytes) -> int:
         if ref.digest in self.placed:
-            return
+            return 0
         path = layout.frame_path(self.target.slot, ref.digest)
         existed = self.target.frame_size(ref.digest) is not None
         while len(self._pending) >= self.MAX_PENDING:
@@ -195,6 +198,7 @@ class _FramePlacer:
             self.created.append(path)
         self.written_bytes += len(data)
         self.placed.add(ref.digest)
+        return len(data)
 
     def _present_and_valid(self, ref: FrameRef) -> bool:
         if self.target.frame_size(ref.digest) != ref.size:
@@ -267,6 +271,7 @@ def commit(
     result.stored_bytes = manifest.stored_bytes
     result.written_bytes = placer.written_bytes + len(bundle) + len(record_bytes)
     result.counts["copied"] = placer.copied
+    result.copied_bytes = placer.copied_bytes
     result.seconds = time.perf_counter() - start
     return result
 
