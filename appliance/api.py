@@ -39,6 +39,7 @@ from appliance.store.store import Store
 from appliance.store.zerocopy import restore_mapped
 
 Progress = Callable[[int], None]
+Attempt = Callable[[OpenCheckpoint], "tuple[dict[str, torch.Tensor], RestoreStats]"]
 log = logging.getLogger(__name__)
 
 
@@ -100,6 +101,19 @@ def load(
     """
     if zero_copy and into is not None:
         raise UsageError("zero_copy restores into new tensors; it cannot fill `into`")
+
+    def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
+        if zero_copy:
+            return _restore_zero_copy(store, opened, deep=deep, workers=workers, progress=progress)
+        tensors = _destinations(opened, into)
+        views = {n: check_destination(opened.verified.manifest.tensor(n), t) for n, t in tensors.items()}
+        return tensors, store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
+
+    return _first_restorable(store, generation, floor, attempt)
+
+
+def _first_restorable(store: Store, generation: int | None, floor: int, attempt: Attempt) -> LoadedCheckpoint:
+    """Newest candidate first; a candidate that fails while restoring is abandoned for the next."""
     failures: list[Failure] = []
     tried: set[tuple[str, int]] = set()
     while True:
@@ -107,12 +121,7 @@ def load(
         failures.extend(f for f in selection.failures if (f.slot, f.generation) not in tried)
         opened = selection.opened
         try:
-            if zero_copy:
-                tensors, stats = _restore_zero_copy(store, opened, deep=deep, workers=workers, progress=progress)
-            else:
-                tensors = _destinations(opened, into)
-                views = {n: check_destination(opened.verified.manifest.tensor(n), t) for n, t in tensors.items()}
-                stats = store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
+            tensors, stats = attempt(opened)
         except (IntegrityError, StorageError) as exc:
             failures.append(Failure(opened.slot, opened.generation, exc))
             tried.add((opened.slot, opened.generation))
@@ -156,26 +165,16 @@ def load_to_device(
     from appliance.gpu.restore import restore_to_device
 
     decoder = gpu_codec.NvcompBatchDecoder(torch.cuda.current_stream(dev).cuda_stream, dev.index or 0)
-    failures: list[Failure] = []
-    tried: set[tuple[str, int]] = set()
-    while True:
-        selection = store.select(generation, floor=floor, exclude=frozenset(tried))
-        failures.extend(f for f in selection.failures if (f.slot, f.generation) not in tried)
-        opened = selection.opened
-        try:
-            flat, gstats = restore_to_device(store.storage, opened, dev, decoder, workers=workers)
-        except (IntegrityError, StorageError) as exc:
-            failures.append(Failure(opened.slot, opened.generation, exc))
-            tried.add((opened.slot, opened.generation))
-            if generation is not None:
-                raise
-            continue
+
+    def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
+        flat, gstats = restore_to_device(store.storage, opened, dev, decoder, workers=workers)
         manifest = opened.verified.manifest
         tensors = {t.name: flat[t.name].view(torch_dtype(t.dtype)).reshape(t.shape) for t in manifest.tensors}
         stats = RestoreStats(opened.generation, opened.slot, raw_bytes=gstats.raw_bytes, seconds=gstats.seconds)
         stats.mode, stats.stored_bytes_read, stats.frames = "gpu", gstats.stored_bytes, gstats.frames
-        return LoadedCheckpoint(tensors, dict(manifest.metadata), opened.slot, opened.generation,
-                                opened.record.manifest_digest.hex, stats, _dedupe(failures))  # fmt: skip
+        return tensors, stats
+
+    return _first_restorable(store, generation, floor, attempt)
 
 
 def _restore_zero_copy(
