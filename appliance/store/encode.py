@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.codec.frames import Scratch, decode_into, encode
+from appliance.codec.frames import Scratch, decode_into, encode, encode_against_payload, payload_into, same_layout
 from appliance.codec.transform import U8
 from appliance.errors import ApplianceError, FrameMissingError, StorageError, UsageError
 from appliance.format.codec_name import IDENTITY, LIT_LEVEL, CodecSpec
@@ -193,18 +193,32 @@ class FrameEncoder:
         chain = self._obtain_chain(base)
         if chain is None:
             return None
-        scratch = self._scratch()
-        base_raw = scratch.get("base", raw.size)
-        for (
-            frame,
-            data,
-            _,
-        ) in chain:  # deepest base first: each xor frame applies onto the one below
-            decode_into(data, frame.codec, base_raw, scratch)
-        spec = opts.zstd_spec(dtype.planes, xor=True)
-        stored = encode(raw, spec, base_raw, scratch)
+        stored, spec = self._delta_bytes(raw, dtype, [(f, d) for f, d, _ in chain])
         ref = FrameRef(Digest.of(stored), len(stored), raw_digest, raw.size, spec, base.digest, base.depth + 1)
         return EncodedFrame(ref, stored, "delta", tuple((f, d) for f, d, w in chain if w))
+
+    def _delta_bytes(self, raw: U8, dtype: DType, chain: list[tuple[FrameRef, bytes]]) -> tuple[bytes, CodecSpec]:
+        """The delta of ``raw`` against the raw bytes ``chain`` (deepest base first) decodes to.
+
+        When every chain frame groups bytes like the new delta will, the parent is rebuilt as
+        the XOR of the chain's payloads and never un-grouped (one zstd decode and one XOR per
+        level); otherwise it is decoded to raw bytes first.
+        """
+        scratch, layout = self._scratch(), chain[0][0].codec
+        if layout.planes == dtype.planes and all(same_layout(f.codec, layout) for f, _ in chain):
+            spec = self.options.zstd_spec(dtype.planes, xor=True, exponent=layout.exponent)
+            parent = scratch.get("parent", raw.size)
+            for level, (frame, data) in enumerate(chain):
+                target = parent if level == 0 else scratch.get("payload", raw.size)
+                payload_into(data, frame.codec, target)
+                if level:
+                    np.bitwise_xor(parent, target, out=parent)
+            return encode_against_payload(raw, spec, parent, scratch), spec
+        base_raw = scratch.get("base", raw.size)
+        for frame, data in chain:  # each xor frame applies onto the one below
+            decode_into(data, frame.codec, base_raw, scratch)
+        spec = self.options.zstd_spec(dtype.planes, xor=True)
+        return encode(raw, spec, base_raw, scratch), spec
 
     def _full(self, dtype: DType, raw: U8, raw_digest: Digest, snapshot: bytes | None) -> EncodedFrame:
         spec = self.full_spec(dtype)
