@@ -27,17 +27,24 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, help="where the big temporary files go (default: system temp)")
     ap.add_argument("--skip", default="", help="comma-separated peers not to run: restic,borg,zipnn")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--cold", action="store_true", help="drop files from the page cache before each restore")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="appliance-bench-", dir=args.workdir))
     meter = LoadMeter()
     try:
-        suite = Suite(work, args.quick, {s for s in args.skip.split(",") if s}, log=lambda m: print(m, flush=True))
+        skip = {s for s in args.skip.split(",") if s}
+        suite = Suite(work, args.quick, skip, log=lambda m: print(m, flush=True), cold=args.cold)
         result = suite.run()
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     result["load"] = meter.result()
-    result["machine"] = {"platform": platform.platform(), "python": sys.version.split()[0], "quick": args.quick}
+    result["machine"] = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "quick": args.quick,
+        "page_cache": "cold" if args.cold else "warm",
+    }
     items = goals(result)
     result["goals"] = [{"goal": n, "met": ok, "detail": d} for n, ok, d in items]
     print()

@@ -163,3 +163,25 @@ def compress_rate(threads: int, frames: int = 32) -> float:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(frames)))
     return frames * frame.size / (time.perf_counter() - t0)
+
+
+def set_cache(paths: list[Path], cold: bool) -> None:
+    """Put the files under ``paths`` into the page cache (warm) or drop them from it (cold).
+
+    This VM runs DAMON proactive reclaim (``pageout`` of pages idle for a few seconds), so
+    "what the commit just wrote is still cached" does not hold; every restore, ours and the
+    peers', starts from the same explicitly prepared state instead.
+    """
+    files = [p for root in paths for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
+    buf = bytearray(16 << 20)
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if cold:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while os.readv(fd, [buf]):
+                    pass
+        finally:
+            os.close(fd)

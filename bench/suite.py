@@ -21,14 +21,14 @@ from appliance.store.config import StoreConfig
 from appliance.store.probe import probe, shape_of
 from appliance.store.store import Store
 from bench import data, peers
-from bench.measure import compress_rate, fsync_write_rate, run_child, sha256_rate
+from bench.measure import compress_rate, fsync_write_rate, run_child, set_cache, sha256_rate
 
 Row = dict[str, Any]
 
 
 class Suite:
-    def __init__(self, work: Path, quick: bool, skip: set[str], log: Any = print) -> None:
-        self.work, self.quick, self.log = work, quick, log
+    def __init__(self, work: Path, quick: bool, skip: set[str], log: Any = print, cold: bool = False) -> None:
+        self.work, self.quick, self.log, self.cold = work, quick, log, cold
         self.skipped: dict[str, str] = {}
         for tool in ("restic", "borg", "zipnn"):
             reason = "skipped by --skip" if tool in skip else peers.missing(tool)
@@ -70,6 +70,7 @@ class Suite:
         raw = source.stat().st_size
         for policy in ("fast", "compact"):
             self.ours(name, source, policy, expect["digest"])
+        set_cache([source], self.cold)
         careful = peers.careful_user(source, expect["sha256_file"])
         self.add(
             name,
@@ -81,6 +82,7 @@ class Suite:
             verified="whole-file SHA-256 (single thread)",
             digest_ok=careful["digest"] == expect["digest"],
         )
+        set_cache([source], self.cold)
         coreutils = peers.careful_user(source, expect["sha256_file"], tool="sha256sum")
         self.add(
             name,
@@ -92,7 +94,7 @@ class Suite:
             verified="whole-file SHA-256 (single thread)",
             digest_ok=coreutils["digest"] == expect["digest"],
         )
-        saved, loaded = peers.torch_roundtrip(source, self.work)
+        saved, loaded = peers.torch_roundtrip(source, self.work, self.cold)
         self.add(
             name,
             "torch.save / torch.load(weights_only)",
@@ -108,6 +110,7 @@ class Suite:
                 continue
             tool.init()
             backup = tool.backup(source)
+            set_cache([tool.repo], self.cold)
             restore = tool.restore()
             self.add(
                 name,
@@ -139,6 +142,7 @@ class Suite:
         commit = run_child("ours_commit", root=str(root), key=str(self.key_path), source=str(source), policy=policy)
         modes = ["private", "zero_copy"] if policy == "fast" else ["private"]
         for mode in modes:
+            set_cache([root / "A", root / "B"], self.cold)
             r = run_child("ours_restore", root=str(root), mode=mode)
             label = f"appliance {policy}" + (" (zero-copy)" if mode == "zero_copy" else "")
             self.add(
