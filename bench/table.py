@@ -152,3 +152,47 @@ def goals_table(items: list[tuple[str, bool | None, str]]) -> str:
         mark = "SKIP" if ok is None else ("met " if ok else "MISS")
         lines.append(f"  [{mark}] {name}: {detail}")
     return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as Markdown (for docs/performance.md): ``python -m bench.table RESULT.json``."""
+    rows = result["rows"]
+    careful = {r["dataset"]: r["restore_gbps"] for r in rows if r["system"].startswith("careful")}
+    out = [
+        "| data set | system | persist GB/s | restore GB/s | x careful | stored | ratio | peak RSS | identical |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = careful.get(r["dataset"]) or 0
+        out.append(
+            f"| {r['dataset']} | {r['system'].strip()} | {_rate(r['persist_gbps'])} | {_rate(r['restore_gbps'])} | "
+            f"{r['restore_gbps'] / base if base else 0:.2f}x | {_gb(r['stored_bytes'])} | "
+            f"{r['raw_bytes'] / r['stored_bytes']:.3f} | {_gb(r['peak_rss'])} | {_same(r['identical'])} |"
+        )
+    series = result["series"]
+    if series["steps"]:
+        names = [k for k in series["steps"][0] if k != "step"]
+        out += ["", f"Fine-tuning series ({series['raw_bytes'] / 1e9:.2f} GB, 1% of elements per step): "
+                "bytes written per checkpoint and seconds", "",
+                "| step | " + " | ".join(f"{n} MB | {n} s" for n in names) + " |",
+                "|---|" + "---|---|" * len(names)]  # fmt: skip
+        for e in series["steps"]:
+            cells = " | ".join(f"{e[n]['written_bytes'] / 1e6:.1f} | {e[n]['seconds']:.2f}" for n in names)
+            out.append(f"| {e['step']} | {cells} |")
+    out += ["", "| goal | result | detail |", "|---|---|---|"]
+    for g in result["goals"]:
+        mark = "skipped" if g["met"] is None else ("met" if g["met"] else "**missed**")
+        out.append(f"| {g['goal']} | {mark} | {g['detail']} |")
+    load = result["load"]
+    out += ["", f"Load during the run: other processes used {load['foreign_cores_average']} of the 2 cores on "
+            f"average (loadavg {' '.join(load['loadavg_start'])} -> {' '.join(load['loadavg_end'])}); "
+            f"page cache {result['machine'].get('page_cache', 'warm')}."]  # fmt: skip
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
