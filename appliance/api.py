@@ -7,6 +7,7 @@ Does not own the store mechanics (``appliance.store``) or file formats (``applia
     result, _ = save(store, model.state_dict(), key, metadata={"step": 1200})
     loaded = load(store)                        # fresh tensors, newest valid checkpoint
     load(store, into=model.state_dict())        # in place, into preallocated tensors
+    load(store, zero_copy=True)                 # fast checkpoints: tensors share the page cache
 
 ``load`` never returns a partially restored or unverified state: if a frame fails while
 restoring, that checkpoint is abandoned and the next candidate (other slot, older
@@ -15,6 +16,7 @@ generation) is restored from scratch; if none is left, ``NoValidCheckpointError`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,15 +24,31 @@ from typing import Any
 import torch
 
 from appliance.codec.transform import U8
-from appliance.errors import ApplianceError, IntegrityError, NoValidCheckpointError, StorageError, TensorMismatchError
+from appliance.errors import (
+    ApplianceError,
+    IntegrityError,
+    NoValidCheckpointError,
+    StorageError,
+    TensorMismatchError,
+    UsageError,
+)
 from appliance.signing import SigningKey
-from appliance.sources.tensors import allocate, check_destination, sources_from_dict
+from appliance.sources.tensors import (
+    allocate,
+    check_destination,
+    sources_from_dict,
+    tensor_from_region,
+    torch_dtype,
+)
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import Failure, OpenCheckpoint
 from appliance.store.restore import RestoreStats
 from appliance.store.store import Store
+from appliance.store.zerocopy import restore_mapped
 
 Progress = Callable[[int], None]
+Attempt = Callable[[OpenCheckpoint], "tuple[dict[str, torch.Tensor], RestoreStats]"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,17 +99,37 @@ def load(
     deep: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    zero_copy: bool = False,
 ) -> LoadedCheckpoint:
+    """The newest valid checkpoint (or ``generation``), verified, as CPU tensors.
+
+    ``zero_copy=True`` (fresh tensors only) maps the uncompressed frames of sealed files into
+    the tensors instead of copying them (docs/performance.md): the fastest verified restore,
+    with tensors whose pages stay shared with the page cache until written.
+    """
+    if zero_copy and into is not None:
+        raise UsageError("zero_copy restores into new tensors; it cannot fill `into`")
+
+    def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
+        if zero_copy:
+            return _restore_zero_copy(store, opened, deep=deep, workers=workers, progress=progress)
+        tensors = _destinations(opened, into)
+        views = _views(opened, tensors)
+        return tensors, store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
+
+    return _first_restorable(store, generation, floor, attempt)
+
+
+def _first_restorable(store: Store, generation: int | None, floor: int, attempt: Attempt) -> LoadedCheckpoint:
+    """Newest candidate first; a candidate that fails while restoring is abandoned for the next."""
     failures: list[Failure] = []
     tried: set[tuple[str, int]] = set()
     while True:
         selection = store.select(generation, floor=floor, exclude=frozenset(tried))
         failures.extend(f for f in selection.failures if (f.slot, f.generation) not in tried)
         opened = selection.opened
-        tensors = _destinations(opened, into)
-        views = _views(opened, tensors)
         try:
-            stats = store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
+            tensors, stats = attempt(opened)
         except (IntegrityError, StorageError) as exc:
             failures.append(Failure(opened.slot, opened.generation, exc))
             tried.add((opened.slot, opened.generation))
@@ -107,6 +145,52 @@ def load(
             stats=stats,
             failures=_dedupe(failures),
         )
+
+
+def load_to_device(
+    store: Store,
+    device: str | torch.device = "cuda",
+    *,
+    generation: int | None = None,
+    floor: int = 0,
+    workers: int | None = None,
+) -> LoadedCheckpoint:
+    """The newest valid checkpoint, verified, as tensors on ``device`` (a Jetson's GPU).
+
+    With nvCOMP and a CUDA device, stored frames are verified on the CPU cores and decoded on the
+    device (``appliance.gpu.restore``). Otherwise the reason is logged, the checkpoint is
+    restored on the CPU (``load``) and copied to ``device``.
+    """
+    from appliance.codec import gpu as gpu_codec
+
+    dev = torch.device(device)
+    availability = gpu_codec.available()
+    if dev.type != "cuda" or not availability.ok:
+        log.warning("decoding on the CPU, then copying to %s: %s", dev, availability.reason)
+        loaded = load(store, generation=generation, floor=floor, workers=workers)
+        loaded.tensors = {name: t.to(dev) for name, t in loaded.tensors.items()}
+        return loaded
+    from appliance.gpu.restore import restore_to_device
+
+    decoder = gpu_codec.NvcompBatchDecoder(torch.cuda.current_stream(dev).cuda_stream, dev.index or 0)
+
+    def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
+        flat, gstats = restore_to_device(store.storage, opened, dev, decoder, workers=workers)
+        manifest = opened.verified.manifest
+        tensors = {t.name: flat[t.name].view(torch_dtype(t.dtype)).reshape(t.shape) for t in manifest.tensors}
+        stats = RestoreStats(opened.generation, opened.slot, raw_bytes=gstats.raw_bytes, seconds=gstats.seconds)
+        stats.mode, stats.stored_bytes_read, stats.frames = "gpu", gstats.stored_bytes, gstats.frames
+        return tensors, stats
+
+    return _first_restorable(store, generation, floor, attempt)
+
+
+def _restore_zero_copy(
+    store: Store, opened: OpenCheckpoint, *, deep: bool, workers: int | None, progress: Progress | None
+) -> tuple[dict[str, torch.Tensor], RestoreStats]:
+    regions, stats = restore_mapped(store.storage, opened, deep=deep, workers=workers, progress=progress)
+    manifest = opened.verified.manifest
+    return {t.name: tensor_from_region(t, regions[t.name]) for t in manifest.tensors}, stats
 
 
 def _destinations(opened: OpenCheckpoint, into: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -137,4 +221,4 @@ def _dedupe(failures: list[Failure]) -> list[Failure]:
     return out
 
 
-__all__ = ["ApplianceError", "LoadedCheckpoint", "NoValidCheckpointError", "load", "save"]
+__all__ = ["ApplianceError", "LoadedCheckpoint", "NoValidCheckpointError", "load", "load_to_device", "save"]

@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.boot_commands",
     "appliance.cli.node_commands",
     "appliance.cli.scrub_commands",
+    "appliance.cli.perf_commands",
 ]
 
 

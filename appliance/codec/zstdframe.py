@@ -17,17 +17,25 @@ import threading
 import zstandard
 
 from appliance.errors import FrameError, LimitExceededError
+from appliance.format.codec_name import LIT_PARAMETERS
 
 MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_BLOCK_SIZE = 128 * 1024
 _local = threading.local()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+def _compressor(level: int, literals: bool) -> zstandard.ZstdCompressor:
     cache = _local.__dict__.setdefault("cctx", {})
-    if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
-    compressor: zstandard.ZstdCompressor = cache[level]
+    key = (level, literals)
+    if key not in cache:
+        if literals:
+            params = zstandard.ZstdCompressionParameters(
+                **LIT_PARAMETERS, write_content_size=True, write_checksum=False, write_dict_id=False
+            )
+            cache[key] = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            cache[key] = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    compressor: zstandard.ZstdCompressor = cache[key]
     return compressor
 
 
@@ -38,8 +46,9 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def compress(data: memoryview | bytes, level: int) -> bytes:
-    return bytes(_compressor(level).compress(data))
+def compress(data: memoryview | bytes, level: int, literals: bool = False) -> bytes:
+    """One standard frame with its content size; ``literals`` selects ``LIT_PARAMETERS``."""
+    return bytes(_compressor(level, literals).compress(data))
 
 
 def frame_length(data: bytes | memoryview, max_blocks: int) -> int:

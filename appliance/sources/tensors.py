@@ -14,6 +14,7 @@ from appliance.codec.transform import U8
 from appliance.errors import TensorMismatchError, UsageError
 from appliance.format.dtypes import DTYPES
 from appliance.format.manifest import TensorEntry
+from appliance.storage.mapping import Region
 from appliance.store.encode import TensorSource
 
 
@@ -64,6 +65,14 @@ def sources_from_dict(tensors: Mapping[str, torch.Tensor]) -> list[TensorSource]
 
 def allocate(entry: TensorEntry) -> torch.Tensor:
     return torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
+
+
+def tensor_from_region(entry: TensorEntry, region: Region) -> torch.Tensor:
+    """A tensor over a zero-copy restore region; the tensor keeps the region's memory alive."""
+    if entry.nbytes == 0:
+        return allocate(entry)
+    memory = torch.frombuffer(region.memory, dtype=torch.uint8, count=entry.nbytes)
+    return memory.view(torch_dtype(entry.dtype)).reshape(entry.shape)
 
 
 def check_destination(entry: TensorEntry, t: torch.Tensor) -> U8:

@@ -7,6 +7,7 @@ which a commit makes files durable (``appliance.store.commit``), only each step'
 as it is added; ``sync()`` then fsyncs every touched directory once. Nothing may reference a
 batch's files until ``sync()`` returned (rule R3 in docs/design.md §6). After any error the
 batch is broken and refuses further use: an fsync error is never retried into a commit (R4).
+``add`` may be called from several threads at once (the commit overlaps frame writes).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import threading
 
 from appliance.errors import StorageError
 from appliance.storage.base import Storage, parent_of
@@ -34,6 +36,7 @@ class DurableBatch:
         self._dirs: set[str] = set()
         self._broken: BaseException | None = None
         self.written: list[str] = []
+        self._lock = threading.Lock()
 
     def add(self, path: str, data: bytes | memoryview) -> None:
         if self._broken is not None:
@@ -44,11 +47,13 @@ class DurableBatch:
             self.storage.fsync(temp)
             self.storage.rename(temp, path)
         except BaseException as exc:
-            self._broken = exc
+            with self._lock:
+                self._broken = self._broken or exc
             _remove_quietly(self.storage, temp)
             raise
-        self.written.append(path)
-        self._dirs.add(parent_of(path))
+        with self._lock:
+            self.written.append(path)
+            self._dirs.add(parent_of(path))
 
     def sync(self) -> None:
         if self._broken is not None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from appliance.errors import LimitExceededError, StorageError, UnsafePathError
+from appliance.storage import mapping
 from appliance.storage.base import split_path, translate_os_error
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -98,6 +99,40 @@ class LocalStorage:
                 break
             filled += n
         return filled
+
+    # --- optional capabilities (appliance.storage.mapping) -------------------------------------
+
+    def map_into(self, path: str, region: mapping.Region, offset: int, size: int) -> str | None:
+        """Map ``path`` copy-on-write into ``region`` if it is sealed and exactly ``size`` bytes."""
+        with self._open_regular(path, "map") as (fd, actual):
+            if actual != size:
+                return f"file has {actual} bytes, expected {size}"
+            reason = mapping.unsealed_reason(fd, os.fstat(fd))
+            if reason is not None:
+                return reason
+            try:
+                region.map_file(fd, offset, size)
+            except OSError as exc:
+                if mapping.is_mapping_error(exc):
+                    return f"the file system refused the mapping ({exc.strerror})"
+                raise translate_os_error(exc, "map", path) from exc
+            return None
+
+    def prefetch(self, path: str) -> None:
+        """Start reading ``path`` into the page cache; a missing file is ignored."""
+        with (
+            contextlib.suppress(FileNotFoundError, StorageError, UnsafePathError),
+            self._open_regular(path, "prefetch") as (fd, _),
+        ):
+            mapping.advise_willneed(fd)
+
+    def evict(self, path: str) -> None:
+        """Drop ``path``'s clean pages from the page cache (the restore-time probe's cold read)."""
+        with (
+            contextlib.suppress(FileNotFoundError, StorageError, UnsafePathError),
+            self._open_regular(path, "evict") as (fd, _),
+        ):
+            mapping.advise_dontneed(fd)
 
     def size(self, path: str) -> int | None:
         *dirs, name = split_path(path)

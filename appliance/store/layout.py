@@ -6,6 +6,7 @@ Owns: names and paths (docs/design.md §3). Does not own file contents.
     ROOT/trust.json                         trust store (development; production: read-only rootfs)
     ROOT/lock                               advisory lock for writers
     ROOT/scrub.json                         scrub cursor: resumable pass position, marked frames
+    ROOT/device-profile.json                measured restore rates of this device (``auto`` policy)
     ROOT/{A,B}/frames/<sha256>              stored frames, named by the SHA-256 of their bytes
     ROOT/{A,B}/checkpoints/<gen>.manifest.json   signed bundle (DSSE envelope around the manifest)
     ROOT/{A,B}/checkpoints/<gen>.commit.json     commit record: the commit point
@@ -28,6 +29,7 @@ STORE_CONFIG = "store.json"
 TRUST_FILE = "trust.json"
 LOCK_FILE = "lock"
 SCRUB_STATE = "scrub.json"
+DEVICE_PROFILE = "device-profile.json"
 FRAMES = "frames"
 CHECKPOINTS = "checkpoints"
 SLOT_STATE = "state.json"

@@ -11,6 +11,13 @@ Guarantees:
   frame each; there is no second copy of the model.
 * On any error the restore stops and raises; the destination is then partially written and
   must not be used (the boot path discards it and falls back).
+
+Speed (docs/performance.md): one worker per core over independent frames (hashlib, zstandard
+and numpy release the GIL); each frame is read into the worker's reused, already-touched
+buffer (page cache -> cache-hot buffer), hashed there, then copied or decoded once into the
+destination. Storage that can ``prefetch`` gets a bounded read-ahead hint (``READ_AHEAD``
+bytes past the frame being worked on) so cold reads overlap hashing and decoding. The
+zero-copy variant for ``fast`` checkpoints is ``appliance.store.zerocopy``.
 """
 
 from __future__ import annotations
@@ -30,11 +37,16 @@ from appliance.codec.transform import U8
 from appliance.errors import FrameError, TensorMismatchError
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef
+from appliance.limits import MiB
 from appliance.storage import Storage
+from appliance.storage.mapping import PrefetchStorage
+from appliance.store import layout
 from appliance.store.discovery import OpenCheckpoint
 from appliance.store.slot import SlotReader
 
 Progress = Callable[[int], None]
+Task = tuple[FrameRef, U8]
+READ_AHEAD = 64 * MiB
 
 
 @dataclass
@@ -63,6 +75,9 @@ class RestoreStats:
     seconds: float = 0.0
     workers: int = 1
     stages: StageTimes = field(default_factory=StageTimes)
+    mode: str = "private"  # "private": bytes copied into caller memory; "mapped": zero-copy (zerocopy.py)
+    mapped_bytes: int = 0  # bytes shared with the page cache instead of copied
+    copy_reasons: dict[str, int] = field(default_factory=dict)  # mapped mode: why frames were copied
 
     @property
     def gbps(self) -> float:
@@ -79,6 +94,9 @@ class RestoreStats:
             "gb_per_s": round(self.gbps, 3),
             "workers": self.workers,
             "stage_seconds": {k: round(v, 6) for k, v in vars(self.stages).items()},
+            "mode": self.mode,
+            "mapped_bytes": self.mapped_bytes,
+            "copy_reasons": dict(self.copy_reasons),
         }
 
 
@@ -130,6 +148,33 @@ class FrameDecoder:
         w.stored += frame.size
 
 
+class Prefetcher:
+    """Bounded read-ahead: hints the frames up to ``window`` bytes past the one being worked on."""
+
+    def __init__(self, storage: Storage, slot: str, frames: list[FrameRef], window: int = READ_AHEAD) -> None:
+        self.storage = storage if isinstance(storage, PrefetchStorage) else None
+        self.slot = slot
+        self.frames = frames
+        self.window = window
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def ahead_of(self, index: int) -> None:
+        if self.storage is None:
+            return
+        with self._lock:
+            start, budget, end = max(self._next, index), self.window, self._next
+            for end in range(start, len(self.frames)):
+                budget -= self.frames[end].size
+                if budget < 0:
+                    break
+            else:
+                end = len(self.frames)
+            self._next = max(self._next, end)
+        for frame in self.frames[start:end]:
+            self.storage.prefetch(layout.frame_path(self.slot, frame.digest))
+
+
 def destination_views(opened: OpenCheckpoint, dest: Mapping[str, U8]) -> dict[str, U8]:
     """Check that ``dest`` has a byte view of the right size for every tensor, and nothing else."""
     manifest = opened.verified.manifest
@@ -148,6 +193,22 @@ def destination_views(opened: OpenCheckpoint, dest: Mapping[str, U8]) -> dict[st
     return views
 
 
+def frame_tasks(opened: OpenCheckpoint, views: Mapping[str, U8]) -> list[Task]:
+    """Every tensor frame with its destination slice, large frames first (load balance)."""
+    tasks: list[Task] = []
+    for t in opened.verified.manifest.tensors:
+        offset = 0
+        for frame in t.frames:
+            tasks.append((frame, views[t.name][offset : offset + frame.raw_size]))
+            offset += frame.raw_size
+    tasks.sort(key=lambda task: -task[0].raw_size)
+    return tasks
+
+
+def worker_count(workers: int | None, tasks: int) -> int:
+    return max(1, min(workers or os.cpu_count() or 1, tasks or 1))
+
+
 def restore_into(
     storage: Storage,
     opened: OpenCheckpoint,
@@ -162,46 +223,50 @@ def restore_into(
     views = destination_views(opened, dest)
     reader = SlotReader(storage, opened.slot)
     decoder = FrameDecoder(reader, manifest.frame_index())
-    tasks: list[tuple[FrameRef, U8]] = []
-    for t in manifest.tensors:
-        offset = 0
-        for frame in t.frames:
-            tasks.append((frame, views[t.name][offset : offset + frame.raw_size]))
-            offset += frame.raw_size
-    # Large frames first: better load balance across workers.
-    tasks.sort(key=lambda task: -task[0].raw_size)
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    tasks = frame_tasks(opened, views)
+    prefetcher = Prefetcher(storage, opened.slot, [frame for frame, _ in tasks])
+    n_workers = worker_count(workers, len(tasks))
     stats = RestoreStats(opened.generation, opened.slot, raw_bytes=manifest.raw_bytes, workers=n_workers)
 
-    def run(task: tuple[FrameRef, U8]) -> None:
-        frame, out = task
+    def run(index: int) -> None:
+        frame, out = tasks[index]
+        prefetcher.ahead_of(index)
         decoder.decode(frame, out)
         if deep:
-            t0 = time.perf_counter()
-            if hashlib.sha256(out.data).hexdigest() != frame.raw_digest.hex:
-                raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw SHA-256")
-            decoder._worker().times.deep += time.perf_counter() - t0
+            check_raw(decoder, frame, out)
         if progress is not None:
             progress(frame.raw_size)
 
     start = time.perf_counter()
-    _run_all(run, tasks, n_workers)
+    run_all(run, len(tasks), n_workers)
     stats.seconds = time.perf_counter() - start
-    for w in decoder.workers:
-        stats.stages.add(w.times)
-        stats.stored_bytes_read += w.stored
+    collect(decoder, stats)
     stats.frames = len(tasks)
     return stats
 
 
-def _run_all(fn: Callable[[tuple[FrameRef, U8]], None], tasks: list[tuple[FrameRef, U8]], workers: int) -> None:
-    """Run ``fn`` over ``tasks`` on ``workers`` threads; the first error cancels the rest."""
+def check_raw(decoder: FrameDecoder, frame: FrameRef, out: U8) -> None:
+    """Deep mode: the decoded bytes match the manifest's raw SHA-256."""
+    t0 = time.perf_counter()
+    if hashlib.sha256(out.data).hexdigest() != frame.raw_digest.hex:
+        raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw SHA-256")
+    decoder._worker().times.deep += time.perf_counter() - t0
+
+
+def collect(decoder: FrameDecoder, stats: RestoreStats) -> None:
+    for w in decoder.workers:
+        stats.stages.add(w.times)
+        stats.stored_bytes_read += w.stored
+
+
+def run_all(fn: Callable[[int], None], count: int, workers: int) -> None:
+    """Run ``fn(0..count-1)`` on ``workers`` threads; the first error cancels the rest."""
     if workers == 1:
-        for task in tasks:
-            fn(task)
+        for index in range(count):
+            fn(index)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-        futures = [pool.submit(fn, task) for task in tasks]
+        futures = [pool.submit(fn, index) for index in range(count)]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for f in pending:
             f.cancel()

@@ -24,6 +24,7 @@ from appliance.errors import (
 from appliance.format.canonical import canonical_bytes, strict_loads
 from appliance.format.commit import SLOT_NAMES
 from appliance.format.plan import choose_target_slot, next_generation, protected_slot
+from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
 from appliance.signing import PublicKey, SigningKey, TrustStore
@@ -40,6 +41,7 @@ from appliance.store.slot import SlotReader
 from appliance.store.verify import VerifyReport, verify_store
 
 Progress = Callable[[int], None]
+COMPACT_RATIO_ESTIMATE = 1 / 1.49  # stored/raw of bf16 weights under compact (docs/performance.md)
 GoodProvider = Callable[[], Mapping[str, int | None]]
 
 
@@ -152,12 +154,14 @@ class Store:
         floor: int = 0,
         progress: Progress | None = None,
     ) -> tuple[CommitResult, GcReport]:
+        profile = self.device_profile()
         options = EncodeOptions(
-            policy=self.resolve_policy(policy or self.config.policy),
+            policy=self.resolve_policy(policy or self.config.policy, profile),
             frame_size=self.config.frame_size,
             zstd_level=self.config.zstd_level,
             max_delta_depth=self.config.max_delta_depth,
             full=full,
+            exponent_grouping=profile is not None and profile.gpu_decoder,
         )
         with writer_lock(self.lock_path):
             good = self.good_provider()
@@ -170,10 +174,25 @@ class Store:
         return result, gc
 
     @staticmethod
-    def resolve_policy(policy: str) -> str:
-        # "auto" picks by measured storage vs decode speed (restore-time report); until a
-        # device profile exists it means "compact", the policy that also decodes on a GPU.
-        return "compact" if policy == "auto" else policy
+    def resolve_policy(policy: str, profile: DeviceRates | None = None) -> str:
+        """``auto`` picks by this device's measured storage vs decode speed (``device-profile.json``,
+        written by ``appliance report ROOT --save-profile``); without a profile it means
+        ``compact``, the policy that also decodes on a GPU. The choice is recorded in the manifest."""
+        if policy != "auto":
+            return policy
+        return choose_policy(profile, COMPACT_RATIO_ESTIMATE) if profile is not None else "compact"
+
+    def device_profile(self) -> DeviceRates | None:
+        """The saved device profile, or ``None`` (absent or unreadable: ``auto`` falls back)."""
+        try:
+            data = _read_json(self.storage, layout.DEVICE_PROFILE, layout.DEVICE_PROFILE, self.limits)
+            return DeviceRates.from_dict(data)
+        except (FileNotFoundError, ApplianceError):
+            return None
+
+    def save_device_profile(self, rates: DeviceRates) -> None:
+        with writer_lock(self.lock_path):
+            write_durable(self.storage, layout.DEVICE_PROFILE, canonical_bytes(rates.to_dict()) + b"\n")
 
     def gc(self) -> list[GcReport]:
         with writer_lock(self.lock_path):

@@ -1,0 +1,156 @@
+"""``appliance report``: this device's verifiable restore time for the committed checkpoint.
+
+Owns: the report command — a short probe of this device's read, hash and decode rates, the
+expected and worst-case restore time of the newest valid checkpoint (and of the fallback the
+boot would take if it failed), next to the restore times observed at boot (``restore.finished``
+events in the event log). Does not own the probe (``appliance.store.probe``) or the arithmetic
+(``appliance.format.restore_time``).
+
+Event log: JSON lines; ``restore.finished`` records carry ``ts``, ``slot``, ``generation``,
+``raw_bytes`` and ``seconds`` (the boot/service side writes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from appliance.cli.main import add_json, add_root
+from appliance.cli.output import Output, human_bytes
+from appliance.errors import NoValidCheckpointError
+from appliance.format.manifest import Manifest
+from appliance.format.restore_time import estimate
+from appliance.store.probe import probe, shape_of
+from appliance.store.store import Store
+
+DEFAULT_EVENT_LOG = "/var/log/appliance/events.jsonl"
+RESTORE_EVENT = "restore.finished"
+MAX_OBSERVED = 10
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("report", help="measure this device and state the verified restore time of the checkpoint")
+    add_root(p)
+    p.add_argument(
+        "--events",
+        type=Path,
+        help=f"event log with boot restore times (default: $APPLIANCE_EVENT_LOG or {DEFAULT_EVENT_LOG})",
+    )
+    p.add_argument("--save-profile", action="store_true", help="save the measured rates for the auto policy")
+    add_json(p)
+    p.set_defaults(func=cmd_report)
+
+
+def observed_restores(path: Path) -> list[dict[str, Any]]:
+    """The newest ``restore.finished`` events (a torn or foreign line is skipped), newest first."""
+    found: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("event") == RESTORE_EVENT and "seconds" in record:
+                    found.append(record)
+    except OSError:
+        return []
+    return [
+        {k: r.get(k) for k in ("ts", "slot", "generation", "raw_bytes", "seconds")}
+        for r in reversed(found[-MAX_OBSERVED:])
+    ]
+
+
+def _estimates(manifest: Manifest, result: Any) -> dict[str, Any]:
+    private = estimate(shape_of(manifest, zero_copy=False), result.rates)
+    out = {"private": private.to_dict()}
+    mapped = shape_of(manifest, zero_copy=True)
+    if mapped.mapped_raw:
+        out["zero_copy"] = estimate(mapped, result.rates).to_dict()
+    return out
+
+
+def build_report(store: Store, events: Path) -> dict[str, Any]:
+    selection = store.select()
+    opened = selection.opened
+    manifest = opened.verified.manifest
+    result = probe(store.storage, opened.slot, manifest)
+    report: dict[str, Any] = {
+        "checkpoint": {
+            "slot": opened.slot,
+            "generation": opened.generation,
+            "policy": manifest.policy,
+            "raw_bytes": manifest.raw_bytes,
+            "stored_bytes": manifest.stored_bytes,
+            "codecs": sorted({f.codec.name for f in manifest.frame_index().values()}),
+        },
+        "device": result.rates.to_dict() | {"cold_read_measured": result.cold_measured},
+        "probe_seconds": round(result.seconds, 3),
+        "estimate": _estimates(manifest, result),
+        "events": str(events),
+        "observed": observed_restores(events),
+    }
+    worst = max(e["worst_seconds"] for e in report["estimate"].values())
+    try:
+        fallback = store.select(exclude=frozenset({(opened.slot, opened.generation)})).opened
+    except NoValidCheckpointError:
+        fallback = None
+    if fallback is not None:
+        fb = estimate(shape_of(fallback.verified.manifest, zero_copy=False), result.rates)
+        report["fallback"] = {"slot": fallback.slot, "generation": fallback.generation} | fb.to_dict()
+        worst += fb.worst
+    report["worst_case_seconds"] = round(worst, 3)
+    return report
+
+
+def cmd_report(args: argparse.Namespace, out: Output) -> int:
+    store = Store.open(args.root)
+    events = args.events or Path(os.environ.get("APPLIANCE_EVENT_LOG", DEFAULT_EVENT_LOG))
+    report = build_report(store, events)
+    if args.save_profile:
+        from appliance.format.restore_time import DeviceRates
+
+        store.save_device_profile(DeviceRates.from_dict(report["device"]))
+        report["profile_saved"] = True
+    out.result(report, _text)
+    return 0
+
+
+def _gbps(rate: float) -> str:
+    return f"{rate / 1e9:.2f} GB/s"
+
+
+def _text(d: dict[str, Any]) -> str:
+    c, dev = d["checkpoint"], d["device"]
+    ratio = c["raw_bytes"] / c["stored_bytes"] if c["stored_bytes"] else 0.0
+    lines = [
+        f"checkpoint {c['slot']}/{c['generation']} ({c['policy']}): {human_bytes(c['raw_bytes'])} raw, "
+        f"{human_bytes(c['stored_bytes'])} stored (ratio {ratio:.2f}), codecs {', '.join(c['codecs'])}",
+        f"device ({dev['cores']} cores, probe {d['probe_seconds']:.1f} s): storage read "
+        f"{_gbps(dev['read_cold'])}{'' if dev['cold_read_measured'] else ' (page cache: could not evict)'}, "
+        f"SHA-256 {_gbps(dev['hash'])}/core, copy {_gbps(dev['read_copy'])}/core, "
+        f"fresh memory {_gbps(dev['touch'])}/core, GPU decoder {'yes' if dev['gpu_decoder'] else 'no'}",
+    ]
+    lines += [f"  decode {codec}: {_gbps(rate)}/core" for codec, rate in dev["decode"].items()]
+    for mode, e in d["estimate"].items():
+        lines.append(
+            f"verified restore ({mode.replace('_', '-')}): expected {e['expected_seconds']:.2f} s "
+            f"({e['bound']}-bound), no-overlap worst {e['worst_seconds']:.2f} s"
+        )
+    if "fallback" in d:
+        fb = d["fallback"]
+        lines.append(
+            f"if it fails at its last frame, fallback {fb['slot']}/{fb['generation']} adds {fb['worst_seconds']:.2f} s"
+        )
+    lines.append(f"verifiable maximum restore time: {d['worst_case_seconds']:.2f} s")
+    if d["observed"]:
+        lines.append(f"observed at boot ({d['events']}):")
+        lines += [f"  {o['ts']}  {o['slot']}/{o['generation']}  {o['seconds']} s" for o in d["observed"]]
+    else:
+        lines.append(f"no boot observed yet (no restore.finished events in {d['events']})")
+    if d.get("profile_saved"):
+        lines.append("device profile saved: the auto policy now uses these rates")
+    return "\n".join(lines)
