@@ -1,6 +1,11 @@
-"""Write the format-v1 golden store (tests/golden/v1). Run only for an intentional format change:
+"""Write a golden store written by the current writer. Run only for an intentional change:
 
-    python -m tests.golden.make_golden --update-goldens
+    python -m tests.golden.make_golden --update-goldens --name NAME
+
+Golden sets are never regenerated once committed: each records what some writer put on
+devices. ``v1`` was written by the first v1 writer (codecs ``bgN+zstd-1``); ``v1-lit`` by
+the writer with the ``zstd-lit`` codec addition. ``CURRENT`` names the set the writer of
+this commit must reproduce byte for byte; a new writer revision adds a new set.
 
 The golden store is read by tests/golden/test_golden.py on every run, so any later change
 that cannot read what v1 wrote fails CI. Regenerating it is a format change: review it as one.
@@ -11,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -25,7 +29,9 @@ from appliance.store.config import StoreConfig
 from appliance.store.encode import EncodeOptions
 from appliance.store.store import Store
 
-HERE = Path(__file__).parent / "v1"
+GOLDEN_ROOT = Path(__file__).parent
+SETS = ("v1", "v1-lit")
+CURRENT = "v1-lit"
 FIXED_TIME = 1_790_000_000.0  # 2026-09-21T...Z
 
 
@@ -80,12 +86,14 @@ def build(target: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--update-goldens", action="store_true", required=True)
-    parser.parse_args()
-    if HERE.exists():
-        shutil.rmtree(HERE)
-    expected = build(HERE / "store")
-    (HERE / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {HERE}; trust {TrustStore().with_key(golden_key().public).to_dict()['keys'][0]['keyid']}")
+    parser.add_argument("--name", required=True, help="a NEW golden set name (existing sets are kept)")
+    args = parser.parse_args()
+    here = GOLDEN_ROOT / args.name
+    if here.exists():
+        raise SystemExit(f"{here} exists: golden sets are kept forever; choose a new name")
+    expected = build(here / "store")
+    (here / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {here}; trust {TrustStore().with_key(golden_key().public).to_dict()['keys'][0]['keyid']}")
 
 
 if __name__ == "__main__":
