@@ -68,7 +68,7 @@ def test_scrub_repairs_a_rotten_frame_from_its_verified_twin(keys: Keys, history
 
 
 def test_a_checkpoint_boot_marked_bad_stays_bad_after_scrub_heals_it(keys: Keys, history: History) -> None:
-    """Documents the interplay with issue 4: BAD is sticky; a healed checkpoint needs a slot reset."""
+    """Documents the interplay with issue 4: BAD is sticky; a healed checkpoint waits for a slot reset (or a new mark)."""
     rec = _store(keys, history)
     rec.rot_frame("A", 3, shared=True)
     assert BOOT(rec.storage, rec.config, keys.trust).generation == 2  # boot marks A/gen 3 BAD
