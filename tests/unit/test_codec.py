@@ -16,11 +16,14 @@ from appliance.format.codec_name import CodecSpec
 pytestmark = pytest.mark.unit
 
 SPECS = ["id", "zstd-1", "zstd-3", "bg2+zstd-1", "bg4+zstd-1", "bg8+id", "bg16+zstd-1", "xor+bg2+zstd-1", "xor+id",
-         "xor+zstd-1", "xor+bg4+id"]  # fmt: skip
+         "xor+zstd-1", "xor+bg4+id",
+         # additions of issue 6 (zstd-lit, exponent grouping); earlier names decode exactly as before
+         "zstd-lit", "bg2+zstd-lit", "eg2+zstd-lit", "eg4+zstd-lit", "eg8+id", "eg4+id", "xor+bg2+zstd-lit",
+         "xor+eg2+zstd-lit", "bg4+zstd-lit", "bg16+zstd-lit"]  # fmt: skip
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from(SPECS), st.integers(0, 200), st.integers(0, 2**32 - 1))
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(SPECS), st.integers(0, 300), st.integers(0, 2**32 - 1))
 def test_encode_decode_is_bit_exact(name: str, elements: int, seed: int) -> None:
     spec = CodecSpec.parse(name)
     rng = np.random.default_rng(seed)
