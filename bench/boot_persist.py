@@ -3,6 +3,7 @@
     python bench/boot_persist.py                                         # built-in model (~2 MiB)
     python bench/boot_persist.py --model appliance.models.demo:build_large   # ~1 GB of state
     python bench/boot_persist.py --drop-caches                           # cold page cache (root)
+    python bench/boot_persist.py --model-init meta                       # skip the factory's init at boot
 
 Runs: node-init -> seed -> supervisord -> boot (cold process) -> N x (adapt, export, commit) under
 a steady inference load -> power cut -> supervisord -> boot again. Prints one JSON document:
@@ -116,10 +117,14 @@ def main() -> None:
     parser.add_argument("--exports", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before each boot (root)")
+    parser.add_argument("--model-init", choices=("factory", "meta"), default="factory", help="node.json model_init")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ap-bench-", dir="/tmp"))
-    node = LocalNode.create(work / "node", model=args.model, persist_interval=3600, ready_timeout=3600)
-    result: dict[str, Any] = {"model": args.model, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    node = LocalNode.create(
+        work / "node", model=args.model, persist_interval=3600, ready_timeout=3600, model_init=args.model_init
+    )
+    result: dict[str, Any] = {"model": args.model, "model_init": args.model_init, "cpus": os.cpu_count()}
+    result["loadavg_start"] = os.getloadavg()
     try:
         t0 = time.perf_counter()
         result["seed"] = node.seed() | {"wall_s": round(time.perf_counter() - t0, 3)}

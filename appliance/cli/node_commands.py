@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-boot-attempts", type=int, default=NodeConfig.max_boot_attempts)
     p.add_argument("--ready-timeout", type=float, default=NodeConfig.ready_timeout, metavar="S")
     p.add_argument(
+        "--model-init",
+        choices=("factory", "meta"),
+        default=NodeConfig.model_init,
+        help="meta: skip the factory's weight initialisation at boot, the restore fills every tensor",
+    )
+    p.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for supervised programs"
     )
     add_json(p)
@@ -80,7 +86,7 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
         store="store", model=args.model, run_dir="run", outbox="outbox", event_log="log/events.jsonl",
         signing_key="keys/device.key", floor_file="floor.json", supervisor_socket="run/supervisor.sock",
         port=args.port, persist_interval=args.persist_interval, max_boot_attempts=args.max_boot_attempts,
-        ready_timeout=args.ready_timeout,
+        ready_timeout=args.ready_timeout, model_init=args.model_init,
     )  # fmt: skip
     absolute = config.resolved(root)
     if len(absolute.supervisor_socket) > SOCKET_PATH_MAX:

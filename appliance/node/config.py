@@ -44,6 +44,7 @@ class NodeConfig:
     ready_timeout: float = 600.0  # seconds a restore may take before the candidate is abandoned
     require_mounts: bool = False  # slots must be mount points (production); a bare directory is "unmounted"
     restore_workers: int = 0  # 0 = one per CPU
+    model_init: str = "factory"  # "meta": skip the factory's weight initialisation at boot (service/loader.py)
 
     def __post_init__(self) -> None:
         if ":" not in self.model:
@@ -54,6 +55,8 @@ class NodeConfig:
             raise ConfigError("max_boot_attempts must be 1..100")
         if self.persist_interval <= 0 or self.ready_timeout <= 0:
             raise ConfigError("persist_interval and ready_timeout must be positive")
+        if self.model_init not in ("factory", "meta"):
+            raise ConfigError(f"model_init must be 'factory' or 'meta', got {self.model_init!r:.40}")
 
     @property
     def service_url(self) -> str:

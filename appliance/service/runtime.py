@@ -83,12 +83,12 @@ class ServiceRuntime:
                     f"no valid handoff in {self.run.path}", remedy="start the service with `appliance boot`"
                 )
             self._enter(Phase.LOADING)
-            model = loader.build_model(self.config.model)
+            built = loader.build(self.config.model, self.config.model_init)
             self._enter(Phase.RESTORING)
             store = Store.open(self.config.store, trust_path=self.config.trust or None)
-            restored = restore_into_model(store, self.handoff, model, self.config.restore_workers or None)
-            self.model, self.restored = model, restored
-            self._emit_restored(restored)
+            restored = restore_into_model(store, self.handoff, built.model, self.config.restore_workers or None)
+            self.model, self.restored = built.model, restored
+            self._emit_restored(restored, built.init)
             self._enter(Phase.RESTORED)
             if self.handoff.admit is Admit.SELF:
                 self._serve("self")
@@ -97,7 +97,7 @@ class ServiceRuntime:
         except Exception as exc:  # a model or library bug must still end in a report and an exit code
             self._fail(ServiceError(f"unexpected {type(exc).__name__} while {self.phase.value}: {exc}"))
 
-    def _emit_restored(self, restored: Restored) -> None:
+    def _emit_restored(self, restored: Restored, model_init: str) -> None:
         stats = restored.stats.to_dict()
         self.events.emit(
             "restore.finished",
@@ -106,6 +106,7 @@ class ServiceRuntime:
             raw_bytes=stats["raw_bytes"],
             seconds=stats["seconds"],
             stats=stats,
+            model_init=model_init,
         )
 
     def _enter(self, phase: Phase) -> None:

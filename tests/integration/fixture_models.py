@@ -44,3 +44,33 @@ def broken() -> DemoModel:
 def medium() -> DemoModel:
     """~50 MB of state: commits take long enough to be interrupted and to overlap requests."""
     return _seeded(0, in_features=16, hidden=2048, layers=4, out_features=4)
+
+
+class WithTransientBuffer(DemoModel):
+    """A non-persistent buffer is not in the checkpoint: a ``meta`` build would leave it garbage."""
+
+    scale: torch.Tensor
+
+    def __init__(self, **shape: int) -> None:
+        super().__init__(**shape)
+        self.register_buffer("scale", torch.ones(4), persistent=False)
+
+
+def transient_buffer() -> WithTransientBuffer:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return WithTransientBuffer(in_features=16, hidden=512, layers=3, out_features=4)
+
+
+def tied() -> DemoModel:
+    """The head's bias shared under a second name, as tied embeddings are."""
+    model = _seeded(0, in_features=16, hidden=512, layers=3, out_features=4)
+    model.register_parameter("bias_alias", model.head.bias)
+    return model
+
+
+def reads_weights_at_init() -> DemoModel:
+    """A factory that reads a weight's value (a meta tensor has none)."""
+    model = _seeded(0, in_features=16, hidden=512, layers=3, out_features=4)
+    model.initial_norm = float(model.head.weight.detach().norm())
+    return model

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from appliance.errors import ConfigError
 from appliance.events import read_events
 from appliance.format.canary import check
 from appliance.format.handoff import Admit, Phase
 from appliance.node.config import NodeConfig
 from appliance.node.rundir import RunDir
+from appliance.service import loader
 from appliance.service.app import create_app
 from appliance.service.runtime import ServiceRuntime
 from appliance.sources.export import open_export
@@ -94,3 +97,43 @@ def test_export_captures_adapted_state_with_its_canary(node: NodeConfig) -> None
         assert check(canary, answer).ok
     finally:
         opened.close()
+
+
+def test_a_meta_build_skips_initialisation_and_serves_exactly_the_restored_checkpoint(node: NodeConfig) -> None:
+    """model_init=meta: no tensor is initialised by the factory, the restore fills all of them, answers are identical."""
+    handoff(node, Admit.SELF)
+    _, factory_client = started(node)
+    expected = factory_client.post("/v1/infer", json=X).json()["outputs"]
+    meta = with_changes(node, model_init="meta")
+    runtime, client = started(meta)
+    assert runtime.phase is Phase.SERVING
+    assert client.post("/v1/infer", json=X).json()["outputs"] == expected
+    assert all(t.device.type == "cpu" for t in runtime.model.state_dict().values())  # type: ignore[union-attr]
+    finished = read_events(node.event_log, frozenset({"restore.finished"}))
+    assert [e["fields"]["model_init"] for e in finished[-2:]] == ["factory", "meta"]
+
+
+@pytest.mark.parametrize(
+    ("factory", "reason"),
+    [
+        ("transient_buffer", "non-persistent buffers (scale)"),
+        ("tied", "bias_alias and head.bias share one tensor"),
+        ("reads_weights_at_init", "cannot run on the meta device"),
+    ],
+)
+def test_a_meta_build_the_restore_would_not_cover_is_refused_and_the_factory_runs(factory: str, reason: str) -> None:
+    """A module the checkpoint cannot fill completely is never left uninitialised: meta is refused, with the reason."""
+    built = loader.build(f"tests.integration.fixture_models:{factory}", "meta")
+    assert built.init.startswith("factory (meta refused: ") and reason in built.init
+    assert all(t.device.type == "cpu" for t in built.model.state_dict().values())
+    plain = loader.build(f"tests.integration.fixture_models:{factory}", "factory").model
+    assert all(
+        torch.equal(a, b) for a, b in zip(built.model.state_dict().values(), plain.state_dict().values(), strict=True)
+    )
+
+
+def test_an_unknown_model_init_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="model_init"):
+        NodeConfig(model_init="lazy")
+    with pytest.raises(ConfigError, match="model_init"):
+        loader.build("appliance.models.demo:build", "lazy")
