@@ -28,12 +28,14 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated peers not to run: restic,borg,zipnn")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--cold", action="store_true", help="drop files from the page cache before each restore")
+    ap.add_argument("--repeats", type=int, help="restores per system, the median is reported (default: 3, --quick: 1)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="appliance-bench-", dir=args.workdir))
     meter = LoadMeter()
     try:
         skip = {s for s in args.skip.split(",") if s}
-        suite = Suite(work, args.quick, skip, log=lambda m: print(m, flush=True), cold=args.cold)
+        repeats = args.repeats or (1 if args.quick else 3)
+        suite = Suite(work, args.quick, skip, log=lambda m: print(m, flush=True), cold=args.cold, repeats=repeats)
         result = suite.run()
     finally:
         if not args.keep:
@@ -44,6 +46,7 @@ def main() -> int:
         "python": sys.version.split()[0],
         "quick": args.quick,
         "page_cache": "cold" if args.cold else "warm",
+        "restore_repeats": repeats,
     }
     items = goals(result)
     result["goals"] = [{"goal": n, "met": ok, "detail": d} for n, ok, d in items]

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.measure import dir_bytes, run_child, run_tool, set_cache
+from bench.measure import dir_bytes, run_child, run_tool
 
 RESTIC_ENV = {"RESTIC_PASSWORD": "bench-only-not-a-secret", "RESTIC_CACHE_DIR": ""}
 BORG_ENV = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
@@ -89,13 +89,12 @@ def careful_user(source: Path, sha256_file: str, tool: str = "hashlib") -> dict[
     return run_child("careful", path=str(source), sha256_file=sha256_file, tool=tool)
 
 
-def torch_roundtrip(source: Path, work: Path, cold: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    pt = work / "state.pt"
-    saved = run_child("torch_save", source=str(source), path=str(pt))
-    set_cache([pt], cold)
-    loaded = run_child("torch_load", path=str(pt))
-    pt.unlink()
-    return saved, loaded
+def torch_save(source: Path, pt: Path) -> dict[str, Any]:
+    return run_child("torch_save", source=str(source), path=str(pt))
+
+
+def torch_load(pt: Path) -> dict[str, Any]:
+    return run_child("torch_load", path=str(pt))
 
 
 def zipnn(source: Path) -> dict[str, Any]:

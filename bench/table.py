@@ -36,7 +36,10 @@ def rows_table(rows: list[dict[str, Any]]) -> str:
             f"{(r['restore_gbps'] / base if base else 0):>8.2f}x {_gb(r['stored_bytes']):>10s} {ratio:>6.3f} "
             f"{_gb(r['peak_rss']):>9s}  {_same(r['identical']):9s}  {r['verified']}"
         )
-    lines.append("persist/restore in GB/s of raw state (10^9 B/s); restore = a fresh process until the state is usable")
+    lines.append(
+        "persist/restore in GB/s of raw state (10^9 B/s); "
+        "restore = a fresh process until the state is usable (median of the runs)"
+    )
     return "\n".join(lines)
 
 
