@@ -24,7 +24,7 @@ from appliance.errors import StoreExistsError, UsageError
 from appliance.events import read_events
 from appliance.format import slotstate as ss
 from appliance.format.commit import SLOT_NAMES
-from appliance.node.config import NodeConfig, load_config
+from appliance.node.config import MODEL_INIT, NodeConfig, load_config
 from appliance.node.floor import FloorUnreadableError, open_floor
 from appliance.node.rundir import RunDir
 from appliance.signing import SigningKey
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ready-timeout", type=float, default=NodeConfig.ready_timeout, metavar="S")
     p.add_argument(
         "--model-init",
-        choices=("factory", "meta"),
+        choices=MODEL_INIT,
         default=NodeConfig.model_init,
         help="meta: skip the factory's weight initialisation at boot, the restore fills every tensor",
     )

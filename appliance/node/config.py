@@ -20,6 +20,7 @@ from appliance.limits import DEFAULT_LIMITS
 
 CONFIG_FORMAT = "appliance.node"
 CONFIG_VERSION = 1
+MODEL_INIT = ("factory", "meta")  # how the service builds the model before the restore (service/loader.py)
 _PATHS = ("store", "run_dir", "outbox", "event_log", "signing_key", "floor_file", "supervisor_socket", "trust")
 
 
@@ -55,8 +56,8 @@ class NodeConfig:
             raise ConfigError("max_boot_attempts must be 1..100")
         if self.persist_interval <= 0 or self.ready_timeout <= 0:
             raise ConfigError("persist_interval and ready_timeout must be positive")
-        if self.model_init not in ("factory", "meta"):
-            raise ConfigError(f"model_init must be 'factory' or 'meta', got {self.model_init!r:.40}")
+        if self.model_init not in MODEL_INIT:
+            raise ConfigError(f"model_init must be one of {', '.join(MODEL_INIT)}, got {self.model_init!r:.40}")
 
     @property
     def service_url(self) -> str:

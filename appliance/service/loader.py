@@ -28,24 +28,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from appliance.errors import ConfigError, ServiceError
+from appliance.node.config import MODEL_INIT
 from appliance.node.entrypoint import load_entry_point
 
-MODEL_INIT = ("factory", "meta")
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class BuiltModel:
     """A model ready for the restore, and how it was built (``meta`` or why it was not)."""
 
-    def __init__(self, model: nn.Module, init: str) -> None:
-        self.model = model
-        self.init = init  # "factory", "meta", or "factory (meta refused: <reason>)"
+    model: nn.Module
+    init: str  # "factory", "meta", or "factory (meta refused: <reason>)"
 
 
 def build_model(entry: str, init: str = "factory") -> nn.Module:
