@@ -178,7 +178,7 @@ def seed(config: NodeConfig) -> dict[str, Any]:
     from appliance.persist.committer import Committer
     from appliance.service import export, loader
 
-    model = loader.build_model(config.model)
+    model = loader.build(config.model).model  # the factory's fresh state, initialised
     snapshot = export.capture(model, threading.Lock())
     written = export.write(snapshot, config.outbox, config.model, None)
     committer = Committer(config, EventLog(config.event_log, "cli"))

@@ -1,6 +1,6 @@
 """Loading a user's model from an entry point, and the optional hooks a model may implement.
 
-Owns: ``build_model`` (``package.module:factory`` -> ``nn.Module``), including the opt-in
+Owns: ``build`` (``package.module:factory`` -> ``nn.Module``), including the opt-in
 ``meta`` build that skips the factory's weight initialisation, and the hook accessors. Does not
 own restoring or serving.
 
@@ -47,10 +47,6 @@ class BuiltModel:
 
     model: nn.Module
     init: str  # "factory", "meta", or "factory (meta refused: <reason>)"
-
-
-def build_model(entry: str, init: str = "factory") -> nn.Module:
-    return build(entry, init).model
 
 
 def build(entry: str, init: str = "factory") -> BuiltModel:
