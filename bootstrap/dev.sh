@@ -14,7 +14,32 @@ PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
+# System packages: each file in bootstrap/deps.d/*.sh appends Debian package names to APT_PACKAGES
+# (one file per capability, so capabilities never edit the same line). As root (CI runs as root)
+# the missing ones are installed with apt-get; otherwise they are listed with the command to run.
+system_deps() {
+    APT_PACKAGES=()
+    local f missing=()
+    for f in bootstrap/deps.d/*.sh; do
+        [ -e "$f" ] || continue
+        # shellcheck disable=SC1090
+        source "$f"
+    done
+    for f in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$f" 2>/dev/null | grep -q "install ok installed" || missing+=("$f")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "installing Debian packages: ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "missing Debian packages (tests that need them skip): sudo apt-get install ${missing[*]}" >&2
+    fi
+}
+
 setup() {
+    system_deps
     if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -m venv "$VENV"
     fi
