@@ -93,6 +93,11 @@ def save(
     ``__metadata__`` raise ``ReservedNameError`` before anything is written.
     """
     keys = [key] if isinstance(key, SigningKey) else list(key)
+    if not keys or not all(isinstance(k, SigningKey) for k in keys):
+        raise UsageError(
+            "argument `key` must be a SigningKey or a non-empty list of them",
+            remedy="pass key=SigningKey.load(PATH) (a key written by `appliance keygen`)",
+        )
     sources = sources_from_dict(tensors)
     directory = None
     if header_metadata is not None:
@@ -141,9 +146,15 @@ def load(
     SHA-256. A checkpoint failing either is abandoned for the next candidate like any other.
     """
     if zero_copy and into is not None:
-        raise UsageError("`zero_copy=True` restores into new tensors; it cannot fill `into`")
+        raise UsageError(
+            "zero_copy restores into new tensors; it cannot fill `into`",
+            remedy="pass either argument `into` or `zero_copy=True`, not both",
+        )
     if names is not None and (into is not None or zero_copy):
-        raise UsageError("`names` restores a subset into new tensors; it cannot be combined with `into`/`zero_copy`")
+        raise UsageError(
+            "argument `names` restores a subset into new tensors; it cannot be combined with `into` or `zero_copy`",
+            remedy="pass argument `names` alone, or `into`/`zero_copy` without it",
+        )
 
     def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
         if zero_copy:

@@ -33,8 +33,8 @@ def dtype_name(dtype: torch.dtype) -> str:
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
         raise UsageError(
-            f"dtype {dtype} cannot be stored (appliance knows {', '.join(DTYPES)})",
-            remedy="convert the tensor to one of the listed dtypes before saving",
+            f"dtype {dtype} cannot be stored (the format knows {', '.join(DTYPES)})",
+            remedy="convert the tensor to a dtype the format knows before saving it",
         )
     return name
 
@@ -63,19 +63,26 @@ def source_from_tensor(name: str, t: torch.Tensor) -> TensorSource:
     return TensorSource(name, dtype_name(t.dtype), tuple(t.shape), load)
 
 
+API_TENSORS_REMEDY = (
+    "pass argument `tensors` as a flat mapping of name -> torch.Tensor (e.g. model.state_dict()); "
+    "for nested training state (optimizer, LR scheduler, grad scaler, RNG) use appliance.training.save"
+)
+
+
 def sources_from_dict(tensors: Mapping[str, torch.Tensor]) -> list[TensorSource]:
+    """One source per tensor of an API caller's flat mapping; errors name the API argument."""
     if not isinstance(tensors, Mapping):
         raise UsageError(
-            "`tensors` must be a mapping of name -> torch.Tensor",
-            remedy="pass a flat dict of tensors, e.g. model.state_dict()",
+            f"argument `tensors` is a {type(tensors).__name__}, not a mapping of name -> torch.Tensor",
+            remedy=API_TENSORS_REMEDY,
         )
     check_reserved_names(n for n in tensors if isinstance(n, str))
     out = []
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise UsageError(
-                f"`tensors[{name!r}]` is a {type(t).__name__}, not a torch.Tensor",
-                remedy="pass a flat dict of tensors; keep other values in `metadata`",
+                f"argument `tensors`: the value for {name!r:.80} is a {type(t).__name__}, not a torch.Tensor",
+                remedy=API_TENSORS_REMEDY,
             )
         out.append(source_from_tensor(name, t))
     return out
