@@ -92,6 +92,16 @@ class ConfigError(UserError):
     remedy = "fix the store configuration (store.json) or re-initialise the store"
 
 
+class VendorTrustError(UserError):
+    exit_code = 27
+    remedy = "fix the vendor trust (`appliance vendor ROOT add NAME --key PUB.pem | --cert-chain CHAIN.pem`)"
+
+
+class ModelSigningUnavailableError(UserError):
+    exit_code = 28
+    remedy = "install the OpenSSF model-signing support: pip install 'appliance[model-signing]'"
+
+
 # --- data is damaged, forged or not for this node --------------------------------------
 
 
@@ -152,6 +162,14 @@ class UnsafePathError(IntegrityError):
 class ExportFileError(IntegrityError):
     exit_code = 41
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
+
+
+class VendorSignatureError(IntegrityError):
+    exit_code = 47
+    remedy = (
+        "do not import this directory: obtain the model again from the vendor, or (if it is legitimately "
+        "unsigned and the store does not require a signature) remove its model.sig"
+    )
 
 
 class NoValidCheckpointError(ApplianceError):

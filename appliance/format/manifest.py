@@ -21,10 +21,13 @@ from appliance.format.canonical import canonical_bytes, get_int, get_str, requir
 from appliance.format.codec_name import CodecSpec
 from appliance.format.digest import Digest
 from appliance.format.dtypes import DType, dtype_named
+from appliance.format.provenance import Provenance
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 FORMAT_NAME = "appliance.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what this writer writes when no v2 field is used
+READ_VERSIONS = (1, 2)  # what this reader accepts
+V2_FIELDS = frozenset({"provenance"})  # optional, omitted when empty (docs/design.md §4.1)
 POLICIES = ("fast", "compact")
 MAX_GENERATION = 2**63 - 1
 
@@ -162,9 +165,15 @@ class Manifest:
     tensors: tuple[TensorEntry, ...]
     bases: tuple[FrameRef, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Provenance | None = None  # v2: the vendor signature verified on import
+    version: int = field(default=0, compare=False)  # as read; 0 when new: v2 if it uses a v2 field, else v1
 
     def __post_init__(self) -> None:
         validate_manifest(self, DEFAULT_LIMITS)
+
+    @property
+    def format_version(self) -> int:
+        return self.version or (2 if self.provenance is not None else FORMAT_VERSION)
 
     # --- derived views ---------------------------------------------------------------------
 
@@ -199,9 +208,10 @@ class Manifest:
     # --- serialisation ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        optional = {"provenance": self.provenance.to_dict()} if self.provenance is not None else {}
+        return optional | {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": self.format_version,
             "model": self.model,
             "generation": self.generation,
             "parent": self.parent.hex if self.parent else None,
@@ -235,14 +245,17 @@ class Manifest:
             "policy",
             "hash",
         }
-        d = require_keys(obj, "manifest", keys | {"tensors", "bases", "metadata", "totals"})
+        d = require_keys(obj, "manifest", keys | {"tensors", "bases", "metadata", "totals"}, V2_FIELDS)
         if d["format"] != FORMAT_NAME:
             raise ManifestError(f"not a checkpoint manifest (format {d['format']!r:.40})")
-        if d["version"] != FORMAT_VERSION:
+        version = d["version"]
+        if isinstance(version, bool) or version not in READ_VERSIONS:
             raise ManifestError(
-                f"manifest format version {d['version']!r:.20} is not supported (this reader knows v{FORMAT_VERSION})",
+                f"manifest format version {version!r:.20} is not supported (this reader knows v1 and v2)",
                 remedy="upgrade appliance on this node, or re-export the checkpoint in format v1",
             )
+        if version == 1 and V2_FIELDS & d.keys():
+            raise ManifestError(f"a v1 manifest cannot hold the v2 field(s) {sorted(V2_FIELDS & d.keys())}")
         if d["hash"] != "sha256":
             raise ManifestError(f"unknown hash algorithm {d['hash']!r:.20}")
         tensors, bases = d["tensors"], d["bases"]
@@ -263,6 +276,8 @@ class Manifest:
             tensors=tuple(TensorEntry.from_dict(t, limits) for t in tensors),
             bases=tuple(FrameRef.from_dict(b, limits) for b in bases),
             metadata=metadata,
+            provenance=Provenance.from_dict(d["provenance"]) if "provenance" in d else None,
+            version=version,
         )
         if limits is not DEFAULT_LIMITS:  # __post_init__ already checked the default caps
             validate_manifest(manifest, limits)
@@ -275,6 +290,8 @@ def validate_manifest(m: Manifest, limits: Limits) -> None:
     """Structural rules that make every later step safe; see docs/design.md §4.3."""
     if not m.model or not m.model.isprintable():
         raise ManifestError(f"manifest.model must be a printable, non-empty string: {m.model!r:.60}")
+    if m.version not in (0, *READ_VERSIONS) or (m.version == 1 and m.provenance is not None):
+        raise ManifestError(f"manifest version {m.version} cannot hold these fields")
     if not 1 <= m.generation <= MAX_GENERATION:
         raise ManifestError(f"manifest.generation {m.generation} is outside 1..2^63-1")
     if m.frame_size % 16 or not 16 <= m.frame_size <= limits.frame_max_raw_bytes:

@@ -24,6 +24,7 @@ from appliance.errors import (
 from appliance.format.canonical import canonical_bytes, strict_loads
 from appliance.format.commit import SLOT_NAMES
 from appliance.format.plan import choose_target_slot, next_generation, protected_slot
+from appliance.format.provenance import Provenance
 from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
@@ -153,6 +154,7 @@ class Store:
         full: bool = False,
         floor: int = 0,
         progress: Progress | None = None,
+        provenance: Provenance | None = None,
     ) -> tuple[CommitResult, GcReport]:
         profile = self.device_profile()
         options = EncodeOptions(
@@ -165,7 +167,9 @@ class Store:
         )
         with writer_lock(self.lock_path):
             good = self.good_provider()
-            request = CommitRequest(self.config.model, options, tuple(keys), metadata or {}, floor, good)
+            request = CommitRequest(
+                self.config.model, options, tuple(keys), metadata or {}, floor, good, provenance=provenance
+            )
             result = commit(self.storage, self.trust, sources, request, progress)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None)
             gc = collect_slot(
@@ -283,6 +287,8 @@ class Store:
                 frames=kinds,
                 metadata=dict(manifest.metadata),
             )
+            if manifest.provenance is not None:
+                entry["provenance"] = manifest.provenance.to_dict() | {"summary": manifest.provenance.describe()}
             entries.append(entry)
         entries.sort(key=lambda e: (-e["generation"], e["slot"]))
         return entries
@@ -310,10 +316,11 @@ class Store:
             }
         try:
             newest = self.select()
+            provenance = newest.opened.verified.manifest.provenance
             newest_valid: dict[str, Any] | None = {
                 "slot": newest.opened.slot,
                 "generation": newest.opened.generation,
-            }
+            } | ({"provenance": provenance.to_dict() | {"summary": provenance.describe()}} if provenance else {})
             failures = [f.describe() for f in newest.failures]
         except NoValidCheckpointError as exc:
             newest_valid, failures = None, [exc.problem]

@@ -53,7 +53,7 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "needle"),
     [
-        (["version"], 2, "not supported"),
+        (["version"], 3, "not supported"),
         (["format"], "other", "not a checkpoint manifest"),
         (["hash"], "md5", "unknown hash"),
         (["generation"], 0, "generation"),
