@@ -31,6 +31,7 @@ from appliance.limits import DEFAULT_LIMITS, Limits
 from appliance.signing import PublicKey, SigningKey, TrustStore
 from appliance.storage import LocalStorage, Storage, write_durable
 from appliance.store import layout
+from appliance.store.assets import DirectoryParts
 from appliance.store.commit import CommitRequest, CommitResult, commit
 from appliance.store.config import StoreConfig
 from appliance.store.discovery import OpenCheckpoint, Selection, scan, select
@@ -154,8 +155,10 @@ class Store:
         full: bool = False,
         floor: int = 0,
         progress: Progress | None = None,
+        directory: DirectoryParts | None = None,
         provenance: Provenance | None = None,
     ) -> tuple[CommitResult, GcReport]:
+        """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
         profile = self.device_profile()
         options = EncodeOptions(
             policy=self.resolve_policy(policy or self.config.policy, profile),
@@ -168,7 +171,14 @@ class Store:
         with writer_lock(self.lock_path):
             good = self.good_provider()
             request = CommitRequest(
-                self.config.model, options, tuple(keys), metadata or {}, floor, good, provenance=provenance
+                self.config.model,
+                options,
+                tuple(keys),
+                metadata or {},
+                floor,
+                good,
+                directory=directory or DirectoryParts(),
+                provenance=provenance,
             )
             result = commit(self.storage, self.trust, sources, request, progress)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None)

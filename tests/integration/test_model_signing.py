@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from appliance.cli.main import main
 from appliance.errors import ModelSigningUnavailableError, VendorSignatureError, VendorTrustError
 from appliance.provenance import VendorTrust, check_source
+from appliance.store.store import Store
 from tests.integration.conftest import weights
 
 pytestmark = pytest.mark.integration
@@ -103,6 +104,9 @@ def test_a_vendor_signed_directory_is_verified_and_its_provenance_is_signed_into
     assert "vendor: signed by acme (key " in capsys.readouterr().out
     code, verified = run(capsys, "verify", root, "--deep")
     assert code == 0 and verified["ok"]  # the provenance is covered by our own (Ed25519) manifest signature
+    manifest = Store.open(root).select().opened.verified.manifest
+    assert manifest.version == 2 and manifest.provenance is not None
+    assert [a.path for a in manifest.assets] == ["config.json"]  # the vendor's model.sig is provenance, not an asset
 
 
 def test_an_altered_shard_is_refused_with_exit_47_like_model_signing_verify_and_nothing_is_committed(
