@@ -292,6 +292,8 @@ class Store:
                 parent=manifest.parent.hex if manifest.parent else None,
                 policy=manifest.policy,
                 tensors=len(manifest.tensors),
+                assets=len(manifest.assets),
+                format_version=manifest.version,
                 raw_bytes=manifest.raw_bytes,
                 stored_bytes=manifest.stored_bytes,
                 frames=kinds,
