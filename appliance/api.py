@@ -132,18 +132,30 @@ def save_directory(
     """Commit a ``.safetensors`` file or a whole model directory, as ``appliance commit`` does.
 
     Tensors, each shard's header metadata, the index's metadata and (for a directory) every other
-    file as an asset (docs/design.md §4.5). Source defects raise ``SourceFormatError``,
-    ``AssetError`` or ``ReservedNameError`` before anything is written.
+    file as an asset (docs/design.md §4.5); a vendor ``model.sig`` is verified against the
+    store's vendor trust and recorded as provenance, as on the CLI (a store that requires one
+    refuses an unsigned source). Source defects raise ``SourceFormatError``, ``AssetError``,
+    ``ReservedNameError`` or the provenance errors before anything is written.
     """
+    from appliance.provenance import check_source, load_vendors, vendors_path
     from appliance.sources.model_dir import directory_parts
     from appliance.sources.safetensors_io import open_model
 
     keys = [key] if isinstance(key, SigningKey) else list(key)
+    root = Path(str(getattr(store.storage, "root", ".")))
+    provenance = check_source(Path(source), load_vendors(vendors_path(root, store.config.vendors)))
     model = open_model(source)
     try:
         parts = directory_parts(model)
         result, _ = store.commit(
-            model.sources, keys, metadata, policy=policy, full=full, progress=progress, directory=parts
+            model.sources,
+            keys,
+            metadata,
+            policy=policy,
+            full=full,
+            progress=progress,
+            directory=parts,
+            provenance=provenance,
         )
     finally:
         model.close()

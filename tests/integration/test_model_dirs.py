@@ -310,3 +310,17 @@ def test_python_api_commits_and_restores_a_whole_directory(store: Store, key: Si
     assert (tmp_path / "dst" / "README.md").read_bytes() == ASSETS["README.md"]
     assert header(tmp_path / "dst" / SHARD2)["x"] == "2"
     assert json.loads(header(tmp_path / "dst" / SHARD1)["appliance.metadata"]) == {"run": "a7"}
+
+
+def test_the_api_honours_a_store_that_requires_a_vendor_signature(
+    store: Store, key: SigningKey, tmp_path: Path
+) -> None:
+    """api.save_directory applies the same vendor rule as `appliance commit` (no side door)."""
+    from appliance.errors import VendorSignatureError
+    from appliance.provenance import VendorTrust, save_vendors, vendors_path
+
+    root = Path(str(store.storage.root))  # type: ignore[attr-defined]
+    save_vendors(vendors_path(root, store.config.vendors), VendorTrust(require_signature=True))
+    with pytest.raises(VendorSignatureError, match="requires a vendor signature"):
+        api.save_directory(store, model_dir(tmp_path / "src", state()), key)
+    assert list((root / "A" / "frames").iterdir()) == []
