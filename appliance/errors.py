@@ -95,6 +95,22 @@ class ConfigError(UserError):
     remedy = "fix the store configuration (store.json) or re-initialise the store"
 
 
+class ReservedNameError(UserError):
+    exit_code = 25
+    remedy = (
+        "rename it: `__metadata__` is safetensors' header key, not a tensor name, and the `appliance.` "
+        "header-metadata namespace belongs to appliance"
+    )
+
+
+class AssetError(UserError):
+    exit_code = 26
+    remedy = (
+        "fix the model directory: files must be regular files (or links to files inside it) within the size "
+        "caps; copy linked files in with `cp -rL` or remove the file"
+    )
+
+
 class OlderCheckpointError(UserError):
     exit_code = 29
     remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
@@ -160,6 +176,11 @@ class UnsafePathError(IntegrityError):
 class ExportFileError(IntegrityError):
     exit_code = 41
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
+
+
+class AssetIntegrityError(IntegrityError):
+    exit_code = 46
+    remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
 
 
 class PartialCheckpointError(IntegrityError):
