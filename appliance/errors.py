@@ -111,6 +111,16 @@ class AssetError(UserError):
     )
 
 
+class VendorTrustError(UserError):
+    exit_code = 27
+    remedy = "fix the vendor trust (`appliance vendor ROOT add NAME --key PUB.pem | --cert-chain CHAIN.pem`)"
+
+
+class ModelSigningUnavailableError(UserError):
+    exit_code = 28
+    remedy = "install the OpenSSF model-signing support: pip install 'appliance[model-signing]'"
+
+
 class OlderCheckpointError(UserError):
     exit_code = 29
     remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
@@ -181,6 +191,14 @@ class ExportFileError(IntegrityError):
 class AssetIntegrityError(IntegrityError):
     exit_code = 46
     remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
+
+
+class VendorSignatureError(IntegrityError):
+    exit_code = 47
+    remedy = (
+        "do not import this directory: obtain the model again from the vendor, or (if it is legitimately "
+        "unsigned and the store does not require a signature) remove its model.sig"
+    )
 
 
 class PartialCheckpointError(IntegrityError):

@@ -40,6 +40,7 @@ from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import choose_target_slot, first_unused_generation
+from appliance.format.provenance import Provenance
 from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import SigningKey, TrustStore, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
@@ -102,6 +103,7 @@ class CommitRequest:
     good: Mapping[str, int | None] = field(default_factory=dict)  # slot -> GOOD generation
     clock: Callable[[], float] = time.time
     directory: DirectoryParts = field(default_factory=DirectoryParts)  # assets, shards (model directories)
+    provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -351,6 +353,7 @@ def _encode_and_place(
         assets=asset_entries,
         shards=request.directory.shards,
         index_metadata=request.directory.index_metadata,
+        provenance=request.provenance,
     )
 
 
