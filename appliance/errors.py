@@ -93,6 +93,37 @@ class ConfigError(UserError):
     remedy = "fix the store configuration (store.json) or re-initialise the store"
 
 
+class ReservedNameError(UserError):
+    exit_code = 25
+    remedy = (
+        "rename it: `__metadata__` is safetensors' header key, not a tensor name, and the `appliance.` "
+        "header-metadata namespace belongs to appliance"
+    )
+
+
+class AssetError(UserError):
+    exit_code = 26
+    remedy = (
+        "fix the model directory: files must be regular files (or links to files inside it) within the size "
+        "caps; copy linked files in with `cp -rL` or remove the file"
+    )
+
+
+class VendorTrustError(UserError):
+    exit_code = 27
+    remedy = "fix the vendor trust (`appliance vendor ROOT add NAME --key PUB.pem | --cert-chain CHAIN.pem`)"
+
+
+class ModelSigningUnavailableError(UserError):
+    exit_code = 28
+    remedy = "install the OpenSSF model-signing support: pip install 'appliance[model-signing]'"
+
+
+class OlderCheckpointError(UserError):
+    exit_code = 29
+    remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
+
+
 # --- data is damaged, forged or not for this node --------------------------------------
 
 
@@ -155,6 +186,24 @@ class ExportFileError(IntegrityError):
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
 
 
+class AssetIntegrityError(IntegrityError):
+    exit_code = 46
+    remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
+
+
+class VendorSignatureError(IntegrityError):
+    exit_code = 47
+    remedy = (
+        "do not import this directory: obtain the model again from the vendor, or (if it is legitimately "
+        "unsigned and the store does not require a signature) remove its model.sig"
+    )
+
+
+class PartialCheckpointError(IntegrityError):
+    exit_code = 48
+    remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
+
+
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
     remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
@@ -196,6 +245,11 @@ class ServiceError(StorageError):
 class SupervisorUnavailableError(StorageError):
     exit_code = 66
     remedy = "start supervisord (systemctl start appliance-supervisor) and retry"
+
+
+class SourceUnavailableError(StorageError):
+    exit_code = 69
+    remedy = "reconnect the source (USB stick, network, object store) and re-run: the transfer resumes"
 
 
 class HardwareError(ApplianceError):
