@@ -61,6 +61,7 @@ class ConsoleSettings:
     lockout: rules.LockoutPolicy = field(default_factory=rules.LockoutPolicy)
     session: rules.SessionPolicy = field(default_factory=rules.SessionPolicy)
     scrub_seconds: float = 60.0
+    provisioned_technicians: Path | None = None  # first boot's technicians.json (read-only), if any
 
 
 class Console:
@@ -71,7 +72,7 @@ class Console:
         self.config: NodeConfig = load_config(settings.config_path)
         self.sessions = Sessions(settings.session, clock)
         self.throttle = Throttle(settings.lockout, clock)
-        self.technicians = Technicians(settings.state_dir)
+        self.technicians = Technicians(settings.state_dir, settings.provisioned_technicians)
         self.setup = SetupCode(settings.state_dir)
         self.jobs = Jobs(channel or CliChannel(settings.config_path))
         self.events = EventLog(self.config.event_log, "console")

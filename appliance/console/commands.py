@@ -171,7 +171,7 @@ def cmd_setup_code(args: argparse.Namespace, out: Output) -> int:
 
     d = state_dir(args)
     code = read_setup_code(d)
-    if code is None or not Technicians(d).empty():
+    if code is None or not Technicians(d, Path(args.config).resolve().parent / "technicians.json").empty():
         raise ConsoleAccessError("no setup code is pending (a technician exists, or the console has not started)")
     out.result({"code": code}, lambda x: f"one-time setup code: {x['code']}")
     return 0

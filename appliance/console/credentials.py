@@ -1,7 +1,7 @@
 """Technician credentials of one device: argon2id hashes in a 0600 file, and the one-time setup code.
 
 Owns: ``Technicians`` (``STATE/technicians.json``: name -> argon2id hash, created; written
-atomically, mode 0600) and ``SetupCode`` (``STATE/setup-code``: a random code that lets the
+atomically, mode 0600; plus the read-only file first boot provisions) and ``SetupCode`` (``STATE/setup-code``: a random code that lets the
 first technician set a password, shown on the node's local console and usable once).
 Does not own throttling (``appliance.format.console``) or HTTP.
 
@@ -21,7 +21,6 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -29,7 +28,7 @@ from argon2.profiles import RFC_9106_LOW_MEMORY
 
 from appliance.errors import ConsoleAccessError, UsageError
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
+NAME_RE = re.compile(r"^[a-z_][a-z0-9._-]{0,31}$")  # accepts first boot's [a-z_][a-z0-9_-]*
 MIN_PASSWORD = 12  # ASVS 2.1.1
 MAX_PASSWORD = 128  # ASVS 2.1.2
 FILE_FORMAT = "appliance.technicians"
@@ -40,7 +39,7 @@ _DUMMY = _HASHER.hash(secrets.token_hex(16))
 
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
-        raise UsageError(f"technician name {name!r:.40} must be 1-32 of a-z 0-9 . _ - starting with a letter")
+        raise UsageError(f"technician name {name!r:.40} must be 1-32 of a-z 0-9 . _ - starting with a letter or _")
     return name
 
 
@@ -64,31 +63,57 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 class Technicians:
-    """The provisioned technicians of this device (``STATE/technicians.json``)."""
+    """The technicians of this device: set on the node (``STATE/technicians.json``) or provisioned.
 
-    def __init__(self, state_dir: str | Path) -> None:
+    Two sources, both ``{"format": "appliance.technicians", "version": 1, "technicians": ...}``:
+    the console's own file (a mapping name -> {hash, created}; written by ``appliance console
+    passwd`` and the setup page) and, read-only, the file first boot writes from the
+    provisioning file (``/etc/appliance/technicians.json``: a list of {name, password_hash};
+    docs/design.md §12). A name in the console's file overrides the provisioned one.
+    """
+
+    def __init__(self, state_dir: str | Path, provisioned: str | Path | None = None) -> None:
         self.path = Path(state_dir) / "technicians.json"
+        self.provisioned = Path(provisioned) if provisioned else None
 
-    def _load(self) -> dict[str, Any]:
+    @staticmethod
+    def _read(path: Path) -> dict[str, str]:
+        """name -> PHC hash string from either form; a missing file is empty."""
         try:
-            data = json.loads(self.path.read_bytes()[:1_000_000])
+            data = json.loads(path.read_bytes()[:1_000_000])
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise ConsoleAccessError(f"technician file {self.path} is unreadable: {exc}") from exc
+            raise ConsoleAccessError(f"technician file {path} is unreadable: {exc}") from exc
         users = data.get("technicians") if isinstance(data, dict) else None
-        if data.get("format") != FILE_FORMAT or not isinstance(users, dict):
-            raise ConsoleAccessError(f"technician file {self.path} is not an appliance technician file")
-        return users
+        if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
+            raise ConsoleAccessError(f"technician file {path} is not an appliance technician file")
+        if isinstance(users, dict):
+            pairs = [(k, v.get("hash") if isinstance(v, dict) else None) for k, v in users.items()]
+        elif isinstance(users, list):
+            pairs = [(u.get("name"), u.get("password_hash")) for u in users if isinstance(u, dict)]
+        else:
+            raise ConsoleAccessError(f"technician file {path} has no technician list")
+        return {k: v for k, v in pairs if isinstance(k, str) and isinstance(v, str) and NAME_RE.fullmatch(k)}
+
+    def _all(self) -> dict[str, str]:
+        provisioned = self._read(self.provisioned) if self.provisioned else {}
+        return provisioned | self._read(self.path)
 
     def names(self) -> list[str]:
-        return sorted(self._load())
+        return sorted(self._all())
 
     def empty(self) -> bool:
-        return not self._load()
+        return not self._all()
 
     def set(self, name: str, password: str) -> None:
-        users = self._load()
+        try:
+            current = json.loads(self.path.read_bytes()[:1_000_000]).get("technicians", {})
+        except FileNotFoundError:
+            current = {}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConsoleAccessError(f"technician file {self.path} is unreadable: {exc}") from exc
+        users = dict(current) if isinstance(current, dict) else {}
         users[check_name(name)] = {
             "hash": _HASHER.hash(check_password(password)),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -97,13 +122,10 @@ class Technicians:
         _write_private(self.path, json.dumps(body, sort_keys=True, indent=1).encode() + b"\n")
 
     def verify(self, name: str, password: str) -> bool:
-        """True only for a provisioned name with its password; constant work for unknown names."""
-        entry = self._load().get(name) if NAME_RE.fullmatch(name) else None
-        stored = entry.get("hash") if isinstance(entry, dict) else None
+        """True only for a known name with its password; constant work for unknown names."""
+        stored = self._all().get(name) if NAME_RE.fullmatch(name) else None
         try:
-            return _HASHER.verify(stored if isinstance(stored, str) else _DUMMY, password[:MAX_PASSWORD]) and (
-                stored is not None
-            )
+            return _HASHER.verify(stored or _DUMMY, password[:MAX_PASSWORD]) and stored is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

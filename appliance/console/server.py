@@ -42,7 +42,8 @@ def serve(config_path: Path, state_dir: Path, listen: Sequence[tuple[str, int]],
     if secure:
         cert = tls.ensure_certificate(state_dir, hosts)
         key = tls.cert_paths(state_dir)[1]
-    settings = ConsoleSettings(config_path=config_path, state_dir=state_dir, allowed_hosts=hosts, tls=secure)
+    settings = ConsoleSettings(config_path=config_path, state_dir=state_dir, allowed_hosts=hosts, tls=secure,
+                               provisioned_technicians=config_path.parent / "technicians.json")  # fmt: skip
     app = create_app(settings)
     configs = []
     for host, port in listen:

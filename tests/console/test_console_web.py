@@ -213,3 +213,17 @@ def test_web_console_process_does_not_import_torch_or_the_signing_key(node: Node
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_technician_provisioned_at_first_boot_can_log_in(node: Node, tmp_path: Path) -> None:
+    """First boot writes /etc/appliance/technicians.json as a list of {name, password_hash} (docs/design.md §12)."""
+    from argon2 import PasswordHasher
+
+    provisioned = tmp_path / "etc-technicians.json"
+    entry = {"name": "field_ana", "password_hash": PasswordHasher().hash("provisioned secret 1")}
+    provisioned.write_text(json.dumps({"format": "appliance.technicians", "version": 1, "technicians": [entry]}))
+    fresh = Node(node.config, node.config_path, tmp_path / "empty-state")
+    c = client(fresh, provisioned_technicians=provisioned)
+    assert c.get("/login", follow_redirects=False).status_code == 200, "no setup code while a technician exists"
+    assert login(c, "field_ana", "provisioned secret 1").headers["location"] == "/"  # type: ignore[attr-defined]
+    assert login(client(fresh, provisioned_technicians=provisioned), "field_ana", "wrong").status_code == 401  # type: ignore[attr-defined]
