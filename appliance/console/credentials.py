@@ -1,8 +1,9 @@
 """Technician credentials of one device: argon2id hashes in a 0600 file, and the one-time setup code.
 
 Owns: ``Technicians`` (``STATE/technicians.json``: name -> argon2id hash, created; written
-atomically, mode 0600; plus the read-only file first boot provisions) and ``SetupCode`` (``STATE/setup-code``: a random code that lets the
-first technician set a password, shown on the node's local console and usable once).
+atomically, mode 0600; plus the read-only file first boot provisions) and ``SetupCode``
+(``STATE/setup-code``: a random code that lets the first technician set a password, shown on
+the node's local console and usable once).
 Does not own throttling (``appliance.format.console``) or HTTP.
 
 There is no default password (ETSI EN 303 645 5.1-1): a device with no technicians accepts
