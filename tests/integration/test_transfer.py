@@ -337,3 +337,24 @@ def test_cli_explains_refusals_with_their_exit_codes(source, node: Store, capsys
     err = json.loads(capsys.readouterr().out)
     assert err["error"] == "PartialCheckpointError" and "re-run the export" in err["remedy"]
     assert main(["import", root, str(stick / "nope"), "--json"]) == 10
+
+
+def test_a_model_directory_checkpoint_travels_with_its_assets(tmp_path: Path, key: SigningKey) -> None:
+    """Assets are frames: export carries them, import restores the same files (manifest v2)."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file(weights(3), str(model / "model.safetensors"), metadata={"format": "pt"})
+    (model / "config.json").write_bytes(b'{"hidden_size": 8}\n')
+    (model / "tokenizer.json").write_bytes(b"{" + b'"v": 1, ' * 3000 + b'"end": 0}')
+    src = _store(tmp_path / "src", key)
+    api.save_directory(src, model, key)
+    _export(src, tmp_path / "stick")
+    dst = _store(tmp_path / "dst", key)
+    import_checkpoint(dst, LocalStorage(tmp_path / "stick"))
+    assert dst.verify(deep=True).all_ok
+    api.restore_directory(dst, tmp_path / "out")
+    for name in ("config.json", "tokenizer.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (model / name).read_bytes()
+    assert same(load_file(str(tmp_path / "out" / "model.safetensors")), weights(3))
