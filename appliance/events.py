@@ -119,6 +119,23 @@ _CATALOGUE = (
     EventType("provision.failed", "499cd7383bfc41aca26c53e1e2b4b43d", 3,
               "first boot stopped at {step}: {error}: {problem}",
               "A provisioning step failed. Steps already done stay done; the next boot resumes at this step."),
+    # --- recovery console (issue 14): technicians' logins and actions, each with the technician's name
+    EventType("console.started", "5be0f1d3b2c64f4c9d0e6a7f1c2b3a40", 6, "recovery console listening on {listen}",
+              "The technicians' recovery console started (TLS on every non-loopback address)."),
+    EventType("console.login", "1d2e3f405a6b4c7d8e9fa0b1c2d3e4f5", 5, "technician {technician} logged in from {client}",
+              "A technician authenticated to the recovery console."),
+    EventType("console.login_failed", "9a8b7c6d5e4f40312a1b0c9d8e7f6a5b", 4,
+              "failed console login as {technician} from {client}",
+              "A console login failed; repeated failures lock the name and the client out for a while."),
+    EventType("console.locked_out", "c3d4e5f60718493a8b9cadbecf001122", 3,
+              "console login locked for {key} for {seconds}s after repeated failures",
+              "Too many failed console logins: further attempts are refused until the lock ends."),
+    EventType("console.technician_set", "2b3c4d5e6f70418293a4b5c6d7e8f901", 5,
+              "technician {technician} provisioned ({how})",
+              "A technician credential was set (argon2id hash); no default password exists."),
+    EventType("console.action", "7e6d5c4b3a2948f7a6b5c4d3e2f1a0b9", 5,
+              "technician {technician} ran {action}: {outcome}",
+              "A technician action from the recovery console or its CLI verbs; the fields hold its parameters."),
 )  # fmt: skip
 
 CATALOGUE: Mapping[str, EventType] = {e.name: e for e in _CATALOGUE}

@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.transfer_commands",
     "appliance.cli.firstboot_commands",
     "appliance.cli.vendor_commands",
+    "appliance.console.commands",  # the recovery console's verbs (`appliance tech`, `appliance console`)
 ]
 
 
