@@ -49,7 +49,8 @@ class ApplianceError(Exception):
 
 class UserError(ApplianceError):
     exit_code = 10
-    remedy = "correct the command-line arguments and retry"
+    # Raised from the CLI and from the Python API alike: the problem names the option or argument.
+    remedy = "correct the argument named above and retry"
 
 
 class UsageError(UserError):
