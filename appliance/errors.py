@@ -208,6 +208,14 @@ class PartialCheckpointError(IntegrityError):
     remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
 
 
+class HeadError(IntegrityError):
+    exit_code = 49
+    remedy = (
+        "the object store's head record is forged, replayed, malformed or for another node; nothing was "
+        "changed: check the bucket's access policy and re-publish or re-replicate"
+    )
+
+
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
     remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
