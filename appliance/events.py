@@ -110,6 +110,29 @@ _CATALOGUE = (
     EventType("outbox.rejected", "77b26a2d91534376aa44ef88d7f65539", 4,
               "outbox file {file} quarantined: {error}: {problem}",
               "An outbox file is truncated, damaged or not a state export; it is moved aside, never committed."),
+    EventType("state.unchanged", "090c66a51b014f17b2aec3ae35433547", 6,
+              "state unchanged at step {step} ({reason}); nothing exported",
+              "The service was asked for an export but its state did not change: no file, no new generation."),
+    EventType("persist.unchanged", "9001d12ba6b142d18773a055bd13ec15", 6,
+              "{file} equals generation {generation} (its parent); not committed again",
+              "An export whose tensors equal the newest checkpoint's is removed instead of becoming an empty "
+              "generation."),
+    EventType("control.refused", "57aa452da00e4703b78f3f742460f52b", 4,
+              "control channel refused uid {uid} (pid {pid}): {route}: {reason}",
+              "A local process tried a state-changing operation it holds no role for (at most one event per "
+              "caller and route per minute)."),
+    EventType("service.killed", "237d5a39cb994e638a5eb9181f5a005b", 4,
+              "model service (pid {pid}) killed by {cause} while serving slot {slot} generation {generation}; "
+              "not counted against the checkpoint",
+              "The kernel (out of memory, a memory limit) or an operator killed the serving service; supervisord "
+              "restarts it. Kills never mark a checkpoint BAD."),
+    EventType("node.port_busy", "53d36cc1374849779e985f8d4fb59bdc", 4,
+              "service port {host}:{port} is held by another process; waiting up to {wait_s}s with backoff",
+              "A node fault, never a checkpoint fault: boot and the service retry until the port is free."),
+    EventType("slot.crashes_forgiven", "868f04782cbe4427b94e0c58911cede0", 6,
+              "slot {slot} generation {generation} served {healthy_s}s without a crash; "
+              "{attempts} earlier crashes forgiven",
+              "Crash counts of a GOOD checkpoint decay after a healthy period (crash_decay_s)."),
 )  # fmt: skip
 
 CATALOGUE: Mapping[str, EventType] = {e.name: e for e in _CATALOGUE}
