@@ -148,7 +148,7 @@ class LocalNode:
         """The network listener (inference, health, readiness)."""
         return http.call(self.config.service_url + path, body, timeout)
 
-    def control(self, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+    def control_call(self, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
         """The control channel (``RUN/control.sock``): adapt, export, status — as this process's user."""
         method = "GET" if body is None else "POST"
         return ControlClient(self.config.control_socket, timeout).call(method, path, body)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -42,6 +43,12 @@ def create_app(runtime: ServiceRuntime) -> FastAPI:
     @app.exception_handler(NotAvailableError)
     async def not_available(_: Request, exc: NotAvailableError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "phase": runtime.phase.value}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming what is wrong, never echoing the input back (it may hold NaN, or be huge)."""
+        detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()[:5]]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(ApplianceError)
     async def appliance_error(_: Request, exc: ApplianceError) -> JSONResponse:

@@ -175,7 +175,8 @@ def _handler(control: ControlServer) -> type[BaseHTTPRequestHandler]:
             except NotAvailableError as exc:
                 status, answer = exc.status, {"detail": str(exc), "phase": control.runtime.phase.value}
             except ValidationError as exc:
-                status, answer = 422, {"detail": exc.errors(include_url=False, include_context=False)[:5]}
+                errors = exc.errors(include_url=False, include_context=False, include_input=False)[:5]
+                status, answer = 422, {"detail": errors}
             except ApplianceError as exc:
                 status, answer = 400, exc.to_dict()
             except (RuntimeError, ValueError, TypeError) as exc:

@@ -63,32 +63,34 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await _too_large(send, self.max_bytes)
             return
-        seen = 0
+        seen, refused = 0, False
 
         async def bounded() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _BodyTooLargeError
+            if seen > self.max_bytes and not started:
+                refused = True
+                await _too_large(send, self.max_bytes)  # answered now; the app sees a disconnect
+                return {"type": "http.disconnect"}
             return message
 
         started = False
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, bounded, tracking_send)
-        except _BodyTooLargeError:
-            if not started:
-                await _too_large(send, self.max_bytes)
-
-
-class _BodyTooLargeError(Exception):
-    pass
+            await self.app(scope, bounded, guarded_send)
+        except Exception:
+            if not refused:
+                raise
 
 
 async def _too_large(send: Send, limit: int) -> None:
