@@ -169,7 +169,10 @@ class EventLog:
             "message": render_message(event, fields),
             "fields": fields,
         }
-        line = json.dumps(record, sort_keys=True, default=str, separators=(",", ":")) + "\n"
+        line = _line(record)
+        if len(line.encode("utf-8")) > MAX_LINE:
+            record = _truncated(record)
+            line = _line(record)
         self._append(line)
         self._journal(event, record)
         return record
@@ -181,7 +184,7 @@ class EventLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                os.write(fd, line.encode("utf-8")[:MAX_LINE])  # one write: lines never interleave
+                os.write(fd, line.encode("utf-8"))  # one write (≤ MAX_LINE, newline included): no interleaving
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -202,6 +205,38 @@ class EventLog:
             fields["APPLIANCE_" + "".join(c if c.isalnum() else "_" for c in key.upper())] = value
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.sendto(journal_datagram(fields), self.journal)
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, default=str, separators=(",", ":")) + "\n"
+
+
+FIELD_MAX = 4096  # characters kept of each string in an oversized event
+
+
+def _truncated(record: dict[str, Any]) -> dict[str, Any]:
+    """An event too long for one line, with its fields cut (never its line): still one complete JSON line.
+
+    Each string anywhere in ``fields`` (and the message) keeps its first ``FIELD_MAX`` characters
+    and says how many were dropped; if that is still too long, the fields are replaced by a note.
+    """
+    cut = dict(record)
+    cut["fields"] = _cut(record["fields"])
+    cut["message"] = _cut(record["message"])
+    cut["truncated"] = True
+    if len(_line(cut).encode("utf-8")) > MAX_LINE:
+        cut["fields"] = {"truncated": f"fields of {len(_line(record))} characters dropped"}
+    return cut
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= FIELD_MAX else value[:FIELD_MAX] + f"...[{len(value) - FIELD_MAX} chars cut]"
+    if isinstance(value, dict):
+        return {str(k)[:FIELD_MAX]: _cut(v) for k, v in list(value.items())[:256]}
+    if isinstance(value, list | tuple):
+        return [_cut(v) for v in list(value)[:256]]
+    return value if isinstance(value, int | float | bool) or value is None else _cut(str(value))
 
 
 def journal_datagram(fields: Mapping[str, Any]) -> bytes:
