@@ -12,6 +12,9 @@ Groups (exit-code ranges are a public contract, listed in the README):
 * ``StorageError`` (60-69): the environment failed (disk full, I/O error, lock held,
   slot not mounted); fix the device and retry. Committed data was not touched.
 * ``HardwareError`` (70-79): an accelerator path failed; the CPU path is used instead.
+* ``ProvisioningError`` (80-89): node provisioning (first boot) could not finish: a checkpoint
+  partition, the provisioning file or the device's key store. Nothing already provisioned is
+  undone; the first-boot unit completes the remaining steps on the next boot once fixed.
 
 Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
 """
@@ -100,6 +103,37 @@ class ControlDeniedError(UserError):
     )
 
 
+class ReservedNameError(UserError):
+    exit_code = 25
+    remedy = (
+        "rename it: `__metadata__` is safetensors' header key, not a tensor name, and the `appliance.` "
+        "header-metadata namespace belongs to appliance"
+    )
+
+
+class AssetError(UserError):
+    exit_code = 26
+    remedy = (
+        "fix the model directory: files must be regular files (or links to files inside it) within the size "
+        "caps; copy linked files in with `cp -rL` or remove the file"
+    )
+
+
+class VendorTrustError(UserError):
+    exit_code = 27
+    remedy = "fix the vendor trust (`appliance vendor ROOT add NAME --key PUB.pem | --cert-chain CHAIN.pem`)"
+
+
+class ModelSigningUnavailableError(UserError):
+    exit_code = 28
+    remedy = "install the OpenSSF model-signing support: pip install 'appliance[model-signing]'"
+
+
+class OlderCheckpointError(UserError):
+    exit_code = 29
+    remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
+
+
 # --- data is damaged, forged or not for this node --------------------------------------
 
 
@@ -170,6 +204,24 @@ class UnauthenticExportError(IntegrityError):
     )
 
 
+class AssetIntegrityError(IntegrityError):
+    exit_code = 46
+    remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
+
+
+class VendorSignatureError(IntegrityError):
+    exit_code = 47
+    remedy = (
+        "do not import this directory: obtain the model again from the vendor, or (if it is legitimately "
+        "unsigned and the store does not require a signature) remove its model.sig"
+    )
+
+
+class PartialCheckpointError(IntegrityError):
+    exit_code = 48
+    remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
+
+
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
     remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
@@ -219,11 +271,35 @@ class ControlChannelError(StorageError):
         "the model service's control socket (RUN/control.sock) is missing, not the service's, or not "
         "answering; check that the service runs (supervisorctl status model)"
     )
+class SourceUnavailableError(StorageError):
+    exit_code = 69
+    remedy = "reconnect the source (USB stick, network, object store) and re-run: the transfer resumes"
 
 
 class HardwareError(ApplianceError):
     exit_code = 70
     remedy = "the CPU path is used instead; check the GPU driver and nvCOMP installation"
+
+
+# --- node provisioning (first boot) -------------------------------------------------------
+
+
+class ProvisioningError(ApplianceError):
+    """First boot could not complete a step (partitions, store, factory checkpoint, provisioning file).
+
+    Every step is idempotent: after the cause is fixed the next boot (or ``appliance firstboot``)
+    resumes where this one stopped. A partition that already holds a file system is never formatted.
+    """
+
+    exit_code = 80
+    remedy = "fix the cause named above, then reboot (or run `appliance firstboot`): provisioning resumes"
+
+
+class KeyProviderError(ProvisioningError):
+    """The device's key store (file, OP-TEE, TPM) cannot create, find or read a key."""
+
+    exit_code = 81
+    remedy = "check the key provider (node.json key_provider; default: key files of mode 0400 in /etc/appliance)"
 
 
 def all_error_classes() -> list[type[ApplianceError]]:

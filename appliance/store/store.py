@@ -24,12 +24,14 @@ from appliance.errors import (
 from appliance.format.canonical import canonical_bytes, strict_loads
 from appliance.format.commit import SLOT_NAMES
 from appliance.format.plan import choose_target_slot, next_generation, protected_slot
+from appliance.format.provenance import Provenance
 from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
 from appliance.signing import PublicKey, SigningKey, TrustStore
 from appliance.storage import LocalStorage, Storage, write_durable
 from appliance.store import layout
+from appliance.store.assets import DirectoryParts
 from appliance.store.commit import CommitRequest, CommitResult, commit
 from appliance.store.config import StoreConfig
 from appliance.store.discovery import OpenCheckpoint, Selection, scan, select
@@ -153,7 +155,10 @@ class Store:
         full: bool = False,
         floor: int = 0,
         progress: Progress | None = None,
+        directory: DirectoryParts | None = None,
+        provenance: Provenance | None = None,
     ) -> tuple[CommitResult, GcReport]:
+        """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
         profile = self.device_profile()
         options = EncodeOptions(
             policy=self.resolve_policy(policy or self.config.policy, profile),
@@ -165,7 +170,16 @@ class Store:
         )
         with writer_lock(self.lock_path):
             good = self.good_provider()
-            request = CommitRequest(self.config.model, options, tuple(keys), metadata or {}, floor, good)
+            request = CommitRequest(
+                self.config.model,
+                options,
+                tuple(keys),
+                metadata or {},
+                floor,
+                good,
+                directory=directory or DirectoryParts(),
+                provenance=provenance,
+            )
             result = commit(self.storage, self.trust, sources, request, progress)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None)
             gc = collect_slot(
@@ -278,11 +292,15 @@ class Store:
                 parent=manifest.parent.hex if manifest.parent else None,
                 policy=manifest.policy,
                 tensors=len(manifest.tensors),
+                assets=len(manifest.assets),
+                format_version=manifest.version,
                 raw_bytes=manifest.raw_bytes,
                 stored_bytes=manifest.stored_bytes,
                 frames=kinds,
                 metadata=dict(manifest.metadata),
             )
+            if manifest.provenance is not None:
+                entry["provenance"] = manifest.provenance.to_dict() | {"summary": manifest.provenance.describe()}
             entries.append(entry)
         entries.sort(key=lambda e: (-e["generation"], e["slot"]))
         return entries
@@ -310,10 +328,11 @@ class Store:
             }
         try:
             newest = self.select()
+            provenance = newest.opened.verified.manifest.provenance
             newest_valid: dict[str, Any] | None = {
                 "slot": newest.opened.slot,
                 "generation": newest.opened.generation,
-            }
+            } | ({"provenance": provenance.to_dict() | {"summary": provenance.describe()}} if provenance else {})
             failures = [f.describe() for f in newest.failures]
         except NoValidCheckpointError as exc:
             newest_valid, failures = None, [exc.problem]
