@@ -271,6 +271,8 @@ class ControlChannelError(StorageError):
         "the model service's control socket (RUN/control.sock) is missing, not the service's, or not "
         "answering; check that the service runs (supervisorctl status model)"
     )
+
+
 class SourceUnavailableError(StorageError):
     exit_code = 69
     remedy = "reconnect the source (USB stick, network, object store) and re-run: the transfer resumes"
