@@ -7,9 +7,10 @@ Owns: the vendor trust (``vendors``), verifying a directory's ``model.sig`` with
 ``appliance[model-signing]`` and is imported only when a signature is checked or written.
 """
 
+from appliance.format.provenance import MODEL_SIG
 from appliance.provenance.sign import SignedDirectory, sign_directory
 from appliance.provenance.vendors import Vendor, VendorTrust, load_vendors, save_vendors, vendors_path
-from appliance.provenance.verify import MODEL_SIG, check_source, library, verify_directory
+from appliance.provenance.verify import check_source, library, verify_directory
 
 __all__ = [
     "MODEL_SIG",

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import KeyFileError, UsageError
+from appliance.format.provenance import MODEL_SIG
 from appliance.provenance.vendors import key_sha256, load_ec_public_key
-from appliance.provenance.verify import MODEL_SIG, library
+from appliance.provenance.verify import library
 from appliance.signing.keys import ECDSA_P256, SigningKey
 
 log = logging.getLogger(__name__)
