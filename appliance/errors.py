@@ -49,7 +49,8 @@ class ApplianceError(Exception):
 
 class UserError(ApplianceError):
     exit_code = 10
-    remedy = "correct the command-line arguments and retry"
+    # Raised from the CLI and from the Python API alike: the problem names the option or argument.
+    remedy = "correct the argument named above and retry"
 
 
 class UsageError(UserError):
@@ -205,6 +206,14 @@ class VendorSignatureError(IntegrityError):
 class PartialCheckpointError(IntegrityError):
     exit_code = 48
     remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
+
+
+class HeadError(IntegrityError):
+    exit_code = 49
+    remedy = (
+        "the object store's head record is forged, replayed, malformed or for another node; nothing was "
+        "changed: check the bucket's access policy and re-publish or re-replicate"
+    )
 
 
 class NoValidCheckpointError(ApplianceError):

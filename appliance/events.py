@@ -119,6 +119,23 @@ _CATALOGUE = (
     EventType("provision.failed", "499cd7383bfc41aca26c53e1e2b4b43d", 3,
               "first boot stopped at {step}: {error}: {problem}",
               "A provisioning step failed. Steps already done stay done; the next boot resumes at this step."),
+    EventType("remote.replicated", "9f6690fcc21a4c6294fd95ddb820a85a", 6,
+              "replicated generation {generation} of {device}: {uploaded} of {blobs} blobs uploaded "
+              "({bytes_uploaded} bytes), {skipped} already there, in {seconds}s",
+              "The checkpoint's blobs, bundle and signed head are in the object store (in that order)."),
+    EventType("remote.replicate_failed", "6cdb221ed6074f88bba5f7c9b65d4aa8", 4,
+              "replication of generation {generation} failed (attempt {attempt}): {error}: {problem}; "
+              "retry in {retry_in}s",
+              "The upload stopped; the previous head still names a complete checkpoint. It is retried with backoff."),
+    EventType("remote.restore_started", "f6f4ff63d4fb4afcb0db3f992afa1094", 5,
+              "no valid local checkpoint: restoring from {site} ({endpoint})",
+              "Boot found nothing restorable in either slot and asks the configured object store."),
+    EventType("remote.restored", "aba1c685eae74f47892eb62b0b8a4b0b", 5,
+              "fetched generation {generation} from {site} into slot {slot}: {bytes_from_source} bytes in {seconds}s",
+              "A checkpoint from the second site was verified and committed locally; it boots through the canary."),
+    EventType("remote.restore_failed", "60061b47c04b475b8108faf923a4106e", 3,
+              "restore from {site} failed: {error}: {problem}",
+              "The object store was unreachable or offered nothing acceptable; the node enters recovery mode."),
     # --- recovery console (issue 14): technicians' logins and actions, each with the technician's name
     EventType("console.started", "5be0f1d3b2c64f4c9d0e6a7f1c2b3a40", 6, "recovery console listening on {listen}",
               "The technicians' recovery console started (TLS on every non-loopback address)."),

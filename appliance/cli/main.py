@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.scrub_commands",
     "appliance.cli.perf_commands",
     "appliance.cli.transfer_commands",
+    "appliance.cli.remote_commands",
     "appliance.cli.firstboot_commands",
     "appliance.cli.vendor_commands",
     "appliance.console.commands",  # the recovery console's verbs (`appliance tech`, `appliance console`)

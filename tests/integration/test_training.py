@@ -218,3 +218,21 @@ def test_a_shuffled_data_loader_resumes_mid_epoch_from_its_epoch_start_generator
     loader = DataLoader(data, batch_size=4, shuffle=True, generator=fresh)
     rest = [b[0].tolist() for b in itertools.islice(loader, position["batch"], None)]
     assert rest == straight[4:] and len(rest) == 6
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, k: api.save(s, weights(), k, metadata={"x": float("nan")}),
+        lambda s, k: api.save(s, {"a": torch.zeros(2), "b": [1]}, k),
+        lambda s, k: api.load(s, into={}, zero_copy=True),
+        lambda s, k: training.save(s, k, nn.Linear(1, 1), metadata={"appliance.training": 1}),
+        lambda s, k: training.save(s, k, nn.Linear(1, 1), [torch.optim.lr_scheduler]),
+        lambda s, k: training.save(s, k, nn.Linear(1, 1), extra={"set": {1, 2}}),
+    ],
+    ids=["nan-metadata", "list-value", "zero-copy-into", "reserved-key", "not-an-optimizer", "a-set"],
+)
+def test_api_usage_errors_never_talk_about_the_command_line(store: Store, key: SigningKey, call: Any) -> None:
+    with pytest.raises(UsageError) as caught:
+        call(store, key)
+    assert "command-line" not in str(caught.value) and "command line" not in caught.value.remedy
