@@ -303,7 +303,8 @@ def plan_import(device: str, found: StickCheckpoint | None, generation: int) -> 
     title = f"Import generation {generation} from the USB stick"
     params = {"device": device, "generation": generation}
     if found is None:
-        return ActionPlan("import", title, "", params, commits=True, refusal=f"the stick holds no generation {generation}")
+        refusal = f"the stick holds no generation {generation}"
+        return ActionPlan("import", title, "", params, commits=True, refusal=refusal)
     if not found.importable:
         why = found.problem or ("already committed on this node" if found.already else "not trusted")
         return ActionPlan("import", title, "", params, commits=True, refusal=why)
