@@ -107,6 +107,8 @@ class BootRun:
             trial = run_trial(self.ctx, opened, handoff)
             if trial.ok:
                 return self._serve(opened, handoff, trial)
+            if trial.node_fault:
+                return self._node_fault(opened, trial)
             if not trial.blames_checkpoint:
                 self._emit("fallback.taken", opened, reason=trial.reason)
                 return self._recover(
@@ -183,6 +185,24 @@ class BootRun:
         sd_notify("READY=1", f"STATUS=recovery mode: {reason}")
         self.outcome.recovery = reason
         self.outcome.exit_code = error.exit_code
+        self.outcome.stages["total_s"] = self.ctx.clock() - self.started
+        return self.outcome
+
+    def _node_fault(self, opened: OpenCheckpoint, trial: Trial) -> BootOutcome:
+        """The node failed the trial (a port held by someone else): no checkpoint blamed, no recovery mode.
+
+        The attempt is given back, the service stopped, and boot exits 65 (``ServiceError``) for
+        systemd's ``Restart=on-failure`` (or the guard) to retry with backoff; nothing a technician must do.
+        """
+        self.ctx.control.stop(self.ctx.config.service_program)
+        self.ctx.run.clear_handoff()
+        state = self.states.load(opened.slot)
+        if state.is_candidate(opened.generation, _digest(opened)) and state.attempts > 0:
+            self._save(replace(state, attempts=state.attempts - 1))
+        self.outcome.failures.append(f"{opened.slot}/gen {opened.generation}: node fault ({trial.node_fault}): "
+                                     f"{trial.reason}")  # fmt: skip
+        sd_notify(f"STATUS=node fault ({trial.node_fault}): {trial.reason}; retrying")
+        self.outcome.exit_code = ServiceError.exit_code
         self.outcome.stages["total_s"] = self.ctx.clock() - self.started
         return self.outcome
 
