@@ -89,7 +89,7 @@ def _node(tmp_path: Path, server: S3Server) -> tuple[LocalNode, Path]:
 def _replicate(netns: str, node: LocalNode, remote: Path) -> subprocess.Popen[str]:
     cmd = ["ip", "netns", "exec", netns, *CLI, "replicate", "--once", "--json",
            "--config", str(node.config_path), "--remote", str(remote)]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _blobs(server: S3Server) -> int:
