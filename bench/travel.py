@@ -55,8 +55,8 @@ def _state(mb: int, seed: int = 0) -> dict[str, torch.Tensor]:
 def _nudge(state: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     out = {}
-    for name, t in state.items():
-        t = t.clone()
+    for name, tensor in state.items():
+        t = tensor.clone()
         idx = torch.randperm(t.numel(), generator=g)[: int(t.numel() * fraction)]
         t[idx] = (t[idx].float() + 1e-3).to(torch.bfloat16)
         out[name] = t
@@ -70,9 +70,15 @@ def _timed(fn: Any) -> tuple[float, Any]:
 
 
 def _rclone(binary: str, server: S3Server, *args: str) -> float:
-    env = {**os.environ, "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Other",
-           "RCLONE_CONFIG_S3_ENDPOINT": server.endpoint, "RCLONE_CONFIG_S3_ACCESS_KEY_ID": server.access_key,
-           "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": server.secret_key, "RCLONE_CONFIG_S3_FORCE_PATH_STYLE": "true"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RCLONE_CONFIG_S3_TYPE": "s3",
+        "RCLONE_CONFIG_S3_PROVIDER": "Other",
+        "RCLONE_CONFIG_S3_ENDPOINT": server.endpoint,
+        "RCLONE_CONFIG_S3_ACCESS_KEY_ID": server.access_key,
+        "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": server.secret_key,
+        "RCLONE_CONFIG_S3_FORCE_PATH_STYLE": "true",
+    }
     t0 = time.perf_counter()
     subprocess.run([binary, "copy", "--config", "/dev/null", *args], check=True, env=env, capture_output=True)
     return time.perf_counter() - t0
@@ -104,9 +110,15 @@ def run(size_mb: int, work: Path) -> dict[str, Any]:
     t_rclone_local = _rclone_local(binary, stick, work / "rcopy")
     dst = Store.init(work / "dst", [key.public], StoreConfig(model="bench", policy="compact"))
     t_import, _ = _timed(lambda: import_checkpoint(dst, LocalStorage(stick)))
-    out["export_import"] = {"bytes": nbytes, "export_s": round(t_export, 3), "import_s": round(t_import, 3),
-                            "rclone_copy_s": round(t_rclone_local, 3), "export_gbps": _gbps(nbytes, t_export),
-                            "import_gbps": _gbps(nbytes, t_import), "rclone_gbps": _gbps(nbytes, t_rclone_local)}  # fmt: skip
+    out["export_import"] = {
+        "bytes": nbytes,
+        "export_s": round(t_export, 3),
+        "import_s": round(t_import, 3),
+        "rclone_copy_s": round(t_rclone_local, 3),
+        "export_gbps": _gbps(nbytes, t_export),
+        "import_gbps": _gbps(nbytes, t_import),
+        "rclone_gbps": _gbps(nbytes, t_rclone_local),
+    }
 
     server = S3Server(work / "s3", binary)
     server.start()
