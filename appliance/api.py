@@ -12,6 +12,14 @@ Does not own the store mechanics (``appliance.store``) or file formats (``applia
 ``load`` never returns a partially restored or unverified state: if a frame fails while
 restoring, that checkpoint is abandoned and the next candidate (other slot, older
 generation) is restored from scratch; if none is left, ``NoValidCheckpointError``.
+
+``load(into=...)`` fills tensors of any strides, memory format (``channels_last``), device or
+lazy conj/neg bit, and destinations that share memory (tied weights) only when the checkpoint
+agrees on every shared byte (``appliance.sources.destinations``). A failed ``load(into=...)``
+is *accounted*: the raised error's ``written`` (and its message) names exactly the destination
+tensors that were written, fully or partly; every other one is untouched. With
+``atomic=True`` the checkpoint is restored into fresh memory first and copied over only once it
+verified, so a failure leaves every destination as it was (peak memory: twice the model).
 """
 
 from __future__ import annotations
@@ -23,26 +31,24 @@ from typing import Any
 
 import torch
 
-from appliance.codec.transform import U8
 from appliance.errors import (
     ApplianceError,
     IntegrityError,
     NoValidCheckpointError,
     StorageError,
-    TensorMismatchError,
     UsageError,
 )
 from appliance.signing import SigningKey
+from appliance.sources.destinations import plan_destinations, restore_into_tensors
 from appliance.sources.tensors import (
     allocate,
-    check_destination,
     sources_from_dict,
     tensor_from_region,
     torch_dtype,
 )
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import Failure, OpenCheckpoint
-from appliance.store.restore import RestoreStats
+from appliance.store.restore import RestoreStats, Sink
 from appliance.store.store import Store
 from appliance.store.zerocopy import restore_mapped
 
@@ -76,7 +82,13 @@ def save(
     full: bool = False,
     floor: int = 0,
     progress: Progress | None = None,
+    allow_empty: bool = False,
 ) -> CommitResult:
+    """Commit ``tensors`` (any strides, device or conj/neg view) as a signed checkpoint.
+
+    An empty mapping is refused (``UsageError``) unless ``allow_empty``; meta, sparse,
+    nested and quantized tensors are refused with ``UsageError`` naming the tensor.
+    """
     keys = [key] if isinstance(key, SigningKey) else list(key)
     result, _ = store.commit(
         sources_from_dict(tensors),
@@ -86,6 +98,7 @@ def save(
         full=full,
         floor=floor,
         progress=progress,
+        allow_empty=allow_empty,
     )
     return result
 
@@ -100,24 +113,80 @@ def load(
     workers: int | None = None,
     progress: Progress | None = None,
     zero_copy: bool = False,
+    atomic: bool = False,
 ) -> LoadedCheckpoint:
     """The newest valid checkpoint (or ``generation``), verified, as CPU tensors.
 
     ``zero_copy=True`` (fresh tensors only) maps the uncompressed frames of sealed files into
     the tensors instead of copying them (docs/performance.md): the fastest verified restore,
-    with tensors whose pages stay shared with the page cache until written.
+    with tensors whose pages stay shared with the page cache until written. ``into`` and
+    ``atomic``: see the module docs.
     """
     if zero_copy and into is not None:
         raise UsageError("zero_copy restores into new tensors; it cannot fill `into`")
+    written: set[str] = set()
 
     def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
         if zero_copy:
             return _restore_zero_copy(store, opened, deep=deep, workers=workers, progress=progress)
-        tensors = _destinations(opened, into)
-        views = _views(opened, tensors)
-        return tensors, store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
+        if into is None:
+            fresh = {t.name: allocate(t) for t in opened.verified.manifest.tensors}
+            stats = restore_into_tensors(store.storage, opened, fresh, deep=deep, workers=workers, progress=progress)
+            return fresh, stats
+        if atomic:
+            plan_destinations(opened.verified.manifest.tensors, into)  # refuse a mismatch before any work
+            fresh = {t.name: allocate(t) for t in opened.verified.manifest.tensors}
+            stats = restore_into_tensors(store.storage, opened, fresh, deep=deep, workers=workers, progress=progress)
+            _copy_verified(opened, fresh, into, written)
+            return dict(into), stats
+        stats = restore_into_tensors(
+            store.storage, opened, into, deep=deep, workers=workers, progress=progress, written=written
+        )
+        return dict(into), stats
 
-    return _first_restorable(store, generation, floor, attempt)
+    try:
+        return _first_restorable(store, generation, floor, attempt)
+    except ApplianceError as exc:
+        if not written:
+            raise
+        raise _accounted(exc, written) from exc
+
+
+def _copy_verified(
+    opened: OpenCheckpoint, fresh: Mapping[str, torch.Tensor], into: Mapping[str, torch.Tensor], written: set[str]
+) -> None:
+    """``atomic``: copy a verified restore into ``into`` (a mismatch or aliasing conflict raises first)."""
+    entries = opened.verified.manifest.tensors
+    plan = plan_destinations(entries, into)
+    for overlap in plan.overlaps:
+        for name, staged in overlap.staged.items():
+            staged.copy_(fresh[name])
+    checked = plan.check()
+    for entry in entries:
+        if entry.name in plan.skip or entry.name in plan.staged_names:
+            continue
+        written.update(plan.caller_written({entry.name}))
+        view = plan.views[entry.name]
+        data = fresh[entry.name].reshape(-1).view(torch.uint8).numpy()
+        if isinstance(view, Sink):
+            view.write(0, data)
+        else:
+            view[:] = data
+    written.update(plan.staged_names)
+    plan.write(checked)
+
+
+def _accounted(exc: ApplianceError, written: set[str]) -> ApplianceError:
+    """``exc`` again, saying which destination tensors the failed ``load(into=...)`` wrote."""
+    names = tuple(sorted(written))
+    shown = ", ".join(repr(n) for n in names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    problem = (
+        f"{exc.problem}; destination tensors written before the failure (their contents are undefined, "
+        f"every other destination is untouched): {shown}"
+    )
+    out = type(exc)(problem, remedy=exc.remedy)
+    out.written = names
+    return out
 
 
 def _first_restorable(store: Store, generation: int | None, floor: int, attempt: Attempt) -> LoadedCheckpoint:
@@ -191,24 +260,6 @@ def _restore_zero_copy(
     regions, stats = restore_mapped(store.storage, opened, deep=deep, workers=workers, progress=progress)
     manifest = opened.verified.manifest
     return {t.name: tensor_from_region(t, regions[t.name]) for t in manifest.tensors}, stats
-
-
-def _destinations(opened: OpenCheckpoint, into: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    manifest = opened.verified.manifest
-    if into is None:
-        return {t.name: allocate(t) for t in manifest.tensors}
-    return dict(into)
-
-
-def _views(opened: OpenCheckpoint, tensors: Mapping[str, torch.Tensor]) -> dict[str, U8]:
-    manifest = opened.verified.manifest
-    names = {t.name for t in manifest.tensors}
-    if names != set(tensors):
-        missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
-        raise TensorMismatchError(
-            f"destination tensors differ from the checkpoint: missing {missing[:5]}, extra {extra[:5]}"
-        )
-    return {t.name: check_destination(t, tensors[t.name]) for t in manifest.tensors}
 
 
 def _dedupe(failures: list[Failure]) -> list[Failure]:

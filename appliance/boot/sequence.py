@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from appliance.boot.control import ServiceControl
-from appliance.boot.trial import Trial, TrialContext, run_trial
+from appliance.boot.trial import BLAMELESS_PHASES, Trial, TrialContext, run_trial
 from appliance.errors import ApplianceError, NoValidCheckpointError, RollbackError, ServiceError, StorageError
 from appliance.events import EventLog
 from appliance.format import slotstate as ss
@@ -108,10 +108,7 @@ class BootRun:
             if trial.ok:
                 return self._serve(opened, handoff, trial)
             if not trial.blames_checkpoint:
-                self._emit("fallback.taken", opened, reason=trial.reason)
-                return self._recover(
-                    f"the model service fails before it restores anything: {trial.reason}", ServiceError
-                )
+                return self._node_fault(opened, trial)
             self._fall_back(opened, trial.reason)
         return self._recover("no committed checkpoint verifies and restores", NoValidCheckpointError)
 
@@ -185,6 +182,21 @@ class BootRun:
         self.outcome.exit_code = error.exit_code
         self.outcome.stages["total_s"] = self.ctx.clock() - self.started
         return self.outcome
+
+    def _node_fault(self, opened: OpenCheckpoint, trial: Trial) -> BootOutcome:
+        """A node or model fault (blame table, docs/boot.md §4): no slot is marked; exit 65, boot is retried."""
+        if trial.phase in BLAMELESS_PHASES:
+            what = f"the model service fails before it restores anything: {trial.reason}"
+        else:
+            what = (
+                f"the model or node cannot use the intact checkpoint {opened.slot}/{opened.generation}: {trial.reason}"
+            )
+        self._save(
+            ss.node_fault(self.states.load(opened.slot), opened.generation, _digest(opened), trial.reason, _utc())
+        )
+        self._emit("boot.node_fault", opened, phase=trial.phase, reason=trial.reason)
+        self._emit("fallback.taken", opened, reason=trial.reason)
+        return self._recover(what, ServiceError)
 
     def _fall_back(self, opened: OpenCheckpoint, reason: str) -> None:
         self.outcome.failures.append(f"{opened.slot}/gen {opened.generation}: {reason}")

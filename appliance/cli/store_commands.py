@@ -94,7 +94,15 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
     model = open_model(args.source)
     try:
         with out.progress(model.raw_bytes, "commit") as progress:
-            result, gc = store.commit(model.sources, [key], meta, policy=args.policy, full=args.full, progress=progress)
+            result, gc = store.commit(
+                model.sources,
+                [key],
+                meta,
+                policy=args.policy,
+                full=args.full,
+                progress=progress,
+                allow_empty=args.allow_empty,
+            )
     finally:
         model.close()
     data = result.to_dict() | {"gc": gc.to_dict()}

@@ -11,7 +11,6 @@ Laws (property-tested): ``Manifest.from_dict(m.to_dict()) == m`` and
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,10 @@ from appliance.format.canonical import canonical_bytes, get_int, get_str, requir
 from appliance.format.codec_name import CodecSpec
 from appliance.format.digest import Digest
 from appliance.format.dtypes import DType, dtype_named
+from appliance.format.validate import check_metadata, check_shape, validate_tensor_name
 from appliance.limits import DEFAULT_LIMITS, Limits
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FrameRef", "Manifest", "TensorEntry", "validate_tensor_name"]
 
 FORMAT_NAME = "appliance.checkpoint"
 FORMAT_VERSION = 1
@@ -112,41 +114,15 @@ class TensorEntry:
         name = validate_tensor_name(d["name"], limits)
         dtype = dtype_named(d["dtype"]).name
         shape = d["shape"]
-        if not isinstance(shape, list) or len(shape) > limits.max_tensor_dims:
+        if not isinstance(shape, list):
             raise ManifestError(f"tensor {name!r}: shape must be a list of at most {limits.max_tensor_dims} dims")
-        for dim in shape:
-            if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= limits.tensor_max_bytes:
-                raise ManifestError(f"tensor {name!r}: shape has an invalid dimension {dim!r:.40}")
+        check_shape(name, shape, ManifestError, limits)
         frames = d["frames"]
         if not isinstance(frames, list) or len(frames) > limits.max_frames:
             raise ManifestError(f"tensor {name!r}: frames must be a list of at most {limits.max_frames}")
         entry = cls(name, dtype, tuple(shape), tuple(FrameRef.from_dict(f, limits) for f in frames))
         limits.check(f"tensor {name!r} size in bytes", entry.nbytes, limits.tensor_max_bytes)
         return entry
-
-
-_FORBIDDEN_NAME_CHARS = {"\\", "\x00"}
-
-
-def validate_tensor_name(value: object, limits: Limits = DEFAULT_LIMITS) -> str:
-    """Tensor names are labels, never paths; still, refuse anything that looks like one.
-
-    Refused: non-strings, empty, over the cap, control characters (incl. NUL), backslashes,
-    absolute paths, ``..``/``.`` components, empty components, drive letters, and names that
-    are not NFC (two spellings of one name could otherwise alias).
-    """
-    if not isinstance(value, str) or not value:
-        raise ManifestError(f"tensor name must be a non-empty string, got {value!r:.60}")
-    if len(value.encode("utf-8", "surrogatepass")) > limits.max_name_bytes:
-        raise ManifestError(f"tensor name is longer than {limits.max_name_bytes} bytes: {value[:60]!r}...")
-    if any(unicodedata.category(c).startswith("C") for c in value) or _FORBIDDEN_NAME_CHARS & set(value):
-        raise ManifestError(f"tensor name contains control characters or backslashes: {value!r:.80}")
-    if unicodedata.normalize("NFC", value) != value:
-        raise ManifestError(f"tensor name is not in Unicode NFC form: {value!r:.80}")
-    parts = value.split("/")
-    if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or (len(value) > 1 and value[1] == ":"):
-        raise ManifestError(f"tensor name looks like a path (absolute, '..', '.' or empty part): {value!r:.80}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -281,8 +257,7 @@ def validate_manifest(m: Manifest, limits: Limits) -> None:
         raise ManifestError(f"manifest.frame_size {m.frame_size} must be a multiple of 16 within the frame cap")
     if m.policy not in POLICIES:
         raise ManifestError(f"manifest.policy {m.policy!r:.20} is not one of {', '.join(POLICIES)}")
-    if len(canonical_bytes(dict(m.metadata))) > limits.metadata_max_bytes:
-        raise LimitExceededError(f"manifest.metadata is larger than {limits.metadata_max_bytes} bytes")
+    check_metadata(m.metadata, LimitExceededError, limits, what="manifest.metadata")  # the writer's check too
     names = [t.name for t in m.tensors]
     if len(set(names)) != len(names):
         raise ManifestError("manifest has duplicate tensor names")

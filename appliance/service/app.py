@@ -26,7 +26,7 @@ from appliance.service.runtime import NotAvailableError, ServiceRuntime
 
 
 class Batch(BaseModel):
-    inputs: list[list[float]]
+    inputs: list[Any]  # nested lists of numbers of any rank the model takes (an image batch is 4-D)
 
 
 class Adaptation(BaseModel):
@@ -83,7 +83,7 @@ def create_app(runtime: ServiceRuntime) -> FastAPI:
     return app
 
 
-def _answer(runtime: ServiceRuntime, run: Callable[[list[list[float]]], list[Any]], batch: Batch) -> dict[str, Any]:
+def _answer(runtime: ServiceRuntime, run: Callable[[list[Any]], list[Any]], batch: Batch) -> dict[str, Any]:
     outputs = _shape_errors(lambda: run(batch.inputs))
     opened = runtime.restored.opened if runtime.restored else None
     return {
