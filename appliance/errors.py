@@ -108,6 +108,27 @@ class AliasingConflictError(TensorMismatchError):
     remedy = "untie the destination tensors, or load into a model whose tied tensors were saved equal"
 
 
+class ReservedNameError(UserError):
+    exit_code = 25
+    remedy = (
+        "rename it: `__metadata__` is safetensors' header key, not a tensor name, and the `appliance.` "
+        "header-metadata namespace belongs to appliance"
+    )
+
+
+class AssetError(UserError):
+    exit_code = 26
+    remedy = (
+        "fix the model directory: files must be regular files (or links to files inside it) within the size "
+        "caps; copy linked files in with `cp -rL` or remove the file"
+    )
+
+
+class OlderCheckpointError(UserError):
+    exit_code = 29
+    remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
+
+
 # --- data is damaged, forged or not for this node --------------------------------------
 
 
@@ -175,12 +196,22 @@ class CanaryFailedError(IntegrityError):
     remedy = "the restored checkpoint answered its canary wrongly; the slot is marked BAD and the other one used"
 
 
+class AssetIntegrityError(IntegrityError):
+    exit_code = 46
+    remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
+
+
+class PartialCheckpointError(IntegrityError):
+    exit_code = 48
+    remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
+
+
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
     remedy = (
-        "recovery mode: commit a signed checkpoint with `appliance commit ROOT MODEL.safetensors --key KEY` "
-        "(or `appliance seed --config node.json` for the model's fresh state), then run `appliance boot`; "
-        "importing a signed checkpoint from USB is planned but not available yet"
+        "recovery mode: import a signed checkpoint with `appliance import ROOT SRC` (a USB stick or directory "
+        "written by `appliance export`), or commit one with `appliance commit ROOT MODEL --key KEY` "
+        "(`appliance seed --config node.json` for the model's fresh state), then run `appliance boot`"
     )
 
 
@@ -228,6 +259,11 @@ class ModelFaultError(ServiceError):
         "the checkpoint is intact; the model code or node.json does not fit it (tensor shapes, canary input): "
         "fix the model factory and run `appliance boot` again"
     )
+
+
+class SourceUnavailableError(StorageError):
+    exit_code = 69
+    remedy = "reconnect the source (USB stick, network, object store) and re-run: the transfer resumes"
 
 
 class HardwareError(ApplianceError):

@@ -16,19 +16,18 @@ No check recurses: nesting is walked with an explicit stack that stops at the de
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from appliance.errors import ApplianceError, ManifestError
 from appliance.format.canonical import canonical_bytes
+from appliance.format.directory import check_label
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 # A manifest's metadata sits at depth 3 of the signed statement (statement -> predicate ->
 # metadata); the reader caps the whole statement at ``json_max_depth``. So metadata may nest
 # at most json_max_depth - METADATA_DEPTH_OFFSET levels (counting itself and its scalars).
 METADATA_DEPTH_OFFSET = 2
-_FORBIDDEN_NAME_CHARS = {"\\", "\x00"}
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -75,25 +74,13 @@ def check_metadata(
 def validate_tensor_name(
     value: object, limits: Limits = DEFAULT_LIMITS, error: type[ApplianceError] = ManifestError
 ) -> str:
-    """Tensor names are labels, never paths; still, refuse anything that looks like one.
-
-    Refused: non-strings, empty, over the cap, control characters (incl. NUL), backslashes,
-    absolute paths, ``..``/``.`` components, empty components, drive letters, and names that
-    are not NFC (two spellings of one name could otherwise alias).
-    """
-    err = error
-    if not isinstance(value, str) or not value:
-        raise err(f"tensor name must be a non-empty string, got {value!r:.60}")
-    if len(value.encode("utf-8", "surrogatepass")) > limits.max_name_bytes:
-        raise err(f"tensor name is longer than {limits.max_name_bytes} bytes: {value[:60]!r}...")
-    if any(unicodedata.category(c).startswith("C") for c in value) or _FORBIDDEN_NAME_CHARS & set(value):
-        raise err(f"tensor name contains control characters or backslashes: {value!r:.80}")
-    if unicodedata.normalize("NFC", value) != value:
-        raise err(f"tensor name is not in Unicode NFC form: {value!r:.80}")
-    parts = value.split("/")
-    if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or (len(value) > 1 and value[1] == ":"):
-        raise err(f"tensor name looks like a path (absolute, '..', '.' or empty part): {value!r:.80}")
-    return value
+    """Tensor names: the label rules of docs/design.md §4.3 rule 1 (``directory.check_label``), as ``error``."""
+    try:
+        return check_label(value, "tensor name", limits)
+    except ManifestError as exc:
+        if error is ManifestError:
+            raise
+        raise error(exc.problem) from exc
 
 
 def check_shape(name: str, shape: object, error: type[ApplianceError], limits: Limits = DEFAULT_LIMITS) -> None:

@@ -6,12 +6,13 @@ tensors), allocation of restore destinations, and ``TensorSource`` construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
 from appliance.codec.transform import U8
-from appliance.errors import TensorMismatchError, UsageError, UserError
+from appliance.errors import ReservedNameError, TensorMismatchError, UsageError, UserError
+from appliance.format.directory import RESERVED_TENSOR_NAMES
 from appliance.format.dtypes import DTYPES
 from appliance.format.manifest import TensorEntry
 from appliance.storage.mapping import Region
@@ -31,8 +32,18 @@ def torch_dtype(name: str) -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
-        raise UsageError(f"dtype {dtype} cannot be stored (format v1 knows {', '.join(DTYPES)})")
+        raise UsageError(
+            f"dtype {dtype} cannot be stored (the format knows {', '.join(DTYPES)})",
+            remedy="convert the tensor to a dtype the format knows before saving it",
+        )
     return name
+
+
+def check_reserved_names(names: Iterable[str]) -> None:
+    """Refuse names that cannot round-trip through safetensors, before anything is written."""
+    reserved = sorted(RESERVED_TENSOR_NAMES & set(names))
+    if reserved:
+        raise ReservedNameError(f"tensor name {reserved[0]!r} is reserved (safetensors' header key)")
 
 
 def byte_view(t: torch.Tensor) -> U8:
@@ -85,10 +96,29 @@ def source_from_tensor(name: str, t: torch.Tensor) -> TensorSource:
     return TensorSource(name, dtype, tuple(t.shape), load)
 
 
+API_TENSORS_REMEDY = (
+    "pass argument `tensors` as a flat mapping of name -> torch.Tensor (e.g. model.state_dict()); "
+    "for nested training state (optimizer, LR scheduler, grad scaler, RNG) use appliance.training.save"
+)
+
+
 def sources_from_dict(tensors: Mapping[str, torch.Tensor]) -> list[TensorSource]:
+    """One source per tensor of an API caller's flat mapping; errors name the API argument."""
     if not isinstance(tensors, Mapping):
-        raise UsageError("tensors must be a mapping of name -> torch.Tensor")
-    return [source_from_tensor(name, t) for name, t in tensors.items()]
+        raise UsageError(
+            f"argument `tensors` is a {type(tensors).__name__}, not a mapping of name -> torch.Tensor",
+            remedy=API_TENSORS_REMEDY,
+        )
+    check_reserved_names(n for n in tensors if isinstance(n, str))
+    out = []
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise UsageError(
+                f"argument `tensors`: the value for {name!r:.80} is a {type(t).__name__}, not a torch.Tensor",
+                remedy=API_TENSORS_REMEDY,
+            )
+        out.append(source_from_tensor(name, t))
+    return out
 
 
 def allocate(entry: TensorEntry) -> torch.Tensor:

@@ -33,6 +33,7 @@ from appliance.limits import DEFAULT_LIMITS, Limits
 from appliance.signing import PublicKey, SigningKey, TrustStore
 from appliance.storage import LocalStorage, Storage, write_durable
 from appliance.store import layout
+from appliance.store.assets import DirectoryParts
 from appliance.store.commit import CommitRequest, CommitResult, commit
 from appliance.store.config import StoreConfig
 from appliance.store.discovery import OpenCheckpoint, Selection, open_checkpoint, scan, select
@@ -156,8 +157,10 @@ class Store:
         full: bool = False,
         floor: int = 0,
         progress: Progress | None = None,
+        directory: DirectoryParts | None = None,
         allow_empty: bool = False,
     ) -> tuple[CommitResult, GcReport]:
+        """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
         profile = self.device_profile()
         options = EncodeOptions(
             policy=self.resolve_policy(policy or self.config.policy, profile),
@@ -171,7 +174,14 @@ class Store:
             good = self.good_provider()
             pinned = self.pins().generations  # a damaged pins.json stops the commit before it writes
             request = CommitRequest(
-                self.config.model, options, tuple(keys), metadata or {}, floor, good, allow_empty=allow_empty
+                self.config.model,
+                options,
+                tuple(keys),
+                metadata or {},
+                floor,
+                good,
+                directory=directory or DirectoryParts(),
+                allow_empty=allow_empty,
             )
             result = commit(self.storage, self.trust, sources, request, progress)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None) | pinned
@@ -328,6 +338,8 @@ class Store:
                 parent=manifest.parent.hex if manifest.parent else None,
                 policy=manifest.policy,
                 tensors=len(manifest.tensors),
+                assets=len(manifest.assets),
+                format_version=manifest.version,
                 raw_bytes=manifest.raw_bytes,
                 stored_bytes=manifest.stored_bytes,
                 frames=kinds,

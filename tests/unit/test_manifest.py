@@ -1,4 +1,4 @@
-"""Manifest schema v1: round trips and every structural rule a reader relies on."""
+"""Manifest schema (v2; v1 still read): round trips and every structural rule a reader relies on."""
 
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "needle"),
     [
-        (["version"], 2, "not supported"),
+        (["version"], 3, "not supported"),
+        (["version"], 0, "not supported"),
+        (["version"], True, "not supported"),
         (["format"], "other", "not a checkpoint manifest"),
         (["hash"], "md5", "unknown hash"),
         (["generation"], 0, "generation"),
