@@ -32,14 +32,17 @@ from typing import Any
 
 import torch
 
+from appliance.codec.gpu import BatchDecoder
 from appliance.errors import (
     ApplianceError,
+    HardwareError,
     IntegrityError,
     NoValidCheckpointError,
     StorageError,
     TensorMismatchError,
     UsageError,
 )
+from appliance.events import EventLog
 from appliance.format.directory import ShardEntry
 from appliance.format.manifest import Manifest
 from appliance.signing import SigningKey
@@ -277,35 +280,68 @@ def load_to_device(
     generation: int | None = None,
     floor: int = 0,
     workers: int | None = None,
+    decoder: BatchDecoder | None = None,
+    events: EventLog | None = None,
 ) -> LoadedCheckpoint:
     """The newest valid checkpoint, verified, as tensors on ``device`` (a Jetson's GPU).
 
     With nvCOMP and a CUDA device, stored frames are verified on the CPU cores and decoded on the
     device (``appliance.gpu.restore``). Otherwise the reason is logged, the checkpoint is
-    restored on the CPU (``load``) and copied to ``device``.
+    restored on the CPU (``load``) and copied to ``device``. ``decoder`` (tests, other devices)
+    forces the batched path with that decoder.
+
+    Failures (docs/design.md §6.3.2): a frame failing its SHA-256 in the stager is a
+    ``FrameError`` — that checkpoint is abandoned for the next candidate like on the CPU path.
+    The decoder or device failing mid-restore is a ``HardwareError``: it is logged and emitted
+    (``restore.gpu_fallback`` on ``events``) and the *same* checkpoint is restored with the CPU
+    decoder and copied to ``device``; if that copy fails too, ``HardwareError`` (exit 70) is raised.
     """
     from appliance.codec import gpu as gpu_codec
 
     dev = torch.device(device)
-    availability = gpu_codec.available()
-    if dev.type != "cuda" or not availability.ok:
-        log.warning("decoding on the CPU, then copying to %s: %s", dev, availability.reason)
-        loaded = load(store, generation=generation, floor=floor, workers=workers)
-        loaded.tensors = {name: t.to(dev) for name, t in loaded.tensors.items()}
-        return loaded
+    if decoder is None:
+        availability = gpu_codec.available()
+        if dev.type != "cuda" or not availability.ok:
+            log.warning("decoding on the CPU, then copying to %s: %s", dev, availability.reason)
+            loaded = load(store, generation=generation, floor=floor, workers=workers)
+            loaded.tensors = _to_device(loaded.tensors, dev)
+            return loaded
+        decoder = gpu_codec.NvcompBatchDecoder(torch.cuda.current_stream(dev).cuda_stream, dev.index or 0)
     from appliance.gpu.restore import restore_to_device
 
-    decoder = gpu_codec.NvcompBatchDecoder(torch.cuda.current_stream(dev).cuda_stream, dev.index or 0)
+    batch_decoder = decoder
 
     def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
-        flat, gstats = restore_to_device(store.storage, opened, dev, decoder, workers=workers)
         manifest = opened.verified.manifest
+        try:
+            flat, gstats = restore_to_device(store.storage, opened, dev, batch_decoder, workers=workers)
+        except HardwareError as exc:
+            log.warning("GPU restore of %s/%d failed, decoding on the CPU: %s", opened.slot, opened.generation, exc)
+            if events is not None:
+                events.emit(
+                    "restore.gpu_fallback",
+                    slot=opened.slot,
+                    generation=opened.generation,
+                    error=type(exc).__name__,
+                    problem=exc.problem,
+                )
+            fresh = {t.name: allocate(t) for t in manifest.tensors}
+            stats = restore_into_tensors(store.storage, opened, fresh, workers=workers)
+            stats.mode = "cpu (gpu failed)"
+            return _to_device(fresh, dev), stats
         tensors = {t.name: flat[t.name].view(torch_dtype(t.dtype)).reshape(t.shape) for t in manifest.tensors}
         stats = RestoreStats(opened.generation, opened.slot, raw_bytes=gstats.raw_bytes, seconds=gstats.seconds)
         stats.mode, stats.stored_bytes_read, stats.frames = "gpu", gstats.stored_bytes, gstats.frames
         return tensors, stats
 
     return _first_restorable(store, generation, floor, attempt)
+
+
+def _to_device(tensors: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
+    try:
+        return {name: t.to(dev) for name, t in tensors.items()}
+    except (RuntimeError, ValueError) as exc:  # the device itself failed: nothing restores onto it
+        raise HardwareError(f"copying the verified restore to {dev} failed: {exc}") from exc
 
 
 def _restore_zero_copy(

@@ -26,15 +26,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from appliance.codec.transform import U8
-from appliance.errors import AssetError, ManifestError, UsageError
+from appliance.errors import AssetError, ManifestError, SourceChangedError, UsageError
 from appliance.format.directory import INDEX_NAME, ShardEntry, check_label
 from appliance.format.manifest import Manifest
 from appliance.limits import DEFAULT_LIMITS
 from appliance.sources.safetensors_io import ImportedModel, check_exportable, export_safetensors, inside
+from appliance.sources.stable import StableFile
 from appliance.store.assets import AssetSource, DirectoryParts
 
 SKIPPED_TOP = frozenset({".git", ".cache"})
@@ -70,10 +70,14 @@ def _asset(root: Path, path: Path, rel: str) -> AssetSource:
     if info.st_size > DEFAULT_LIMITS.asset_max_bytes:
         raise AssetError(f"{path} is {info.st_size} bytes, above the cap of {DEFAULT_LIMITS.asset_max_bytes} per asset")
 
-    def load() -> U8:
-        if target.stat().st_size == 0:
-            return np.empty(0, dtype=np.uint8)
-        return np.memmap(target, dtype=np.uint8, mode="r")
+    def load() -> U8:  # pread, never mmap: an asset truncated meanwhile is a typed error, not SIGBUS
+        stable = StableFile(target)
+        try:
+            if stable.identity.size != info.st_size:
+                raise SourceChangedError(f"{target} changed size while it was committed")
+            return stable.read(0, info.st_size)
+        finally:
+            stable.close()
 
     return AssetSource(rel, info.st_size, load, executable=bool(info.st_mode & stat.S_IXUSR))
 

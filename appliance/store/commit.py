@@ -138,6 +138,15 @@ def check_sources(sources: list[TensorSource], *, allow_empty: bool) -> None:
         check_source(src)
 
 
+def _recheck_sources(sources: list[TensorSource]) -> None:
+    """Every file-backed source is still the file that was opened (``SourceChangedError`` if not)."""
+    seen: set[Callable[[], None]] = set()
+    for src in sources:
+        if src.recheck is not None and src.recheck not in seen:
+            seen.add(src.recheck)
+            src.recheck()
+
+
 def _reader_accepts(bundle: bytes) -> None:
     """The bundle parses with the reader's own code (defence in depth: never commit what no reader takes)."""
     try:
@@ -307,6 +316,7 @@ def commit(
         )
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
+        _recheck_sources(sources)  # never a mixture of two versions of a source file
         _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
         bundle = sign_manifest(manifest, request.keys)
         _reader_accepts(bundle)

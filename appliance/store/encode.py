@@ -48,12 +48,17 @@ DELTA_ACCEPT_FRACTION = 1 / 8
 
 @dataclass(frozen=True)
 class TensorSource:
-    """One tensor to commit; ``load`` returns its bytes as a 1-D uint8 array (C order)."""
+    """One tensor to commit; ``load`` returns its bytes as a 1-D uint8 array (C order).
+
+    ``recheck`` (sources read from files) raises ``SourceChangedError`` if the source changed
+    since it was opened; the commit calls it after the last frame is durable, before the bundle.
+    """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     load: Callable[[], U8]
+    recheck: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
