@@ -166,6 +166,9 @@ def test_kind4_cli_input_refusals_use_input_error_codes(tmp_path: Path) -> None:
     meta = json.dumps(_nested(metadata_max_depth() + 1))
     code = main(["commit", str(tmp_path / "store"), str(src), "--key", str(key), "--meta", meta])
     assert code == UsageError.exit_code
+    bad = tmp_path / "bad.safetensors"
+    save_file({"../escape": np.zeros(4, np.float32)}, str(bad))
+    assert main(["commit", str(tmp_path / "store"), str(bad), "--key", str(key)]) == UsageError.exit_code  # was 34
     empty = tmp_path / "e.safetensors"
     save_file({}, str(empty))
     assert main(["commit", str(tmp_path / "store"), str(empty), "--key", str(key)]) == UsageError.exit_code
@@ -205,3 +208,15 @@ def test_kind4_property_metadata_check_is_total_and_typed(value: Any) -> None:
     except UsageError:
         return
     assert json.loads(data) == json.loads(json.dumps({"v": value}, sort_keys=True))
+
+
+def test_kind4_metadata_size_at_the_cap_commits_and_one_byte_more_is_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    cap = DEFAULT_LIMITS.metadata_max_bytes
+    overhead = len(b'{"s":""}')
+    ok, _ = store.commit(_real(), [KEY], {"s": "x" * (cap - overhead)})
+    assert len(store.select(ok.generation).opened.verified.manifest.metadata["s"]) == cap - overhead
+    before = _files(store)
+    with pytest.raises(UsageError, match="bytes; the cap is"):
+        store.commit(_real(1), [KEY], {"s": "x" * (cap - overhead + 1)})
+    assert _files(store) == before
