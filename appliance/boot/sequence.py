@@ -107,8 +107,10 @@ class BootRun:
             trial = run_trial(self.ctx, opened, handoff)
             if trial.ok:
                 return self._serve(opened, handoff, trial)
-            if not trial.blames_checkpoint:
+            if trial.node_fault:
                 return self._node_fault(opened, trial)
+            if not trial.blames_checkpoint:
+                return self._model_fault(opened, trial)
             self._fall_back(opened, trial.reason)
         return self._recover("no committed checkpoint verifies and restores", NoValidCheckpointError)
 
@@ -184,7 +186,25 @@ class BootRun:
         return self.outcome
 
     def _node_fault(self, opened: OpenCheckpoint, trial: Trial) -> BootOutcome:
-        """A node or model fault (blame table, docs/boot.md §4): no slot is marked; exit 65, boot is retried."""
+        """The node failed the trial (a port held by someone else): no checkpoint blamed, no recovery mode.
+
+        The attempt is given back, the service stopped, and boot exits 65 (``ServiceError``) for
+        systemd's ``Restart=on-failure`` (or the guard) to retry with backoff; nothing a technician must do.
+        """
+        self.ctx.control.stop(self.ctx.config.service_program)
+        self.ctx.run.clear_handoff()
+        state = self.states.load(opened.slot)
+        if state.is_candidate(opened.generation, _digest(opened)) and state.attempts > 0:
+            self._save(replace(state, attempts=state.attempts - 1))
+        self.outcome.failures.append(f"{opened.slot}/gen {opened.generation}: node fault ({trial.node_fault}): "
+                                     f"{trial.reason}")  # fmt: skip
+        sd_notify(f"STATUS=node fault ({trial.node_fault}): {trial.reason}; retrying")
+        self.outcome.exit_code = ServiceError.exit_code
+        self.outcome.stages["total_s"] = self.ctx.clock() - self.started
+        return self.outcome
+
+    def _model_fault(self, opened: OpenCheckpoint, trial: Trial) -> BootOutcome:
+        """A model or service fault (blame table, docs/boot.md §2): no slot marked, recovery info, exit 65."""
         if trial.phase in BLAMELESS_PHASES:
             what = f"the model service fails before it restores anything: {trial.reason}"
         else:

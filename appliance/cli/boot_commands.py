@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_boot(args: argparse.Namespace, out: Output) -> int:
     from appliance.boot.control import SupervisorControl
     from appliance.boot.sequence import BootContext, boot, recover_early
-    from appliance.boot.trial import HttpProbe
+    from appliance.boot.trial import ControlProbe
     from appliance.node.floor import open_floor
     from appliance.store.bootstate import SlotStates
     from appliance.store.store import Store
@@ -75,7 +75,7 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
     except ApplianceError as exc:
         recover_early(config, run, control, events, f"the store cannot be opened: {exc.problem}")
         raise
-    ctx = BootContext(config=config, run=run, control=control, probe=HttpProbe(config.service_url), events=events,
+    ctx = BootContext(config=config, run=run, control=control, probe=ControlProbe(config.control_socket), events=events,
                       store=store, states=SlotStates(store.storage, store.limits), floor=floor)  # fmt: skip
     outcome = boot(ctx)
     out.result(outcome.to_dict(), _boot_text)
@@ -185,7 +185,9 @@ def seed(config: NodeConfig) -> dict[str, Any]:
     with committer.run.commit_guard() as free:
         if not free:
             raise LockedError("a boot is running; seed again when it has finished")
-        return committer.commit_file(written.path).to_dict()
+        result = committer.commit_file(written.path, produced_here=True)
+        assert result is not None  # produced_here: always committed
+        return result.to_dict()
 
 
 def _utc() -> str:

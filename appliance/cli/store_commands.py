@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.cli.output import Output, human_bytes
 from appliance.errors import NoValidCheckpointError, UsageError
+from appliance.format.provenance import Provenance
+
+if TYPE_CHECKING:
+    from appliance.provenance.sign import SignedDirectory
 from appliance.signing import PublicKey, SigningKey
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
@@ -40,11 +44,11 @@ def parse_meta(value: str | None) -> dict[str, Any]:
 
 
 def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
-    key = SigningKey.generate()
+    key = SigningKey.generate(getattr(args, "type", "ed25519"))
     pub = key.save(args.keyfile)
     out.result(
-        {"keyfile": str(args.keyfile), "public_key": str(pub), "keyid": key.keyid},
-        lambda d: f"wrote {d['keyfile']} (private, mode 0600) and {d['public_key']}\nkey id {d['keyid']}",
+        {"keyfile": str(args.keyfile), "public_key": str(pub), "keyid": key.keyid, "type": key.type},
+        lambda d: f"wrote {d['keyfile']} (private, mode 0600) and {d['public_key']}\n{d['type']} key id {d['keyid']}",
     )
     return 0
 
@@ -92,6 +96,7 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
     store = Store.open(args.root)
     key = SigningKey.load(args.key)
     meta = parse_meta(args.meta)
+    provenance = check_vendor_signature(args.root, store, args.source)
     model = open_model(args.source)
     try:
         parts = directory_parts(model)  # every source defect is refused before anything is written
@@ -105,13 +110,23 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
                 full=args.full,
                 progress=progress,
                 directory=parts,
+                provenance=provenance,
                 allow_empty=args.allow_empty,
             )
     finally:
         model.close()
     data = result.to_dict() | {"gc": gc.to_dict(), "assets": len(parts.assets), "shards": len(parts.shards)}
+    if provenance is not None:
+        data["provenance"] = provenance.to_dict() | {"summary": provenance.describe()}
     out.result(data, _commit_text)
     return 0
+
+
+def check_vendor_signature(root: Path, store: Store, source: Path) -> Provenance | None:
+    """The source's verified vendor provenance (``appliance.provenance``), before any tensor is read."""
+    from appliance.provenance import check_source, load_vendors, vendors_path
+
+    return check_source(source, load_vendors(vendors_path(Path(root), store.config.vendors)))
 
 
 def _commit_text(d: dict[str, Any]) -> str:
@@ -124,7 +139,7 @@ def _commit_text(d: dict[str, Any]) -> str:
         f"{human_bytes(d['written_bytes'])} written\n"
         f"  frames: {d['frames']} ({kinds['full']} full, {kinds['delta']} delta, {kinds['reused']} reused; "
         f"{kinds['copied']} copied from the other slot)"
-    )
+    ) + (f"\n  vendor signature verified: {d['provenance']['summary']}" if "provenance" in d else "")
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
@@ -168,6 +183,8 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     if max_shard is not None and not as_dir:
         raise UsageError("--max-shard-size applies to a directory restore", remedy="end --out with a slash: DIR/")
     names = model_dir.name_filter(args.tensors) if args.tensors else None
+    if args.sign_model:
+        _check_sign_model(args.sign_model, as_dir)
     with out.progress(None, "restore") as progress:
         loaded = api.load(
             store,
@@ -186,6 +203,7 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
         )
     else:
         model_dir.write_file(target, loaded.tensors, loaded.manifest, ours)
+    signed = _sign_restored(target, args.sign_model) if args.sign_model else None
     data = {
         "out": str(target),
         "directory": as_dir,
@@ -195,7 +213,7 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
         "fell_back": loaded.fell_back,
         "failures": [f.describe() for f in loaded.failures],
         "metadata": loaded.metadata,
-    }
+    } | ({"model_sig": signed.to_dict()} if signed else {})
 
     def text(d: dict[str, Any]) -> str:
         r = d["restore"]
@@ -204,10 +222,31 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
             f"restored generation {r['generation']} from slot {r['slot']}: {human_bytes(r['raw_bytes'])} "
             f"verified in {r['seconds']:.3f} s ({r['gb_per_s']:.2f} GB/s) -> {d['out']}"
         )
+        if "model_sig" in d:
+            sig = d["model_sig"]
+            lines.append(
+                f"  signed {sig['resources']} files into {sig['model_sig']} (key sha256:{sig['key_sha256'][:12]})"
+            )
         return "\n".join(lines)
 
     out.result(data, text)
     return WARNINGS if loaded.fell_back else 0
+
+
+def _check_sign_model(key_file: Path, as_dir: bool) -> None:
+    """Refuse ``--sign-model`` up front (before restoring) when it cannot succeed."""
+    from appliance.provenance.sign import check_signing_key
+
+    if not as_dir:
+        raise UsageError("--sign-model signs a restored directory", remedy="end --out with a slash: DIR/")
+    check_signing_key(key_file)
+
+
+def _sign_restored(target: Path, key_file: Path) -> SignedDirectory:
+    """An OpenSSF model-signing ``model.sig`` over the restored directory (``appliance.provenance.sign``)."""
+    from appliance.provenance.sign import sign_directory
+
+    return sign_directory(target, key_file)
 
 
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
@@ -223,6 +262,8 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
                 f"gen {e['generation']:>6}  slot {e['slot']}  {e['created']}  {human_bytes(e['raw_bytes'])} raw  "
                 f"{human_bytes(e['stored_bytes'])} stored  {e['frames']['delta']} delta frames  {e['policy']}"
             )
+            if "provenance" in e:
+                lines.append(f"            vendor: {e['provenance']['summary']}")
         return "\n".join(lines) or "no checkpoints"
 
     out.result({"checkpoints": entries}, text)
@@ -230,7 +271,12 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    status = Store.open(args.root).status()
+    from appliance.provenance import load_vendors, vendors_path
+
+    store = Store.open(args.root)
+    status = store.status()
+    vendors = load_vendors(vendors_path(Path(args.root), store.config.vendors))
+    status["vendors"] = {"require_signature": vendors.require_signature, "names": [v.name for v in vendors.vendors]}
 
     def text(d: dict[str, Any]) -> str:
         lines = [f"store {d['root']}  model {d['model']!r}  policy {d['policy']}"]
@@ -240,7 +286,14 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             lines.append(f"  slot {name}: {state}; generations {gens}; free {human_bytes(s['free_bytes'])}")
         newest = d["newest_valid"]
         lines.append(f"newest valid: {newest['slot']}/{newest['generation']}" if newest else "NO VALID CHECKPOINT")
+        if newest and "provenance" in newest:
+            lines.append(f"  vendor: {newest['provenance']['summary']}")
         lines.extend(f"  problem: {p}" for p in d["problems"])
+        v = d["vendors"]
+        lines.append(
+            f"vendor signature on import: {'required' if v['require_signature'] else 'optional'}; "
+            f"vendors: {', '.join(v['names']) or 'none'}"
+        )
         nxt = d["next_commit"]
         lines.append(f"next commit: generation {nxt['generation']} into slot {nxt['slot']}")
         return "\n".join(lines)

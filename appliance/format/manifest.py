@@ -27,13 +27,14 @@ from appliance.format.digest import Digest
 from appliance.format.directory import AssetEntry, ShardEntry, check_label, validate_directory
 from appliance.format.dtypes import DType, dtype_named
 from appliance.format.frame import FrameRef
+from appliance.format.provenance import Provenance
 from appliance.format.validate import check_metadata, check_shape
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 FORMAT_NAME = "appliance.checkpoint"
 FORMAT_VERSION = 2  # what this writer writes
 READ_VERSIONS = (1, 2)  # what this reader accepts
-V2_FIELDS = ("assets", "shards", "index_metadata")  # optional, omitted when empty (docs/design.md §4.5)
+V2_FIELDS = ("assets", "shards", "index_metadata", "provenance")  # optional, omitted when empty (docs/design.md §4.5)
 POLICIES = ("fast", "compact")
 MAX_GENERATION = 2**63 - 1
 
@@ -103,6 +104,7 @@ class Manifest:
     assets: tuple[AssetEntry, ...] = ()  # v2: non-tensor files of a model directory
     shards: tuple[ShardEntry, ...] = ()  # v2: the source's safetensors files and their headers
     index_metadata: Mapping[str, Any] = field(default_factory=dict)  # v2: the source index's "metadata"
+    provenance: Provenance | None = None  # v2: the vendor model-signing signature verified on import (§5.5)
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -177,6 +179,8 @@ class Manifest:
             out["shards"] = [s.to_dict() for s in self.shards]
         if self.index_metadata:
             out["index_metadata"] = dict(self.index_metadata)
+        if self.provenance is not None:
+            out["provenance"] = self.provenance.to_dict()
         return out
 
     def totals(self) -> dict[str, int]:
@@ -259,6 +263,7 @@ def _v2_fields(d: dict[str, Any], limits: Limits) -> dict[str, Any]:
         "assets": tuple(AssetEntry.from_dict(a, limits) for a in assets),
         "shards": tuple(ShardEntry.from_dict(s, limits) for s in shards),
         "index_metadata": index_metadata,
+        "provenance": Provenance.from_dict(d["provenance"]) if "provenance" in d else None,
     }
 
 
@@ -266,8 +271,8 @@ def validate_manifest(m: Manifest, limits: Limits) -> None:
     """Structural rules that make every later step safe; see docs/design.md §4.3 and §4.5."""
     if m.version not in READ_VERSIONS:
         raise ManifestError(f"manifest.version {m.version} is not one of {READ_VERSIONS}")
-    if m.version == 1 and (m.assets or m.shards or m.index_metadata):
-        raise ManifestError("a format v1 manifest cannot hold assets, shards or index metadata")
+    if m.version == 1 and (m.assets or m.shards or m.index_metadata or m.provenance):
+        raise ManifestError("a format v1 manifest cannot hold assets, shards, index metadata or provenance")
     if len(canonical_bytes(dict(m.index_metadata))) > limits.metadata_max_bytes:
         raise LimitExceededError(f"manifest.index_metadata is larger than {limits.metadata_max_bytes} bytes")
     if not m.model or not m.model.isprintable():

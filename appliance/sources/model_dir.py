@@ -32,6 +32,7 @@ from appliance.codec.transform import U8
 from appliance.errors import AssetError, ManifestError, SourceChangedError, UsageError
 from appliance.format.directory import INDEX_NAME, ShardEntry, check_label
 from appliance.format.manifest import Manifest
+from appliance.format.provenance import MODEL_SIG
 from appliance.limits import DEFAULT_LIMITS
 from appliance.sources.safetensors_io import ImportedModel, check_exportable, export_safetensors, inside
 from appliance.sources.stable import StableFile
@@ -86,7 +87,10 @@ def directory_parts(model: ImportedModel) -> DirectoryParts:
     """Shards (with header metadata), index metadata and, for a directory, its assets."""
     if model.root is None:
         return DirectoryParts(shards=tuple(model.shards))
-    skip = frozenset({INDEX_NAME, *(f.name for f in model.files)})
+    # A vendor's model.sig is verified on import and recorded as the manifest's provenance
+    # (appliance.provenance); it is not an asset: a restored directory's bytes differ from the
+    # signed ones (re-sharded, appliance header keys), so a restore writes its own model.sig.
+    skip = frozenset({INDEX_NAME, MODEL_SIG, *(f.name for f in model.files)})
     return DirectoryParts(scan_assets(model.root, skip), tuple(model.shards), dict(model.index_metadata))
 
 

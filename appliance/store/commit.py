@@ -39,6 +39,7 @@ from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import choose_target_slot, first_unused_generation
+from appliance.format.provenance import Provenance
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.format.validate import check_metadata as check_metadata_rules
 from appliance.format.validate import check_tensor_count, check_unique
@@ -105,6 +106,7 @@ class CommitRequest:
     good: Mapping[str, int | None] = field(default_factory=dict)  # slot -> GOOD generation
     clock: Callable[[], float] = time.time
     directory: DirectoryParts = field(default_factory=DirectoryParts)  # assets, shards (model directories)
+    provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
     allow_empty: bool = False  # a checkpoint without tensors (metadata only) is refused unless asked for
 
 
@@ -121,7 +123,14 @@ def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
 
 def check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The reader's metadata rules (``appliance.format.validate``), refused as input (exit 10)."""
-    check_metadata_rules(metadata, UsageError, DEFAULT_LIMITS)
+    try:
+        check_metadata_rules(metadata, UsageError, DEFAULT_LIMITS)
+    except UsageError as exc:
+        raise UsageError(
+            exc.problem,
+            remedy="pass a JSON object (API argument `metadata`, CLI --meta) within the caps of appliance/limits.py; "
+            "NaN and infinities are not JSON; store large state as tensors (appliance.training flattens it)",
+        ) from exc
     return dict(metadata)
 
 
@@ -388,6 +397,7 @@ def _encode_and_place(
         assets=asset_entries,
         shards=request.directory.shards,
         index_metadata=request.directory.index_metadata,
+        provenance=request.provenance,
     )
 
 

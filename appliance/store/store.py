@@ -27,6 +27,7 @@ from appliance.format.canonical import canonical_bytes, strict_loads
 from appliance.format.commit import SLOT_NAMES
 from appliance.format.pins import Pins
 from appliance.format.plan import choose_target_slot, next_generation, protected_slot
+from appliance.format.provenance import Provenance
 from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
@@ -158,6 +159,7 @@ class Store:
         floor: int = 0,
         progress: Progress | None = None,
         directory: DirectoryParts | None = None,
+        provenance: Provenance | None = None,
         allow_empty: bool = False,
     ) -> tuple[CommitResult, GcReport]:
         """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
@@ -181,6 +183,7 @@ class Store:
                 floor,
                 good,
                 directory=directory or DirectoryParts(),
+                provenance=provenance,
                 allow_empty=allow_empty,
             )
             result = commit(self.storage, self.trust, sources, request, progress)
@@ -345,6 +348,8 @@ class Store:
                 frames=kinds,
                 metadata=dict(manifest.metadata),
             )
+            if manifest.provenance is not None:
+                entry["provenance"] = manifest.provenance.to_dict() | {"summary": manifest.provenance.describe()}
             entries.append(entry)
         entries.sort(key=lambda e: (-e["generation"], e["slot"]))
         return entries
@@ -372,10 +377,11 @@ class Store:
             }
         try:
             newest = self.select()
+            provenance = newest.opened.verified.manifest.provenance
             newest_valid: dict[str, Any] | None = {
                 "slot": newest.opened.slot,
                 "generation": newest.opened.generation,
-            }
+            } | ({"provenance": provenance.to_dict() | {"summary": provenance.describe()}} if provenance else {})
             failures = [f.describe() for f in newest.failures]
         except NoValidCheckpointError as exc:
             newest_valid, failures = None, [exc.problem]
