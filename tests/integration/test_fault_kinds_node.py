@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from appliance.cli.boot_commands import seed
 from appliance.cli.main import main
@@ -17,10 +16,10 @@ from appliance.errors import CanaryInputError
 from appliance.format.canary import Canary, check
 from appliance.format.handoff import Phase
 from appliance.node.config import NodeConfig, load_config
-from appliance.service.app import create_app
 from appliance.service.runtime import ServiceRuntime
 from appliance.store.store import Store
 from tests.integration.node_fixtures import handoff, with_changes
+from tests.integration.test_service_runtime import control_of
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +41,10 @@ def test_kind1_channels_last_model_with_an_image_canary_restores_and_passes_its_
     metadata = Store.open(config.store).select().opened.verified.manifest.metadata
     canary = Canary.from_metadata(dict(metadata))
     assert canary is not None
-    answer = TestClient(create_app(runtime)).post("/v1/canary", json={"inputs": canary.input})
-    assert answer.status_code == 200, answer.text
-    assert check(canary, answer.json()["outputs"]).ok
+    with control_of(runtime) as control:  # boot's health gate asks on the real control channel
+        status, body = control.call("POST", "/v1/canary", {"inputs": canary.input})
+    assert status == 200, body
+    assert check(canary, body["outputs"]).ok
 
 
 def test_kind1_canary_endpoint_refuses_what_the_model_cannot_take_with_422(tmp_path: Path) -> None:
@@ -53,8 +53,9 @@ def test_kind1_canary_endpoint_refuses_what_the_model_cannot_take_with_422(tmp_p
     handoff(config)
     runtime = ServiceRuntime(config)
     runtime.bring_up()
-    client = TestClient(create_app(runtime))
-    assert client.post("/v1/canary", json={"inputs": [[1.0, 2.0]]}).status_code == 422  # boot: a model fault
+    with control_of(runtime) as control:
+        assert control.call("POST", "/v1/canary", {"inputs": [[1.0, 2.0]]})[0] == 422  # boot: a model fault
+        assert control.call("POST", "/v1/canary", {"inputs": [[[["x"]]]]})[0] == 422  # only numbers, as before
 
 
 def test_kind1_seed_refuses_a_canary_the_model_cannot_take(tmp_path: Path) -> None:
