@@ -227,3 +227,18 @@ def test_technician_provisioned_at_first_boot_can_log_in(node: Node, tmp_path: P
     assert c.get("/login", follow_redirects=False).status_code == 200, "no setup code while a technician exists"
     assert login(c, "field_ana", "provisioned secret 1").headers["location"] == "/"  # type: ignore[attr-defined]
     assert login(client(fresh, provisioned_technicians=provisioned), "field_ana", "wrong").status_code == 401  # type: ignore[attr-defined]
+
+
+def test_overview_shows_the_served_checkpoint_with_signer_and_lineage(node: Node) -> None:
+    from appliance.format.handoff import Admit
+    from tests.integration.node_fixtures import handoff
+
+    h = handoff(node.config, Admit.SELF)
+    c = client(node)
+    login(c)
+    page = c.get("/").text
+    assert h.manifest_digest in page and "admitted by self" in page
+    from appliance.store.store import Store
+
+    (keyid,) = [k.keyid for k in Store.open(node.config.store).trust.keys]
+    assert f"<code>{keyid}</code>" in page and "none (full checkpoint)" in page and "Vendor provenance" in page
