@@ -24,18 +24,16 @@ import shutil
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from appliance.codec.transform import U8
-from appliance.errors import AssetError, ManifestError, SourceChangedError, UsageError
+from appliance.errors import AssetError, ManifestError, UsageError
 from appliance.format.directory import INDEX_NAME, ShardEntry, check_label
 from appliance.format.manifest import Manifest
 from appliance.format.provenance import MODEL_SIG
 from appliance.limits import DEFAULT_LIMITS
 from appliance.sources.safetensors_io import ImportedModel, check_exportable, export_safetensors, inside
-from appliance.sources.stable import StableFile
 from appliance.store.assets import AssetSource, DirectoryParts
 
 SKIPPED_TOP = frozenset({".git", ".cache"})
@@ -71,16 +69,13 @@ def _asset(root: Path, path: Path, rel: str) -> AssetSource:
     if info.st_size > DEFAULT_LIMITS.asset_max_bytes:
         raise AssetError(f"{path} is {info.st_size} bytes, above the cap of {DEFAULT_LIMITS.asset_max_bytes} per asset")
 
-    def load() -> U8:  # pread, never mmap: an asset truncated meanwhile is a typed error, not SIGBUS
-        stable = StableFile(target)
+    def reader() -> BinaryIO:
         try:
-            if stable.identity.size != info.st_size:
-                raise SourceChangedError(f"{target} changed size while it was committed")
-            return stable.read(0, info.st_size)
-        finally:
-            stable.close()
+            return open(target, "rb")
+        except OSError as exc:
+            raise AssetError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
-    return AssetSource(rel, info.st_size, load, executable=bool(info.st_mode & stat.S_IXUSR))
+    return AssetSource(rel, info.st_size, reader, executable=bool(info.st_mode & stat.S_IXUSR))
 
 
 def directory_parts(model: ImportedModel) -> DirectoryParts:
