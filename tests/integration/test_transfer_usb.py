@@ -79,9 +79,13 @@ class Stick:
         self.mounted = False
 
     def close(self) -> None:
-        if self.mounted:
-            subprocess.run(["umount", "-l", str(self.mnt)], check=False)
-        subprocess.run(["losetup", "-d", self.dev], check=False)
+        """Unmount whatever is still mounted here (a FUSE remount included), then free the loop device."""
+        for _ in range(3):
+            if not any(line.split()[1] == str(self.mnt) for line in Path("/proc/mounts").read_text().splitlines()):
+                break
+            if subprocess.run(["umount", str(self.mnt)], check=False, capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(self.mnt)], check=False, capture_output=True)
+        subprocess.run(["losetup", "-d", self.dev], check=False, capture_output=True)
 
 
 @pytest.fixture(params=["vfat", "exfat"])
