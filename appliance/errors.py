@@ -57,6 +57,11 @@ class KeyFileError(UserError):
     remedy = "pass a key file written by `appliance keygen` (private: PEM PKCS#8 Ed25519)"
 
 
+class KeyPermissionError(KeyFileError):
+    exit_code = 23
+    remedy = "make the private key file readable by the signing user only (chmod 0400, chown to that user)"
+
+
 class SourceFormatError(UserError):
     exit_code = 12
     remedy = "pass a valid .safetensors file or a model directory with *.safetensors shards"
@@ -90,6 +95,14 @@ class CheckpointNotFoundError(UserError):
 class ConfigError(UserError):
     exit_code = 18
     remedy = "fix the store configuration (store.json) or re-initialise the store"
+
+
+class TrustLocationError(ConfigError):
+    exit_code = 24
+    remedy = (
+        'set "trust" in node.json to a trust store on the read-only rootfs (/etc/appliance/trust.json), '
+        "outside the store and its slot partitions"
+    )
 
 
 # --- data is damaged, forged or not for this node --------------------------------------

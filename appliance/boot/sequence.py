@@ -32,7 +32,7 @@ from appliance.format import slotstate as ss
 from appliance.format.handoff import Admit, Handoff
 from appliance.format.plan import Candidate, boot_order, protected_slot
 from appliance.node.config import NodeConfig
-from appliance.node.floor import FloorUnreadableError, GenerationFloor
+from appliance.node.floor import FloorMissingError, FloorUnreadableError, GenerationFloor
 from appliance.node.mounts import unavailable_slots
 from appliance.node.notify import sd_notify
 from appliance.node.rundir import RunDir
@@ -209,9 +209,10 @@ class BootRun:
     def _read_floor(self) -> int:
         try:
             return self.floor_store.read()
-        except FloorUnreadableError as exc:
+        except FloorUnreadableError as exc:  # missing or damaged: rebuilt, never 0 (fail closed)
             floor = ss.floor_after_good(0, (r.state for r in self.states.read_all().values()))
-            self.ctx.events.emit("floor.damaged", reason=str(exc), floor=floor)
+            event = "floor.missing" if isinstance(exc, FloorMissingError) else "floor.damaged"
+            self.ctx.events.emit(event, reason=str(exc), floor=floor)
             self.floor_damaged = True
             return floor
 

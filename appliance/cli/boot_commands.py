@@ -70,7 +70,7 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
     control.wait_ready(args.wait_supervisor)
     events, run = EventLog(config.event_log, "boot"), RunDir(config.run_dir)
     try:
-        store = Store.open(config.store, trust_path=config.trust or None)
+        store = Store.open(config.store, trust_path=config.trust_file())
         floor = open_floor(config)
     except ApplianceError as exc:
         recover_early(config, run, control, events, f"the store cannot be opened: {exc.problem}")
@@ -154,7 +154,7 @@ def cmd_guard(args: argparse.Namespace, out: Output) -> int:
     from appliance.store.store import Store
 
     config = load_config(args.config)
-    store = Store.open(config.store, trust_path=config.trust or None)
+    store = Store.open(config.store, trust_path=config.trust_file())
     guard = Guard(
         config,
         SlotStates(store.storage, store.limits),

@@ -25,7 +25,7 @@ from appliance.events import read_events
 from appliance.format import slotstate as ss
 from appliance.format.commit import SLOT_NAMES
 from appliance.node.config import MODEL_INIT, NodeConfig, load_config
-from appliance.node.floor import FloorUnreadableError, open_floor
+from appliance.node.floor import FileFloor, FloorUnreadableError, open_floor
 from appliance.node.rundir import RunDir
 from appliance.signing import SigningKey
 from appliance.store.bootstate import SlotStates
@@ -33,6 +33,8 @@ from appliance.store.config import DEFAULT_FRAME_SIZE, StoreConfig
 from appliance.store.store import Store
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes
+# Owner-only keys, group-readable state, nothing for others (production: systemd/tmpfiles.d).
+NODE_DIR_MODES = {".": 0o750, "keys": 0o700, "run": 0o750, "outbox": 0o750, "log": 0o750}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,11 +93,15 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
     absolute = config.resolved(root)
     if len(absolute.supervisor_socket) > SOCKET_PATH_MAX:
         raise UsageError(f"{absolute.supervisor_socket} is too long for a unix socket; choose a shorter DIR")
-    for sub in ("keys", "run", "outbox", "log"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=NODE_DIR_MODES["."], parents=True, exist_ok=True)
+    for sub, mode in NODE_DIR_MODES.items():
+        (root / sub).mkdir(mode=mode, exist_ok=True)
+        (root / sub).chmod(mode)  # mkdir's mode is filtered by the umask; the node's modes are not
     key = SigningKey.generate()
     key.save(absolute.signing_key)
+    Path(absolute.signing_key).chmod(0o400)  # read by the persistence watchdog only, never rewritten
     Store.init(absolute.store, [key.public], StoreConfig(model=args.model_id or args.model, frame_size=args.frame_size))
+    FileFloor(absolute.floor_file).raise_to(0)  # provisioned: from now on a missing floor file fails closed
     (root / "node.json").write_bytes(config.to_bytes())
     layout = SupervisordLayout(
         config=str(root / "node.json"),
@@ -126,7 +132,7 @@ def cmd_boot_status(args: argparse.Namespace, out: Output) -> int:
 
 
 def boot_status(config: NodeConfig) -> dict[str, Any]:
-    store = Store.open(config.store, trust_path=config.trust or None)
+    store = Store.open(config.store, trust_path=config.trust_file())
     run = RunDir(config.run_dir)
     slots = {}
     for slot, reading in SlotStates(store.storage, store.limits).read_all().items():
@@ -176,7 +182,7 @@ def cmd_events(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_slot_reset(args: argparse.Namespace, out: Output) -> int:
     config = load_config(args.config)
-    store = Store.open(config.store, trust_path=config.trust or None)
+    store = Store.open(config.store, trust_path=config.trust_file())
     states = SlotStates(store.storage, store.limits)
     state = ss.reset(states.load(args.slot), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     states.write(state)

@@ -32,7 +32,7 @@ class Committer:
     def __init__(self, config: NodeConfig, events: EventLog) -> None:
         self.config = config
         self.events = events
-        self.store = Store.open(config.store, trust_path=config.trust or None)
+        self.store = Store.open(config.store, trust_path=config.trust_file())
         self.states = SlotStates(self.store.storage, self.store.limits)
         self.store.good_provider = self.states.good_generations
         self.key = SigningKey.load(config.signing_key)

@@ -87,7 +87,7 @@ class Store:
             raise StoreExistsError(f"{root} exists and is not an empty directory")
         if not trusted:
             raise TrustStoreError("a store needs at least one trusted public key", remedy="pass --trust PUBKEY")
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o750, parents=True, exist_ok=True)
         storage = LocalStorage(root)
         trust = TrustStore()
         for key in trusted:

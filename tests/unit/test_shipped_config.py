@@ -28,7 +28,7 @@ def test_supervisord_conf_is_the_rendered_template() -> None:
 
 def test_node_json_is_the_production_configuration() -> None:
     config = load_config(SYSTEMD / "node.json")
-    assert config == NodeConfig(require_mounts=True)
+    assert config == NodeConfig(require_mounts=True, trust="/etc/appliance/trust.json")
     layout = production()
     assert layout.socket == config.supervisor_socket and layout.config == "/etc/appliance/node.json"
     assert (layout.service, layout.persist) == (config.service_program, config.persist_program)
