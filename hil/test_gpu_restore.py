@@ -68,3 +68,33 @@ def test_exponent_grouped_frames_decode_on_the_gpu(tmp_path: Path) -> None:
     out = torch.empty_like(decoded)
     undo_transforms(decoded, spec, out, torch.empty_like(decoded))
     assert torch.equal(out.cpu(), raw.view(torch.uint8))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_frame_never_reaches_nvcomp_and_the_older_checkpoint_is_served(tmp_path: Path, damage: str) -> None:
+    """Guarantee: on the GPU path too, a frame that fails its SHA-256 is refused before decoding.
+
+    Generation 2 (slot B) gets one of its own frames damaged; ``load_to_device`` must serve
+    generation 1 from slot A bit-exactly and name the failure, never decode the damaged bytes.
+    """
+    key = SigningKey.generate()
+    store = Store.init(tmp_path / "s", [key.public], StoreConfig(model="m", policy="compact", frame_size=1 << 20))
+    state = _state()
+    store.commit(sources_from_dict(state), [key])
+    tuned = {k: v.clone() for k, v in state.items()}
+    tuned["w"].view(-1)[::7] += 0.01
+    store.commit(sources_from_dict(tuned), [key])
+    frames = {s: {p.name: p for p in (tmp_path / "s" / s / "frames").iterdir()} for s in ("A", "B")}
+    victim = frames["B"][sorted(set(frames["B"]) - set(frames["A"]))[0]]
+    data = bytearray(victim.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x10
+    else:
+        data = data[: len(data) // 2]
+    victim.write_bytes(bytes(data))
+    loaded = api.load_to_device(store, "cuda")
+    assert loaded.stats.mode == "gpu"
+    assert (loaded.slot, loaded.generation) == ("A", 1)
+    assert [(f.slot, f.generation, type(f.error).__name__) for f in loaded.failures] == [("B", 2, "FrameError")]
+    for name, t in state.items():
+        assert torch.equal(loaded.tensors[name].cpu(), t), name

@@ -27,7 +27,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from appliance.codec import zstdframe
@@ -110,33 +109,34 @@ def batches(steps: list[Step], limit: int = BATCH_BYTES) -> Iterator[list[Step]]
 
 
 class _Stager:
-    """CPU side: read + verify a batch's stored frames into a staging buffer."""
+    """CPU side: read + verify a batch's stored frames straight into a staging buffer.
 
-    def __init__(self, reader: SlotReader, pin: bool, workers: int) -> None:
+    Two staging buffers (pinned on CUDA) are allocated once and alternate between batches:
+    batch *i+1* is read into one while the device copies from the other. A buffer is reused
+    only after the batch that last used it has been decoded and synchronised.
+    """
+
+    def __init__(self, reader: SlotReader, pin: bool, workers: int, capacity: int) -> None:
         self.reader = reader
-        self.pin = pin
         self.workers = workers
         self.seconds = 0.0
-        self._local = threading.local()
         self._lock = threading.Lock()
+        self._buffers = [torch.empty(max(capacity, 1), dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
 
-    def stage(self, batch: list[Step]) -> tuple[torch.Tensor, list[int]]:
+    def stage(self, batch: list[Step], parity: int) -> tuple[torch.Tensor, list[int]]:
         offsets, total = aligned_layout([s.frame.size for s in batch])
-        staging = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=self.pin)
+        staging = self._buffers[parity % 2][: max(total, 1)]
         host = staging.numpy()
 
         def one(i: int) -> None:
             t0 = time.perf_counter()
-            buf: bytearray | None = getattr(self._local, "buf", None)
-            if buf is None or len(buf) < batch[i].frame.size:
-                buf = self._local.buf = bytearray(batch[i].frame.size)
             frame = batch[i].frame
-            data = self.reader.read_frame(frame, buf)  # SHA-256 checked here, before any decoder sees it
+            target = memoryview(host[offsets[i] : offsets[i] + frame.size])  # type: ignore[arg-type]
+            data = self.reader.read_frame(frame, target)  # SHA-256 checked here, before any decoder sees it
             if frame.codec.compressed:
                 zstdframe.check_frame(data, frame.raw_size, MAX_WINDOW)  # one standard frame, exact size
             elif frame.size != frame.raw_size:
                 raise FrameError(f"uncompressed frame {frame.digest.short()} is not {frame.raw_size} bytes")
-            host[offsets[i] : offsets[i] + len(data)] = np.frombuffer(data, np.uint8)
             with self._lock:
                 self.seconds += time.perf_counter() - t0
 
@@ -158,16 +158,21 @@ def restore_to_device(
     device = torch.device(device)
     manifest = opened.verified.manifest
     dest = {t.name: torch.empty(t.nbytes, dtype=torch.uint8, device=device) for t in manifest.tensors}
-    stager = _Stager(SlotReader(storage, opened.slot), device.type == "cuda", workers or os.cpu_count() or 1)
     stats = GpuRestoreStats(raw_bytes=manifest.raw_bytes)
     plan = [batch for level in plan_levels(opened) for batch in batches(level, batch_bytes)]
+    capacity = max((aligned_layout([s.frame.size for s in b])[1] for b in plan), default=1)
     start = time.perf_counter()
+    reader = SlotReader(storage, opened.slot)
+    stager = _Stager(reader, device.type == "cuda", workers or os.cpu_count() or 1, capacity)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-next") as ahead:
-        pending: Future[tuple[torch.Tensor, list[int]]] | None = ahead.submit(stager.stage, plan[0]) if plan else None
+        pending: Future[tuple[torch.Tensor, list[int]]] | None = (
+            ahead.submit(stager.stage, plan[0], 0) if plan else None
+        )
         for i, batch in enumerate(plan):
             assert pending is not None
             staging, offsets = pending.result()
-            pending = ahead.submit(stager.stage, plan[i + 1]) if i + 1 < len(plan) else None
+            # Safe: buffer (i+1) % 2 was last used by batch i-1, decoded and synchronised below.
+            pending = ahead.submit(stager.stage, plan[i + 1], i + 1) if i + 1 < len(plan) else None
             _decode_batch(batch, staging, offsets, dest=dest, decoder=decoder, device=device, stats=stats)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -175,6 +180,46 @@ def restore_to_device(
     stats.stage_seconds["read_verify"] = stager.seconds
     stats.batches = len(plan)
     return dest, stats
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive steps of one batch that one set of torch ops can undo together.
+
+    Same tensor, adjacent destination bytes, same codec and frame size, and payloads back to
+    back in the same buffer (decoded scratch for compressed frames, staging otherwise).
+    """
+
+    first: int  # index into the batch
+    frames: int
+    payload_offset: int  # into the decoded scratch (compressed) or the device staging copy
+    compressed: bool
+
+
+RUN_BYTES = 64 * MiB  # bounds one run, and so the xor scratch buffer
+
+
+def plan_runs(batch: list[Step], payload_offsets: list[int]) -> list[Run]:
+    """Group ``batch`` into runs (see ``Run``); a run never exceeds ``RUN_BYTES`` raw bytes."""
+    runs: list[Run] = []
+    for i, step in enumerate(batch):
+        if runs:
+            run = runs[-1]
+            last = batch[run.first + run.frames - 1]
+            frame = step.frame
+            if (
+                step.tensor == last.tensor
+                and step.offset == last.offset + last.frame.raw_size
+                and frame.codec == last.frame.codec
+                and frame.raw_size == last.frame.raw_size
+                and frame.codec.compressed == run.compressed
+                and payload_offsets[i] == run.payload_offset + run.frames * frame.raw_size
+                and (run.frames + 1) * frame.raw_size <= RUN_BYTES
+            ):
+                runs[-1] = Run(run.first, run.frames + 1, run.payload_offset, run.compressed)
+                continue
+        runs.append(Run(i, 1, payload_offsets[i], step.frame.codec.compressed))
+    return runs
 
 
 def _decode_batch(
@@ -189,6 +234,7 @@ def _decode_batch(
 ) -> None:
     t0 = time.perf_counter()
     src = staging.to(device, non_blocking=True)
+    _sync(device)
     t1 = time.perf_counter()
     compressed = [i for i, s in enumerate(batch) if s.frame.codec.compressed]
     out_offsets, out_total = aligned_layout([batch[i].frame.raw_size for i in compressed])
@@ -204,21 +250,31 @@ def _decode_batch(
                 tuple(batch[i].frame.raw_size for i in compressed),
             ),
         )
+    _sync(device)
     t2 = time.perf_counter()
     where = dict(zip(compressed, out_offsets, strict=True))
-    temp = torch.empty(max((s.frame.raw_size for s in batch), default=1), dtype=torch.uint8, device=device)
-    for i, step in enumerate(batch):
-        frame = step.frame
-        payload = (
-            decoded[where[i] : where[i] + frame.raw_size] if i in where else src[offsets[i] : offsets[i] + frame.size]
-        )
-        out = dest[step.tensor][step.offset : step.offset + frame.raw_size]
-        undo_transforms(payload, frame.codec, out, temp)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    payload_offsets = [where.get(i, offsets[i]) for i in range(len(batch))]
+    runs = plan_runs(batch, payload_offsets)
+    temp_bytes = max(
+        (r.frames * batch[r.first].frame.raw_size for r in runs if batch[r.first].frame.codec.xor), default=1
+    )
+    temp = torch.empty(temp_bytes, dtype=torch.uint8, device=device)
+    for run in runs:
+        head = batch[run.first]
+        size = run.frames * head.frame.raw_size
+        payload = (decoded if run.compressed else src)[run.payload_offset : run.payload_offset + size]
+        out = dest[head.tensor][head.offset : head.offset + size]
+        undo_transforms(payload, head.frame.codec, out, temp, run.frames)
+    _sync(device)
     t3 = time.perf_counter()
     stats.stage_seconds["to_device"] += t1 - t0
     stats.stage_seconds["decode"] += t2 - t1
     stats.stage_seconds["transform"] += t3 - t2
     stats.frames += len(batch)
     stats.stored_bytes += sum(s.frame.size for s in batch)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device, so each stage's time is its own (one sync per stage and batch)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

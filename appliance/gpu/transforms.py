@@ -18,10 +18,14 @@ from appliance.format.codec_name import CodecSpec
 _SIGNED = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def ungroup(grouped: torch.Tensor, planes: int, out: torch.Tensor) -> None:
-    """Interleave the ``planes`` planes of ``grouped`` into ``out`` (plane i -> byte i)."""
-    n = out.numel() // planes
-    out.view(n, planes).copy_(grouped.view(planes, n).t())
+def ungroup(grouped: torch.Tensor, planes: int, out: torch.Tensor, frames: int = 1) -> None:
+    """Interleave the ``planes`` planes of ``grouped`` into ``out`` (plane i -> byte i).
+
+    ``frames`` equal-sized frames laid back to back are un-grouped by one strided copy (one
+    kernel on a GPU instead of one per frame).
+    """
+    n = out.numel() // (planes * frames)
+    out.view(frames, n, planes).copy_(grouped.view(frames, planes, n).transpose(1, 2))
 
 
 def unrotate_(data: torch.Tensor, word: int) -> None:
@@ -35,18 +39,21 @@ def unrotate_(data: torch.Tensor, word: int) -> None:
     torch.bitwise_or(shifted, carry, out=values)
 
 
-def undo_transforms(decoded: torch.Tensor, spec: CodecSpec, out: torch.Tensor, temp: torch.Tensor) -> None:
-    """``out`` := the raw bytes of a frame whose zstd stage is already undone (``decoded``).
+def undo_transforms(
+    decoded: torch.Tensor, spec: CodecSpec, out: torch.Tensor, temp: torch.Tensor, frames: int = 1
+) -> None:
+    """``out`` := the raw bytes of ``frames`` equal-sized frames whose zstd stage is undone.
 
-    For xor codecs ``out`` holds the base frame's raw bytes on entry. ``temp`` is scratch of at
-    least ``out.numel()`` bytes on the same device; ``decoded`` may be ``temp``'s neighbour but
-    must not overlap ``out``.
+    ``decoded`` and ``out`` hold the frames back to back (frame i at ``i * out.numel() //
+    frames``). For xor codecs ``out`` holds the base frames' raw bytes on entry. ``temp`` is
+    scratch of at least ``out.numel()`` bytes on the same device; ``decoded`` may be ``temp``'s
+    neighbour but must not overlap ``out``.
     """
     size = out.numel()
     plain = decoded
     if spec.planes:
         target = temp[:size] if spec.xor else out
-        ungroup(decoded, spec.planes, target)
+        ungroup(decoded, spec.planes, target, frames)
         if spec.exponent:
             unrotate_(target, spec.planes)
         plain = target

@@ -111,13 +111,17 @@ class SlotReader:
                 f"frame {frame.digest.short()} in slot {self.slot} has {size} bytes, expected {frame.size}"
             )
 
-    def read_frame(self, frame: FrameRef, buf: bytearray | None = None) -> memoryview:
-        """Stored bytes of ``frame``, verified against its SHA-256 before anyone decodes them."""
+    def read_frame(self, frame: FrameRef, buf: bytearray | memoryview | None = None) -> memoryview:
+        """Stored bytes of ``frame``, verified against its SHA-256 before anyone decodes them.
+
+        ``buf`` (writable, at least ``frame.size`` bytes) receives them when given, e.g. a slice
+        of a pinned staging buffer, so the bytes are read once and never copied again.
+        """
         data = self.read_frame_unverified(frame, buf)
         self.verify_frame(frame, data)
         return data
 
-    def read_frame_unverified(self, frame: FrameRef, buf: bytearray | None = None) -> memoryview:
+    def read_frame_unverified(self, frame: FrameRef, buf: bytearray | memoryview | None = None) -> memoryview:
         """Stored bytes of ``frame`` with their size checked; call ``verify_frame`` before use."""
         path = layout.frame_path(self.slot, frame.digest)
         if buf is not None and len(buf) >= frame.size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -94,3 +95,41 @@ def test_load_to_device_without_a_gpu_logs_and_falls_back_to_the_cpu(
         loaded = api.load_to_device(store, "cpu")
     assert "decoding on the CPU" in caplog.text and available().reason in caplog.text
     assert all(torch.equal(loaded.tensors[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("name", ["bg2+zstd-lit", "eg2+zstd-lit", "xor+bg4+id", "bg8+id", "id"])
+def test_a_run_of_frames_is_undone_exactly_like_each_frame_alone(name: str) -> None:
+    """One op over k back-to-back frames (the GPU's run batching) equals k single-frame undos."""
+    spec = CodecSpec.parse(name)
+    rng = np.random.default_rng(7)
+    frame, k = 4096, 5
+    payload = torch.from_numpy(rng.integers(0, 256, frame * k, dtype=np.uint8))
+    base = torch.from_numpy(rng.integers(0, 256, frame * k, dtype=np.uint8))
+    together = base.clone()
+    undo_transforms(payload, spec, together, torch.empty(frame * k, dtype=torch.uint8), k)
+    alone = base.clone()
+    for i in range(k):
+        part = slice(i * frame, (i + 1) * frame)
+        undo_transforms(payload[part], spec, alone[part], torch.empty(frame, dtype=torch.uint8))
+    assert torch.equal(together, alone)
+
+
+def test_runs_cover_each_step_once_and_only_join_adjacent_equal_frames(tmp_path: Path) -> None:
+    """plan_runs: every step in exactly one run, in order; a run is one tensor, one codec, contiguous."""
+    from appliance.gpu.restore import batches, plan_runs
+
+    key = SigningKey.generate()
+    store = Store.init(tmp_path / "s", [key.public], StoreConfig(model="m", frame_size=4096))
+    store.commit(sources_from_dict(_state(3)), [key])
+    level = plan_levels(store.select().opened)[0]
+    joined = 0
+    for batch in batches(level, 10_000):
+        offsets, _ = aligned_layout([s.frame.raw_size for s in batch])
+        runs = plan_runs(batch, offsets)
+        assert [i for r in runs for i in range(r.first, r.first + r.frames)] == list(range(len(batch)))
+        for r in runs:
+            steps = batch[r.first : r.first + r.frames]
+            assert len({(s.tensor, s.frame.codec.name, s.frame.raw_size) for s in steps}) == 1
+            assert all(b.offset == a.offset + a.frame.raw_size for a, b in itertools.pairwise(steps))
+        joined += sum(r.frames > 1 for r in runs)
+    assert joined  # equal full frames of one tensor do join
