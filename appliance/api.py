@@ -78,6 +78,11 @@ def save(
     progress: Progress | None = None,
 ) -> CommitResult:
     keys = [key] if isinstance(key, SigningKey) else list(key)
+    if not keys or not all(isinstance(k, SigningKey) for k in keys):
+        raise UsageError(
+            "argument `key` must be a SigningKey or a non-empty list of them",
+            remedy="pass key=SigningKey.load(PATH) (a key written by `appliance keygen`)",
+        )
     result, _ = store.commit(
         sources_from_dict(tensors),
         keys,
@@ -108,7 +113,10 @@ def load(
     with tensors whose pages stay shared with the page cache until written.
     """
     if zero_copy and into is not None:
-        raise UsageError("zero_copy restores into new tensors; it cannot fill `into`")
+        raise UsageError(
+            "zero_copy restores into new tensors; it cannot fill `into`",
+            remedy="pass either argument `into` or `zero_copy=True`, not both",
+        )
 
     def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
         if zero_copy:

@@ -105,6 +105,11 @@ class TrustLocationError(ConfigError):
     )
 
 
+class OlderCheckpointError(UserError):
+    exit_code = 29
+    remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
+
+
 # --- data is damaged, forged or not for this node --------------------------------------
 
 
@@ -167,6 +172,11 @@ class ExportFileError(IntegrityError):
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
 
 
+class PartialCheckpointError(IntegrityError):
+    exit_code = 48
+    remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
+
+
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
     remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
@@ -208,6 +218,11 @@ class ServiceError(StorageError):
 class SupervisorUnavailableError(StorageError):
     exit_code = 66
     remedy = "start supervisord (systemctl start appliance-supervisor) and retry"
+
+
+class SourceUnavailableError(StorageError):
+    exit_code = 69
+    remedy = "reconnect the source (USB stick, network, object store) and re-run: the transfer resumes"
 
 
 class HardwareError(ApplianceError):

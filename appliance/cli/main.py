@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.node_commands",
     "appliance.cli.scrub_commands",
     "appliance.cli.perf_commands",
+    "appliance.cli.transfer_commands",
 ]
 
 

@@ -31,7 +31,10 @@ def torch_dtype(name: str) -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
-        raise UsageError(f"dtype {dtype} cannot be stored (format v1 knows {', '.join(DTYPES)})")
+        raise UsageError(
+            f"dtype {dtype} cannot be stored (format v1 knows {', '.join(DTYPES)})",
+            remedy="convert the tensor to a dtype the format knows before saving it",
+        )
     return name
 
 
@@ -52,13 +55,26 @@ def source_from_tensor(name: str, t: torch.Tensor) -> TensorSource:
     return TensorSource(name, dtype_name(t.dtype), tuple(t.shape), load)
 
 
+API_TENSORS_REMEDY = (
+    "pass argument `tensors` as a flat mapping of name -> torch.Tensor (e.g. model.state_dict()); "
+    "for nested training state (optimizer, LR scheduler, grad scaler, RNG) use appliance.training.save"
+)
+
+
 def sources_from_dict(tensors: Mapping[str, torch.Tensor]) -> list[TensorSource]:
+    """One source per tensor of an API caller's flat mapping; errors name the API argument."""
     if not isinstance(tensors, Mapping):
-        raise UsageError("tensors must be a mapping of name -> torch.Tensor")
+        raise UsageError(
+            f"argument `tensors` is a {type(tensors).__name__}, not a mapping of name -> torch.Tensor",
+            remedy=API_TENSORS_REMEDY,
+        )
     out = []
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
-            raise UsageError(f"value for {name!r} is a {type(t).__name__}, not a torch.Tensor")
+            raise UsageError(
+                f"argument `tensors`: the value for {name!r:.80} is a {type(t).__name__}, not a torch.Tensor",
+                remedy=API_TENSORS_REMEDY,
+            )
         out.append(source_from_tensor(name, t))
     return out
 

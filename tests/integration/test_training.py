@@ -1,0 +1,194 @@
+"""Training state: a resumed run does not diverge; nested state round-trips with its types."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+from torch import nn
+
+from appliance import api, training
+from appliance.errors import ManifestError, TensorMismatchError, UsageError
+from appliance.signing import SigningKey
+from appliance.store.store import Store
+from tests.integration.conftest import weights
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(mode: str, store: Store, keyfile: Path, out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    root = str(getattr(store.storage, "root"))
+    subprocess.run(
+        [sys.executable, "-m", "tests.integration.training_run", mode, root, str(keyfile), str(out / mode)],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    return load_file(out / f"{mode}.safetensors"), json.loads((out / f"{mode}.json").read_text())
+
+
+def test_resume_in_a_fresh_process_after_3_steps_equals_6_uninterrupted_steps_bit_for_bit(
+    store: Store, key: SigningKey, tmp_path: Path
+) -> None:
+    keyfile = tmp_path / "k.pem"
+    key.save(keyfile)
+    full, full_info = _run("full", store, keyfile, tmp_path)
+    _, first_info = _run("first", store, keyfile, tmp_path)
+    resumed, resumed_info = _run("resume", store, keyfile, tmp_path)
+    assert len(first_info["losses"]) == 3 and len(resumed_info["losses"]) == 3
+    assert first_info["losses"] + resumed_info["losses"] == full_info["losses"]
+    assert full.keys() == resumed.keys() and any(k.endswith("exp_avg_sq") for k in full)
+    for name in full:
+        assert torch.equal(full[name].reshape(-1).view(torch.uint8), resumed[name].reshape(-1).view(torch.uint8)), name
+    for field in ("python_rng", "last_lr", "scale", "betas"):
+        assert resumed_info[field] == full_info[field], field
+    assert resumed_info["betas"].startswith("(") and resumed_info["betas"].endswith(", 0.95)")  # still a tuple
+
+
+keys = st.one_of(st.text(max_size=6), st.sampled_from(["", ".", "..", "/", "a/b", "%2F", "$tensor", "é"]))
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**62), 2**62), st.floats(allow_nan=True), st.text(max_size=5)
+)
+small_tensors = st.builds(
+    lambda seed, dtype, n: torch.randn(n, generator=torch.Generator().manual_seed(seed)).to(dtype),
+    st.integers(0, 99),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.int64, torch.float16]),
+    st.integers(0, 5),
+)
+leaves = st.one_of(scalars, small_tensors)
+trees = st.recursive(
+    leaves,
+    lambda kids: st.one_of(
+        st.lists(kids, max_size=3),
+        st.lists(kids, max_size=3).map(tuple),
+        st.dictionaries(keys, kids, max_size=3),
+        st.dictionaries(st.integers(-3, 3), kids, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(keys, trees, min_size=1, max_size=4))
+def test_any_nested_state_round_trips_through_a_checkpoint_with_its_types(
+    store: Store, key: SigningKey, state: dict[str, Any]
+) -> None:
+    tensors, skeleton = training.flatten(state)
+    api.save(store, tensors, key, {"skeleton": skeleton})
+    loaded = api.load(store)
+    assert _same(training.unflatten(loaded.tensors, loaded.metadata["skeleton"]), state)
+
+
+def test_numpy_arrays_and_dtypes_come_back_as_themselves() -> None:
+    state = {"a": np.arange(5, dtype=np.uint32), "d": torch.bfloat16, "n": np.int64(3)}
+    back = training.unflatten(*training.flatten(state))
+    assert isinstance(back["a"], np.ndarray) and back["a"].dtype == np.uint32 and back["a"].tolist() == [0, 1, 2, 3, 4]
+    assert back["d"] is torch.bfloat16 and back["n"] == 3
+
+
+def test_api_save_of_a_merged_model_and_optimizer_state_dict_names_the_api_argument(
+    store: Store, key: SigningKey
+) -> None:
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(UsageError) as caught:
+        api.save(store, model.state_dict() | opt.state_dict(), key)  # the issue's example
+    text = str(caught.value)
+    assert "argument `tensors`" in text and "appliance.training" in text and "command" not in text
+    for bad_key in ([], "k.pem"):
+        with pytest.raises(UsageError, match="argument `key`") as caught:
+            api.save(store, weights(), bad_key)  # type: ignore[arg-type]
+        assert "command" not in str(caught.value)
+
+
+def test_unstorable_objects_are_refused_naming_their_place_in_the_state() -> None:
+    with pytest.raises(UsageError, match=r"'extra/fn'.*function") as caught:
+        training.flatten({"extra": {"fn": lambda: 0}})
+    assert "command" not in str(caught.value)
+    with pytest.raises(UsageError, match="argument `model`"):
+        training.get_state_dict(nn.Linear(2, 2).state_dict())  # type: ignore[arg-type]
+
+
+def test_loading_into_an_optimizer_over_other_parameters_is_refused_before_anything_changes(
+    store: Store, key: SigningKey
+) -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    training.save(store, key, model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    other = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    with pytest.raises(TensorMismatchError, match="optimizer parameters differ"):
+        training.load(store, model, other)
+    with pytest.raises(TensorMismatchError, match="1 optimizer"):
+        training.load(store, model)
+
+
+def test_a_plain_checkpoint_is_not_mistaken_for_training_state(store: Store, key: SigningKey) -> None:
+    api.save(store, weights(), key)
+    with pytest.raises(ManifestError, match="not a training checkpoint"):
+        training.load(store, nn.Linear(2, 2))
+
+
+def test_optimizer_state_is_keyed_by_parameter_names_and_survives_a_reordered_optimizer(
+    store: Store, key: SigningKey
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    training.save(store, key, model, opt, rng=False, extra={"note": "x"})
+    reordered = torch.optim.Adam(list(model.parameters())[::-1])
+    back = training.load(store, model, reordered, rng=False)
+    assert back.extra == {"note": "x"}
+    assert set(training.optimizer_state_dict(model, reordered)["state"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    for p in model.parameters():
+        assert torch.equal(opt.state[p]["exp_avg"], reordered.state[p]["exp_avg"])
+
+
+def test_the_built_in_adaptive_model_resumes_its_adaptation_through_the_training_api(
+    store: Store, key: SigningKey
+) -> None:
+    from appliance.models import demo
+
+    def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(8, 16, generator=g), torch.randn(8, 4, generator=g)
+
+    straight = demo.build()
+    full = [straight.adapt(*batch(i))["loss"] for i in range(6)]
+    first = demo.build()
+    losses = [first.adapt(*batch(i))["loss"] for i in range(3)]
+    training.save(store, key, first, position={"adaptation_step": first.adaptation_step()})
+    resumed = demo.build()
+    position = training.load(store, resumed).position
+    assert position == {"adaptation_step": 3} and resumed.adaptation_step() == 3
+    losses += [resumed.adapt(*batch(i))["loss"] for i in range(3, 6)]
+    assert losses == full
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
