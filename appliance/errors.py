@@ -172,6 +172,19 @@ class ExportFileError(IntegrityError):
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
 
 
+class LineageError(IntegrityError):
+    exit_code = 44
+    remedy = (
+        "a device key may sign only descendants of a release-signed checkpoint of the same model and tensor "
+        "layout; install a release-signed checkpoint, or have a release key sign this one"
+    )
+
+
+class RoleError(IntegrityError):
+    exit_code = 45
+    remedy = "sign with a key whose role allows this checkpoint (a release key listing the model, or the device's key)"
+
+
 class PartialCheckpointError(IntegrityError):
     exit_code = 48
     remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"

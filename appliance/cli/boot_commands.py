@@ -93,6 +93,8 @@ def _boot_text(d: dict[str, Any]) -> str:
         f"serving slot {serving['slot']} generation {serving['generation']} "
         f"(manifest {serving['manifest_digest'][:12]}); boot to serving {s['total_s']:.2f} s"
     )
+    if "signer_role" in serving:
+        lines.append(f"  signed by a {serving['signer_role']} key; release base generation {serving['release_base']}")
     lines.append("  stages: " + ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in s.items() if k != "total_s"))
     if r:
         lines.append(

@@ -1,8 +1,11 @@
-"""The checkpoint manifest (format v1): what a checkpoint holds and where each byte is.
+"""The checkpoint manifest (format v1, v2): what a checkpoint holds and where each byte is.
 
 Owns: ``FrameRef``, ``TensorEntry``, ``Manifest``; their ``to_dict``/``from_dict``; every
 structural rule a reader must check before trusting a single frame (see docs/design.md §4).
 Does not own: signatures (``statement`` + ``appliance.signing``) or reading frames.
+
+Versions: v2 adds optional fields (``lineage``: issue 10); a manifest is written as v1 unless it
+uses one, so v1 readers and the v1 goldens are unaffected, and v1 is always read.
 
 Laws (property-tested): ``Manifest.from_dict(m.to_dict()) == m`` and
 ``canonical_bytes(Manifest.from_dict(d).to_dict()) == canonical_bytes(d)`` for valid ``d``.
@@ -21,10 +24,13 @@ from appliance.format.canonical import canonical_bytes, get_int, get_str, requir
 from appliance.format.codec_name import CodecSpec
 from appliance.format.digest import Digest
 from appliance.format.dtypes import DType, dtype_named
+from appliance.format.lineage import Lineage
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 FORMAT_NAME = "appliance.checkpoint"
 FORMAT_VERSION = 1
+READ_VERSIONS = (1, 2)
+V2_FIELDS = frozenset({"lineage"})
 POLICIES = ("fast", "compact")
 MAX_GENERATION = 2**63 - 1
 
@@ -162,6 +168,7 @@ class Manifest:
     tensors: tuple[TensorEntry, ...]
     bases: tuple[FrameRef, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    lineage: Lineage | None = None  # v2: release-signed base of a device-signed checkpoint
 
     def __post_init__(self) -> None:
         validate_manifest(self, DEFAULT_LIMITS)
@@ -198,10 +205,14 @@ class Manifest:
 
     # --- serialisation ---------------------------------------------------------------------
 
+    @property
+    def version(self) -> int:
+        return 2 if self.lineage is not None else FORMAT_VERSION
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": self.version,
             "model": self.model,
             "generation": self.generation,
             "parent": self.parent.hex if self.parent else None,
@@ -214,6 +225,9 @@ class Manifest:
             "metadata": dict(self.metadata),
             "totals": self.totals(),
         }
+        if self.lineage is not None:
+            out["lineage"] = self.lineage.to_dict()
+        return out
 
     def totals(self) -> dict[str, int]:
         return {
@@ -235,12 +249,14 @@ class Manifest:
             "policy",
             "hash",
         }
-        d = require_keys(obj, "manifest", keys | {"tensors", "bases", "metadata", "totals"})
+        version = obj.get("version") if isinstance(obj, dict) else None
+        optional = V2_FIELDS if version == 2 else frozenset()
+        d = require_keys(obj, "manifest", keys | {"tensors", "bases", "metadata", "totals"}, optional)
         if d["format"] != FORMAT_NAME:
             raise ManifestError(f"not a checkpoint manifest (format {d['format']!r:.40})")
-        if d["version"] != FORMAT_VERSION:
+        if d["version"] not in READ_VERSIONS or isinstance(d["version"], bool):
             raise ManifestError(
-                f"manifest format version {d['version']!r:.20} is not supported (this reader knows v{FORMAT_VERSION})",
+                f"manifest format version {d['version']!r:.20} is not supported (this reader knows v1, v2)",
                 remedy="upgrade appliance on this node, or re-export the checkpoint in format v1",
             )
         if d["hash"] != "sha256":
@@ -263,7 +279,10 @@ class Manifest:
             tensors=tuple(TensorEntry.from_dict(t, limits) for t in tensors),
             bases=tuple(FrameRef.from_dict(b, limits) for b in bases),
             metadata=metadata,
+            lineage=Lineage.from_dict(d["lineage"], limits) if "lineage" in d else None,
         )
+        if d["version"] != manifest.version:
+            raise ManifestError(f"a v{d['version']} manifest must use a v2 field (lineage); write it as v1")
         if limits is not DEFAULT_LIMITS:  # __post_init__ already checked the default caps
             validate_manifest(manifest, limits)
         if d["totals"] != manifest.totals():

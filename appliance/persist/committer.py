@@ -89,6 +89,8 @@ class Committer:
             step=opened.info.step,
             export_pause_s=opened.info.pause_s,
             gc_removed=gc.removed_checkpoints,
+            signer_role=result.provenance.role if result.provenance else None,
+            release_base=result.provenance.release_base.generation if result.provenance else None,
         )
         remove_durably(path)
         return result

@@ -37,10 +37,11 @@ from appliance.errors import (
 from appliance.format.canonical import canonical_bytes
 from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
+from appliance.format.lineage import Lineage
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import choose_target_slot, first_unused_generation
 from appliance.limits import DEFAULT_LIMITS
-from appliance.signing import SigningKey, TrustStore, sign_manifest
+from appliance.signing import Provenance, SigningKey, TrustStore, authorize, lineage_for_commit, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
 from appliance.store import layout
 from appliance.store.discovery import OpenCheckpoint, Scan, open_checkpoint, scan, select
@@ -72,9 +73,11 @@ class CommitResult:
     frames: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"reused": 0, "delta": 0, "full": 0, "copied": 0})
     seconds: float = 0.0
+    provenance: Provenance | None = None  # signer role and release base of the new checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **(self.provenance.to_dict() if self.provenance else {}),
             "slot": self.slot,
             "generation": self.generation,
             "manifest_digest": self.manifest_digest.hex,
@@ -264,6 +267,10 @@ def commit(
         encoder = FrameEncoder(request.options, parent_manifest, supply)
     placer = _FramePlacer(target_reader, batch)
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
+    signers = [k.keyid for k in request.keys]
+    lineage = lineage_for_commit(  # a device key signs only descendants of a release (issue 10)
+        signers, trust, (parent.bundle, parent.provenance, parent.verified.manifest) if parent else None
+    )
     try:
         manifest = _encode_and_place(
             encoder=encoder,
@@ -275,10 +282,12 @@ def commit(
             metadata=metadata,
             result=result,
             progress=progress,
+            lineage=lineage,
         )
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
         _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
+        result.provenance = authorize(manifest, signers, trust)  # refuse now what boot would refuse
         bundle = sign_manifest(manifest, request.keys)
         write_durable(storage, layout.bundle_path(target, generation), bundle)
         placer.created.append(layout.bundle_path(target, generation))
@@ -319,6 +328,7 @@ def _encode_and_place(
     metadata: dict[str, Any],
     result: CommitResult,
     progress: Progress | None,
+    lineage: Lineage | None = None,
 ) -> Manifest:
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     frames: dict[int, list[FrameRef]] = {}
@@ -341,6 +351,7 @@ def _encode_and_place(
         tensors=tensors,
         bases=tuple(bases),
         metadata=metadata,
+        lineage=lineage,
     )
 
 

@@ -27,7 +27,7 @@ from appliance.format.plan import choose_target_slot, next_generation, protected
 from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
-from appliance.signing import PublicKey, SigningKey, TrustStore
+from appliance.signing import PublicKey, SigningKey, TrustStore, verify_bundle
 from appliance.storage import LocalStorage, Storage, write_durable
 from appliance.store import layout
 from appliance.store.commit import CommitRequest, CommitResult, commit
@@ -270,6 +270,7 @@ class Store:
                 entry["error"] = exc.problem
                 entries.append(entry)
                 continue
+            entry.update(self._provenance(data))
             kinds = {"delta": 0, "full": 0}
             for f in manifest.all_frames():
                 kinds["delta" if f.base is not None else "full"] += 1
@@ -286,6 +287,15 @@ class Store:
             entries.append(entry)
         entries.sort(key=lambda e: (-e["generation"], e["slot"]))
         return entries
+
+    def _provenance(self, bundle: bytes) -> dict[str, Any]:
+        """Signer role and release base of a bundle, or why it does not verify (for log and status)."""
+        try:
+            verified = verify_bundle(bundle, self.trust, expected_model=self.config.model, limits=self.limits)
+        except ApplianceError as exc:
+            return {"signer_role": None, "release_base": None, "verify_error": f"{type(exc).__name__}: {exc.problem}"}
+        assert verified.provenance is not None
+        return verified.provenance.to_dict()
 
     def status(self) -> dict[str, Any]:
         found = scan(self.storage, self.limits)
@@ -313,6 +323,7 @@ class Store:
             newest_valid: dict[str, Any] | None = {
                 "slot": newest.opened.slot,
                 "generation": newest.opened.generation,
+                **newest.opened.provenance.to_dict(),
             }
             failures = [f.describe() for f in newest.failures]
         except NoValidCheckpointError as exc:

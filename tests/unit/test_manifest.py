@@ -53,7 +53,9 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "needle"),
     [
-        (["version"], 2, "not supported"),
+        (["version"], 3, "not supported"),
+        (["version"], 2, "must use a v2 field"),
+        (["version"], True, "not supported"),
         (["format"], "other", "not a checkpoint manifest"),
         (["hash"], "md5", "unknown hash"),
         (["generation"], 0, "generation"),
