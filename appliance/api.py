@@ -8,6 +8,7 @@ Does not own the store mechanics (``appliance.store``) or file formats (``applia
     loaded = load(store)                        # fresh tensors, newest valid checkpoint
     load(store, into=model.state_dict())        # in place, into preallocated tensors
     load(store, zero_copy=True)                 # fast checkpoints: tensors share the page cache
+    load(store, assets=True, names=["lm_head.weight"])  # a subset, plus the directory's files
 
 ``load`` never returns a partially restored or unverified state: if a frame fails while
 restoring, that checkpoint is abandoned and the next candidate (other slot, older
@@ -17,7 +18,7 @@ generation) is restored from scratch; if none is left, ``NoValidCheckpointError`
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,10 @@ from appliance.errors import (
     TensorMismatchError,
     UsageError,
 )
+from appliance.format.directory import ShardEntry
+from appliance.format.manifest import Manifest
 from appliance.signing import SigningKey
+from appliance.sources.safetensors_io import check_header_keys
 from appliance.sources.tensors import (
     allocate,
     check_destination,
@@ -40,8 +44,10 @@ from appliance.sources.tensors import (
     tensor_from_region,
     torch_dtype,
 )
+from appliance.store.assets import DirectoryParts, read_assets
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import Failure, OpenCheckpoint
+from appliance.store.partial import restore_selected
 from appliance.store.restore import RestoreStats
 from appliance.store.store import Store
 from appliance.store.zerocopy import restore_mapped
@@ -60,6 +66,8 @@ class LoadedCheckpoint:
     manifest_digest: str
     stats: RestoreStats
     failures: list[Failure] = field(default_factory=list)
+    manifest: Manifest | None = None  # the verified manifest (shards, header metadata, asset records)
+    assets: dict[str, bytes] = field(default_factory=dict)  # path -> bytes, verified; only if asked for
 
     @property
     def fell_back(self) -> bool:
@@ -76,23 +84,42 @@ def save(
     full: bool = False,
     floor: int = 0,
     progress: Progress | None = None,
+    header_metadata: Mapping[str, str] | None = None,
 ) -> CommitResult:
+    """Commit ``tensors`` (name -> tensor) signed by ``key``; ``metadata`` is any JSON object.
+
+    ``header_metadata`` (str -> str) is the safetensors ``__metadata__`` a restore writes back
+    (e.g. ``{"format": "pt"}``); keys in the ``appliance.`` namespace and a tensor named
+    ``__metadata__`` raise ``ReservedNameError`` before anything is written.
+    """
     keys = [key] if isinstance(key, SigningKey) else list(key)
     if not keys or not all(isinstance(k, SigningKey) for k in keys):
         raise UsageError(
             "argument `key` must be a SigningKey or a non-empty list of them",
             remedy="pass key=SigningKey.load(PATH) (a key written by `appliance keygen`)",
         )
+    sources = sources_from_dict(tensors)
+    directory = None
+    if header_metadata is not None:
+        check_header_keys(header_metadata)
+        directory = DirectoryParts(shards=(_one_shard(header_metadata, [s.name for s in sources]),))
     result, _ = store.commit(
-        sources_from_dict(tensors),
+        sources,
         keys,
         metadata,
         policy=policy,
         full=full,
         floor=floor,
         progress=progress,
+        directory=directory,
     )
     return result
+
+
+def _one_shard(header: Mapping[str, str], names: list[str]) -> ShardEntry:
+    if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in header.items()):
+        raise UsageError("`header_metadata` must map non-empty strings to strings")
+    return ShardEntry("model.safetensors", tuple(names), dict(header))
 
 
 def load(
@@ -105,30 +132,47 @@ def load(
     workers: int | None = None,
     progress: Progress | None = None,
     zero_copy: bool = False,
+    names: Collection[str] | Callable[[str], bool] | None = None,
+    assets: bool = False,
 ) -> LoadedCheckpoint:
     """The newest valid checkpoint (or ``generation``), verified, as CPU tensors.
 
     ``zero_copy=True`` (fresh tensors only) maps the uncompressed frames of sealed files into
     the tensors instead of copying them (docs/performance.md): the fastest verified restore,
-    with tensors whose pages stay shared with the page cache until written.
+    with tensors whose pages stay shared with the page cache until written. ``names`` (names, or
+    a predicate on a name) restores only those tensors into fresh tensors; a name the checkpoint
+    lacks, or a predicate nothing matches, is a ``TensorMismatchError``.
+    ``assets=True`` also returns the model directory's files, each checked against its signed
+    SHA-256. A checkpoint failing either is abandoned for the next candidate like any other.
     """
     if zero_copy and into is not None:
         raise UsageError(
             "zero_copy restores into new tensors; it cannot fill `into`",
             remedy="pass either argument `into` or `zero_copy=True`, not both",
         )
+    if names is not None and (into is not None or zero_copy):
+        raise UsageError(
+            "argument `names` restores a subset into new tensors; it cannot be combined with `into` or `zero_copy`",
+            remedy="pass argument `names` alone, or `into`/`zero_copy` without it",
+        )
 
     def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
         if zero_copy:
             return _restore_zero_copy(store, opened, deep=deep, workers=workers, progress=progress)
+        if names is not None:
+            tensors = _subset(opened, names)
+            views = {n: check_destination(opened.verified.manifest.tensor(n), t) for n, t in tensors.items()}
+            return tensors, restore_selected(store.storage, opened, views, deep=deep, workers=workers)
         tensors = _destinations(opened, into)
         views = _views(opened, tensors)
         return tensors, store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
 
-    return _first_restorable(store, generation, floor, attempt)
+    return _first_restorable(store, generation, floor, attempt, assets)
 
 
-def _first_restorable(store: Store, generation: int | None, floor: int, attempt: Attempt) -> LoadedCheckpoint:
+def _first_restorable(
+    store: Store, generation: int | None, floor: int, attempt: Attempt, assets: bool = False
+) -> LoadedCheckpoint:
     """Newest candidate first; a candidate that fails while restoring is abandoned for the next."""
     failures: list[Failure] = []
     tried: set[tuple[str, int]] = set()
@@ -138,6 +182,7 @@ def _first_restorable(store: Store, generation: int | None, floor: int, attempt:
         opened = selection.opened
         try:
             tensors, stats = attempt(opened)
+            files = read_assets(store.storage, opened) if assets else {}
         except (IntegrityError, StorageError) as exc:
             failures.append(Failure(opened.slot, opened.generation, exc))
             tried.add((opened.slot, opened.generation))
@@ -152,6 +197,8 @@ def _first_restorable(store: Store, generation: int | None, floor: int, attempt:
             manifest_digest=opened.record.manifest_digest.hex,
             stats=stats,
             failures=_dedupe(failures),
+            manifest=opened.verified.manifest,
+            assets=files,
         )
 
 
@@ -199,6 +246,20 @@ def _restore_zero_copy(
     regions, stats = restore_mapped(store.storage, opened, deep=deep, workers=workers, progress=progress)
     manifest = opened.verified.manifest
     return {t.name: tensor_from_region(t, regions[t.name]) for t in manifest.tensors}, stats
+
+
+def _subset(opened: OpenCheckpoint, names: Collection[str] | Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    manifest = opened.verified.manifest
+    if callable(names):
+        chosen = {t.name for t in manifest.tensors if names(t.name)}
+        if not chosen:
+            raise TensorMismatchError(f"no tensor of generation {opened.generation} matches the selection")
+    else:
+        chosen = set(names)
+        unknown = sorted(chosen - {t.name for t in manifest.tensors})
+        if unknown:
+            raise TensorMismatchError(f"the checkpoint has no tensor(s) {unknown[:5]}")
+    return {t.name: allocate(t) for t in manifest.tensors if t.name in chosen}
 
 
 def _destinations(opened: OpenCheckpoint, into: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:

@@ -105,6 +105,22 @@ class TrustLocationError(ConfigError):
     )
 
 
+class ReservedNameError(UserError):
+    exit_code = 25
+    remedy = (
+        "rename it: `__metadata__` is safetensors' header key, not a tensor name, and the `appliance.` "
+        "header-metadata namespace belongs to appliance"
+    )
+
+
+class AssetError(UserError):
+    exit_code = 26
+    remedy = (
+        "fix the model directory: files must be regular files (or links to files inside it) within the size "
+        "caps; copy linked files in with `cp -rL` or remove the file"
+    )
+
+
 class OlderCheckpointError(UserError):
     exit_code = 29
     remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
@@ -183,6 +199,11 @@ class LineageError(IntegrityError):
 class RoleError(IntegrityError):
     exit_code = 45
     remedy = "sign with a key whose role allows this checkpoint (a release key listing the model, or the device's key)"
+
+
+class AssetIntegrityError(IntegrityError):
+    exit_code = 46
+    remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
 
 
 class PartialCheckpointError(IntegrityError):

@@ -33,6 +33,9 @@ class Limits:
     tensor_max_bytes: int = 1 << 42  # 4 TiB: no real tensor is larger
     max_delta_depth: int = 64  # absolute bound; the store config sets the working depth
     max_keys: int = 256
+    max_assets: int = 10_000  # non-tensor files of a model directory
+    asset_max_bytes: int = 4 * GiB  # one asset (a tokenizer.json is ~10 MiB; a stray .bin may be GBs)
+    assets_max_total_bytes: int = 16 * GiB
 
     def check(self, what: str, value: int, cap: int) -> None:
         """Raise ``LimitExceededError`` if ``value`` is negative or above ``cap``."""

@@ -103,9 +103,22 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     add_json(p)
     p.set_defaults(func=sc.cmd_verify)
 
-    p = sub.add_parser("restore", help="restore the newest valid checkpoint to a .safetensors file")
+    p = sub.add_parser(
+        "restore", help="restore the newest valid checkpoint to a .safetensors file or a model directory"
+    )
     add_root(p)
-    p.add_argument("--out", required=True, type=Path, metavar="FILE.safetensors")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.safetensors|DIR/",
+        help="a file, or (trailing slash or existing directory) a complete model directory: shards, index, assets",
+    )
+    p.add_argument("--tensors", action="append", metavar="GLOB", help="restore only matching tensors (repeatable)")
+    p.add_argument(
+        "--max-shard-size",
+        metavar="SIZE",
+        help="directory: new shards of at most SIZE (e.g. 200KB, 5GB) instead of the recorded layout",
+    )
     p.add_argument("--generation", type=int, metavar="N", help="restore exactly this generation")
     p.add_argument("--deep", action="store_true", help="also check raw SHA-256 of every decoded frame")
     add_json(p)

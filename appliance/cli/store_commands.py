@@ -109,6 +109,7 @@ def _trust_text(d: dict[str, Any]) -> str:
 
 
 def cmd_commit(args: argparse.Namespace, out: Output) -> int:
+    from appliance.sources.model_dir import directory_parts
     from appliance.sources.safetensors_io import open_model
 
     store = Store.open(args.root)
@@ -116,11 +117,21 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
     meta = parse_meta(args.meta)
     model = open_model(args.source)
     try:
-        with out.progress(model.raw_bytes, "commit") as progress:
-            result, gc = store.commit(model.sources, [key], meta, policy=args.policy, full=args.full, progress=progress)
+        parts = directory_parts(model)  # every source defect is refused before anything is written
+        total = model.raw_bytes + sum(a.size for a in parts.assets)
+        with out.progress(total, "commit") as progress:
+            result, gc = store.commit(
+                model.sources,
+                [key],
+                meta,
+                policy=args.policy,
+                full=args.full,
+                progress=progress,
+                directory=parts,
+            )
     finally:
         model.close()
-    data = result.to_dict() | {"gc": gc.to_dict()}
+    data = result.to_dict() | {"gc": gc.to_dict(), "assets": len(parts.assets), "shards": len(parts.shards)}
     out.result(data, _commit_text)
     return 0
 
@@ -163,20 +174,45 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     return 0 if report.all_ok else WARNINGS
 
 
+def restore_target(value: str) -> tuple[Path, bool]:
+    """``--out``: (path, is a directory) — a trailing slash or an existing directory means a directory."""
+    path = Path(value)
+    return path, value.endswith(("/", "\\")) or path.is_dir()
+
+
 def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     from appliance import api
-    from appliance.sources.safetensors_io import export_safetensors
+    from appliance.sources import model_dir
 
     store = Store.open(args.root)
+    target, as_dir = restore_target(args.out)
+    max_shard = model_dir.parse_size(args.max_shard_size) if args.max_shard_size else None
+    if max_shard is not None and not as_dir:
+        raise UsageError("--max-shard-size applies to a directory restore", remedy="end --out with a slash: DIR/")
+    names = model_dir.name_filter(args.tensors) if args.tensors else None
     with out.progress(None, "restore") as progress:
-        loaded = api.load(store, generation=args.generation, deep=args.deep, progress=progress)
-    meta = {
-        "appliance.generation": str(loaded.generation),
-        "appliance.metadata": json.dumps(loaded.metadata),
-    }
-    export_safetensors(loaded.tensors, args.out, meta)
+        loaded = api.load(
+            store,
+            generation=args.generation,
+            deep=args.deep,
+            progress=None if names else progress,
+            names=names,
+            assets=as_dir,
+        )
+    assert loaded.manifest is not None
+    ours = model_dir.appliance_header(loaded.generation, loaded.manifest_digest, loaded.metadata)
+    written: dict[str, Any] = {}
+    if as_dir:
+        written = model_dir.write_directory(
+            target, loaded.tensors, loaded.assets, loaded.manifest, ours=ours, max_shard_bytes=max_shard
+        )
+    else:
+        model_dir.write_file(target, loaded.tensors, loaded.manifest, ours)
     data = {
-        "out": str(args.out),
+        "out": str(target),
+        "directory": as_dir,
+        "tensors": len(loaded.tensors),
+        "written": written,
         "restore": loaded.stats.to_dict(),
         "fell_back": loaded.fell_back,
         "failures": [f.describe() for f in loaded.failures],

@@ -1,11 +1,14 @@
-"""The checkpoint manifest (format v1, v2): what a checkpoint holds and where each byte is.
+"""The checkpoint manifest (format v2; v1 still read): what a checkpoint holds and where each byte is.
 
-Owns: ``FrameRef``, ``TensorEntry``, ``Manifest``; their ``to_dict``/``from_dict``; every
-structural rule a reader must check before trusting a single frame (see docs/design.md §4).
-Does not own: signatures (``statement`` + ``appliance.signing``) or reading frames.
+Owns: ``TensorEntry``, ``Manifest``; their ``to_dict``/``from_dict``; every structural rule a
+reader must check before trusting a single frame (see docs/design.md §4). Frame records live
+in ``appliance.format.frame``, the v2 model-directory records (assets, shards with their
+header metadata) in ``appliance.format.directory``. Does not own: signatures (``statement`` +
+``appliance.signing``) or reading frames.
 
-Versions: v2 adds optional fields (``lineage``: issue 10); a manifest is written as v1 unless it
-uses one, so v1 readers and the v1 goldens are unaffected, and v1 is always read.
+A manifest keeps the version it was read with: a v1 manifest re-serialises to its v1 bytes
+(its digest is what a child's ``parent`` names); v2 adds optional fields, each omitted when
+empty, so a v2 manifest without them differs from v1 only in ``version``.
 
 Laws (property-tested): ``Manifest.from_dict(m.to_dict()) == m`` and
 ``canonical_bytes(Manifest.from_dict(d).to_dict()) == canonical_bytes(d)`` for valid ``d``.
@@ -14,75 +17,25 @@ Laws (property-tested): ``Manifest.from_dict(m.to_dict()) == m`` and
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.errors import LimitExceededError, ManifestError
 from appliance.format.canonical import canonical_bytes, get_int, get_str, require_keys
-from appliance.format.codec_name import CodecSpec
 from appliance.format.digest import Digest
+from appliance.format.directory import AssetEntry, ShardEntry, check_label, validate_directory
 from appliance.format.dtypes import DType, dtype_named
+from appliance.format.frame import FrameRef
 from appliance.format.lineage import Lineage
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 FORMAT_NAME = "appliance.checkpoint"
-FORMAT_VERSION = 1
-READ_VERSIONS = (1, 2)
-V2_FIELDS = frozenset({"lineage"})
+FORMAT_VERSION = 2  # what this writer writes
+READ_VERSIONS = (1, 2)  # what this reader accepts
+V2_FIELDS = ("assets", "shards", "index_metadata", "lineage")  # optional, omitted when empty (§4.5, §5.4)
 POLICIES = ("fast", "compact")
 MAX_GENERATION = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class FrameRef:
-    """One stored frame: an independent unit that is hashed, decoded and placed alone."""
-
-    digest: Digest  # SHA-256 of the stored bytes; also the frame's file name
-    size: int  # stored bytes
-    raw_digest: Digest  # SHA-256 of the decoded (tensor) bytes
-    raw_size: int
-    codec: CodecSpec
-    base: Digest | None = None  # stored digest of the delta base frame (xor codecs only)
-    depth: int = 0  # delta chain length below this frame; 0 for full frames
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "digest": self.digest.hex,
-            "size": self.size,
-            "raw_digest": self.raw_digest.hex,
-            "raw_size": self.raw_size,
-            "codec": self.codec.name,
-        }
-        if self.base is not None:
-            out["base"] = self.base.hex
-            out["depth"] = self.depth
-        return out
-
-    @classmethod
-    def from_dict(cls, obj: object, limits: Limits = DEFAULT_LIMITS) -> FrameRef:
-        what = "frame"
-        d = require_keys(
-            obj,
-            what,
-            {"digest", "size", "raw_digest", "raw_size", "codec"},
-            frozenset({"base", "depth"}),
-        )
-        codec = CodecSpec.parse(d["codec"])
-        base = Digest.parse(d["base"], "frame.base") if "base" in d else None
-        depth = get_int(d, "depth", what, 1, limits.max_delta_depth) if "depth" in d else 0
-        if codec.xor != (base is not None) or (base is None) != (depth == 0):
-            raise ManifestError("frame: an xor codec needs base and depth >= 1; other codecs have neither")
-        return cls(
-            digest=Digest.parse(d["digest"], "frame.digest"),
-            size=get_int(d, "size", what, 0, 2 * limits.frame_max_raw_bytes),
-            raw_digest=Digest.parse(d["raw_digest"], "frame.raw_digest"),
-            raw_size=get_int(d, "raw_size", what, 1, limits.frame_max_raw_bytes),
-            codec=codec,
-            base=base,
-            depth=depth,
-        )
 
 
 @dataclass(frozen=True)
@@ -131,28 +84,9 @@ class TensorEntry:
         return entry
 
 
-_FORBIDDEN_NAME_CHARS = {"\\", "\x00"}
-
-
 def validate_tensor_name(value: object, limits: Limits = DEFAULT_LIMITS) -> str:
-    """Tensor names are labels, never paths; still, refuse anything that looks like one.
-
-    Refused: non-strings, empty, over the cap, control characters (incl. NUL), backslashes,
-    absolute paths, ``..``/``.`` components, empty components, drive letters, and names that
-    are not NFC (two spellings of one name could otherwise alias).
-    """
-    if not isinstance(value, str) or not value:
-        raise ManifestError(f"tensor name must be a non-empty string, got {value!r:.60}")
-    if len(value.encode("utf-8", "surrogatepass")) > limits.max_name_bytes:
-        raise ManifestError(f"tensor name is longer than {limits.max_name_bytes} bytes: {value[:60]!r}...")
-    if any(unicodedata.category(c).startswith("C") for c in value) or _FORBIDDEN_NAME_CHARS & set(value):
-        raise ManifestError(f"tensor name contains control characters or backslashes: {value!r:.80}")
-    if unicodedata.normalize("NFC", value) != value:
-        raise ManifestError(f"tensor name is not in Unicode NFC form: {value!r:.80}")
-    parts = value.split("/")
-    if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or (len(value) > 1 and value[1] == ":"):
-        raise ManifestError(f"tensor name looks like a path (absolute, '..', '.' or empty part): {value!r:.80}")
-    return value
+    """Tensor names are labels, never paths; still, refuse anything that looks like one (§4.3)."""
+    return check_label(value, "tensor name", limits)
 
 
 @dataclass(frozen=True)
@@ -168,7 +102,11 @@ class Manifest:
     tensors: tuple[TensorEntry, ...]
     bases: tuple[FrameRef, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    lineage: Lineage | None = None  # v2: release-signed base of a device-signed checkpoint
+    assets: tuple[AssetEntry, ...] = ()  # v2: non-tensor files of a model directory
+    shards: tuple[ShardEntry, ...] = ()  # v2: the source's safetensors files and their headers
+    index_metadata: Mapping[str, Any] = field(default_factory=dict)  # v2: the source index's "metadata"
+    version: int = FORMAT_VERSION
+    lineage: Lineage | None = None  # v2: release-signed base of a device-signed checkpoint (issue 10)
 
     def __post_init__(self) -> None:
         validate_manifest(self, DEFAULT_LIMITS)
@@ -176,10 +114,19 @@ class Manifest:
     # --- derived views ---------------------------------------------------------------------
 
     def all_frames(self) -> Iterator[FrameRef]:
-        """Every frame record, tensor frames first, then delta bases; may repeat digests."""
+        """Every frame record: tensor frames, asset frames, then delta bases; may repeat digests."""
         for tensor in self.tensors:
             yield from tensor.frames
+        for asset in self.assets:
+            yield from asset.frames
         yield from self.bases
+
+    def content_frames(self) -> Iterator[tuple[str, tuple[FrameRef, ...]]]:
+        """(key, frames) of every tensor and asset; asset keys start with NUL (never a tensor name)."""
+        for tensor in self.tensors:
+            yield tensor.name, tensor.frames
+        for asset in self.assets:
+            yield asset_key(asset.path), asset.frames
 
     def frame_index(self) -> dict[Digest, FrameRef]:
         return {f.digest: f for f in self.all_frames()}
@@ -205,9 +152,11 @@ class Manifest:
 
     # --- serialisation ---------------------------------------------------------------------
 
-    @property
-    def version(self) -> int:
-        return 2 if self.lineage is not None else FORMAT_VERSION
+    def asset(self, path: str) -> AssetEntry:
+        for a in self.assets:
+            if a.path == path:
+                return a
+        raise KeyError(path)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -225,6 +174,12 @@ class Manifest:
             "metadata": dict(self.metadata),
             "totals": self.totals(),
         }
+        if self.assets:
+            out["assets"] = [a.to_dict() for a in self.assets]
+        if self.shards:
+            out["shards"] = [s.to_dict() for s in self.shards]
+        if self.index_metadata:
+            out["index_metadata"] = dict(self.index_metadata)
         if self.lineage is not None:
             out["lineage"] = self.lineage.to_dict()
         return out
@@ -250,14 +205,15 @@ class Manifest:
             "hash",
         }
         version = obj.get("version") if isinstance(obj, dict) else None
-        optional = V2_FIELDS if version == 2 else frozenset()
+        optional = frozenset(V2_FIELDS) if version == 2 else frozenset()
         d = require_keys(obj, "manifest", keys | {"tensors", "bases", "metadata", "totals"}, optional)
         if d["format"] != FORMAT_NAME:
             raise ManifestError(f"not a checkpoint manifest (format {d['format']!r:.40})")
-        if d["version"] not in READ_VERSIONS or isinstance(d["version"], bool):
+        if version not in READ_VERSIONS or isinstance(version, bool):
             raise ManifestError(
-                f"manifest format version {d['version']!r:.20} is not supported (this reader knows v1, v2)",
-                remedy="upgrade appliance on this node, or re-export the checkpoint in format v1",
+                f"manifest format version {d['version']!r:.20} is not supported "
+                f"(this reader knows v{', v'.join(map(str, READ_VERSIONS))})",
+                remedy="upgrade appliance on this node, or re-export the checkpoint in a format it knows",
             )
         if d["hash"] != "sha256":
             raise ManifestError(f"unknown hash algorithm {d['hash']!r:.20}")
@@ -279,10 +235,9 @@ class Manifest:
             tensors=tuple(TensorEntry.from_dict(t, limits) for t in tensors),
             bases=tuple(FrameRef.from_dict(b, limits) for b in bases),
             metadata=metadata,
-            lineage=Lineage.from_dict(d["lineage"], limits) if "lineage" in d else None,
+            version=version,
+            **_v2_fields(d, limits),
         )
-        if d["version"] != manifest.version:
-            raise ManifestError(f"a v{d['version']} manifest must use a v2 field (lineage); write it as v1")
         if limits is not DEFAULT_LIMITS:  # __post_init__ already checked the default caps
             validate_manifest(manifest, limits)
         if d["totals"] != manifest.totals():
@@ -290,8 +245,37 @@ class Manifest:
         return manifest
 
 
+def asset_key(path: str) -> str:
+    """The encoder's key for an asset's frames: cannot equal a tensor name (NUL is refused there)."""
+    return "\x00asset\x00" + path
+
+
+def _v2_fields(d: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    assets, shards, index_metadata = d.get("assets", []), d.get("shards", []), d.get("index_metadata", {})
+    if not isinstance(assets, list) or (not assets and "assets" in d):
+        raise ManifestError("manifest.assets must be a non-empty list when present")
+    if not isinstance(shards, list) or (not shards and "shards" in d):
+        raise ManifestError("manifest.shards must be a non-empty list when present")
+    if not isinstance(index_metadata, dict) or (not index_metadata and "index_metadata" in d):
+        raise ManifestError("manifest.index_metadata must be a non-empty JSON object when present")
+    if len(assets) > limits.max_assets or len(shards) > limits.max_tensors:
+        raise LimitExceededError("manifest lists more assets or shards than the caps allow")
+    return {
+        "assets": tuple(AssetEntry.from_dict(a, limits) for a in assets),
+        "shards": tuple(ShardEntry.from_dict(s, limits) for s in shards),
+        "index_metadata": index_metadata,
+        "lineage": Lineage.from_dict(d["lineage"], limits) if "lineage" in d else None,
+    }
+
+
 def validate_manifest(m: Manifest, limits: Limits) -> None:
-    """Structural rules that make every later step safe; see docs/design.md §4.3."""
+    """Structural rules that make every later step safe; see docs/design.md §4.3 and §4.5."""
+    if m.version not in READ_VERSIONS:
+        raise ManifestError(f"manifest.version {m.version} is not one of {READ_VERSIONS}")
+    if m.version == 1 and (m.assets or m.shards or m.index_metadata or m.lineage):
+        raise ManifestError("a format v1 manifest cannot hold assets, shards, index metadata or lineage")
+    if len(canonical_bytes(dict(m.index_metadata))) > limits.metadata_max_bytes:
+        raise LimitExceededError(f"manifest.index_metadata is larger than {limits.metadata_max_bytes} bytes")
     if not m.model or not m.model.isprintable():
         raise ManifestError(f"manifest.model must be a printable, non-empty string: {m.model!r:.60}")
     if not 1 <= m.generation <= MAX_GENERATION:
@@ -307,6 +291,10 @@ def validate_manifest(m: Manifest, limits: Limits) -> None:
         raise ManifestError("manifest has duplicate tensor names")
     for tensor in m.tensors:
         _validate_tensor_frames(tensor, m.frame_size)
+    for asset in m.assets:
+        if any(f.raw_size > m.frame_size for f in asset.frames):
+            raise ManifestError(f"asset {asset.path!r:.80}: a frame is larger than frame_size {m.frame_size}")
+    validate_directory(names, m.assets, m.shards, limits)
     _validate_frame_graph(m, limits)
 
 
@@ -349,9 +337,12 @@ def _validate_frame_graph(m: Manifest, limits: Limits) -> None:
         if frame.depth > limits.max_delta_depth:
             raise ManifestError(f"frame {frame.digest.short()}: delta chain deeper than {limits.max_delta_depth}")
         used_as_base.add(base.digest)
-    tensor_frames = {f.digest for t in m.tensors for f in t.frames}
+    tensor_frames = {f.digest for _, frames in m.content_frames() for f in frames}
     if len({b.digest for b in m.bases}) != len(m.bases):
         raise ManifestError("bases lists a frame twice")
     for base in m.bases:
         if base.digest not in used_as_base or base.digest in tensor_frames:
             raise ManifestError(f"bases lists frame {base.digest.short()} that is not (only) a delta base")
+
+
+__all__ = ["FORMAT_VERSION", "AssetEntry", "FrameRef", "Manifest", "ShardEntry", "TensorEntry"]

@@ -1,11 +1,14 @@
 """Import from ``.safetensors`` files and Hugging Face model directories; export to safetensors.
 
 Owns: finding shards (``model.safetensors.index.json`` or every ``*.safetensors`` file),
-lazy per-tensor loading, and writing an export atomically. Does not own committing.
+checking an index against what the shards hold, keeping each shard's ``__metadata__``,
+lazy per-tensor loading, and writing a safetensors file atomically. Does not own committing
+or the non-tensor files of a directory (``appliance.sources.model_dir``).
 
 Every parse goes through the safetensors library (header capped at 100 MB, offsets checked,
 fuzzed upstream); its errors become ``SourceFormatError``. Index files are parsed with our
-strict JSON reader and shard names must be plain file names inside the model directory.
+strict JSON reader and shard names must be plain file names inside the model directory. Dtypes
+map through the one table in ``appliance.format.dtypes``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,31 +26,37 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from appliance.codec.transform import U8
-from appliance.errors import ApplianceError, SourceFormatError, UsageError
+from appliance.errors import ApplianceError, ReservedNameError, SourceFormatError, UsageError
 from appliance.format.canonical import strict_loads
-from appliance.format.dtypes import DTYPES
-from appliance.sources.tensors import byte_view, dtype_name
+from appliance.format.directory import (
+    HEADER_NAMESPACE,
+    INDEX_NAME,
+    ShardEntry,
+    is_shard_name,
+    source_header_metadata,
+)
+from appliance.format.dtypes import DTYPES, from_safetensors, safetensors_code
+from appliance.sources.tensors import byte_view, check_reserved_names, dtype_name
 from appliance.store.encode import TensorSource
 
-INDEX_NAME = "model.safetensors.index.json"
 INDEX_MAX_BYTES = 64 * 1024 * 1024
-_SHARD_NAME = re.compile(r"[^/\\\x00]+\.safetensors")
-
-_ST_DTYPES = {
-    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32",
-    "I32": "int32", "U64": "uint64", "I64": "int64", "F16": "float16", "BF16": "bfloat16",
-    "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "F8_E8M0": "float8_e8m0fnu", "C64": "complex64",
-}  # fmt: skip
+NAMES_SHOWN = 5
 
 
 @dataclass
 class ImportedModel:
-    """Tensors of a source, loaded lazily one at a time; ``close()`` releases the files."""
+    """Tensors of a source, loaded lazily one at a time; ``close()`` releases the files.
+
+    ``metadata`` merges every shard's raw ``__metadata__`` (``appliance.*`` keys included, for
+    the export path); ``shards`` keeps each one separately as recorded in the manifest.
+    """
 
     sources: list[TensorSource]
     metadata: dict[str, str]
     files: list[Path]
+    shards: list[ShardEntry] = field(default_factory=list)
+    index_metadata: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # the model directory (None for a single file)
     _handles: list[Any] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
@@ -57,6 +65,12 @@ class ImportedModel:
     @property
     def raw_bytes(self) -> int:
         return sum(math.prod(s.shape) * DTYPES[s.dtype].itemsize for s in self.sources)
+
+
+@dataclass(frozen=True)
+class SourceIndex:
+    weight_map: dict[str, str]
+    metadata: dict[str, Any]
 
 
 @contextlib.contextmanager
@@ -69,76 +83,143 @@ def _wrap(path: Path) -> Iterator[None]:
         raise SourceFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def shard_files(source: Path) -> list[Path]:
-    """The safetensors files a source path names, in a stable order."""
+def _listing(names: list[str], total: int | None = None) -> str:
+    total = len(names) if total is None else total
+    shown = ", ".join(repr(n) for n in sorted(names)[:NAMES_SHOWN])
+    return shown + (f" and {total - NAMES_SHOWN} more" if total > NAMES_SHOWN else "")
+
+
+def inside(root: Path, path: Path, error: type[ApplianceError] = SourceFormatError) -> Path:
+    """``path`` as a regular file inside ``root``: a link may point only to a file inside ``root``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise error(f"{path} is a link to {resolved}, outside the model directory {root}")
+    if not resolved.is_file():
+        raise error(f"{path} is not a regular file (directory link, device, socket or dangling link)")
+    return resolved
+
+
+def read_index(index: Path) -> SourceIndex:
+    """A ``model.safetensors.index.json``: a non-empty ``weight_map`` of safe shard names."""
+    with _wrap(index):
+        data = index.read_bytes()
+    try:
+        obj = strict_loads(data, what=str(index), max_bytes=INDEX_MAX_BYTES, max_depth=8)
+    except ApplianceError as exc:
+        raise SourceFormatError(f"{index} is not a valid safetensors index: {exc.problem}") from exc
+    weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
+    metadata = obj.get("metadata", {}) if isinstance(obj, dict) else None
+    if not isinstance(weight_map, dict) or not isinstance(metadata, dict):
+        raise SourceFormatError(f"{index} is not a valid safetensors index: needs a weight_map object")
+    if not weight_map:
+        raise SourceFormatError(f"{index} has an empty weight_map: it names no tensors, nothing would be committed")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not is_shard_name(shard):
+            raise SourceFormatError(f"{index} maps tensor {name!r:.80} to an unsafe shard file {shard!r:.80}")
+    return SourceIndex(weight_map, metadata)
+
+
+def shard_files(source: Path) -> tuple[list[Path], SourceIndex | None]:
+    """The safetensors files a source path names, in a stable order, and its index if any."""
     if source.is_file():
-        return [source]
+        return [source], None
     if not source.is_dir():
         raise SourceFormatError(f"{source} does not exist")
-    index = source / INDEX_NAME
-    if index.is_file():
-        with _wrap(index):
-            data = index.read_bytes()
-        try:
-            obj = strict_loads(data, what=str(index), max_bytes=INDEX_MAX_BYTES, max_depth=8)
-            names = sorted(set(obj["weight_map"].values()))
-        except (ApplianceError, KeyError, TypeError, AttributeError) as exc:
-            raise SourceFormatError(f"{index} is not a valid safetensors index: {exc}") from exc
-        for name in names:
-            if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name) or name.startswith("."):
-                raise SourceFormatError(f"{index} names an unsafe shard file {name!r:.80}")
-        files = [source / n for n in names]
-        missing = [f.name for f in files if not f.is_file()]
+    index_path = source / INDEX_NAME
+    if index_path.exists() or index_path.is_symlink():
+        index = read_index(inside(source, index_path))
+        files = [source / n for n in sorted(set(index.weight_map.values()))]
+        missing = [f.name for f in files if not f.exists()]
         if missing:
-            raise SourceFormatError(f"{index} names shards that are missing: {', '.join(missing[:5])}")
-        return files
-    files = sorted(p for p in source.iterdir() if p.suffix == ".safetensors" and p.is_file())
+            raise SourceFormatError(f"{index_path} names shards that are missing: {', '.join(missing[:5])}")
+        for f in files:
+            inside(source, f)
+        return files, index
+    files = sorted(p for p in source.iterdir() if p.name.endswith(".safetensors") and is_shard_name(p.name))
     if not files:
         raise SourceFormatError(f"{source} holds no .safetensors files")
-    return files
+    for f in files:
+        inside(source, f)
+    return files, None
 
 
 def open_model(source: str | Path) -> ImportedModel:
+    """Open a file or model directory; every defect is a typed error before anything is committed."""
     source = Path(source)
-    model = ImportedModel([], {}, shard_files(source))
-    seen: set[str] = set()
-    for path in model.files:
+    files, index = shard_files(source)
+    model = ImportedModel([], {}, files, root=source if source.is_dir() else None)
+    held: dict[str, str] = {}
+    for path in files:
         with _wrap(path):
             handle = safe_open(str(path), framework="pt")
             model._handles.append(handle)
-            model.metadata.update(handle.metadata() or {})  # type: ignore[no-untyped-call]
-            for name in handle.keys():  # type: ignore[no-untyped-call]  # noqa: SIM118 (not iterable)
-                if name in seen:
-                    raise SourceFormatError(f"tensor {name!r} appears in more than one shard")
-                seen.add(name)
-                model.sources.append(_lazy_source(path, handle, name))
+            header = dict(handle.metadata() or {})  # type: ignore[no-untyped-call]
+            names = list(handle.keys())  # type: ignore[no-untyped-call]
+        check_reserved_names(names)
+        model.metadata.update(header)
+        model.shards.append(ShardEntry(path.name, tuple(names), source_header_metadata(header)))
+        for name in names:
+            if name in held:
+                raise SourceFormatError(f"tensor {name!r} appears in two shards: {held[name]} and {path.name}")
+            held[name] = path.name
+            model.sources.append(_lazy_source(path, handle, name))
+    if index is not None:
+        check_index(source / INDEX_NAME, index, held)
+        model.index_metadata = dict(index.metadata)
     return model
+
+
+def check_index(path: Path, index: SourceIndex, held: Mapping[str, str]) -> None:
+    """The index and the shards agree exactly: no tensor lost, unnamed or in another shard."""
+    missing = [n for n in index.weight_map if n not in held]
+    if missing:
+        raise SourceFormatError(f"{path}: weight_map names tensors no shard holds: {_listing(missing)}")
+    unnamed = [n for n in held if n not in index.weight_map]
+    if unnamed:
+        raise SourceFormatError(f"{path}: shards hold tensors the index does not name: {_listing(unnamed)}")
+    moved = [n for n, shard in index.weight_map.items() if held[n] != shard]
+    if moved:
+        raise SourceFormatError(f"{path}: weight_map puts tensors in shards that do not hold them: {_listing(moved)}")
 
 
 def _lazy_source(path: Path, handle: Any, name: str) -> TensorSource:
     with _wrap(path):
         info = handle.get_slice(name)
-        code, shape = info.get_dtype(), tuple(info.get_shape())
-    if code not in _ST_DTYPES:
-        raise SourceFormatError(f"{path}: tensor {name!r} has dtype {code}, which format v1 does not store")
+        code, st_shape = info.get_dtype(), tuple(info.get_shape())
+    try:
+        dtype, shape = from_safetensors(code, st_shape)
+    except ValueError as exc:
+        raise SourceFormatError(f"{path}: tensor {name!r}: {exc}") from exc
 
     def load() -> U8:
         with _wrap(path):
             tensor = handle.get_tensor(name)
-        if dtype_name(tensor.dtype) != _ST_DTYPES[code] or tuple(tensor.shape) != shape:
+        if dtype_name(tensor.dtype) != dtype.name or tuple(tensor.shape) != shape:
             raise SourceFormatError(f"{path}: tensor {name!r} changed while it was imported")
         return byte_view(tensor.contiguous())
 
-    return TensorSource(name, _ST_DTYPES[code], shape, load)
+    return TensorSource(name, dtype.name, shape, load)
+
+
+def check_exportable(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Refuse, naming it, anything a safetensors file cannot hold (before a byte is written)."""
+    check_reserved_names(tensors)
+    for name, t in tensors.items():
+        try:
+            safetensors_code(dtype_name(t.dtype))
+        except ValueError as exc:
+            raise UsageError(
+                f"tensor {name!r}: {exc}", remedy="restore it with the Python API (appliance.api.load) instead"
+            ) from exc
+    bad = [k for k in metadata if not isinstance(k, str) or not isinstance(metadata[k], str)]
+    if bad:
+        raise UsageError(f"safetensors header metadata must map strings to strings: {bad[:3]}")
 
 
 def export_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str]) -> Path:
     """Write ``tensors`` to ``path`` atomically (temp file, fsync, rename, fsync directory)."""
     path = Path(path)
-    unsupported = {n: str(t.dtype) for n, t in tensors.items() if dtype_name(t.dtype) not in _ST_DTYPES.values()}
-    if unsupported:
-        name, dtype = next(iter(unsupported.items()))
-        raise UsageError(f"safetensors cannot store {dtype} (tensor {name!r}); restore with the Python API instead")
+    check_exportable(tensors, metadata)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file({n: t.contiguous() for n, t in tensors.items()}, str(temp), metadata=dict(metadata))
@@ -156,4 +237,17 @@ def export_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, me
     except OSError as exc:
         temp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}", remedy="choose a writable output path") from exc
+    except (KeyError, ValueError, SafetensorError) as exc:  # an older safetensors without this dtype
+        temp.unlink(missing_ok=True)
+        raise UsageError(
+            f"this safetensors library cannot write {path.name}: {exc}",
+            remedy="upgrade safetensors (>= 0.6 stores every dtype in the table) or restore with the Python API",
+        ) from exc
     return path
+
+
+def check_header_keys(header: Mapping[str, str]) -> None:
+    """Header metadata given by a caller: no key in appliance's namespace (API and CLI)."""
+    ours = sorted(k for k in header if str(k).startswith(HEADER_NAMESPACE))
+    if ours:
+        raise ReservedNameError(f"header metadata key {ours[0]!r} is in appliance's reserved namespace")

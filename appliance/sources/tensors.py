@@ -6,12 +6,13 @@ tensors), allocation of restore destinations, and ``TensorSource`` construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
 from appliance.codec.transform import U8
-from appliance.errors import TensorMismatchError, UsageError
+from appliance.errors import ReservedNameError, TensorMismatchError, UsageError
+from appliance.format.directory import RESERVED_TENSOR_NAMES
 from appliance.format.dtypes import DTYPES
 from appliance.format.manifest import TensorEntry
 from appliance.storage.mapping import Region
@@ -32,10 +33,17 @@ def dtype_name(dtype: torch.dtype) -> str:
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
         raise UsageError(
-            f"dtype {dtype} cannot be stored (format v1 knows {', '.join(DTYPES)})",
+            f"dtype {dtype} cannot be stored (the format knows {', '.join(DTYPES)})",
             remedy="convert the tensor to a dtype the format knows before saving it",
         )
     return name
+
+
+def check_reserved_names(names: Iterable[str]) -> None:
+    """Refuse names that cannot round-trip through safetensors, before anything is written."""
+    reserved = sorted(RESERVED_TENSOR_NAMES & set(names))
+    if reserved:
+        raise ReservedNameError(f"tensor name {reserved[0]!r} is reserved (safetensors' header key)")
 
 
 def byte_view(t: torch.Tensor) -> U8:
@@ -68,6 +76,7 @@ def sources_from_dict(tensors: Mapping[str, torch.Tensor]) -> list[TensorSource]
             f"argument `tensors` is a {type(tensors).__name__}, not a mapping of name -> torch.Tensor",
             remedy=API_TENSORS_REMEDY,
         )
+    check_reserved_names(n for n in tensors if isinstance(n, str))
     out = []
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from appliance.errors import (
@@ -44,6 +45,7 @@ from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import Provenance, SigningKey, TrustStore, authorize, lineage_for_commit, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
 from appliance.store import layout
+from appliance.store.assets import AssetJobs, DirectoryParts
 from appliance.store.discovery import OpenCheckpoint, Scan, open_checkpoint, scan, select
 from appliance.store.encode import (
     EncodedFrame,
@@ -102,6 +104,7 @@ class CommitRequest:
     floor: int = 0
     good: Mapping[str, int | None] = field(default_factory=dict)  # slot -> GOOD generation
     clock: Callable[[], float] = time.time
+    directory: DirectoryParts = field(default_factory=DirectoryParts)  # assets, shards (model directories)
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -332,7 +335,9 @@ def _encode_and_place(
 ) -> Manifest:
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     frames: dict[int, list[FrameRef]] = {}
-    for job, encoded in encode_all(encoder, tensor_jobs(sources, request.options.frame_size, entries)):
+    assets = AssetJobs(request.directory.assets, request.options.frame_size)
+    jobs = chain(tensor_jobs(sources, request.options.frame_size, entries), assets.jobs())
+    for job, encoded in encode_all(encoder, jobs):
         placer.place(encoded)
         frames.setdefault(job.tensor, []).append(encoded.ref)
         result.counts[encoded.kind] += 1
@@ -340,7 +345,9 @@ def _encode_and_place(
         if progress is not None:
             progress(job.raw.size)
     tensors = tuple(TensorEntry(n, d, s, tuple(frames.get(i, []))) for i, (n, d, s) in enumerate(entries))
-    bases = _base_closure(tensors, parent)  # every one was obtained with its chain by a worker
+    asset_entries = assets.entries(frames)
+    direct = [f for t in tensors for f in t.frames] + [f for a in asset_entries for f in a.frames]
+    bases = _base_closure(direct, parent)  # every one was obtained with its chain by a worker
     return Manifest(
         model=request.model,
         generation=generation,
@@ -352,17 +359,20 @@ def _encode_and_place(
         bases=tuple(bases),
         metadata=metadata,
         lineage=lineage,
+        assets=asset_entries,
+        shards=request.directory.shards,
+        index_metadata=request.directory.index_metadata,
     )
 
 
-def _base_closure(tensors: tuple[TensorEntry, ...], parent: OpenCheckpoint | None) -> list[FrameRef]:
-    """Every frame a delta chain needs that no tensor references directly, parent-first order."""
+def _base_closure(frames: list[FrameRef], parent: OpenCheckpoint | None) -> list[FrameRef]:
+    """Every frame a delta chain needs that no tensor or asset references directly, parent-first order."""
     if parent is None:
         return []
     index = parent.verified.manifest.frame_index()
-    direct = {f.digest for t in tensors for f in t.frames}
+    direct = {f.digest for f in frames}
     needed: dict[Digest, FrameRef] = {}
-    pending = [f.base for t in tensors for f in t.frames if f.base is not None]
+    pending = [f.base for f in frames if f.base is not None]
     while pending:
         digest = pending.pop()
         if digest in direct or digest in needed:

@@ -118,10 +118,10 @@ class FrameEncoder:
         self.by_raw: dict[tuple[Digest, int], FrameRef] = {}
         self.by_position: dict[tuple[str, int], FrameRef] = {}
         if parent is not None:
-            for t in parent.tensors:
-                for i, f in enumerate(t.frames):
+            for key, frames in parent.content_frames():  # tensors and assets (asset keys cannot be names)
+                for i, f in enumerate(frames):
                     self.by_raw.setdefault((f.raw_digest, f.raw_size), f)
-                    self.by_position[(t.name, i)] = f
+                    self.by_position[(key, i)] = f
         # Stored digest -> the one frame record it names in this manifest. Equal stored bytes can
         # mean different frames (one XOR payload on two bases), so a frame whose digest is taken
         # by another record falls back to a plainer encoding instead of aliasing it.

@@ -30,6 +30,7 @@ from appliance.limits import DEFAULT_LIMITS, Limits
 from appliance.signing import PublicKey, SigningKey, TrustStore, verify_bundle
 from appliance.storage import LocalStorage, Storage, write_durable
 from appliance.store import layout
+from appliance.store.assets import DirectoryParts
 from appliance.store.commit import CommitRequest, CommitResult, commit
 from appliance.store.config import StoreConfig
 from appliance.store.discovery import OpenCheckpoint, Selection, scan, select
@@ -153,7 +154,9 @@ class Store:
         full: bool = False,
         floor: int = 0,
         progress: Progress | None = None,
+        directory: DirectoryParts | None = None,
     ) -> tuple[CommitResult, GcReport]:
+        """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
         profile = self.device_profile()
         options = EncodeOptions(
             policy=self.resolve_policy(policy or self.config.policy, profile),
@@ -165,7 +168,15 @@ class Store:
         )
         with writer_lock(self.lock_path):
             good = self.good_provider()
-            request = CommitRequest(self.config.model, options, tuple(keys), metadata or {}, floor, good)
+            request = CommitRequest(
+                self.config.model,
+                options,
+                tuple(keys),
+                metadata or {},
+                floor,
+                good,
+                directory=directory or DirectoryParts(),
+            )
             result = commit(self.storage, self.trust, sources, request, progress)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None)
             gc = collect_slot(

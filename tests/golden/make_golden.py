@@ -4,7 +4,8 @@
 
 Golden sets are never regenerated once committed: each records what some writer put on
 devices. ``v1`` was written by the first v1 writer (codecs ``bgN+zstd-1``); ``v1-lit`` by
-the writer with the ``zstd-lit`` codec addition. ``CURRENT`` names the set the writer of
+the writer with the ``zstd-lit`` codec addition; ``v2`` by the format v2 writer, whose
+checkpoints are model directories (assets, shards with header metadata, index metadata). ``CURRENT`` names the set the writer of
 this commit must reproduce byte for byte; a new writer revision adds a new set.
 
 The golden store is read by tests/golden/test_golden.py on every run, so any later change
@@ -18,20 +19,23 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from appliance.format.directory import ShardEntry
 from appliance.signing import SigningKey, TrustStore
 from appliance.sources.tensors import byte_view, sources_from_dict
+from appliance.store.assets import AssetSource, DirectoryParts
 from appliance.store.commit import CommitRequest, commit
 from appliance.store.config import StoreConfig
 from appliance.store.encode import EncodeOptions
 from appliance.store.store import Store
 
 GOLDEN_ROOT = Path(__file__).parent
-SETS = ("v1", "v1-lit")
-CURRENT = "v1-lit"
+SETS = ("v1", "v1-lit", "v2")
+CURRENT = "v2"
 FIXED_TIME = 1_790_000_000.0  # 2026-09-21T...Z
 
 
@@ -58,6 +62,30 @@ def golden_states() -> list[dict[str, torch.Tensor]]:
     return [v1, v2]
 
 
+def golden_assets() -> list[dict[str, bytes]]:
+    """Gen 1 and gen 2 non-tensor files: config changes, tokenizer and model card are reused."""
+    tokenizer = json.dumps({"model": {"vocab": {f"tok{i}": i for i in range(300)}}}, sort_keys=True).encode()
+    v1 = {
+        "config.json": b'{"architectures": ["Golden"], "hidden_size": 96}\n',
+        "tokenizer.json": tokenizer,
+        "docs/README.md": b"# golden model\n\nA model card.\n",
+        "empty.txt": b"",
+    }
+    return [v1, v1 | {"config.json": b'{"architectures": ["Golden"], "hidden_size": 96, "step": 8}\n'}]
+
+
+def golden_directory(state: dict[str, torch.Tensor], assets: dict[str, bytes]) -> DirectoryParts:
+    names = list(state)
+    sources = tuple(
+        AssetSource(path, len(data), lambda data=data: np.frombuffer(data, np.uint8)) for path, data in assets.items()
+    )
+    shards = (
+        ShardEntry("model-00001-of-00002.safetensors", tuple(names[:3]), {"format": "pt"}),
+        ShardEntry("model-00002-of-00002.safetensors", tuple(names[3:]), {"format": "pt", "producer": "golden"}),
+    )
+    return DirectoryParts(sources, shards, {"total_size": sum(t.numel() * t.element_size() for t in state.values())})
+
+
 def tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(byte_view(t.contiguous()).data).hexdigest()
 
@@ -67,10 +95,11 @@ def build(target: Path) -> dict[str, object]:
     config = StoreConfig(model="golden-model", frame_size=4096)
     store = Store.init(target, [key.public], config)
     expected: dict[str, object] = {"zstandard": zstandard.__version__, "generations": {}}
-    for i, state in enumerate(golden_states(), start=1):
+    for i, (state, assets) in enumerate(zip(golden_states(), golden_assets(), strict=True), start=1):
         options = EncodeOptions(policy="compact", frame_size=config.frame_size)
         request = CommitRequest(config.model, options, (key,), {"step": 6 + i, "note": "golden"},
-                                clock=lambda i=i: FIXED_TIME + i)  # fmt: skip
+                                clock=lambda i=i: FIXED_TIME + i,
+                                directory=golden_directory(state, assets))  # fmt: skip
         result = commit(store.storage, store.trust, sources_from_dict(state), request)
         expected["generations"][str(result.generation)] = {  # type: ignore[index]
             "slot": result.slot,
@@ -78,6 +107,7 @@ def build(target: Path) -> dict[str, object]:
             "tensors": {
                 n: [str(t.dtype).removeprefix("torch."), list(t.shape), tensor_digest(t)] for n, t in state.items()
             },  # fmt: skip
+            "assets": {path: hashlib.sha256(data).hexdigest() for path, data in assets.items()},
         }
     (target / "lock").unlink(missing_ok=True)
     return expected

@@ -1,4 +1,4 @@
-"""Format v1 is frozen: every golden store ever written must keep restoring bit-exactly.
+"""Formats v1 and v2 are frozen: every golden store ever written must keep restoring bit-exactly.
 
 If one of these fails, a change broke the ability to read checkpoints already on devices.
 Golden sets are never regenerated; a new writer revision adds a set (tests/golden/make_golden.py).
@@ -6,6 +6,7 @@ Golden sets are never regenerated; a new writer revision adds a set (tests/golde
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -43,6 +44,8 @@ def test_golden_generation_restores_bit_exactly(tmp_path: Path, name: str, gener
     assert loaded.manifest_digest == want["manifest_digest"]
     got = {n: [str(t.dtype).removeprefix("torch."), list(t.shape), tensor_digest(t)] for n, t in loaded.tensors.items()}
     assert got == want["tensors"]
+    assets = api.load(_golden_store(tmp_path / "again", name), generation=int(generation), assets=True).assets
+    assert {p: hashlib.sha256(d).hexdigest() for p, d in assets.items()} == want.get("assets", {})
 
 
 @pytest.mark.parametrize("name", SETS)

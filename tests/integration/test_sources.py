@@ -110,7 +110,7 @@ def test_missing_shard_and_missing_source_are_refused(tmp_path: Path) -> None:
 def test_duplicate_tensor_across_shards_is_refused(tmp_path: Path) -> None:
     save_file({"w": torch.ones(2)}, str(tmp_path / "a.safetensors"))
     save_file({"w": torch.zeros(2)}, str(tmp_path / "b.safetensors"))
-    with pytest.raises(SourceFormatError, match="more than one shard"):
+    with pytest.raises(SourceFormatError, match="appears in two shards"):
         open_model(tmp_path)
 
 
@@ -122,5 +122,5 @@ def test_export_is_atomic_and_readable(tmp_path: Path) -> None:
 
 
 def test_export_of_a_dtype_safetensors_lacks_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="safetensors cannot store"):
+    with pytest.raises(UsageError, match="safetensors has no code for dtype complex32"):
         export_safetensors({"c": torch.zeros(2, dtype=torch.complex32)}, tmp_path / "o.safetensors", {})

@@ -1,4 +1,4 @@
-"""Manifest schema v1: round trips and every structural rule a reader relies on."""
+"""Manifest schema (v2; v1 still read): round trips and every structural rule a reader relies on."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ _DELETE = object()
     ("path", "value", "needle"),
     [
         (["version"], 3, "not supported"),
-        (["version"], 2, "must use a v2 field"),
+        (["version"], 0, "not supported"),
         (["version"], True, "not supported"),
         (["format"], "other", "not a checkpoint manifest"),
         (["hash"], "md5", "unknown hash"),

@@ -1,0 +1,114 @@
+"""Assets in the store: a model directory's non-tensor files, stored as frames, read back verified.
+
+Owns: ``AssetSource`` (what a commit consumes for one file), ``DirectoryParts`` (everything a
+model-directory commit records besides tensors), cutting assets into frame jobs while hashing
+each whole file, building the manifest's ``AssetEntry`` records, and reading an asset back
+with every frame's stored SHA-256, raw SHA-256 and the whole file's SHA-256 checked.
+Does not own walking a directory (``appliance.sources.model_dir``) or the commit order.
+
+An asset is encoded exactly like a ``uint8`` tensor's bytes (full frames, or a parent frame
+reused when its raw SHA-256 matches, in either slot's generations), so an unchanged
+``tokenizer.json`` costs nothing in a later generation, and GC, verify and scrub see asset
+frames like any other through ``Manifest.all_frames``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from appliance.codec.transform import U8
+from appliance.errors import AssetError, AssetIntegrityError
+from appliance.format.digest import Digest
+from appliance.format.directory import AssetEntry, ShardEntry, check_label
+from appliance.format.dtypes import dtype_named
+from appliance.format.frame import FrameRef
+from appliance.format.manifest import asset_key
+from appliance.format.plan import frame_spans
+from appliance.limits import DEFAULT_LIMITS
+from appliance.storage import Storage
+from appliance.store.discovery import OpenCheckpoint
+from appliance.store.encode import FrameJob
+from appliance.store.restore import FrameDecoder
+from appliance.store.slot import SlotReader
+
+_U8 = dtype_named("uint8")
+
+
+@dataclass(frozen=True)
+class AssetSource:
+    """One file to commit as an asset; ``load`` returns its bytes (a read-only map is fine)."""
+
+    path: str
+    size: int
+    load: Callable[[], U8]
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class DirectoryParts:
+    """What a model-directory commit records besides its tensors (format v2, §4.5)."""
+
+    assets: tuple[AssetSource, ...] = ()
+    shards: tuple[ShardEntry, ...] = ()
+    index_metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class AssetJobs:
+    """Cuts assets into frame jobs (job.tensor = -1 - asset index) and hashes each whole file."""
+
+    def __init__(self, assets: tuple[AssetSource, ...], frame_size: int) -> None:
+        for a in assets:
+            check_label(a.path, "asset path")
+            if a.size > DEFAULT_LIMITS.asset_max_bytes:
+                raise AssetError(f"asset {a.path!r} is {a.size} bytes, above the {DEFAULT_LIMITS.asset_max_bytes} cap")
+        total = sum(a.size for a in assets)
+        if total > DEFAULT_LIMITS.assets_max_total_bytes:
+            raise AssetError(f"assets total {total} bytes, above the cap of {DEFAULT_LIMITS.assets_max_total_bytes}")
+        self.assets = assets
+        self.frame_size = frame_size
+        self.digests: dict[int, Digest] = {}
+
+    def jobs(self) -> Iterator[FrameJob]:
+        for i, asset in enumerate(self.assets):
+            data = asset.load()
+            if data.size != asset.size:
+                raise AssetError(f"asset {asset.path!r} changed size while it was committed")
+            hasher = hashlib.sha256()
+            for fi, (off, size) in enumerate(frame_spans(asset.size, 1, self.frame_size)):
+                chunk = np.array(data[off : off + size], dtype=np.uint8)  # a private copy: the file may change
+                hasher.update(chunk.data)
+                yield FrameJob(-1 - i, fi, asset_key(asset.path), _U8, chunk)
+            self.digests[i] = Digest(hasher.hexdigest())
+
+    def entries(self, frames: Mapping[int, list[FrameRef]]) -> tuple[AssetEntry, ...]:
+        return tuple(
+            AssetEntry(a.path, a.size, self.digests[i], tuple(frames.get(-1 - i, [])), a.executable)
+            for i, a in enumerate(self.assets)
+        )
+
+
+def read_asset(storage: Storage, opened: OpenCheckpoint, asset: AssetEntry) -> bytes:
+    """The asset's bytes: each frame's stored and raw SHA-256 checked, then the whole file's."""
+    manifest = opened.verified.manifest
+    decoder = FrameDecoder(SlotReader(storage, opened.slot), manifest.frame_index())
+    out = np.empty(asset.size, dtype=np.uint8)
+    offset = 0
+    for frame in asset.frames:
+        view = out[offset : offset + frame.raw_size]
+        decoder.decode(frame, view)
+        if hashlib.sha256(view.data).hexdigest() != frame.raw_digest.hex:
+            raise AssetIntegrityError(f"asset {asset.path!r}: frame {frame.digest.short()} fails its raw SHA-256")
+        offset += frame.raw_size
+    data = out.tobytes()
+    if hashlib.sha256(data).hexdigest() != asset.digest.hex:
+        raise AssetIntegrityError(f"asset {asset.path!r} does not match its signed SHA-256")
+    return data
+
+
+def read_assets(storage: Storage, opened: OpenCheckpoint) -> dict[str, bytes]:
+    return {a.path: read_asset(storage, opened, a) for a in opened.verified.manifest.assets}
