@@ -12,6 +12,9 @@ Groups (exit-code ranges are a public contract, listed in the README):
 * ``StorageError`` (60-69): the environment failed (disk full, I/O error, lock held,
   slot not mounted); fix the device and retry. Committed data was not touched.
 * ``HardwareError`` (70-79): an accelerator path failed; the CPU path is used instead.
+* ``ProvisioningError`` (80-89): node provisioning (first boot) could not finish: a checkpoint
+  partition, the provisioning file or the device's key store. Nothing already provisioned is
+  undone; the first-boot unit completes the remaining steps on the next boot once fixed.
 
 Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
 """
@@ -121,6 +124,16 @@ class AssetError(UserError):
     )
 
 
+class VendorTrustError(UserError):
+    exit_code = 27
+    remedy = "fix the vendor trust (`appliance vendor ROOT add NAME --key PUB.pem | --cert-chain CHAIN.pem`)"
+
+
+class ModelSigningUnavailableError(UserError):
+    exit_code = 28
+    remedy = "install the OpenSSF model-signing support: pip install 'appliance[model-signing]'"
+
+
 class OlderCheckpointError(UserError):
     exit_code = 29
     remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
@@ -206,6 +219,14 @@ class AssetIntegrityError(IntegrityError):
     remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
 
 
+class VendorSignatureError(IntegrityError):
+    exit_code = 47
+    remedy = (
+        "do not import this directory: obtain the model again from the vendor, or (if it is legitimately "
+        "unsigned and the store does not require a signature) remove its model.sig"
+    )
+
+
 class PartialCheckpointError(IntegrityError):
     exit_code = 48
     remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
@@ -262,6 +283,27 @@ class SourceUnavailableError(StorageError):
 class HardwareError(ApplianceError):
     exit_code = 70
     remedy = "the CPU path is used instead; check the GPU driver and nvCOMP installation"
+
+
+# --- node provisioning (first boot) -------------------------------------------------------
+
+
+class ProvisioningError(ApplianceError):
+    """First boot could not complete a step (partitions, store, factory checkpoint, provisioning file).
+
+    Every step is idempotent: after the cause is fixed the next boot (or ``appliance firstboot``)
+    resumes where this one stopped. A partition that already holds a file system is never formatted.
+    """
+
+    exit_code = 80
+    remedy = "fix the cause named above, then reboot (or run `appliance firstboot`): provisioning resumes"
+
+
+class KeyProviderError(ProvisioningError):
+    """The device's key store (file, OP-TEE, TPM) cannot create, find or read a key."""
+
+    exit_code = 81
+    remedy = "check the key provider (node.json key_provider; default: key files of mode 0400 in /etc/appliance)"
 
 
 def all_error_classes() -> list[type[ApplianceError]]:

@@ -114,6 +114,15 @@ _CATALOGUE = (
     EventType("outbox.rejected", "77b26a2d91534376aa44ef88d7f65539", 4,
               "outbox file {file} quarantined: {error}: {problem}",
               "An outbox file is truncated, damaged or not a state export; it is moved aside, never committed."),
+    EventType("provision.step", "9e64e399ec9a439bb3b2b8e2345adc56", 6, "first boot: {step}: {detail}",
+              "First boot completed one provisioning step (docs/image.md section 4). Every step is idempotent."),
+    EventType("provision.done", "1c394f3870cf4d589162132ff6736a0a", 5,
+              "first boot done: device {device_id}, key {keyid}, factory generation {factory_generation}",
+              "The node is provisioned: store, trust, factory checkpoint, device key, floor and settings are in "
+              "place. The first-boot units do not run again."),
+    EventType("provision.failed", "499cd7383bfc41aca26c53e1e2b4b43d", 3,
+              "first boot stopped at {step}: {error}: {problem}",
+              "A provisioning step failed. Steps already done stay done; the next boot resumes at this step."),
 )  # fmt: skip
 
 CATALOGUE: Mapping[str, EventType] = {e.name: e for e in _CATALOGUE}

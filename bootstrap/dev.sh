@@ -58,6 +58,7 @@ run_tests() {
     lint-imports
     pytest -m "not slow and not vm and not hil" "$@"
     py310_smoke
+    bash bootstrap/hf.sh  # tests/hf under transformers 4.x and 5.x, each in its own venv
 }
 
 # The Jetson runs Python 3.10. The torch-free layers (format, signing, codec, storage) and their

@@ -99,9 +99,6 @@ cp docs/boot.md docs/design.md "$STAGE/opt/appliance/docs/"
 "$PYTHON" image/deb_layout.py "$STAGE" systemd bootstrap/systemd
 mkdir -p "$STAGE/usr/bin"
 ln -s /opt/appliance/venv/bin/appliance "$STAGE/usr/bin/appliance"
-for f in bootstrap/appliance-firstboot; do
-    [ -f "$f" ] && install -D -m 0755 "$f" "$STAGE/usr/lib/appliance/$(basename "$f")"
-done
 
 # --- control files --------------------------------------------------------------------------
 SIZE=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)

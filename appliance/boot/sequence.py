@@ -165,7 +165,7 @@ class BootRun:
         self.ctx.probe.admit(handoff.boot_id)
         o = self.outcome
         o.serving = {"slot": opened.slot, "generation": opened.generation, "manifest_digest": digest,
-                     **_provenance(opened)}  # fmt: skip
+                     **_authorization(opened)}  # fmt: skip
         o.restore = trial.report.restore if trial.report else None
         o.stages = {"discover_s": o.stages.get("discover_s", 0.0), **_service_stages(trial)}
         o.stages["mark_s"] = self.ctx.clock() - t0
@@ -236,15 +236,15 @@ class BootRun:
         return state
 
     def _emit(self, name: str, opened: OpenCheckpoint, **fields: Any) -> None:
-        self.ctx.events.emit(name, slot=opened.slot, generation=opened.generation, **_provenance(opened), **fields)
+        self.ctx.events.emit(name, slot=opened.slot, generation=opened.generation, **_authorization(opened), **fields)
 
     def _add_stage(self, name: str, seconds: float) -> None:
         self.outcome.stages[name] = self.outcome.stages.get(name, 0.0) + seconds
 
 
-def _provenance(opened: OpenCheckpoint) -> dict[str, Any]:
+def _authorization(opened: OpenCheckpoint) -> dict[str, Any]:
     """Signer role and release base of a checkpoint, for events and the boot outcome (issue 10)."""
-    p = opened.provenance
+    p = opened.authorization
     return {"signer_role": p.role, "release_base": p.release_base.generation, "device": p.device}
 
 

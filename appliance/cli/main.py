@@ -24,6 +24,8 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.scrub_commands",
     "appliance.cli.perf_commands",
     "appliance.cli.transfer_commands",
+    "appliance.cli.firstboot_commands",
+    "appliance.cli.vendor_commands",
 ]
 
 

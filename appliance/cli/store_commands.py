@@ -13,6 +13,7 @@ from typing import Any
 
 from appliance.cli.output import Output, human_bytes
 from appliance.errors import NoValidCheckpointError, UsageError
+from appliance.format.provenance import Provenance
 from appliance.signing import PublicKey, SigningKey, TrustStore
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
@@ -115,6 +116,7 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
     store = Store.open(args.root)
     key = SigningKey.load(args.key)
     meta = parse_meta(args.meta)
+    provenance = check_vendor_signature(args.root, store, args.source)
     model = open_model(args.source)
     try:
         parts = directory_parts(model)  # every source defect is refused before anything is written
@@ -128,12 +130,22 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
                 full=args.full,
                 progress=progress,
                 directory=parts,
+                provenance=provenance,
             )
     finally:
         model.close()
     data = result.to_dict() | {"gc": gc.to_dict(), "assets": len(parts.assets), "shards": len(parts.shards)}
+    if provenance is not None:
+        data["provenance"] = provenance.to_dict() | {"summary": provenance.describe()}
     out.result(data, _commit_text)
     return 0
+
+
+def check_vendor_signature(root: Path, store: Store, source: Path) -> Provenance | None:
+    """The source's verified vendor provenance (``appliance.provenance``), before any tensor is read."""
+    from appliance.provenance import check_source, load_vendors, vendors_path
+
+    return check_source(source, load_vendors(vendors_path(Path(root), store.config.vendors)))
 
 
 def _commit_text(d: dict[str, Any]) -> str:
@@ -146,7 +158,7 @@ def _commit_text(d: dict[str, Any]) -> str:
         f"{human_bytes(d['written_bytes'])} written\n"
         f"  frames: {d['frames']} ({kinds['full']} full, {kinds['delta']} delta, {kinds['reused']} reused; "
         f"{kinds['copied']} copied from the other slot)"
-    )
+    ) + (f"\n  vendor signature verified: {d['provenance']['summary']}" if "provenance" in d else "")
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
@@ -246,6 +258,8 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
                 f"{human_bytes(e['stored_bytes'])} stored  {e['frames']['delta']} delta frames  {e['policy']}  "
                 + _signed_text(e)
             )
+            if "provenance" in e:
+                lines.append(f"            vendor: {e['provenance']['summary']}")
         return "\n".join(lines) or "no checkpoints"
 
     out.result({"checkpoints": entries}, text)
@@ -259,7 +273,12 @@ def _signed_text(e: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    status = Store.open(args.root).status()
+    from appliance.provenance import load_vendors, vendors_path
+
+    store = Store.open(args.root)
+    status = store.status()
+    vendors = load_vendors(vendors_path(Path(args.root), store.config.vendors))
+    status["vendors"] = {"require_signature": vendors.require_signature, "names": [v.name for v in vendors.vendors]}
 
     def text(d: dict[str, Any]) -> str:
         lines = [f"store {d['root']}  model {d['model']!r}  policy {d['policy']}"]
@@ -273,7 +292,14 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             if newest
             else "NO VALID CHECKPOINT"
         )
+        if newest and "provenance" in newest:
+            lines.append(f"  vendor: {newest['provenance']['summary']}")
         lines.extend(f"  problem: {p}" for p in d["problems"])
+        v = d["vendors"]
+        lines.append(
+            f"vendor signature on import: {'required' if v['require_signature'] else 'optional'}; "
+            f"vendors: {', '.join(v['names']) or 'none'}"
+        )
         nxt = d["next_commit"]
         lines.append(f"next commit: generation {nxt['generation']} into slot {nxt['slot']}")
         return "\n".join(lines)

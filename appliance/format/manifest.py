@@ -28,12 +28,14 @@ from appliance.format.directory import AssetEntry, ShardEntry, check_label, vali
 from appliance.format.dtypes import DType, dtype_named
 from appliance.format.frame import FrameRef
 from appliance.format.lineage import Lineage
+from appliance.format.provenance import Provenance
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 FORMAT_NAME = "appliance.checkpoint"
 FORMAT_VERSION = 2  # what this writer writes
 READ_VERSIONS = (1, 2)  # what this reader accepts
-V2_FIELDS = ("assets", "shards", "index_metadata", "lineage")  # optional, omitted when empty (§4.5, §5.4)
+# optional, omitted when empty (docs/design.md §4.5 directories, §5.3.1 lineage, §5.5 provenance)
+V2_FIELDS = ("assets", "shards", "index_metadata", "lineage", "provenance")
 POLICIES = ("fast", "compact")
 MAX_GENERATION = 2**63 - 1
 
@@ -105,6 +107,7 @@ class Manifest:
     assets: tuple[AssetEntry, ...] = ()  # v2: non-tensor files of a model directory
     shards: tuple[ShardEntry, ...] = ()  # v2: the source's safetensors files and their headers
     index_metadata: Mapping[str, Any] = field(default_factory=dict)  # v2: the source index's "metadata"
+    provenance: Provenance | None = None  # v2: the vendor model-signing signature verified on import (§5.5)
     version: int = FORMAT_VERSION
     lineage: Lineage | None = None  # v2: release-signed base of a device-signed checkpoint (issue 10)
 
@@ -182,6 +185,8 @@ class Manifest:
             out["index_metadata"] = dict(self.index_metadata)
         if self.lineage is not None:
             out["lineage"] = self.lineage.to_dict()
+        if self.provenance is not None:
+            out["provenance"] = self.provenance.to_dict()
         return out
 
     def totals(self) -> dict[str, int]:
@@ -265,6 +270,7 @@ def _v2_fields(d: dict[str, Any], limits: Limits) -> dict[str, Any]:
         "shards": tuple(ShardEntry.from_dict(s, limits) for s in shards),
         "index_metadata": index_metadata,
         "lineage": Lineage.from_dict(d["lineage"], limits) if "lineage" in d else None,
+        "provenance": Provenance.from_dict(d["provenance"]) if "provenance" in d else None,
     }
 
 
@@ -272,8 +278,8 @@ def validate_manifest(m: Manifest, limits: Limits) -> None:
     """Structural rules that make every later step safe; see docs/design.md §4.3 and §4.5."""
     if m.version not in READ_VERSIONS:
         raise ManifestError(f"manifest.version {m.version} is not one of {READ_VERSIONS}")
-    if m.version == 1 and (m.assets or m.shards or m.index_metadata or m.lineage):
-        raise ManifestError("a format v1 manifest cannot hold assets, shards, index metadata or lineage")
+    if m.version == 1 and (m.assets or m.shards or m.index_metadata or m.lineage or m.provenance):
+        raise ManifestError("a format v1 manifest cannot hold assets, shards, index metadata, lineage or provenance")
     if len(canonical_bytes(dict(m.index_metadata))) > limits.metadata_max_bytes:
         raise LimitExceededError(f"manifest.index_metadata is larger than {limits.metadata_max_bytes} bytes")
     if not m.model or not m.model.isprintable():

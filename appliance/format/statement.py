@@ -4,7 +4,8 @@ Owns: building the statement payload from a manifest, DSSE's pre-authentication 
 (PAE), and strict parsing of bundle -> envelope -> statement -> manifest. Does not own the
 cryptography (``appliance.signing`` signs and verifies PAE bytes with Ed25519 keys).
 
-Layout follows the OpenSSF model-signing format (docs/design.md §5): the bundle's
+The containers are those OpenSSF model-signing uses, but the statement is ours and the stock
+model_signing tool cannot verify it (docs/design.md §5.2): the bundle's
 ``dsseEnvelope`` carries ``payloadType = application/vnd.in-toto+json``, a base64 payload and
 ``signatures[{keyid, sig}]``; the payload is a canonical-JSON in-toto Statement whose single
 subject is the model id with the SHA-256 of the canonical manifest, and whose predicate *is*

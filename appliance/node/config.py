@@ -35,6 +35,7 @@ class NodeConfig:
     signing_key: str = "/etc/appliance/device.key"  # device key that signs persisted deltas
     floor_file: str = "/var/lib/appliance-floor/floor.json"  # file-backed anti-rollback floor
     floor_provider: str = ""  # optional entry point of a GenerationFloor (secure storage on Jetson)
+    key_provider: str = ""  # optional entry point of a KeyProvider (OP-TEE/TPM); "" = 0400 files (node/keyprovider.py)
     supervisor_socket: str = "/run/appliance/supervisor.sock"
     trust: str = ""  # trust store override; "" = the store's own trust.json (development only)
     host: str = "127.0.0.1"

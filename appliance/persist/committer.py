@@ -89,8 +89,8 @@ class Committer:
             step=opened.info.step,
             export_pause_s=opened.info.pause_s,
             gc_removed=gc.removed_checkpoints,
-            signer_role=result.provenance.role if result.provenance else None,
-            release_base=result.provenance.release_base.generation if result.provenance else None,
+            signer_role=result.authorization.role if result.authorization else None,
+            release_base=result.authorization.release_base.generation if result.authorization else None,
         )
         remove_durably(path)
         return result

@@ -5,12 +5,12 @@ or where key and trust files live (the store and CLI decide). Torch-free.
 """
 
 from appliance.signing.keys import PublicKey, SigningKey
-from appliance.signing.lineage import Provenance, ReleaseBase, authorize, lineage_for_commit
+from appliance.signing.lineage import Authorization, ReleaseBase, authorize, lineage_for_commit
 from appliance.signing.trust import TrustedKey, TrustStore
 from appliance.signing.verify import VerifiedManifest, sign_manifest, verify_bundle
 
 __all__ = [
-    "Provenance",
+    "Authorization",
     "PublicKey",
     "ReleaseBase",
     "SigningKey",

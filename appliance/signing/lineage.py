@@ -45,7 +45,7 @@ class ReleaseBase:
 
 
 @dataclass(frozen=True)
-class Provenance:
+class Authorization:
     role: str  # "release" | "device" | "unrestricted": the strongest role among the authorised signers
     release_base: ReleaseBase
     device: str | None = None  # device id, for device-signed checkpoints
@@ -61,8 +61,8 @@ def authorize(
     *,
     release_only: bool = False,
     limits: Limits = DEFAULT_LIMITS,
-) -> Provenance:
-    """Provenance of ``manifest`` signed by ``keyids`` (signatures already verified), or raise.
+) -> Authorization:
+    """Authorization of ``manifest`` signed by ``keyids`` (signatures already verified), or raise.
 
     ``release_only``: device keys do not count (used for the release base itself).
     Raises ``RoleError`` or ``LineageError`` when fewer than ``trust.threshold`` signers may sign it.
@@ -73,7 +73,7 @@ def authorize(
     if len(release) >= trust.threshold:
         role = UNRESTRICTED if all(e.role is None for e in release) else "release"
         base = ReleaseBase(manifest.generation, manifest.digest(), tuple(e.keyid for e in release))
-        return Provenance(role, base)
+        return Authorization(role, base)
     if not devices or release_only:
         _refuse_roles(manifest, entries, trust.threshold, release_only)
     base = _release_base(manifest, trust, limits)
@@ -84,7 +84,7 @@ def authorize(
             f"checkpoint generation {manifest.generation} names device {manifest.lineage.device!r:.80}, but its "
             f"device key(s) are bound to {sorted(str(e.device) for e in devices)!r:.160}"
         )
-    return Provenance(DEVICE, base, manifest.lineage.device)
+    return Authorization(DEVICE, base, manifest.lineage.device)
 
 
 def _refuse_roles(manifest: Manifest, entries: list[TrustedKey], threshold: int, release_only: bool) -> None:
@@ -121,11 +121,11 @@ def _release_base(manifest: Manifest, trust: TrustStore, limits: Limits) -> Rele
 
 
 def lineage_for_commit(
-    signers: Sequence[str], trust: TrustStore, parent: tuple[bytes, Provenance, Manifest] | None
+    signers: Sequence[str], trust: TrustStore, parent: tuple[bytes, Authorization, Manifest] | None
 ) -> Lineage | None:
     """The lineage a new checkpoint signed by ``signers`` carries (``None`` unless a device key signs).
 
-    ``parent``: the parent's bundle bytes, provenance and manifest. Raises ``LineageError`` when
+    ``parent``: the parent's bundle bytes, authorization and manifest. Raises ``LineageError`` when
     a device key would sign a checkpoint with no release-signed ancestor, ``RoleError`` when
     the device keys are bound to different devices.
     """
@@ -140,8 +140,8 @@ def lineage_for_commit(
             "a device key may sign only a checkpoint derived from a release-signed one, and this store has none",
             remedy="install a release-signed checkpoint first (signed by a release key listing this model)",
         )
-    bundle, provenance, manifest = parent
-    if provenance.role != DEVICE:
+    bundle, authorization, manifest = parent
+    if authorization.role != DEVICE:
         return Lineage(bundle, device)
     assert manifest.lineage is not None
     return Lineage(manifest.lineage.release_bundle, device)

@@ -31,7 +31,7 @@ from appliance.format.statement import (
 )
 from appliance.limits import DEFAULT_LIMITS, Limits
 from appliance.signing.keys import SigningKey
-from appliance.signing.lineage import Provenance, authorize
+from appliance.signing.lineage import Authorization, authorize
 from appliance.signing.trust import TrustStore
 
 _TOKEN = object()
@@ -45,7 +45,7 @@ class VerifiedManifest:
     bundle_digest: Digest
     keyids: tuple[str, ...]
     _token: object = field(default=None, repr=False, compare=False)
-    provenance: Provenance | None = None  # always set by verify_bundle: signer role and release base
+    authorization: Authorization | None = None  # always set by verify_bundle: signer role and release base
 
     def __post_init__(self) -> None:
         if self._token is not _TOKEN:
@@ -94,8 +94,8 @@ def verify_bundle(
         raise CompatibilityError(
             f"checkpoint is for model {manifest.model!r:.80}, this store holds {expected_model!r:.80}"
         )
-    provenance = authorize(manifest, sorted(good), trust, release_only=release_only, limits=limits)
-    return VerifiedManifest(manifest, Digest.of(data), tuple(sorted(good)), _TOKEN, provenance)
+    authorization = authorize(manifest, sorted(good), trust, release_only=release_only, limits=limits)
+    return VerifiedManifest(manifest, Digest.of(data), tuple(sorted(good)), _TOKEN, authorization)
 
 
 def _refuse(good: int, threshold: int, *, revoked: int, unknown: int, bad: int) -> None:

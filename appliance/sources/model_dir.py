@@ -38,6 +38,7 @@ from appliance.sources.safetensors_io import ImportedModel, check_exportable, ex
 from appliance.store.assets import AssetSource, DirectoryParts
 
 SKIPPED_TOP = frozenset({".git", ".cache"})
+MODEL_SIG = "model.sig"  # OpenSSF model-signing's signature file (appliance.provenance)
 DEFAULT_HEADER = {"format": "pt"}  # what safetensors.torch and transformers write; loaders require it
 
 
@@ -82,7 +83,10 @@ def directory_parts(model: ImportedModel) -> DirectoryParts:
     """Shards (with header metadata), index metadata and, for a directory, its assets."""
     if model.root is None:
         return DirectoryParts(shards=tuple(model.shards))
-    skip = frozenset({INDEX_NAME, *(f.name for f in model.files)})
+    # A vendor's model.sig is verified on import and recorded as the manifest's provenance
+    # (appliance.provenance); it is not an asset: a restored directory's bytes differ from the
+    # signed ones (re-sharded, appliance header keys), so a restore writes its own model.sig.
+    skip = frozenset({INDEX_NAME, MODEL_SIG, *(f.name for f in model.files)})
     return DirectoryParts(scan_assets(model.root, skip), tuple(model.shards), dict(model.index_metadata))
 
 

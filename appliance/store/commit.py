@@ -41,8 +41,9 @@ from appliance.format.digest import Digest
 from appliance.format.lineage import Lineage
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import choose_target_slot, first_unused_generation
+from appliance.format.provenance import Provenance
 from appliance.limits import DEFAULT_LIMITS
-from appliance.signing import Provenance, SigningKey, TrustStore, authorize, lineage_for_commit, sign_manifest
+from appliance.signing import Authorization, SigningKey, TrustStore, authorize, lineage_for_commit, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
 from appliance.store import layout
 from appliance.store.assets import AssetJobs, DirectoryParts
@@ -75,11 +76,11 @@ class CommitResult:
     frames: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"reused": 0, "delta": 0, "full": 0, "copied": 0})
     seconds: float = 0.0
-    provenance: Provenance | None = None  # signer role and release base of the new checkpoint
+    authorization: Authorization | None = None  # signer role and release base of the new checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **(self.provenance.to_dict() if self.provenance else {}),
+            **(self.authorization.to_dict() if self.authorization else {}),
             "slot": self.slot,
             "generation": self.generation,
             "manifest_digest": self.manifest_digest.hex,
@@ -105,6 +106,7 @@ class CommitRequest:
     good: Mapping[str, int | None] = field(default_factory=dict)  # slot -> GOOD generation
     clock: Callable[[], float] = time.time
     directory: DirectoryParts = field(default_factory=DirectoryParts)  # assets, shards (model directories)
+    provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -272,7 +274,7 @@ def commit(
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
     signers = [k.keyid for k in request.keys]
     lineage = lineage_for_commit(  # a device key signs only descendants of a release (issue 10)
-        signers, trust, (parent.bundle, parent.provenance, parent.verified.manifest) if parent else None
+        signers, trust, (parent.bundle, parent.authorization, parent.verified.manifest) if parent else None
     )
     try:
         manifest = _encode_and_place(
@@ -290,7 +292,7 @@ def commit(
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
         _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
-        result.provenance = authorize(manifest, signers, trust)  # refuse now what boot would refuse
+        result.authorization = authorize(manifest, signers, trust)  # refuse now what boot would refuse
         bundle = sign_manifest(manifest, request.keys)
         write_durable(storage, layout.bundle_path(target, generation), bundle)
         placer.created.append(layout.bundle_path(target, generation))
@@ -362,6 +364,7 @@ def _encode_and_place(
         assets=asset_entries,
         shards=request.directory.shards,
         index_metadata=request.directory.index_metadata,
+        provenance=request.provenance,
     )
 
 

@@ -31,6 +31,7 @@ class StoreConfig:
     max_delta_depth: int = DEFAULT_DELTA_DEPTH
     trust: str = "trust.json"  # relative to the store root, or an absolute path
     zstd_level: int = 1
+    vendors: str = "vendors.json"  # model-signing vendor trust (appliance.provenance); same path rule
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.isprintable() or len(self.model) > 256:
@@ -60,7 +61,7 @@ class StoreConfig:
             "max_delta_depth": self.max_delta_depth,
             "trust": self.trust,
             "zstd_level": self.zstd_level,
-        }
+        } | ({"vendors": self.vendors} if self.vendors != "vendors.json" else {})
 
     @classmethod
     def from_dict(cls, obj: Any) -> StoreConfig:
@@ -75,7 +76,7 @@ class StoreConfig:
                 "max_delta_depth",
                 "trust",
             }
-            d = require_keys(obj, "store.json", keys, frozenset({"zstd_level"}))
+            d = require_keys(obj, "store.json", keys, frozenset({"zstd_level", "vendors"}))
             if d["format"] != CONFIG_FORMAT or d["version"] != CONFIG_VERSION:
                 raise ConfigError("store.json is not a v1 store configuration")
             return cls(
@@ -86,6 +87,7 @@ class StoreConfig:
                 max_delta_depth=get_int(d, "max_delta_depth", "store", 0, 64),
                 trust=get_str(d, "trust", "store", 4096),
                 zstd_level=get_int(d, "zstd_level", "store", 1, 19) if "zstd_level" in d else 1,
+                vendors=get_str(d, "vendors", "store", 4096) if "vendors" in d else "vendors.json",
             )
         except ManifestError as exc:
             raise ConfigError(f"store.json is invalid: {exc.problem}") from exc

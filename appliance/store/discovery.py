@@ -27,7 +27,7 @@ from appliance.errors import (
 from appliance.format.commit import SLOT_NAMES, CommitRecord
 from appliance.format.plan import Candidate, SlotView, boot_order
 from appliance.limits import DEFAULT_LIMITS, Limits
-from appliance.signing import Provenance, TrustStore, VerifiedManifest, verify_bundle
+from appliance.signing import Authorization, TrustStore, VerifiedManifest, verify_bundle
 from appliance.storage import Storage
 from appliance.store.slot import RecordOutcome, SlotReader
 
@@ -46,9 +46,9 @@ class OpenCheckpoint:
         return self.record.generation
 
     @property
-    def provenance(self) -> Provenance:
-        assert self.verified.provenance is not None  # verify_bundle always sets it
-        return self.verified.provenance
+    def authorization(self) -> Authorization:
+        assert self.verified.authorization is not None  # verify_bundle always sets it
+        return self.verified.authorization
 
 
 @dataclass(frozen=True)

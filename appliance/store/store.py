@@ -24,6 +24,7 @@ from appliance.errors import (
 from appliance.format.canonical import canonical_bytes, strict_loads
 from appliance.format.commit import SLOT_NAMES
 from appliance.format.plan import choose_target_slot, next_generation, protected_slot
+from appliance.format.provenance import Provenance
 from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
@@ -155,6 +156,7 @@ class Store:
         floor: int = 0,
         progress: Progress | None = None,
         directory: DirectoryParts | None = None,
+        provenance: Provenance | None = None,
     ) -> tuple[CommitResult, GcReport]:
         """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
         profile = self.device_profile()
@@ -176,6 +178,7 @@ class Store:
                 floor,
                 good,
                 directory=directory or DirectoryParts(),
+                provenance=provenance,
             )
             result = commit(self.storage, self.trust, sources, request, progress)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None)
@@ -281,7 +284,7 @@ class Store:
                 entry["error"] = exc.problem
                 entries.append(entry)
                 continue
-            entry.update(self._provenance(data))
+            entry.update(self._authorization(data))
             kinds = {"delta": 0, "full": 0}
             for f in manifest.all_frames():
                 kinds["delta" if f.base is not None else "full"] += 1
@@ -290,23 +293,27 @@ class Store:
                 parent=manifest.parent.hex if manifest.parent else None,
                 policy=manifest.policy,
                 tensors=len(manifest.tensors),
+                assets=len(manifest.assets),
+                format_version=manifest.version,
                 raw_bytes=manifest.raw_bytes,
                 stored_bytes=manifest.stored_bytes,
                 frames=kinds,
                 metadata=dict(manifest.metadata),
             )
+            if manifest.provenance is not None:
+                entry["provenance"] = manifest.provenance.to_dict() | {"summary": manifest.provenance.describe()}
             entries.append(entry)
         entries.sort(key=lambda e: (-e["generation"], e["slot"]))
         return entries
 
-    def _provenance(self, bundle: bytes) -> dict[str, Any]:
+    def _authorization(self, bundle: bytes) -> dict[str, Any]:
         """Signer role and release base of a bundle, or why it does not verify (for log and status)."""
         try:
             verified = verify_bundle(bundle, self.trust, expected_model=self.config.model, limits=self.limits)
         except ApplianceError as exc:
             return {"signer_role": None, "release_base": None, "verify_error": f"{type(exc).__name__}: {exc.problem}"}
-        assert verified.provenance is not None
-        return verified.provenance.to_dict()
+        assert verified.authorization is not None
+        return verified.authorization.to_dict()
 
     def status(self) -> dict[str, Any]:
         found = scan(self.storage, self.limits)
@@ -331,11 +338,12 @@ class Store:
             }
         try:
             newest = self.select()
+            provenance = newest.opened.verified.manifest.provenance
             newest_valid: dict[str, Any] | None = {
                 "slot": newest.opened.slot,
                 "generation": newest.opened.generation,
-                **newest.opened.provenance.to_dict(),
-            }
+                **newest.opened.authorization.to_dict(),
+            } | ({"provenance": provenance.to_dict() | {"summary": provenance.describe()}} if provenance else {})
             failures = [f.describe() for f in newest.failures]
         except NoValidCheckpointError as exc:
             newest_valid, failures = None, [exc.problem]

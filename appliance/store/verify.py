@@ -123,7 +123,7 @@ def verify_store(
                 _decode_frames(
                     cache.reader,
                     manifest.frame_index(),
-                    [f for t in manifest.tensors for f in t.frames],
+                    [f for _, frames in manifest.content_frames() for f in frames],  # tensors and assets
                 )
             entry.ok = True
         except (ApplianceError, StorageError) as exc:

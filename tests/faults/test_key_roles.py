@@ -96,10 +96,10 @@ def test_device_key_signs_descendants_of_a_release(victim: Victim) -> None:
     g3 = victim.commit(victim.device, 3)
     for gen in (g2, g3):
         opened = victim.store.select(gen).opened
-        assert opened.provenance.role == "device" and opened.provenance.device == "dev-1"
-        assert opened.provenance.release_base.generation == 1
+        assert opened.authorization.role == "device" and opened.authorization.device == "dev-1"
+        assert opened.authorization.release_base.generation == 1
         assert opened.verified.manifest.version == 2 and opened.verified.manifest.lineage is not None
-    assert victim.store.select(1).opened.provenance.role == "release"
+    assert victim.store.select(1).opened.authorization.role == "release"
     log = {e["generation"]: e for e in victim.store.log()}
     assert (log[3]["signer_role"], log[3]["release_base"]["generation"]) == ("device", 1)
     assert log[1]["signer_role"] == "release"
@@ -113,7 +113,7 @@ def test_lineage_survives_the_release_base_being_collected(victim: Victim) -> No
         victim.commit(victim.device, seed)
     assert 1 not in {e["generation"] for e in victim.store.log()}  # keep=2 per slot: the base is gone
     opened = victim.store.select().opened
-    assert opened.generation == 6 and opened.provenance.release_base.generation == 1
+    assert opened.generation == 6 and opened.authorization.release_base.generation == 1
 
 
 def test_device_key_cannot_sign_a_checkpoint_without_release_lineage(
@@ -235,7 +235,7 @@ def test_role_less_trust_store_keeps_working_and_keeps_its_bytes(tmp_path: Path)
     assert json.loads(before)["version"] == 1
     store.commit([_source("w", 1)], [key])
     opened = store.select().opened
-    assert opened.provenance.role == "unrestricted" and opened.verified.manifest.lineage is None
+    assert opened.authorization.role == "unrestricted" and opened.verified.manifest.lineage is None
     store.save_trust(store.trust)
     assert (tmp_path / "s" / "trust.json").read_bytes() == before
     root = str(tmp_path / "s")
@@ -243,4 +243,4 @@ def test_role_less_trust_store_keeps_working_and_keeps_its_bytes(tmp_path: Path)
     migrated = json.loads((tmp_path / "s" / "trust.json").read_text())
     assert migrated["version"] == 2 and migrated["keys"][0]["role"] == "release"
     assert migrated["keys"][0]["type"] == "ed25519"
-    assert Store.open(root).select().opened.provenance.role == "release"
+    assert Store.open(root).select().opened.authorization.role == "release"

@@ -267,3 +267,35 @@ def test_a_reserved_name_already_in_a_store_restores_to_a_typed_error_not_a_brok
     code, out = run(capsys, "restore", root, "--out", str(tmp_path / "r.safetensors"))
     assert code == 25 and out["error"] == "ReservedNameError" and not (tmp_path / "r.safetensors").exists()
     assert torch.equal(api.load(store).tensors["__metadata__"], torch.ones(2))  # the API still restores it
+
+
+def test_a_damaged_asset_frame_falls_back_to_the_other_slot(cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
+    """Assets are checked like tensors: a rotten tokenizer frame costs a fallback, never a wrong file."""
+    src = model_dir(tmp_path / "src", state())
+    for _ in range(2):
+        assert run(capsys, "commit", cli["root"], str(src), "--key", cli["key"])[0] == 0
+    store = Store.open(cli["root"])
+    manifest = store.select(2).opened.verified.manifest
+    frame = manifest.asset("tokenizer.json").frames[0]
+    path = Path(cli["root"]) / "B" / "frames" / frame.digest.hex
+    path.chmod(0o644)
+    path.write_bytes(b"\x00" + path.read_bytes()[1:])
+    code, out = run(capsys, "verify", cli["root"])
+    assert code == 1 and not out["ok"]
+    code, out = run(capsys, "restore", cli["root"], "--out", f"{tmp_path / 'dst'}/")
+    assert code == 1 and out["fell_back"] and out["restore"]["generation"] == 1
+    assert (tmp_path / "dst" / "tokenizer.json").read_bytes() == ASSETS["tokenizer.json"]
+    entry = run(capsys, "log", cli["root"])[1]["checkpoints"][0]
+    assert entry["assets"] == len(ASSETS) + 1 and entry["format_version"] == 2
+
+
+def test_gc_keeps_asset_frames_that_a_kept_checkpoint_names(cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
+    for i in range(5):  # store keep=... default; old generations are collected, shared asset frames stay
+        src = model_dir(tmp_path / f"v{i}", state(i), ASSETS | {"config.json": f'{{"v": {i}}}'.encode()})
+        assert run(capsys, "commit", cli["root"], str(src), "--key", cli["key"])[0] == 0
+    assert run(capsys, "gc", cli["root"])[0] == 0
+    code, out = run(capsys, "verify", cli["root"], "--deep")
+    assert code == 0 and out["ok"]
+    loaded = api.load(Store.open(cli["root"]), assets=True)
+    assert loaded.generation == 5 and loaded.assets["config.json"] == b'{"v": 4}'
+    assert loaded.assets["tokenizer.json"] == ASSETS["tokenizer.json"]

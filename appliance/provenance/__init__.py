@@ -1,0 +1,22 @@
+"""OpenSSF model-signing interop: vendor signatures checked on import, ``model.sig`` written on restore.
+
+Owns: the vendor trust (``vendors``), verifying a directory's ``model.sig`` with the
+``model_signing`` library into a ``Provenance`` record (``verify``). Layer: beside
+``appliance.sources`` (an import/export edge), torch-free; the library is the optional extra
+``appliance[model-signing]`` and is imported only when a signature is checked or written.
+"""
+
+from appliance.provenance.vendors import Vendor, VendorTrust, load_vendors, save_vendors, vendors_path
+from appliance.provenance.verify import MODEL_SIG, check_source, library, verify_directory
+
+__all__ = [
+    "MODEL_SIG",
+    "Vendor",
+    "VendorTrust",
+    "check_source",
+    "library",
+    "load_vendors",
+    "save_vendors",
+    "vendors_path",
+    "verify_directory",
+]

@@ -1,0 +1,244 @@
+"""OpenSSF model-signing on import: the real ``model_signing`` signer signs, our commit verifies with the real library.
+
+A directory signed with ``model_signing sign key|certificate`` is committed only when its
+``model.sig`` verifies against a vendor of the store; the vendor identity and signed digest are
+recorded in the signed manifest and shown by ``log``/``status``. Altered shards, foreign keys,
+foreign CAs and unsigned directories under ``require on`` are refused with exit 47, before a
+single frame is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+from safetensors.torch import save_file
+
+from appliance.cli.main import main
+from appliance.errors import ModelSigningUnavailableError, VendorSignatureError, VendorTrustError
+from appliance.provenance import VendorTrust, check_source
+from appliance.store.store import Store
+from tests.integration.conftest import weights
+
+pytestmark = pytest.mark.integration
+model_signing = pytest.importorskip("model_signing", reason="the model-signing extra is not installed")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out.strip() else None
+
+
+def model_signing_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The stock model_signing command line, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "model_signing", *argv], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def ec_pair(tmp: Path, name: str, curve: ec.EllipticCurve | None = None) -> tuple[ec.EllipticCurvePrivateKey, Path, Path]:  # fmt: skip
+    key = ec.generate_private_key(curve or ec.SECP256R1())
+    priv, pub = tmp / f"{name}.pem", tmp / f"{name}.pub"
+    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    return key, priv, pub
+
+
+def model_dir(tmp: Path) -> Path:
+    d = tmp / "tiny-model"
+    d.mkdir()
+    state = weights(3, n=4096)
+    save_file({"w": state["w"]}, str(d / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    save_file({"v": state["v"], "step": state["step"]}, str(d / "model-00002-of-00002.safetensors"))
+    index = {"metadata": {}, "weight_map": {"w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors", "step": "model-00002-of-00002.safetensors"}}  # fmt: skip
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    (d / "config.json").write_text('{"model_type": "tiny"}')
+    return d
+
+
+@pytest.fixture
+def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]:
+    key, root = tmp_path / "k", tmp_path / "store"
+    assert main(["keygen", str(key), "--json"]) == 0
+    assert main(["init", str(root), "--trust", f"{key}.pub", "--model", "m", "--frame-size", "4096", "--json"]) == 0
+    capsys.readouterr()
+    _, vendor_priv, vendor_pub = ec_pair(tmp_path, "vendor")
+    model = model_dir(tmp_path)
+    signed = model_signing_cli("sign", "key", str(model), "--private_key", str(vendor_priv), "--signature", str(model / "model.sig"))  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    return {"key": key, "root": root, "model": model, "vendor_priv": vendor_priv, "vendor_pub": vendor_pub}
+
+
+def subject_digest(sig: Path) -> str:
+    statement = json.loads(base64.b64decode(json.loads(sig.read_text())["dsseEnvelope"]["payload"]))
+    return str(statement["subject"][0]["digest"]["sha256"])
+
+
+def test_a_vendor_signed_directory_is_verified_and_its_provenance_is_signed_into_the_manifest_and_shown(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, model = str(env["root"]), env["model"]
+    assert run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))[0] == 0
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 0, out
+    prov = out["provenance"]
+    assert prov["subject"] == {"name": "tiny-model", "sha256": subject_digest(model / "model.sig")}
+    assert prov["signer"]["vendor"] == "acme" and prov["signer"]["method"] == "key"
+    assert prov["resources"] == 4 and prov["verifier"].startswith("model_signing 1.1")
+    code, log = run(capsys, "log", root)
+    assert log["checkpoints"][0]["provenance"]["subject"]["sha256"] == prov["subject"]["sha256"]
+    code, status = run(capsys, "status", root)
+    assert status["newest_valid"]["provenance"]["signer"]["vendor"] == "acme"
+    main(["log", root])
+    assert "vendor: signed by acme (key " in capsys.readouterr().out
+    code, verified = run(capsys, "verify", root, "--deep")
+    assert code == 0 and verified["ok"]  # the provenance is covered by our own (Ed25519) manifest signature
+    manifest = Store.open(root).select().opened.verified.manifest
+    assert manifest.version == 2 and manifest.provenance is not None
+    assert [a.path for a in manifest.assets] == ["config.json"]  # the vendor's model.sig is provenance, not an asset
+
+
+def test_an_altered_shard_is_refused_with_exit_47_like_model_signing_verify_and_nothing_is_committed(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, model = str(env["root"]), env["model"]
+    run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
+    shard = model / "model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x01  # one bit of tensor data
+    shard.write_bytes(bytes(data))
+    stock = model_signing_cli("verify", "key", str(model), "--signature", str(model / "model.sig"), "--public_key", str(env["vendor_pub"]))  # fmt: skip
+    assert stock.returncode != 0 and "model-00002-of-00002.safetensors" in stock.stderr + stock.stdout
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == VendorSignatureError.exit_code == 47
+    assert out["error"] == "VendorSignatureError" and "model-00002-of-00002.safetensors" in out["problem"]
+    assert run(capsys, "log", root)[1]["checkpoints"] == []
+
+
+def test_a_signature_by_another_key_is_refused(env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
+    root = str(env["root"])
+    _, _, other_pub = ec_pair(tmp_path, "other", ec.SECP384R1())
+    assert run(capsys, "vendor", root, "add", "other", "--key", str(other_pub))[0] == 0
+    code, out = run(capsys, "commit", root, str(env["model"]), "--key", str(env["key"]))
+    assert code == 47 and "other:" in out["problem"]
+
+
+def test_a_signed_directory_is_refused_when_the_store_trusts_no_vendor_never_silently_dropped(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(capsys, "commit", str(env["root"]), str(env["model"]), "--key", str(env["key"]))
+    assert code == 47 and "trusts no vendor" in out["problem"] and "vendor" in out["remedy"]
+
+
+def test_require_on_refuses_unsigned_directories_and_single_files_and_off_accepts_them(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root, model = str(env["root"]), env["model"]
+    run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
+    assert run(capsys, "vendor", root, "require", "on")[1]["require_signature"] is True
+    (model / "model.sig").unlink()
+    single = tmp_path / "single.safetensors"
+    save_file(weights(1, n=1024), str(single))
+    for source in (model, single):
+        code, out = run(capsys, "commit", root, str(source), "--key", str(env["key"]))
+        assert code == 47 and "requires a vendor signature" in out["problem"], out
+    code, status = run(capsys, "status", root)
+    assert status["vendors"] == {"require_signature": True, "names": ["acme"]}
+    run(capsys, "vendor", root, "require", "off")
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 0 and "provenance" not in out
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool) -> x509.Certificate:  # fmt: skip
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),  # fmt: skip
+            critical=True,
+        )
+    )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def test_a_certificate_signed_directory_verifies_against_the_vendor_chain_and_records_the_certificate(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root, model = str(env["root"]), env["model"]
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("Acme Root CA", ca_key, "Acme Root CA", ca_key, ca=True)
+    leaf = _cert("Acme Model Release", leaf_key, "Acme Root CA", ca_key, ca=False)
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.key").write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    (model / "model.sig").unlink()
+    signed = model_signing_cli("sign", "certificate", str(model), "--private_key", str(tmp_path / "leaf.key"), "--signing_certificate", str(tmp_path / "leaf.pem"), "--certificate_chain", str(tmp_path / "ca.pem"), "--signature", str(model / "model.sig"))  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "other-ca.pem").write_bytes(_cert("Other CA", other_key, "Other CA", other_key, ca=True).public_bytes(serialization.Encoding.PEM))  # fmt: skip
+    run(capsys, "vendor", root, "add", "other", "--cert-chain", str(tmp_path / "other-ca.pem"))
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 47, out  # a chain from another CA does not vouch for it
+    run(capsys, "vendor", root, "add", "acme", "--cert-chain", str(tmp_path / "ca.pem"))
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 0, out
+    signer = out["provenance"]["signer"]
+    assert signer["vendor"] == "acme" and signer["method"] == "certificate"
+    assert signer["subject"] == "CN=Acme Model Release" and signer["issuer"] == "CN=Acme Root CA"
+    assert signer["certificate_sha256"] == leaf.fingerprint(hashes.SHA256()).hex()
+
+
+def test_vendor_keys_must_be_ec_p256_or_p384(env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
+    root = str(env["root"])
+    ed = tmp_path / "ed.pub"
+    ed.write_bytes(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    _, _, p521 = ec_pair(tmp_path, "p521", ec.SECP521R1())
+    for pub in (ed, p521, env["vendor_priv"]):
+        code, out = run(capsys, "vendor", root, "add", "x", "--key", str(pub))
+        assert code == VendorTrustError.exit_code == 27, out
+    assert run(capsys, "vendor", root)[1]["vendors"] == []
+
+
+def test_without_the_model_signing_library_a_signed_import_fails_with_exit_28(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault-injection seam: the library is made unimportable, as on a node without the extra."""
+    from appliance.provenance.vendors import Vendor
+
+    vendors = VendorTrust((Vendor("acme", public_key=env["vendor_pub"].read_bytes()),))
+    monkeypatch.setitem(sys.modules, "model_signing", None)
+    with pytest.raises(ModelSigningUnavailableError) as caught:
+        check_source(env["model"], vendors)
+    assert caught.value.exit_code == 28 and "appliance[model-signing]" in caught.value.remedy
