@@ -19,6 +19,7 @@ closed (raise) rather than report 0 when the secure store cannot be read.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +54,8 @@ class FileFloor:
         self.path = Path(path)
 
     def read(self) -> int:
+        if not os.path.lexists(self.path):  # the file or its directory is gone: never floor 0
+            raise FloorMissingError(f"{self.path} does not exist")
         try:
             data = LocalStorage(self.path.parent).read(self.path.name, 4096)
         except FileNotFoundError as exc:

@@ -238,3 +238,18 @@ def _hold_steps(run: Path) -> None:
     finally:
         squatter.kill()
         squatter.wait()
+
+
+@needs_root
+def test_provisioning_hands_the_device_key_to_its_signing_user(tmp_path: Path) -> None:
+    """First boot (root) creates the key 0400 for the persist user and never needs to read it again."""
+    from appliance.node.keyprovider import FileKeyProvider
+
+    provider = FileKeyProvider(tmp_path, owner=(NOBODY, NOBODY))
+    public = provider.create_signing_key("device")
+    key = tmp_path / "device.key"
+    st = key.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0o400)
+    assert provider.create_signing_key("device") == public == provider.public_key("device")
+    with pytest.raises(KeyPermissionError, match=f"owned by uid {NOBODY}"):
+        SigningKey.load(key)  # root may not sign with the persist user's key by accident
