@@ -36,7 +36,7 @@ class NodeConfig:
     floor_file: str = "/var/lib/appliance-floor/floor.json"  # file-backed anti-rollback floor
     floor_provider: str = ""  # optional entry point of a GenerationFloor (secure storage on Jetson)
     key_provider: str = ""  # optional entry point of a KeyProvider (OP-TEE/TPM); "" = 0400 files (node/keyprovider.py)
-    supervisor_socket: str = "/run/appliance/supervisor.sock"
+    supervisor_socket: str = "/run/appliance-supervisor/supervisor.sock"  # boot's alone (privileges)
     trust: str = ""  # trust store override; "" = the store's own trust.json (development only)
     host: str = "127.0.0.1"
     port: int = 8470
