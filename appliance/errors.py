@@ -12,9 +12,10 @@ Groups (exit-code ranges are a public contract, listed in the README):
 * ``StorageError`` (60-69): the environment failed (disk full, I/O error, lock held,
   slot not mounted); fix the device and retry. Committed data was not touched.
 * ``HardwareError`` (70-79): an accelerator path failed; the CPU path is used instead.
-* ``ProvisioningError`` (80-89): node provisioning (first boot) could not finish: a checkpoint
+* ``ProvisioningError`` (80-81): node provisioning (first boot) could not finish: a checkpoint
   partition, the provisioning file or the device's key store. Nothing already provisioned is
   undone; the first-boot unit completes the remaining steps on the next boot once fixed.
+* Console group (82-83): the technicians' recovery console refused access or an action.
 
 Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
 """
@@ -48,7 +49,8 @@ class ApplianceError(Exception):
 
 class UserError(ApplianceError):
     exit_code = 10
-    remedy = "correct the command-line arguments and retry"
+    # Raised from the CLI and from the Python API alike: the problem names the option or argument.
+    remedy = "correct the argument named above and retry"
 
 
 class UsageError(UserError):
@@ -232,6 +234,14 @@ class PartialCheckpointError(IntegrityError):
     remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
 
 
+class HeadError(IntegrityError):
+    exit_code = 49
+    remedy = (
+        "the object store's head record is forged, replayed, malformed or for another node; nothing was "
+        "changed: check the bucket's access policy and re-publish or re-replicate"
+    )
+
+
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
     remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
@@ -304,6 +314,24 @@ class KeyProviderError(ProvisioningError):
 
     exit_code = 81
     remedy = "check the key provider (node.json key_provider; default: key files of mode 0400 in /etc/appliance)"
+
+
+# --- console group (82-83): the recovery console refused a technician --------------------------
+# Owned by the recovery console (appliance.console, issue 14). The old ranges are full; these two
+# codes are reserved for it. Both mean "nothing was changed".
+
+
+class ConsoleAccessError(ApplianceError):
+    exit_code = 82
+    remedy = (
+        "provision a technician on the node (`appliance console passwd NAME`) or use the one-time setup code "
+        "shown on the node's local console; after repeated failures wait for the lockout to end"
+    )
+
+
+class ActionRefusedError(ApplianceError):
+    exit_code = 83
+    remedy = "the action's preconditions are not met (see the problem); choose another target or fix the cause first"
 
 
 def all_error_classes() -> list[type[ApplianceError]]:

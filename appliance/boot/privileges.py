@@ -27,7 +27,9 @@ from appliance.node.config import NodeConfig
 
 GROUP = "appliance"
 SERVE, PERSIST, BOOT = "appliance-serve", "appliance-persist", "appliance-boot"
-USERS = (SERVE, PERSIST, BOOT)
+CONSOLE, REPLICATE = "appliance-console", "appliance-replicate"  # their programs: issues 14, 13
+USERS = (SERVE, PERSIST, BOOT, CONSOLE, REPLICATE)
+STATE_DIRS = {CONSOLE: "/var/lib/appliance-console", REPLICATE: "/var/lib/appliance-replicate"}
 
 _HEADER = """\
 # Install: /usr/lib/tmpfiles.d/appliance.conf (rendered by appliance.boot.privileges; do not edit).
@@ -79,6 +81,8 @@ def render_tmpfiles(config: NodeConfig, node_root: str | None = None) -> str:
         ("d", f"{config.store}/B", "2750", PERSIST, GROUP),
         ("a+", f"{config.store}/A", "-", "-", "-", "-", f"u:{BOOT}:rwx"),
         ("a+", f"{config.store}/B", "-", "-", "-", "-", f"u:{BOOT}:rwx"),
+        ("# State of the recovery console and of replication: each its own user's.",),
+        *(("d", path, "0700", user, user) for user, path in STATE_DIRS.items() if node_root is None),
         ("# The device key: readable by the persistence watchdog only.",),
         ("z", key, "0400", PERSIST, GROUP),
     ]

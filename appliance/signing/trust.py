@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import TrustStoreError
-from appliance.signing.keys import PublicKey
+from appliance.signing.keys import KEY_TYPES, PublicKey
 
 TRUST_FORMAT = "appliance.trust"
 TRUST_VERSION = 2  # v2: key roles and key types; v1 (role-less) is still read and written unchanged
 TRUST_VERSIONS = (1, 2)
 RELEASE, DEVICE = "release", "device"
 ROLES = (RELEASE, DEVICE)
-KEY_TYPES = ("ed25519",)
 _LABEL_MAX = 256
 
 
@@ -78,7 +77,7 @@ class TrustedKey:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "keyid": self.keyid,
-            "type": "ed25519",
+            "type": self.public.type,
             "public": base64.b64encode(self.public.raw).decode(),
             "comment": self.comment,
         }
@@ -91,13 +90,13 @@ class TrustedKey:
         return out
 
     def to_v1_dict(self) -> dict[str, Any]:
-        return {"keyid": self.keyid, "ed25519": base64.b64encode(self.public.raw).decode(), "comment": self.comment}
+        raw = base64.b64encode(self.public.raw).decode()
+        return {"keyid": self.keyid, self.public.type: raw, "comment": self.comment}  # the field names the type
 
     @classmethod
     def from_dict(cls, entry: Any, version: int) -> TrustedKey:
         if version == 1:
-            public = PublicKey(base64.b64decode(entry["ed25519"], validate=True))
-            key = cls(public, str(entry.get("comment", "")))
+            key = cls(_v1_public_key(entry), str(entry.get("comment", "")))
         else:
             if entry["type"] not in KEY_TYPES:
                 raise TrustStoreError(
@@ -105,7 +104,7 @@ class TrustedKey:
                     f"{', '.join(KEY_TYPES)})",
                     remedy="upgrade appliance on this node",
                 )
-            public = PublicKey(base64.b64decode(entry["public"], validate=True))
+            public = PublicKey(base64.b64decode(entry["public"], validate=True), entry["type"])
             models = entry.get("models", [])
             if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
                 raise TrustStoreError("trust store key models must be a list of model ids")
@@ -220,3 +219,11 @@ class TrustStore:
         except Exception as exc:  # a key that cryptography rejects, e.g. wrong length
             raise TrustStoreError(f"trust store is malformed: {exc}") from exc
         return cls(tuple(keys), revoked, threshold)
+
+
+def _v1_public_key(entry: Any) -> PublicKey:
+    """A v1 key entry's public key: exactly one field named after its type (``ed25519``, ``ecdsa-p256``)."""
+    types = [t for t in KEY_TYPES if t in entry]
+    if len(types) != 1:
+        raise TrustStoreError(f"a trust store key entry names exactly one key type ({', '.join(KEY_TYPES)})")
+    return PublicKey(base64.b64decode(entry[types[0]], validate=True), types[0])

@@ -33,12 +33,12 @@ from appliance.codec.transform import U8
 from appliance.errors import AssetError, ManifestError, UsageError
 from appliance.format.directory import INDEX_NAME, ShardEntry, check_label
 from appliance.format.manifest import Manifest
+from appliance.format.provenance import MODEL_SIG
 from appliance.limits import DEFAULT_LIMITS
 from appliance.sources.safetensors_io import ImportedModel, check_exportable, export_safetensors, inside
 from appliance.store.assets import AssetSource, DirectoryParts
 
 SKIPPED_TOP = frozenset({".git", ".cache"})
-MODEL_SIG = "model.sig"  # OpenSSF model-signing's signature file (appliance.provenance)
 DEFAULT_HEADER = {"format": "pt"}  # what safetensors.torch and transformers write; loaders require it
 
 

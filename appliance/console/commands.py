@@ -1,0 +1,201 @@
+"""CLI verbs of the recovery console: ``appliance tech ACTION`` (each console action) and ``appliance console``.
+
+Owns: argument grammar and rendering of ``appliance tech verify | scrub | slot-reset SLOT |
+rollback GENERATION | restart-service | diagnostics --out FILE`` (``--config NODE.json``,
+``--technician NAME``, ``--json``; the web console runs these same verbs) and ``appliance
+console serve | passwd NAME | setup-code | fingerprint``. Does not own what the actions do
+(``operations``) or the web console (``app``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.cli.boot_commands import add_config
+from appliance.cli.main import add_json
+from appliance.cli.output import Output
+from appliance.errors import ConsoleAccessError, UsageError
+from appliance.format.commit import SLOT_NAMES
+from appliance.node.config import load_config
+
+PRODUCTION_CONFIG = Path("/etc/appliance/node.json")
+PRODUCTION_STATE = Path("/var/lib/appliance-console")
+DEFAULT_LISTEN = "127.0.0.1:8471"
+
+
+def _technician() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tech = sub.add_parser("tech", help="technician actions (the recovery console's actions, for SSH or serial)")
+    tsub = tech.add_subparsers(dest="tech_action", required=True, metavar="ACTION")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        p = tsub.add_parser(name, help=text)
+        add_config(p)
+        p.add_argument("--technician", default=None, help="name written to the event log (default: login name)")
+        add_json(p)
+        return p
+
+    action("verify", "verify every checkpoint of both slots now, deep").set_defaults(func=cmd_tech)
+    p = action("scrub", "scrub now: re-verify frames, repair from the other slot")
+    p.add_argument("--max-duration", type=float, default=60.0, metavar="S")
+    p.set_defaults(func=cmd_tech)
+    p = action("slot-reset", "clear a slot's BAD mark (refused if it is not BAD)")
+    p.add_argument("slot", choices=SLOT_NAMES)
+    p.set_defaults(func=cmd_tech)
+    p = action("rollback", "re-commit an older generation (at or above the floor, verified) and boot it")
+    p.add_argument("generation", type=int, metavar="GENERATION")
+    p.add_argument("--no-restart", action="store_true", help="commit only; the next boot serves it")
+    p.set_defaults(func=cmd_tech)
+    action("restart-service", "run the boot sequence again (restore, canary, admit)").set_defaults(func=cmd_tech)
+    p = action("diagnostics", "write a diagnostics bundle (never keys or weights)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.tar.gz")
+    p.set_defaults(func=cmd_tech)
+
+    con = sub.add_parser("console", help="the web recovery console: serve it, provision technicians, TLS fingerprint")
+    csub = con.add_subparsers(dest="console_action", required=True, metavar="ACTION")
+    p = csub.add_parser("serve", help="run the web console (supervisord runs it as appliance-console)")
+    add_config(p)
+    _state(p)
+    listen_help = f"address to listen on, repeatable (default {DEFAULT_LISTEN}); TLS on non-loopback"
+    p.add_argument("--listen", action="append", metavar="HOST:PORT", help=listen_help)
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME", help="extra Host name to accept")
+    p.set_defaults(func=cmd_serve, json=False)
+    p = csub.add_parser("passwd", help="provision or change a technician's password (argon2id)")
+    add_config(p)
+    _state(p)
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add_json(p)
+    p.set_defaults(func=cmd_passwd)
+    p = csub.add_parser("setup-code", help="print the one-time setup code (node's local console, as root)")
+    add_config(p)
+    _state(p)
+    add_json(p)
+    p.set_defaults(func=cmd_setup_code)
+    p = csub.add_parser("fingerprint", help="SHA-256 fingerprint of the console's TLS certificate")
+    add_config(p)
+    _state(p)
+    p.add_argument("--create", action="store_true", help="create the certificate if it does not exist yet")
+    add_json(p)
+    p.set_defaults(func=cmd_fingerprint)
+
+
+def _state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help=f"credentials, certificate, bundles (default: {PRODUCTION_STATE} for the production "
+                   "node.json, else DIR_OF_NODE_JSON/console)")  # fmt: skip
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    config = Path(args.config).resolve()
+    return PRODUCTION_STATE if config == PRODUCTION_CONFIG else config.parent / "console"
+
+
+def cmd_tech(args: argparse.Namespace, out: Output) -> int:
+    from appliance.console import operations as ops
+
+    config = load_config(args.config)
+    who = args.technician or _technician()
+    name = args.tech_action
+    if name == "verify":
+        data = ops.verify(config, who)
+    elif name == "scrub":
+        data = ops.scrub(config, who, args.max_duration)
+    elif name == "slot-reset":
+        data = ops.slot_reset(config, who, args.slot, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    elif name == "rollback":
+        data = ops.rollback(config, who, args.generation, Path(args.config).resolve(), restart=not args.no_restart)
+    elif name == "restart-service":
+        data = ops.restart_service(config, who, Path(args.config).resolve())
+    elif name == "diagnostics":
+        data = ops.diagnostics(config, who, args.out)
+    else:
+        raise ops.refuse_unknown(name)
+    out.result(data, lambda d: _tech_text(name, d))
+    if name == "verify" and not data.get("ok"):
+        return 1
+    return 0
+
+
+def _tech_text(name: str, d: dict[str, Any]) -> str:
+    if name == "verify":
+        lines = [f"{c['slot']}/gen {c['generation']}: {'ok' if c['ok'] else 'FAILED ' + str(c['error'])}"
+                 for c in d["checkpoints"]]  # fmt: skip
+        return "\n".join(lines) or "no checkpoints"
+    if name == "rollback":
+        c = d["committed"]
+        return f"generation {d['rolled_back_from']} re-committed as generation {c['generation']} in slot {c['slot']}"
+    if name == "diagnostics":
+        return f"diagnostics bundle written to {d['file']}"
+    if name == "slot-reset":
+        return f"slot {d['slot']}: BAD mark cleared"
+    return "\n".join(f"{k}: {v}" for k, v in d.items())
+
+
+def cmd_passwd(args: argparse.Namespace, out: Output) -> int:
+    from appliance.console.credentials import Technicians, check_name, check_password
+    from appliance.events import EventLog
+
+    check_name(args.name)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for technician {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ")
+    check_password(password)
+    Technicians(state_dir(args)).set(args.name, password)
+    config = load_config(args.config)
+    EventLog(config.event_log, "console").emit(
+        "console.technician_set", technician=args.name, how="appliance console passwd"
+    )
+    out.result(
+        {"technician": args.name, "state_dir": str(state_dir(args))}, lambda d: f"technician {d['technician']} set"
+    )
+    return 0
+
+
+def cmd_setup_code(args: argparse.Namespace, out: Output) -> int:
+    from appliance.console.credentials import Technicians, read_setup_code
+
+    d = state_dir(args)
+    code = read_setup_code(d)
+    if code is None or not Technicians(d, Path(args.config).resolve().parent / "technicians.json").empty():
+        raise ConsoleAccessError("no setup code is pending (a technician exists, or the console has not started)")
+    out.result({"code": code}, lambda x: f"one-time setup code: {x['code']}")
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace, out: Output) -> int:
+    from appliance.console import tls
+
+    if args.create:
+        tls.ensure_certificate(state_dir(args), [])
+    out.result({"fingerprint": tls.fingerprint(state_dir(args))}, lambda d: d["fingerprint"])
+    return 0
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen takes HOST:PORT, got {value!r:.60}")
+    return host, int(port)
+
+
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    from appliance.console.server import serve
+
+    listen = [parse_listen(v) for v in (args.listen or [DEFAULT_LISTEN])]
+    return serve(Path(args.config).resolve(), state_dir(args), listen, args.allow_host)
