@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.boot.privileges import GROUP, USERS
 from appliance.cli.localnode import LocalNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -55,13 +56,26 @@ def _interpreter() -> tuple[str, dict[str, str]]:
     pytest.skip(f"{sys.executable} is not reachable by other users and there is no {system}")
 
 
+def _existing(names: tuple[str, ...], db: str) -> set[str]:
+    out = subprocess.run(["getent", db, *names], capture_output=True, text=True, check=False).stdout
+    return {line.split(":")[0] for line in out.splitlines()}
+
+
 @pytest.fixture(scope="module")
-def users() -> dict[str, pwd.struct_passwd]:
+def users() -> Iterator[dict[str, pwd.struct_passwd]]:
+    """The shipped users (systemd-sysusers) and an intruder (useradd); removed again if this made them."""
+    names = (*USERS, INTRUDER)
+    had_users, had_groups = _existing(names, "passwd"), _existing((GROUP, *names), "group")
     subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True, capture_output=True, timeout=60)
-    if subprocess.run(["id", INTRUDER], capture_output=True, check=False).returncode != 0:
+    if INTRUDER not in had_users:
         subprocess.run(["useradd", "--system", "--no-create-home", INTRUDER], check=True, timeout=60)
-    names = ("appliance-serve", "appliance-persist", "appliance-boot", INTRUDER)
-    return {n: pwd.getpwnam(n) for n in names}
+    try:
+        yield {n: pwd.getpwnam(n) for n in names}
+    finally:
+        for name in set(names) - had_users:
+            subprocess.run(["userdel", name], capture_output=True, check=False, timeout=60)
+        for name in {GROUP, *names} - had_groups:
+            subprocess.run(["groupdel", name], capture_output=True, check=False, timeout=60)
 
 
 @pytest.fixture(scope="module")
