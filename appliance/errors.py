@@ -110,6 +110,14 @@ class TrustLocationError(ConfigError):
     )
 
 
+class ControlDeniedError(UserError):
+    exit_code = 22
+    remedy = (
+        "the control channel admits only root, the service's own user and the users named in node.json "
+        "(control_users, adapt_users); run the command as one of them"
+    )
+
+
 class ReservedNameError(UserError):
     exit_code = 25
     remedy = (
@@ -216,6 +224,14 @@ class RoleError(IntegrityError):
     remedy = "sign with a key whose role allows this checkpoint (a release key listing the model, or the device's key)"
 
 
+class UnauthenticExportError(IntegrityError):
+    exit_code = 43
+    remedy = (
+        "the file was moved to the outbox's quarantine/: the running service did not produce it for the "
+        "checkpoint boot handed it; nothing was signed"
+    )
+
+
 class AssetIntegrityError(IntegrityError):
     exit_code = 46
     remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
@@ -283,6 +299,14 @@ class ServiceError(StorageError):
 class SupervisorUnavailableError(StorageError):
     exit_code = 66
     remedy = "start supervisord (systemctl start appliance-supervisor) and retry"
+
+
+class ControlChannelError(StorageError):
+    exit_code = 68
+    remedy = (
+        "the model service's control socket (RUN/control.sock) is missing, not the service's, or not "
+        "answering; check that the service runs (supervisorctl status model)"
+    )
 
 
 class SourceUnavailableError(StorageError):

@@ -114,6 +114,29 @@ _CATALOGUE = (
     EventType("outbox.rejected", "77b26a2d91534376aa44ef88d7f65539", 4,
               "outbox file {file} quarantined: {error}: {problem}",
               "An outbox file is truncated, damaged or not a state export; it is moved aside, never committed."),
+    EventType("state.unchanged", "090c66a51b014f17b2aec3ae35433547", 6,
+              "state unchanged at step {step} ({reason}); nothing exported",
+              "The service was asked for an export but its state did not change: no file, no new generation."),
+    EventType("persist.unchanged", "9001d12ba6b142d18773a055bd13ec15", 6,
+              "{file} equals generation {generation} (its parent); not committed again",
+              "An export whose tensors equal the newest checkpoint's is removed instead of becoming an empty "
+              "generation."),
+    EventType("control.refused", "57aa452da00e4703b78f3f742460f52b", 4,
+              "control channel refused uid {uid} (pid {pid}): {route}: {reason}",
+              "A local process tried a state-changing operation it holds no role for (at most one event per "
+              "caller and route per minute)."),
+    EventType("service.killed", "237d5a39cb994e638a5eb9181f5a005b", 4,
+              "model service (pid {pid}) killed by {cause} while serving slot {slot} generation {generation}; "
+              "not counted against the checkpoint",
+              "The kernel (out of memory, a memory limit) or an operator killed the serving service; supervisord "
+              "restarts it. Kills never mark a checkpoint BAD."),
+    EventType("node.port_busy", "53d36cc1374849779e985f8d4fb59bdc", 4,
+              "service port {host}:{port} is held by another process; waiting up to {wait_s}s with backoff",
+              "A node fault, never a checkpoint fault: boot and the service retry until the port is free."),
+    EventType("slot.crashes_forgiven", "868f04782cbe4427b94e0c58911cede0", 6,
+              "slot {slot} generation {generation} served {healthy_s}s without a crash; "
+              "{attempts} earlier crashes forgiven",
+              "Crash counts of a GOOD checkpoint decay after a healthy period (crash_decay_s)."),
     EventType("provision.step", "9e64e399ec9a439bb3b2b8e2345adc56", 6, "first boot: {step}: {detail}",
               "First boot completed one provisioning step (docs/image.md section 4). Every step is idempotent."),
     EventType("provision.done", "1c394f3870cf4d589162132ff6736a0a", 5,
@@ -193,7 +216,10 @@ class EventLog:
             "message": render_message(event, fields),
             "fields": fields,
         }
-        line = json.dumps(record, sort_keys=True, default=str, separators=(",", ":")) + "\n"
+        line = _line(record)
+        if len(line.encode("utf-8")) > MAX_LINE:
+            record = _truncated(record)
+            line = _line(record)
         self._append(line)
         self._journal(event, record)
         return record
@@ -205,7 +231,7 @@ class EventLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
-                os.write(fd, line.encode("utf-8")[:MAX_LINE])  # one write: lines never interleave
+                os.write(fd, line.encode("utf-8"))  # one write (≤ MAX_LINE, newline included): no interleaving
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -226,6 +252,38 @@ class EventLog:
             fields["APPLIANCE_" + "".join(c if c.isalnum() else "_" for c in key.upper())] = value
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.sendto(journal_datagram(fields), self.journal)
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, default=str, separators=(",", ":")) + "\n"
+
+
+FIELD_MAX = 4096  # characters kept of each string in an oversized event
+
+
+def _truncated(record: dict[str, Any]) -> dict[str, Any]:
+    """An event too long for one line, with its fields cut (never its line): still one complete JSON line.
+
+    Each string anywhere in ``fields`` (and the message) keeps its first ``FIELD_MAX`` characters
+    and says how many were dropped; if that is still too long, the fields are replaced by a note.
+    """
+    cut = dict(record)
+    cut["fields"] = _cut(record["fields"])
+    cut["message"] = _cut(record["message"])
+    cut["truncated"] = True
+    if len(_line(cut).encode("utf-8")) > MAX_LINE:
+        cut["fields"] = {"truncated": f"fields of {len(_line(record))} characters dropped"}
+    return cut
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= FIELD_MAX else value[:FIELD_MAX] + f"...[{len(value) - FIELD_MAX} chars cut]"
+    if isinstance(value, dict):
+        return {str(k)[:FIELD_MAX]: _cut(v) for k, v in list(value.items())[:256]}
+    if isinstance(value, list | tuple):
+        return [_cut(v) for v in list(value)[:256]]
+    return value if isinstance(value, int | float | bool) or value is None else _cut(str(value))
 
 
 def journal_datagram(fields: Mapping[str, Any]) -> bytes:

@@ -18,9 +18,10 @@ import json
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,8 +41,13 @@ class ActionResult:
         return self.exit_code in (0, 1)
 
 
+Progress = Callable[[int, int], None]  # (done, total) bytes
+
+
 class ActionChannel(Protocol):
-    def run(self, action: str, args: Sequence[str], technician: str) -> ActionResult: ...
+    def run(
+        self, action: str, args: Sequence[str], technician: str, progress: Progress | None = None
+    ) -> ActionResult: ...
 
 
 class CliChannel:
@@ -51,23 +57,50 @@ class CliChannel:
         self.config_path = config_path
         self.timeout = timeout
 
-    def run(self, action: str, args: Sequence[str], technician: str) -> ActionResult:
+    def run(self, action: str, args: Sequence[str], technician: str, progress: Progress | None = None) -> ActionResult:
         cmd = [sys.executable, "-m", "appliance.cli.main", "tech", action, *args,
                "--config", str(self.config_path), "--technician", technician, "--json"]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout, check=False)  # noqa: S603
-        except subprocess.TimeoutExpired:
+        with tempfile.TemporaryFile("w+") as stdout:
+            proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)  # noqa: S603
+            timer = threading.Timer(self.timeout, proc.kill)
+            timer.start()
+            try:
+                stderr = _follow(proc, progress)
+            finally:
+                timer.cancel()
+            stdout.seek(0)
+            out = stdout.read()
+        if proc.returncode < 0:
             return ActionResult(124, error={"problem": f"{action} did not finish in {self.timeout:.0f} s"})
         try:
-            doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
+            doc = json.loads(out) if out.strip() else {}
         except ValueError:
-            doc = {"output": proc.stdout[-4000:]}
+            doc = {"output": out[-4000:]}
         if not isinstance(doc, dict):
             doc = {"output": doc}
         if proc.returncode not in (0, 1):
-            problem = doc.get("problem") or proc.stderr.strip()[-2000:] or f"exit {proc.returncode}"
+            problem = doc.get("problem") or stderr.strip()[-2000:] or f"exit {proc.returncode}"
             return ActionResult(proc.returncode, error={"problem": problem, "remedy": doc.get("remedy", "")})
         return ActionResult(proc.returncode, doc)
+
+
+def _follow(proc: subprocess.Popen[str], progress: Progress | None) -> str:
+    """Read the child's stderr to its end: progress lines go to ``progress``, the rest is kept (last 8 KiB)."""
+    kept: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith('{"progress"'):
+            try:
+                p = json.loads(line)["progress"]
+                if progress is not None:
+                    progress(int(p["done"]), int(p["total"]))
+                continue
+            except (ValueError, KeyError, TypeError):
+                pass
+        kept.append(line)
+        del kept[:-200]
+    proc.wait()
+    return "".join(kept)[-8192:]
 
 
 @dataclass(frozen=True)
@@ -79,6 +112,7 @@ class Job:
     started: float
     finished: float | None = None
     result: ActionResult | None = None
+    progress: tuple[int, int] | None = None  # (done, total) bytes, for imports
 
     def to_dict(self, now: float) -> dict[str, Any]:
         end = self.finished if self.finished is not None else now
@@ -89,6 +123,7 @@ class Job:
             "technician": self.technician,
             "params": self.params,
             "running": r is None,
+            "progress": None if self.progress is None else {"done": self.progress[0], "total": self.progress[1]},
             "elapsed_s": round(end - self.started, 1),
             "ok": None if r is None else r.ok,
             "exit_code": None if r is None else r.exit_code,
@@ -120,12 +155,19 @@ class Jobs:
         return job
 
     def _run(self, job: Job, args: list[str]) -> None:
+        def progress(done: int, total: int) -> None:
+            with self._lock:
+                current = self._jobs.get(job.id)
+                if current is not None:
+                    self._jobs[job.id] = replace(current, progress=(done, total))
+
         try:
-            result = self.channel.run(job.action, args, job.technician)
+            result = self.channel.run(job.action, args, job.technician, progress)
         except Exception as exc:
             result = ActionResult(3, error={"problem": f"{type(exc).__name__}: {exc}"})
         with self._lock:
-            self._jobs[job.id] = replace(job, finished=time.monotonic(), result=result)
+            current = self._jobs.get(job.id, job)
+            self._jobs[job.id] = replace(current, finished=time.monotonic(), result=result)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +58,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-restart", action="store_true", help="commit only; the next boot serves it")
     p.set_defaults(func=cmd_tech)
     action("restart-service", "run the boot sequence again (restore, canary, admit)").set_defaults(func=cmd_tech)
+    action("usb-list", "USB sticks detected now (pyudev: ID_BUS=usb, known file system)").set_defaults(func=cmd_tech)
+    p = action("usb-scan", "mount a stick read-only and list its checkpoints (trusted? importable?)")
+    p.add_argument("device", metavar="DEVICE")
+    p.set_defaults(func=cmd_tech)
+    p = action("import", "import a checkpoint from a USB stick (verified; committed only when complete)")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("generation", type=int, metavar="GENERATION")
+    p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stderr (for the console)")
+    p.set_defaults(func=cmd_tech)
     p = action("diagnostics", "write a diagnostics bundle (never keys or weights)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.tar.gz")
     p.set_defaults(func=cmd_tech)
 
+    _register_console(sub)
+
+
+def _register_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     con = sub.add_parser("console", help="the web recovery console: serve it, provision technicians, TLS fingerprint")
     csub = con.add_subparsers(dest="console_action", required=True, metavar="ACTION")
     p = csub.add_parser("serve", help="run the web console (supervisord runs it as appliance-console)")
@@ -107,40 +122,59 @@ def cmd_tech(args: argparse.Namespace, out: Output) -> int:
 
     config = load_config(args.config)
     who = args.technician or _technician()
+    path = Path(args.config).resolve()
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "verify": lambda: ops.verify(config, who),
+        "scrub": lambda: ops.scrub(config, who, args.max_duration),
+        "slot-reset": lambda: ops.slot_reset(config, who, args.slot, now),
+        "rollback": lambda: ops.rollback(config, who, args.generation, path, restart=not args.no_restart),
+        "restart-service": lambda: ops.restart_service(config, who, path),
+        "diagnostics": lambda: ops.diagnostics(config, who, args.out),
+        "usb-list": ops.usb_list,
+        "usb-scan": lambda: ops.usb_scan(config, args.device),
+    }
     name = args.tech_action
-    if name == "verify":
-        data = ops.verify(config, who)
-    elif name == "scrub":
-        data = ops.scrub(config, who, args.max_duration)
-    elif name == "slot-reset":
-        data = ops.slot_reset(config, who, args.slot, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    elif name == "rollback":
-        data = ops.rollback(config, who, args.generation, Path(args.config).resolve(), restart=not args.no_restart)
-    elif name == "restart-service":
-        data = ops.restart_service(config, who, Path(args.config).resolve())
-    elif name == "diagnostics":
-        data = ops.diagnostics(config, who, args.out)
+    if name == "import":
+        with out.progress(None, "import") as bar:
+            data = ops.usb_import(config, who, args.device, args.generation, _progress(args.progress_json, bar))
+    elif name in runs:
+        data = runs[name]()
     else:
         raise ops.refuse_unknown(name)
     out.result(data, lambda d: _tech_text(name, d))
-    if name == "verify" and not data.get("ok"):
-        return 1
-    return 0
+    return 1 if name == "verify" and not data.get("ok") else 0
+
+
+def _progress(as_json: bool, bar: Any) -> Any:
+    def report(done: int, total: int) -> None:
+        if as_json:
+            sys.stderr.write(json.dumps({"progress": {"done": done, "total": total}}) + "\n")
+            sys.stderr.flush()
+        elif bar is not None:
+            bar(done - report.last)  # type: ignore[attr-defined]
+        report.last = done  # type: ignore[attr-defined]
+
+    report.last = 0  # type: ignore[attr-defined]
+    return report
 
 
 def _tech_text(name: str, d: dict[str, Any]) -> str:
+    if name == "usb-list":
+        sticks = [f"{s['device']} {s['fstype']} {s['label']} {s['vendor']} {s['model']}" for s in d["sticks"]]
+        return "\n".join(sticks) or "no USB stick with a known file system"
+    if name == "usb-scan":
+        rows = [
+            f"generation {c['generation']} {c['model']} signed by {','.join(k[:12] for k in c['signers'])}: "
+            + ("importable" if c["importable"] else c["problem"] or "already committed")
+            for c in d["checkpoints"]
+        ]
+        return "\n".join(rows) or "no checkpoints on this stick"
     if name == "verify":
-        lines = [f"{c['slot']}/gen {c['generation']}: {'ok' if c['ok'] else 'FAILED ' + str(c['error'])}"
-                 for c in d["checkpoints"]]  # fmt: skip
-        return "\n".join(lines) or "no checkpoints"
-    if name == "rollback":
-        c = d["committed"]
-        return f"generation {d['rolled_back_from']} re-committed as generation {c['generation']} in slot {c['slot']}"
-    if name == "diagnostics":
-        return f"diagnostics bundle written to {d['file']}"
-    if name == "slot-reset":
-        return f"slot {d['slot']}: BAD mark cleared"
-    return "\n".join(f"{k}: {v}" for k, v in d.items())
+        rows = [f"{c['slot']}/gen {c['generation']}: {'ok' if c['ok'] else 'FAILED ' + str(c['error'])}"
+                for c in d["checkpoints"]]  # fmt: skip
+        return "\n".join([*rows, str(d["summary"])])
+    return str(d.get("summary") or "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 
 def cmd_passwd(args: argparse.Namespace, out: Output) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,69 @@ def diagnostics(config: NodeConfig, technician: str, out: Path) -> dict[str, Any
     members = write_bundle(config, out)
     _log(config, technician, "diagnostics", f"bundle written ({len(members)} files)", file=out.name)
     return {"file": str(out), "members": members, "summary": f"diagnostics bundle with {len(members)} files"}
+
+
+def _import_store(config: NodeConfig) -> Store:
+    store = _store(config)
+    store.good_provider = SlotStates(store.storage, store.limits).good_generations
+    return store
+
+
+def usb_list() -> dict[str, Any]:
+    from appliance.console import usb
+
+    return {"sticks": [s.to_dict() for s in usb.list_sticks()]}
+
+
+def usb_scan(config: NodeConfig, device: str) -> dict[str, Any]:
+    """Mount the stick read-only, list its checkpoints with the import decision for each, unmount."""
+    from appliance.console import usb
+
+    stick = usb.find_stick(device)
+    with usb.mounted(stick) as root:
+        found = usb.scan(root, _import_store(config), _floor(config))
+    return {"stick": stick.to_dict(), "checkpoints": [c.to_dict() for c in found]}
+
+
+def usb_import(config: NodeConfig, technician: str, device: str, generation: int,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Import one generation from a stick: verified before bulk copy, hashed as read, committed last."""
+    from appliance.console import usb
+
+    stick = usb.find_stick(device)
+    store, floor = _import_store(config), _floor(config)
+    try:
+        with usb.mounted(stick) as root:
+            found = {c.generation: c for c in usb.scan(root, store, floor)}
+            plan = rules.plan_import(device, found.get(generation), generation)
+            if not plan.allowed:
+                raise ActionRefusedError(plan.refusal or "refused")
+            total = sum(b.size for b in _blobs(root, store, generation, floor))
+            done = [0]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                if progress is not None:
+                    progress(done[0], total)
+
+            result = usb.import_from(root, store, generation, floor, advance)
+    except ApplianceError as exc:
+        _log(config, technician, "import", f"refused: {exc.problem}", device=device, generation=generation,
+             stick=stick.serial or stick.label)  # fmt: skip
+        raise
+    summary = f"generation {generation} imported into slot {result['slot']} and committed (every blob verified)"
+    if result.get("already"):
+        summary = f"generation {generation} was already committed in slot {result['slot']}"
+    _log(config, technician, "import", summary, device=device, generation=generation, slot=result["slot"],
+         stick=stick.serial or stick.label)  # fmt: skip
+    return {"stick": stick.to_dict(), "imported": result, "plan": plan.to_dict(), "summary": summary}
+
+
+def _blobs(root: Path, store: Store, generation: int, floor: int) -> tuple[Any, ...]:
+    from appliance.storage import LocalStorage
+    from appliance.transfer import inspect_source
+
+    return inspect_source(store, LocalStorage(root), generation=generation, floor=floor).blobs
 
 
 def refuse_unknown(action: str) -> ApplianceError:

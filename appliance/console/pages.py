@@ -9,10 +9,12 @@ sessions or login (``app``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from appliance.console import readmodel
@@ -63,7 +65,32 @@ def plan_for(  # noqa: PLR0911 - one return per action
         rows = readmodel.generation_rows(readmodel._store(con.config))
         newest = rows[0]["generation"] if rows else None
         return rules.plan_rollback(generation, floor, newest, readmodel.generation_facts(rows)), [str(generation)]
+    if action == "import":
+        return plan_import(con, params.get("device", ""), _int(params.get("generation")))
     return rules.ActionPlan(action, "Unknown action", "", refusal=f"unknown action {action[:40]!r}"), []
+
+
+def scan_stick(con: Console, device: str) -> tuple[list[rules.StickCheckpoint], str | None]:
+    """The stick's checkpoints (mounted read-only and unmounted again by ``appliance tech usb-scan``)."""
+    result = con.jobs.channel.run("usb-scan", [device], "console")
+    if not result.ok:
+        return [], (result.error or {}).get("problem", "scan failed")
+    found = [rules.StickCheckpoint(c["generation"], c["model"], tuple(c["signers"]), c["trusted"], c["problem"],
+                                   c["already"]) for c in result.data.get("checkpoints", [])]  # fmt: skip
+    return found, None
+
+
+def plan_import(con: Console, device: str, generation: int | None) -> tuple[rules.ActionPlan, list[str]]:
+    from appliance.console.usb import list_sticks
+
+    if generation is None or device not in {s.device for s in list_sticks()}:
+        refusal = "choose a checkpoint of a detected stick on the USB page"
+        return rules.ActionPlan("import", "Import from USB", "", refusal=refusal), []
+    found, problem = scan_stick(con, device)
+    if problem is not None:
+        return rules.ActionPlan("import", "Import from USB", "", refusal=problem), []
+    match = next((c for c in found if c.generation == generation), None)
+    return rules.plan_import(device, match, generation), [device, str(generation), "--progress-json"]
 
 
 def register(app: FastAPI, con: Console, csrf_ok: CsrfCheck, refused: Refuse) -> None:
@@ -107,7 +134,7 @@ def register(app: FastAPI, con: Console, csrf_ok: CsrfCheck, refused: Refuse) ->
     async def confirm(request: Request, action: str) -> Response:
         if not (s := signed_in(request)):
             return to_login()
-        plan, _ = plan_for(con, action, dict(request.query_params))
+        plan, _ = await run_in_threadpool(plan_for, con, action, dict(request.query_params))
         return con.page(request, "confirm.html", s, plan=plan, nav="actions", busy=con.jobs.busy())
 
     @app.post("/actions/{action}")
@@ -117,7 +144,7 @@ def register(app: FastAPI, con: Console, csrf_ok: CsrfCheck, refused: Refuse) ->
             return to_login()
         if not csrf_ok(s, form):
             return refused(request, s)
-        plan, args = plan_for(con, action, form)
+        plan, args = await run_in_threadpool(plan_for, con, action, form)
         if not plan.allowed:
             return con.page(request, "confirm.html", s, 409, plan=plan, nav="actions", busy=None)
         if con.jobs.busy() is not None:
@@ -127,6 +154,8 @@ def register(app: FastAPI, con: Console, csrf_ok: CsrfCheck, refused: Refuse) ->
             args = ["--out", str(out)]
         job = con.jobs.start(action, args, s.technician, dict(plan.params))
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+    _register_usb(app, con, signed_in, to_login)
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
     async def job(request: Request, job_id: str) -> Response:
@@ -148,6 +177,31 @@ def register(app: FastAPI, con: Console, csrf_ok: CsrfCheck, refused: Refuse) ->
         if not BUNDLE_RE.match(name) or not path.is_file():
             return Response("no such bundle", status_code=404)
         return FileResponse(path, media_type="application/gzip", filename=name)
+
+
+def _register_usb(app: FastAPI, con: Console, signed_in: Any, to_login: Callable[[], Response]) -> None:
+    @app.get("/usb", response_class=HTMLResponse)
+    async def usb_page(request: Request) -> Response:
+        if not (s := signed_in(request)):
+            return to_login()
+        from appliance.console.usb import list_sticks
+
+        try:
+            sticks, problem = await run_in_threadpool(list_sticks), None
+        except (ImportError, OSError) as exc:
+            sticks, problem = [], f"udev is not available: {exc}"
+        return con.page(request, "usb.html", s, nav="usb", sticks=sticks, problem=problem)
+
+    @app.get("/usb/scan", response_class=HTMLResponse)
+    async def usb_scan(request: Request, device: str = "") -> Response:
+        if not (s := signed_in(request)):
+            return to_login()
+        from appliance.console.usb import list_sticks
+
+        if device not in {x.device for x in await run_in_threadpool(list_sticks)}:
+            return con.page(request, "error.html", s, 404, title="No such stick", problem="That stick is gone.")
+        found, problem = await run_in_threadpool(scan_stick, con, device)
+        return con.page(request, "usb_scan.html", s, nav="usb", device=device, found=found, problem=problem)
 
 
 def _bundle_dir(con: Console) -> Path:

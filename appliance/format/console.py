@@ -252,3 +252,69 @@ def plan_rollback(target: int, floor: int, newest: int | None, facts: Iterable[G
         params,
         commits=True,
     )
+
+
+# --- USB sticks and imports -----------------------------------------------------------------
+
+# File systems a portable checkpoint may travel on (udev ID_FS_TYPE). Anything else is shown as "not a
+# checkpoint stick" and never mounted: no NTFS/HFS drivers with a history of parser bugs on the node.
+KNOWN_FILESYSTEMS = frozenset({"vfat", "exfat", "ext4", "ext3", "ext2"})
+MOUNT_OPTIONS = ("ro", "nosuid", "nodev", "noexec")
+
+
+def is_usb_stick(props: Mapping[str, str]) -> bool:
+    """A block device on the USB bus carrying a file system we mount (udev properties)."""
+    return (
+        props.get("SUBSYSTEM") == "block"
+        and props.get("ID_BUS") == "usb"
+        and props.get("ID_FS_TYPE", "") in KNOWN_FILESYSTEMS
+        and props.get("DEVTYPE") in ("partition", "disk")
+    )
+
+
+@dataclass(frozen=True)
+class StickCheckpoint:
+    """One checkpoint found on a stick, as the console lists it."""
+
+    generation: int
+    model: str = ""
+    signers: tuple[str, ...] = ()
+    trusted: bool = False
+    problem: str = ""  # why it cannot be imported ("" = importable)
+    already: bool = False
+
+    @property
+    def importable(self) -> bool:
+        return self.trusted and not self.problem and not self.already
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "model": self.model,
+            "signers": list(self.signers),
+            "trusted": self.trusted,
+            "problem": self.problem,
+            "already": self.already,
+            "importable": self.importable,
+        }
+
+
+def plan_import(device: str, found: StickCheckpoint | None, generation: int) -> ActionPlan:
+    title = f"Import generation {generation} from the USB stick"
+    params = {"device": device, "generation": generation}
+    if found is None:
+        refusal = f"the stick holds no generation {generation}"
+        return ActionPlan("import", title, "", params, commits=True, refusal=refusal)
+    if not found.importable:
+        why = found.problem or ("already committed on this node" if found.already else "not trusted")
+        return ActionPlan("import", title, "", params, commits=True, refusal=why)
+    return ActionPlan(
+        "import",
+        title,
+        f"The stick is mounted read-only (nosuid, nodev, noexec). Generation {generation} of {found.model}, signed by "
+        f"{', '.join(k[:12] for k in found.signers)}, is copied into the slot that does not hold the newest good "
+        "checkpoint, every frame hashed as it is read; it is committed only when complete and verified. The stick is "
+        "unmounted afterwards. Restart the model service to serve it (or it is served at the next boot).",
+        params,
+        commits=True,
+    )

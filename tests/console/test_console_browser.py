@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from appliance.events import read_events
-from tests.console.conftest import PASSWORD, TECH, Node
+from tests.console.conftest import PASSWORD, TECH, Node, Stick
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENS = Path(__file__).resolve().parents[2] / "out" / "console-screens"
@@ -38,10 +38,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server(node: Node) -> Iterator[str]:
+def start_console(node: Node, wrapper: list[str]) -> Iterator[str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "appliance.cli.main", "console", "serve", "--config", str(node.config_path),
+    cmd = [*wrapper, sys.executable, "-m", "appliance.cli.main", "console", "serve", "--config", str(node.config_path),
            "--listen", f"127.0.0.1:{port}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -59,6 +58,16 @@ def server(node: Node) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, node: Node) -> Iterator[str]:
+    """The console; for tests that use the ``stick`` fixture, under umockdev so pyudev sees the stick."""
+    wrapper: list[str] = []
+    if "stick" in request.fixturenames:
+        stick = request.getfixturevalue("stick")
+        wrapper = ["umockdev-run", "-d", str(stick.device_file), "--"]
+    yield from start_console(node, wrapper)
 
 
 @pytest.fixture
@@ -149,3 +158,41 @@ def test_rollback_flow_and_diagnostics_download(page: object, node: Node, tmp_pa
     with tarfile.open(target) as tar:
         assert any(m.name.endswith("events.jsonl") for m in tar.getmembers())
     assert os.path.getsize(target) > 0
+
+
+def test_usb_import_flow_with_progress(page: object, node: Node, stick: Stick) -> None:
+    pg = page
+    log_in(pg)
+    pg.click("header >> text=USB")  # type: ignore[attr-defined]
+    assert stick.loop in pg.content()  # type: ignore[attr-defined]
+    shot(pg, "11-usb-sticks")
+    pg.click("text=List checkpoints")  # type: ignore[attr-defined]
+    assert pg.locator("text=Import…").count() == 1  # type: ignore[attr-defined]
+    shot(pg, "12-usb-checkpoints")
+    pg.click("text=Import…")  # type: ignore[attr-defined]
+    assert "mounted read-only" in pg.content()  # type: ignore[attr-defined]
+    shot(pg, "13-usb-import-confirm")
+    pg.click("button.danger")  # type: ignore[attr-defined]
+    saw_progress = False
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            html = pg.content()  # type: ignore[attr-defined]
+        except playwright_api.Error:  # the job page is refreshing itself
+            time.sleep(0.1)
+            continue
+        if 'id="import-progress"' in html and not saw_progress:
+            saw_progress = True
+            shot(pg, "14-usb-import-progress")
+        if 'class="ok"' in html or 'class="error"' in html:
+            break
+        time.sleep(0.2)
+    pg.wait_for_load_state()  # type: ignore[attr-defined]
+    shot(pg, "15-usb-import-done")
+    assert "imported into slot" in pg.content(), pg.content()  # type: ignore[attr-defined]
+    assert saw_progress or "(every blob verified)" in pg.content()  # type: ignore[attr-defined]
+    from appliance.store.store import Store
+
+    assert 4 in {e["generation"] for e in Store.open(node.config.store).log()}
+    event = read_events(node.config.event_log, frozenset({"console.action"}))[-1]
+    assert event["fields"]["action"] == "import" and event["fields"]["technician"] == TECH

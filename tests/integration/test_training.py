@@ -236,3 +236,23 @@ def test_api_usage_errors_never_talk_about_the_command_line(store: Store, key: S
     with pytest.raises(UsageError) as caught:
         call(store, key)
     assert "command-line" not in str(caught.value) and "command line" not in caught.value.remedy
+
+
+def test_optimizer_state_has_the_layout_of_torch_distributed_checkpoint_get_state_dict() -> None:
+    """Same vocabulary, same shape: our optimizer section equals DCP's optim_state_dict, and DCP loads ours."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint.state_dict", reason="torch built without distributed")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters(), betas=(0.8, 0.9))
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    _, theirs = dcp.get_state_dict(model, opt)
+    ours = training.get_state_dict(model, opt, rng=False)["optim"][0]
+    assert ours["param_groups"] == theirs["param_groups"]
+    assert ours["state"].keys() == theirs["state"].keys()
+    for name, slots in ours["state"].items():
+        assert all(torch.equal(slots[k], theirs["state"][name][k]) for k in slots)
+    restored = training.unflatten(*training.flatten({"optim": ours}))["optim"]
+    fresh = torch.optim.AdamW(model.parameters(), betas=(0.8, 0.9))
+    dcp.set_state_dict(model, fresh, model_state_dict=model.state_dict(), optim_state_dict=restored)
+    assert torch.equal(fresh.state[model[0].weight]["exp_avg_sq"], opt.state[model[0].weight]["exp_avg_sq"])
