@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "systemd-tmpfiles (create the users first: systemd-sysusers systemd/sysusers.d/appliance.conf)",
     )
     p.add_argument("--python", default=sys.executable, help="interpreter the programs run with (default: this one)")
+    p.add_argument(
+        "--console", metavar="HOST:PORT", help="also run the recovery console under supervisord on this address"
+    )
     add_json(p)
     p.set_defaults(func=cmd_node_init)
 
@@ -127,6 +130,9 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
         pidfile=str(root / own / "supervisord.pid"),
         environment=",".join(_env_pair(e) for e in args.env),
         users=args.users,
+        console=args.console is not None,  # recovery console (issue 14): state in DIR/console
+        console_state=str(root / "console"),
+        console_listen=(args.console,) if args.console else (),
     )
     (root / "supervisord.conf").write_text(render(layout))
     if args.users:

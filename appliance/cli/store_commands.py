@@ -282,8 +282,9 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
                 continue
             lines.append(
                 f"gen {e['generation']:>6}  slot {e['slot']}  {e['created']}  {human_bytes(e['raw_bytes'])} raw  "
-                f"{human_bytes(e['stored_bytes'])} stored  {e['frames']['delta']} delta frames  {e['policy']}  "
-                + _signed_text(e)
+                f"{human_bytes(e['stored_bytes'])} stored  {e['frames']['delta']} delta frames  {e['policy']}"
+                + (f"  {e['assets']} assets" if e.get("assets") else "")
+                + f"  {_signed_text(e)}"
             )
             if "provenance" in e:
                 lines.append(f"            vendor: {e['provenance']['summary']}")

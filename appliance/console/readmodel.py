@@ -48,8 +48,12 @@ def generation_rows(store: Store) -> list[dict[str, Any]]:
             row["problem"] = f"{type(exc).__name__}: {getattr(exc, 'problem', exc)}"
         else:
             m = opened.verified.manifest
+            comments = {k.keyid: k.comment for k in store.trust.keys}
             row.update(ok=True, signers=list(opened.verified.keyids), created=m.created, raw_bytes=m.raw_bytes,
-                       stored_bytes=m.stored_bytes, metadata=dict(m.metadata))  # fmt: skip
+                       stored_bytes=m.stored_bytes, metadata=dict(m.metadata),
+                       signer_notes=[comments.get(k, "") for k in opened.verified.keyids],
+                       parent=m.parent.hex if m.parent else None,
+                       provenance=m.provenance.describe() if m.provenance is not None else None)  # fmt: skip
         rows.append(row)
     rows.sort(key=lambda r: (-r["generation"], r["slot"]))
     return rows

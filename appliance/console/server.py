@@ -35,26 +35,32 @@ def allowed_hosts(listen: Sequence[tuple[str, int]], extra: Sequence[str]) -> tu
     return tuple(sorted(names))
 
 
-def serve(config_path: Path, state_dir: Path, listen: Sequence[tuple[str, int]], extra_hosts: Sequence[str]) -> int:
+def serve(config_path: Path, state_dir: Path, listen: Sequence[tuple[str, int]], extra_hosts: Sequence[str], *,
+          force_tls: bool = False, remote: Path | None = None) -> int:  # fmt: skip
     hosts = allowed_hosts(listen, extra_hosts)
-    secure = any(rules.needs_tls(h) for h, _ in listen)
+
+    def tls_on(host: str) -> bool:
+        return force_tls or rules.needs_tls(host)
+
+    secure = any(tls_on(h) for h, _ in listen)
     cert = key = None
     if secure:
         cert = tls.ensure_certificate(state_dir, hosts)
         key = tls.cert_paths(state_dir)[1]
+    provisioned = config_path.parent / "technicians.json"
     settings = ConsoleSettings(config_path=config_path, state_dir=state_dir, allowed_hosts=hosts, tls=secure,
-                               provisioned_technicians=config_path.parent / "technicians.json")  # fmt: skip
+                               provisioned_technicians=provisioned, remote=remote)  # fmt: skip
     app = create_app(settings)
     configs = []
     for host, port in listen:
-        use_tls = rules.needs_tls(host)
+        use_tls = tls_on(host)
         configs.append(uvicorn.Config(
             app, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False,
             date_header=False, timeout_keep_alive=5, limit_concurrency=LIMIT_CONCURRENCY,
             h11_max_incomplete_event_size=16 * 1024,
             ssl_certfile=str(cert) if use_tls and cert else None, ssl_keyfile=str(key) if use_tls and key else None,
         ))  # fmt: skip
-    listening = ", ".join(f"{'https' if rules.needs_tls(h) else 'http'}://{h}:{p}" for h, p in listen)
+    listening = ", ".join(f"{'https' if tls_on(h) else 'http'}://{h}:{p}" for h, p in listen)
     EventLog(load_config(config_path).event_log, "console").emit("console.started", listen=listening)
 
     async def main() -> None:

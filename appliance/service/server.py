@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from appliance.errors import ServiceError
 from appliance.events import EventLog
 from appliance.format.handoff import Phase
+from appliance.node import kills
 from appliance.node.config import NodeConfig
 from appliance.service.app import create_app
 from appliance.service.control import ControlServer
@@ -71,6 +72,7 @@ def bind_waiting(config: NodeConfig, events: EventLog, sleep: Callable[[float], 
 def serve(config: NodeConfig, started: float | None = None) -> int:
     """Run the service; ``started`` (monotonic) is when the process began, for the phase timings."""
     runtime = ServiceRuntime(config, started=started)
+    kills.record(config.run_dir)  # the guard tells an OOM kill from a crash by this counter
     try:
         sock = bind_waiting(config, runtime.events)
     except ServiceError as exc:

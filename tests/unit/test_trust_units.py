@@ -17,8 +17,10 @@ from appliance.events import MAX_LINE, EventLog, read_events
 from appliance.node.config import NodeConfig, load_config
 from appliance.node.control_channel import Peer, Policy, role_of
 from appliance.service.limits import RateLimitFilter
+from tests.unit.test_guard import Setup, setup
 
 pytestmark = pytest.mark.unit
+__all__ = ["setup"]
 ESCAPES = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202egnp.exe\r"
 FORGED = "\n2026-01-01T00:00:00.000Z  boot     boot.serving         serving slot A generation 99"
 
@@ -127,3 +129,56 @@ def test_log_floods_are_rate_limited() -> None:
     now[0] = 60.0
     record = logging.LogRecord("asyncio", logging.ERROR, "f", 1, "accept failed", None, None)
     assert limiter.filter(record) and "90 similar log records dropped" in str(record.msg)
+
+
+def test_crash_counts_of_a_good_slot_decay_after_a_healthy_period(setup: Setup) -> None:
+    """One crash long ago plus one now is one crash, not two: a GOOD checkpoint earns its count back."""
+    from appliance.boot.guard import forgiven_after
+    from appliance.format import slotstate as ss
+
+    long_ago = "2020-01-01T00:00:00Z"
+    setup.states.write(ss.crash(setup.states.load("B"), 4, "d" * 64, long_ago))
+    assert setup.states.load("B").attempts == 1
+    setup.serving(pid=21)
+    assert setup.exited(21) == "counted"
+    assert setup.states.load("B").attempts == 1  # the old crash was forgiven first
+    forgiven = [e["fields"] for e in read_events(setup.log) if e["event"] == "slot.crashes_forgiven"]
+    assert forgiven and forgiven[-1]["attempts"] == 1
+    setup.serving(pid=22)
+    assert setup.exited(22) == "counted" and setup.states.load("B").attempts == 2  # recent: not forgiven
+    state = setup.states.load("B")
+    assert forgiven_after(state, 3600, 0.0) is None
+    bad = ss.mark_bad(state, 4, "d" * 64, "x", long_ago)
+    assert forgiven_after(bad, 1, 1e10) is None  # only GOOD checkpoints are forgiven
+
+
+def test_an_oom_kill_is_told_from_a_crash_by_the_kernel_counter(setup: Setup, tmp_path: Path) -> None:
+    """Fault-injection seam: a counter file standing in for the cgroup's ``oom_kill`` (the real kernel counter
+    is exercised in tests/integration/test_trust_oom.py). A rise since the service started: not counted."""
+    from appliance.node.kills import Witness
+
+    counter = tmp_path / "memory.events"
+    counter.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    setup.run.path.mkdir(parents=True, exist_ok=True)
+    Witness(31, str(counter), 1).write(setup.run.path)
+    setup.serving(pid=31)
+    assert setup.exited(31) == "counted"  # no new OOM kill: the service died by itself
+    Witness(32, str(counter), 1).write(setup.run.path)
+    counter.write_text("oom_kill 2\n")
+    setup.serving(pid=32)
+    assert setup.exited(32).startswith("not counted: killed by the kernel's OOM killer")
+    assert setup.states.load("B").attempts == 1
+    killed = [e["fields"] for e in read_events(setup.log) if e["event"] == "service.killed"]
+    assert killed[-1]["pid"] == 32
+
+
+def test_a_node_fault_before_the_restore_is_not_counted_at_all(setup: Setup) -> None:
+    """The port squatter: the service reports node_fault "port"; neither the checkpoint nor the service is blamed."""
+    from appliance.format.handoff import Admit, Handoff, Phase, ServiceReport
+
+    h = Handoff("boot1", "B", 4, "d" * 64, Admit.SELF)
+    setup.run.write_handoff(h)
+    error = {"error": "ServiceError", "problem": "port held", "phase": "starting", "node_fault": "port"}
+    setup.run.write_report(ServiceReport(41, Phase.FAILED, h, "t", error=error))
+    assert setup.exited(41) == "ignored: node fault (port); supervisord retries"
+    assert setup.guard.blameless == 0 and setup.states.load("B").attempts == 0
