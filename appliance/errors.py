@@ -28,6 +28,7 @@ class ApplianceError(Exception):
 
     exit_code = 3
     remedy = "see the message above"
+    written: tuple[str, ...] = ()  # appliance.api.load(into=...): destination tensors written before the failure
 
     def __init__(self, problem: str, *, remedy: str | None = None) -> None:
         self.problem = problem
@@ -108,6 +109,19 @@ class TrustLocationError(ConfigError):
         'set "trust" in node.json to a trust store on the read-only rootfs (/etc/appliance/trust.json), '
         "outside the store and its slot partitions"
     )
+class CanaryInputError(UserError):
+    exit_code = 19
+    remedy = "give the model a canary_input() it can run (same rank, dtype and device as real inputs)"
+
+
+class SourceChangedError(SourceFormatError):
+    exit_code = 20
+    remedy = "the source changed while it was committed; nothing was committed, commit it again once it is stable"
+
+
+class AliasingConflictError(TensorMismatchError):
+    exit_code = 21
+    remedy = "untie the destination tensors, or load into a model whose tied tensors were saved equal"
 
 
 class ControlDeniedError(UserError):
@@ -224,6 +238,11 @@ class RoleError(IntegrityError):
     remedy = "sign with a key whose role allows this checkpoint (a release key listing the model, or the device's key)"
 
 
+class CanaryFailedError(IntegrityError):
+    exit_code = 42
+    remedy = "the restored checkpoint answered its canary wrongly; the slot is marked BAD and the other one used"
+
+
 class UnauthenticExportError(IntegrityError):
     exit_code = 43
     remedy = (
@@ -260,7 +279,11 @@ class HeadError(IntegrityError):
 
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
-    remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
+    remedy = (
+        "recovery mode: import a signed checkpoint with `appliance import ROOT SRC` (a USB stick or directory "
+        "written by `appliance export`), or commit one with `appliance commit ROOT MODEL --key KEY` "
+        "(`appliance seed --config node.json` for the model's fresh state), then run `appliance boot`"
+    )
 
 
 # --- the environment failed --------------------------------------------------------------
@@ -299,6 +322,14 @@ class ServiceError(StorageError):
 class SupervisorUnavailableError(StorageError):
     exit_code = 66
     remedy = "start supervisord (systemctl start appliance-supervisor) and retry"
+
+
+class ModelFaultError(ServiceError):
+    exit_code = 67
+    remedy = (
+        "the checkpoint is intact; the model code or node.json does not fit it (tensor shapes, canary input): "
+        "fix the model factory and run `appliance boot` again"
+    )
 
 
 class ControlChannelError(StorageError):
