@@ -109,6 +109,8 @@ class TrustLocationError(ConfigError):
         'set "trust" in node.json to a trust store on the read-only rootfs (/etc/appliance/trust.json), '
         "outside the store and its slot partitions"
     )
+
+
 class CanaryInputError(UserError):
     exit_code = 19
     remedy = "give the model a canary_input() it can run (same rank, dtype and device as real inputs)"
