@@ -260,6 +260,7 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
             lines.append(
                 f"gen {e['generation']:>6}  slot {e['slot']}  {e['created']}  {human_bytes(e['raw_bytes'])} raw  "
                 f"{human_bytes(e['stored_bytes'])} stored  {e['frames']['delta']} delta frames  {e['policy']}"
+                + (f"  {e['assets']} assets" if e.get("assets") else "")
             )
             if "provenance" in e:
                 lines.append(f"            vendor: {e['provenance']['summary']}")
