@@ -29,12 +29,15 @@ from typing import Any
 from appliance.errors import (
     ApplianceError,
     FrameMissingError,
+    ManifestError,
     NoValidCheckpointError,
     RevokedKeyError,
     StorageError,
     UntrustedKeyError,
     UsageError,
 )
+from appliance.format.canary import METADATA_KEY as CANARY_KEY
+from appliance.format.canary import Canary
 from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
@@ -130,6 +133,14 @@ def check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
             exc.problem,
             remedy="pass a JSON object (API argument `metadata`, CLI --meta) within the caps of appliance/limits.py; "
             "NaN and infinities are not JSON; store large state as tensors (appliance.training flattens it)",
+        ) from exc
+    try:  # boot's health gate reads it the same way: a canary no boot could use is refused now, not there
+        Canary.from_metadata(dict(metadata))
+    except ManifestError as exc:
+        raise UsageError(
+            f"metadata key {CANARY_KEY!r} is not a valid canary: {exc.problem}",
+            remedy="give the canary an `input` and either `expected` (+ atol/rtol) or `output_sha256` "
+            "(docs/boot.md); `appliance seed` and exports record one from the model itself",
         ) from exc
     return dict(metadata)
 

@@ -220,3 +220,18 @@ def test_kind4_metadata_size_at_the_cap_commits_and_one_byte_more_is_refused(tmp
     with pytest.raises(UsageError, match="bytes; the cap is"):
         store.commit(_real(1), [KEY], {"s": "x" * (cap - overhead + 1)})
     assert _files(store) == before
+
+
+@pytest.mark.parametrize(
+    "canary",
+    [{"input": [[1.0]]}, {"input": [], "expected": [1.0]}, {"input": [["a"]], "expected": [[1.0]]}, "not an object"],
+)
+def test_kind4_a_canary_no_boot_could_use_is_refused_at_commit(tmp_path: Path, canary: Any) -> None:
+    """A sibling of kind 4: boot's gate would refuse the canary (and mark the slot BAD); the commit refuses it first."""
+    store = _store(tmp_path)
+    before = _files(store)
+    with pytest.raises(UsageError, match="not a valid canary"):
+        store.commit(_real(), [KEY], {"canary": canary})
+    assert _files(store) == before
+    ok, _ = store.commit(_real(), [KEY], {"canary": {"input": [[1.0]], "expected": [[2.0]]}})
+    assert ok.generation == 1
