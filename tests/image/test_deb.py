@@ -79,6 +79,7 @@ def test_control_conffiles_and_maintainer_scripts(deb) -> None:
     assert set((tree / "DEBIAN/conffiles").read_text().split()) == {
         "/etc/appliance/node.json",
         "/etc/appliance/supervisord.conf",
+        "/etc/appliance/supervisord-replicate.conf",
     }
     for script in ("postinst", "prerm", "postrm"):
         assert subprocess.run(["sh", "-n", str(tree / "DEBIAN" / script)]).returncode == 0
