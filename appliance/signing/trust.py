@@ -13,7 +13,7 @@ whose lineage reaches a release-signed checkpoint (``appliance.signing.lineage``
 no role (every key of a v1 trust store) is *unrestricted*, as before roles existed. A trust
 store is written as v1 while no key has a role, so existing stores keep their bytes.
 
-Key entries are extensible by key type: each names its ``type`` (``ed25519`` today) and the
+Key entries are extensible by key type: each names its ``type`` (``ed25519``, ``ecdsa-p256``) and the
 public key in that type's encoding; a reader refuses a type it does not know.
 """
 
