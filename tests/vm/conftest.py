@@ -48,7 +48,7 @@ def vm_image() -> Path:
     if why:
         pytest.skip(why)
     if os.environ.get("VM_IMAGE_DIR"):
-        return Path(os.environ["VM_IMAGE_DIR"])
+        return Path(os.environ["VM_IMAGE_DIR"]).resolve()
     digest = _inputs_digest()
     stamp = IMAGE_DIR / "inputs.sha256"
     if stamp.exists() and stamp.read_text().strip() == digest and (IMAGE_DIR / "root.img").exists():

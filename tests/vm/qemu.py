@@ -75,7 +75,7 @@ class VmTimeout(AssertionError):
 
 class Vm:
     def __init__(self, image: Path, work: Path, *, append: str = "", memory_mib: int = 2048) -> None:
-        self.image = image
+        self.image = image.resolve()
         self.work = work
         self.append = append
         self.memory_mib = memory_mib

@@ -113,6 +113,7 @@ def main():
     hung = False
     rng = random.Random(os.getpid())
     adapt_ok = True
+    last_status = time.monotonic()
     while True:
         for e in events.new():
             fields = e.get("fields", {})
@@ -122,8 +123,13 @@ def main():
                     os.kill(pid, signal.SIGSTOP)
                     hung = True
                     say(f"persist-frozen pid={pid} uptime={uptime():.2f}")
-            elif e.get("event") in ("provision.done", "fallback.taken", "recovery.entered", "slot.unavailable"):
-                say(f"event name={e.get('event')} {' '.join(f'{k}={v}' for k, v in sorted(fields.items()))[:300]}")
+            else:
+                brief = " ".join(f"{k}={v}" for k, v in sorted(fields.items()) if not isinstance(v, (dict, list)))
+                say(f"event name={e.get('event')} {brief.replace(chr(10), ' ')[:300]}")
+        if not serving and time.monotonic() - last_status > 30:
+            last_status = time.monotonic()
+            code, out = run("systemctl", "is-active", "appliance-supervisor", "appliance-boot")
+            say(f"status units={','.join(out.split())} uptime={uptime():.0f}")
         if not serving:
             body = ready()
             if body is not None:
