@@ -9,6 +9,8 @@ Does not own the store mechanics (``appliance.store``) or file formats (``applia
     load(store, into=model.state_dict())        # in place, into preallocated tensors
     load(store, zero_copy=True)                 # fast checkpoints: tensors share the page cache
     load(store, assets=True, names=["lm_head.weight"])  # a subset, plus the directory's files
+    save_directory(store, "tiny-llama/", key)   # a whole model directory (tensors, headers, assets)
+    restore_directory(store, "restored/")       # ... and back, loadable by from_pretrained
 
 ``load`` never returns a partially restored or unverified state: if a frame fails while
 restoring, that checkpoint is abandoned and the next candidate (other slot, older
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,6 +117,75 @@ def save(
         directory=directory,
     )
     return result
+
+
+def save_directory(
+    store: Store,
+    source: str | Path,
+    key: SigningKey | Sequence[SigningKey],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    policy: str | None = None,
+    full: bool = False,
+    progress: Progress | None = None,
+) -> CommitResult:
+    """Commit a ``.safetensors`` file or a whole model directory, as ``appliance commit`` does.
+
+    Tensors, each shard's header metadata, the index's metadata and (for a directory) every other
+    file as an asset (docs/design.md §4.5); a vendor ``model.sig`` is verified against the
+    store's vendor trust and recorded as provenance, as on the CLI (a store that requires one
+    refuses an unsigned source). Source defects raise ``SourceFormatError``, ``AssetError``,
+    ``ReservedNameError`` or the provenance errors before anything is written.
+    """
+    from appliance.provenance import check_source, load_vendors, vendors_path
+    from appliance.sources.model_dir import directory_parts
+    from appliance.sources.safetensors_io import open_model
+
+    keys = [key] if isinstance(key, SigningKey) else list(key)
+    root = Path(str(getattr(store.storage, "root", ".")))
+    provenance = check_source(Path(source), load_vendors(vendors_path(root, store.config.vendors)))
+    model = open_model(source)
+    try:
+        parts = directory_parts(model)
+        result, _ = store.commit(
+            model.sources,
+            keys,
+            metadata,
+            policy=policy,
+            full=full,
+            progress=progress,
+            directory=parts,
+            provenance=provenance,
+        )
+    finally:
+        model.close()
+    return result
+
+
+def restore_directory(
+    store: Store,
+    out: str | Path,
+    *,
+    generation: int | None = None,
+    names: Collection[str] | Callable[[str], bool] | None = None,
+    max_shard_size: int | None = None,
+    deep: bool = False,
+) -> LoadedCheckpoint:
+    """Restore the newest valid checkpoint (or ``generation``) as a complete model directory ``out``.
+
+    ``out`` must be new or empty; it then holds the shards (as recorded, or new ones of at most
+    ``max_shard_size`` bytes), ``model.safetensors.index.json`` and every asset, so that
+    ``AutoModel*.from_pretrained(out)`` loads it. Returns what was loaded (tensors, assets).
+    """
+    from appliance.sources.model_dir import appliance_header, write_directory
+
+    loaded = load(store, generation=generation, deep=deep, names=names, assets=True)
+    assert loaded.manifest is not None
+    ours = appliance_header(loaded.generation, loaded.manifest_digest, loaded.metadata)
+    write_directory(
+        Path(out), loaded.tensors, loaded.assets, loaded.manifest, ours=ours, max_shard_bytes=max_shard_size
+    )
+    return loaded
 
 
 def _one_shard(header: Mapping[str, str], names: list[str]) -> ShardEntry:
@@ -290,4 +362,13 @@ def _dedupe(failures: list[Failure]) -> list[Failure]:
     return out
 
 
-__all__ = ["ApplianceError", "LoadedCheckpoint", "NoValidCheckpointError", "load", "load_to_device", "save"]
+__all__ = [
+    "ApplianceError",
+    "LoadedCheckpoint",
+    "NoValidCheckpointError",
+    "load",
+    "load_to_device",
+    "restore_directory",
+    "save",
+    "save_directory",
+]

@@ -12,9 +12,10 @@ Groups (exit-code ranges are a public contract, listed in the README):
 * ``StorageError`` (60-69): the environment failed (disk full, I/O error, lock held,
   slot not mounted); fix the device and retry. Committed data was not touched.
 * ``HardwareError`` (70-79): an accelerator path failed; the CPU path is used instead.
-* ``ProvisioningError`` (80-89): node provisioning (first boot) could not finish: a checkpoint
+* ``ProvisioningError`` (80-81): node provisioning (first boot) could not finish: a checkpoint
   partition, the provisioning file or the device's key store. Nothing already provisioned is
   undone; the first-boot unit completes the remaining steps on the next boot once fixed.
+* Console group (82-83): the technicians' recovery console refused access or an action.
 
 Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
 """
@@ -48,7 +49,8 @@ class ApplianceError(Exception):
 
 class UserError(ApplianceError):
     exit_code = 10
-    remedy = "correct the command-line arguments and retry"
+    # Raised from the CLI and from the Python API alike: the problem names the option or argument.
+    remedy = "correct the argument named above and retry"
 
 
 class UsageError(UserError):
@@ -93,6 +95,14 @@ class CheckpointNotFoundError(UserError):
 class ConfigError(UserError):
     exit_code = 18
     remedy = "fix the store configuration (store.json) or re-initialise the store"
+
+
+class ControlDeniedError(UserError):
+    exit_code = 22
+    remedy = (
+        "the control channel admits only root, the service's own user and the users named in node.json "
+        "(control_users, adapt_users); run the command as one of them"
+    )
 
 
 class ReservedNameError(UserError):
@@ -188,6 +198,14 @@ class ExportFileError(IntegrityError):
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
 
 
+class UnauthenticExportError(IntegrityError):
+    exit_code = 43
+    remedy = (
+        "the file was moved to the outbox's quarantine/: the running service did not produce it for the "
+        "checkpoint boot handed it; nothing was signed"
+    )
+
+
 class AssetIntegrityError(IntegrityError):
     exit_code = 46
     remedy = "the checkpoint's asset does not match its signed SHA-256; the other slot or an older checkpoint is used"
@@ -204,6 +222,14 @@ class VendorSignatureError(IntegrityError):
 class PartialCheckpointError(IntegrityError):
     exit_code = 48
     remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
+
+
+class HeadError(IntegrityError):
+    exit_code = 49
+    remedy = (
+        "the object store's head record is forged, replayed, malformed or for another node; nothing was "
+        "changed: check the bucket's access policy and re-publish or re-replicate"
+    )
 
 
 class NoValidCheckpointError(ApplianceError):
@@ -249,6 +275,14 @@ class SupervisorUnavailableError(StorageError):
     remedy = "start supervisord (systemctl start appliance-supervisor) and retry"
 
 
+class ControlChannelError(StorageError):
+    exit_code = 68
+    remedy = (
+        "the model service's control socket (RUN/control.sock) is missing, not the service's, or not "
+        "answering; check that the service runs (supervisorctl status model)"
+    )
+
+
 class SourceUnavailableError(StorageError):
     exit_code = 69
     remedy = "reconnect the source (USB stick, network, object store) and re-run: the transfer resumes"
@@ -278,6 +312,24 @@ class KeyProviderError(ProvisioningError):
 
     exit_code = 81
     remedy = "check the key provider (node.json key_provider; default: key files of mode 0400 in /etc/appliance)"
+
+
+# --- console group (82-83): the recovery console refused a technician --------------------------
+# Owned by the recovery console (appliance.console, issue 14). The old ranges are full; these two
+# codes are reserved for it. Both mean "nothing was changed".
+
+
+class ConsoleAccessError(ApplianceError):
+    exit_code = 82
+    remedy = (
+        "provision a technician on the node (`appliance console passwd NAME`) or use the one-time setup code "
+        "shown on the node's local console; after repeated failures wait for the lockout to end"
+    )
+
+
+class ActionRefusedError(ApplianceError):
+    exit_code = 83
+    remedy = "the action's preconditions are not met (see the problem); choose another target or fix the cause first"
 
 
 def all_error_classes() -> list[type[ApplianceError]]:

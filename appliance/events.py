@@ -110,6 +110,29 @@ _CATALOGUE = (
     EventType("outbox.rejected", "77b26a2d91534376aa44ef88d7f65539", 4,
               "outbox file {file} quarantined: {error}: {problem}",
               "An outbox file is truncated, damaged or not a state export; it is moved aside, never committed."),
+    EventType("state.unchanged", "090c66a51b014f17b2aec3ae35433547", 6,
+              "state unchanged at step {step} ({reason}); nothing exported",
+              "The service was asked for an export but its state did not change: no file, no new generation."),
+    EventType("persist.unchanged", "9001d12ba6b142d18773a055bd13ec15", 6,
+              "{file} equals generation {generation} (its parent); not committed again",
+              "An export whose tensors equal the newest checkpoint's is removed instead of becoming an empty "
+              "generation."),
+    EventType("control.refused", "57aa452da00e4703b78f3f742460f52b", 4,
+              "control channel refused uid {uid} (pid {pid}): {route}: {reason}",
+              "A local process tried a state-changing operation it holds no role for (at most one event per "
+              "caller and route per minute)."),
+    EventType("service.killed", "237d5a39cb994e638a5eb9181f5a005b", 4,
+              "model service (pid {pid}) killed by {cause} while serving slot {slot} generation {generation}; "
+              "not counted against the checkpoint",
+              "The kernel (out of memory, a memory limit) or an operator killed the serving service; supervisord "
+              "restarts it. Kills never mark a checkpoint BAD."),
+    EventType("node.port_busy", "53d36cc1374849779e985f8d4fb59bdc", 4,
+              "service port {host}:{port} is held by another process; waiting up to {wait_s}s with backoff",
+              "A node fault, never a checkpoint fault: boot and the service retry until the port is free."),
+    EventType("slot.crashes_forgiven", "868f04782cbe4427b94e0c58911cede0", 6,
+              "slot {slot} generation {generation} served {healthy_s}s without a crash; "
+              "{attempts} earlier crashes forgiven",
+              "Crash counts of a GOOD checkpoint decay after a healthy period (crash_decay_s)."),
     EventType("provision.step", "9e64e399ec9a439bb3b2b8e2345adc56", 6, "first boot: {step}: {detail}",
               "First boot completed one provisioning step (docs/image.md section 4). Every step is idempotent."),
     EventType("provision.done", "1c394f3870cf4d589162132ff6736a0a", 5,
@@ -119,6 +142,40 @@ _CATALOGUE = (
     EventType("provision.failed", "499cd7383bfc41aca26c53e1e2b4b43d", 3,
               "first boot stopped at {step}: {error}: {problem}",
               "A provisioning step failed. Steps already done stay done; the next boot resumes at this step."),
+    EventType("remote.replicated", "9f6690fcc21a4c6294fd95ddb820a85a", 6,
+              "replicated generation {generation} of {device}: {uploaded} of {blobs} blobs uploaded "
+              "({bytes_uploaded} bytes), {skipped} already there, in {seconds}s",
+              "The checkpoint's blobs, bundle and signed head are in the object store (in that order)."),
+    EventType("remote.replicate_failed", "6cdb221ed6074f88bba5f7c9b65d4aa8", 4,
+              "replication of generation {generation} failed (attempt {attempt}): {error}: {problem}; "
+              "retry in {retry_in}s",
+              "The upload stopped; the previous head still names a complete checkpoint. It is retried with backoff."),
+    EventType("remote.restore_started", "f6f4ff63d4fb4afcb0db3f992afa1094", 5,
+              "no valid local checkpoint: restoring from {site} ({endpoint})",
+              "Boot found nothing restorable in either slot and asks the configured object store."),
+    EventType("remote.restored", "aba1c685eae74f47892eb62b0b8a4b0b", 5,
+              "fetched generation {generation} from {site} into slot {slot}: {bytes_from_source} bytes in {seconds}s",
+              "A checkpoint from the second site was verified and committed locally; it boots through the canary."),
+    EventType("remote.restore_failed", "60061b47c04b475b8108faf923a4106e", 3,
+              "restore from {site} failed: {error}: {problem}",
+              "The object store was unreachable or offered nothing acceptable; the node enters recovery mode."),
+    # --- recovery console (issue 14): technicians' logins and actions, each with the technician's name
+    EventType("console.started", "5be0f1d3b2c64f4c9d0e6a7f1c2b3a40", 6, "recovery console listening on {listen}",
+              "The technicians' recovery console started (TLS on every non-loopback address)."),
+    EventType("console.login", "1d2e3f405a6b4c7d8e9fa0b1c2d3e4f5", 5, "technician {technician} logged in from {client}",
+              "A technician authenticated to the recovery console."),
+    EventType("console.login_failed", "9a8b7c6d5e4f40312a1b0c9d8e7f6a5b", 4,
+              "failed console login as {technician} from {client}",
+              "A console login failed; repeated failures lock the name and the client out for a while."),
+    EventType("console.locked_out", "c3d4e5f60718493a8b9cadbecf001122", 3,
+              "console login locked for {key} for {seconds}s after repeated failures",
+              "Too many failed console logins: further attempts are refused until the lock ends."),
+    EventType("console.technician_set", "2b3c4d5e6f70418293a4b5c6d7e8f901", 5,
+              "technician {technician} provisioned ({how})",
+              "A technician credential was set (argon2id hash); no default password exists."),
+    EventType("console.action", "7e6d5c4b3a2948f7a6b5c4d3e2f1a0b9", 5,
+              "technician {technician} ran {action}: {outcome}",
+              "A technician action from the recovery console or its CLI verbs; the fields hold its parameters."),
 )  # fmt: skip
 
 CATALOGUE: Mapping[str, EventType] = {e.name: e for e in _CATALOGUE}
@@ -155,7 +212,10 @@ class EventLog:
             "message": render_message(event, fields),
             "fields": fields,
         }
-        line = json.dumps(record, sort_keys=True, default=str, separators=(",", ":")) + "\n"
+        line = _line(record)
+        if len(line.encode("utf-8")) > MAX_LINE:
+            record = _truncated(record)
+            line = _line(record)
         self._append(line)
         self._journal(event, record)
         return record
@@ -167,7 +227,7 @@ class EventLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                os.write(fd, line.encode("utf-8")[:MAX_LINE])  # one write: lines never interleave
+                os.write(fd, line.encode("utf-8"))  # one write (≤ MAX_LINE, newline included): no interleaving
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -188,6 +248,38 @@ class EventLog:
             fields["APPLIANCE_" + "".join(c if c.isalnum() else "_" for c in key.upper())] = value
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.sendto(journal_datagram(fields), self.journal)
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, default=str, separators=(",", ":")) + "\n"
+
+
+FIELD_MAX = 4096  # characters kept of each string in an oversized event
+
+
+def _truncated(record: dict[str, Any]) -> dict[str, Any]:
+    """An event too long for one line, with its fields cut (never its line): still one complete JSON line.
+
+    Each string anywhere in ``fields`` (and the message) keeps its first ``FIELD_MAX`` characters
+    and says how many were dropped; if that is still too long, the fields are replaced by a note.
+    """
+    cut = dict(record)
+    cut["fields"] = _cut(record["fields"])
+    cut["message"] = _cut(record["message"])
+    cut["truncated"] = True
+    if len(_line(cut).encode("utf-8")) > MAX_LINE:
+        cut["fields"] = {"truncated": f"fields of {len(_line(record))} characters dropped"}
+    return cut
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= FIELD_MAX else value[:FIELD_MAX] + f"...[{len(value) - FIELD_MAX} chars cut]"
+    if isinstance(value, dict):
+        return {str(k)[:FIELD_MAX]: _cut(v) for k, v in list(value.items())[:256]}
+    if isinstance(value, list | tuple):
+        return [_cut(v) for v in list(value)[:256]]
+    return value if isinstance(value, int | float | bool) or value is None else _cut(str(value))
 
 
 def journal_datagram(fields: Mapping[str, Any]) -> bytes:

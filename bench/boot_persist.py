@@ -80,10 +80,10 @@ def persist_rounds(node: LocalNode, rounds: int) -> list[dict[str, Any]]:
     out = []
     x = _inputs(node)
     for _ in range(rounds):
-        node.call("/v1/adapt", {"inputs": x, "targets": [[0.5, -0.5, 0.25, 0.0]]}, timeout=600)
+        node.control_call("/v1/adapt", {"inputs": x, "targets": [[0.5, -0.5, 0.25, 0.0]]}, timeout=600)
         before = len(node.events("persist.committed"))
         t_export = time.time()
-        status, exported = node.call("/v1/export", {}, timeout=3600)
+        status, exported = node.control_call("/v1/export", {}, timeout=3600)
         assert status == 200, exported
         committed = node.wait_event("persist.committed", after=before, timeout=3600)
         started = node.events("persist.started")[-1]["ts_unix"]

@@ -4,7 +4,10 @@ Owns: ``boot`` / ``BootRun`` — under the boot lock: stop the service, scan bot
 candidates newest first (skipping ones marked BAD, in unavailable slots or below the
 anti-rollback floor; refusing ones whose record, signature, model id or frame presence fail),
 count the attempt durably, run a trial (``trial``), then either mark GOOD -> raise the floor ->
-admit traffic, or mark BAD and fall back. With nothing left: recovery mode.
+admit traffic, or mark BAD and fall back. With nothing left and a second site configured
+(``BootContext.second_site``, the object-store replica): fetch its newest checkpoint that passes
+every local rule into the inactive slot and walk again, through the same canary gate. With
+nothing left after that (or the second site unreachable): recovery mode.
 Does not own the state machine (``appliance.format.slotstate``) or the trial mechanics.
 
 Invariants (docs/boot.md §1):
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,6 +74,10 @@ class BootContext(TrialContext):
     store: Store | None = None
     states: SlotStates | None = None
     floor: GenerationFloor | None = None
+    # The second site (docs/boot.md §7): called with the floor when no local checkpoint could be
+    # served; imports the remote's newest acceptable checkpoint and returns what it did (``site``,
+    # ``generation``, ``slot``, ``stages``), None when it had nothing newer; raises ApplianceError.
+    second_site: Callable[[int], dict[str, Any] | None] | None = None
 
 
 def boot(ctx: BootContext) -> BootOutcome:
@@ -97,6 +104,13 @@ class BootRun:
         self.ctx.run.clear_recovery()
         self.floor = self._read_floor()
         self.ctx.events.emit("boot.started", boot_id=self.outcome.boot_id, floor=self.floor)
+        outcome = self._walk()
+        if outcome is None and self._from_second_site():
+            outcome = self._walk()
+        return outcome or self._recover("no committed checkpoint verifies and restores", NoValidCheckpointError)
+
+    def _walk(self) -> BootOutcome | None:
+        """Try every local candidate; the outcome once one serves (or the service is at fault), else None."""
         for opened in self._candidates():
             state = self._save(ss.attempt(self.states.load(opened.slot), opened.generation, _digest(opened), _utc()))
             self._emit("slot.attempt", opened, attempts=state.attempts, max_attempts=self.ctx.config.max_boot_attempts)
@@ -107,13 +121,32 @@ class BootRun:
             trial = run_trial(self.ctx, opened, handoff)
             if trial.ok:
                 return self._serve(opened, handoff, trial)
+            if trial.node_fault:
+                return self._node_fault(opened, trial)
             if not trial.blames_checkpoint:
                 self._emit("fallback.taken", opened, reason=trial.reason)
                 return self._recover(
                     f"the model service fails before it restores anything: {trial.reason}", ServiceError
                 )
             self._fall_back(opened, trial.reason)
-        return self._recover("no committed checkpoint verifies and restores", NoValidCheckpointError)
+        return None
+
+    def _from_second_site(self) -> bool:
+        """Fetch a checkpoint from the second site; False (recovery as before) when none or unreachable."""
+        if self.ctx.second_site is None:
+            return False
+        t0 = self.ctx.clock()
+        try:
+            fetched = self.ctx.second_site(self.floor)
+        except (ApplianceError, StorageError, OSError) as exc:
+            problem = getattr(exc, "problem", str(exc))
+            self.outcome.failures.append(f"second site: {type(exc).__name__}: {problem}")
+            self.ctx.events.emit("remote.restore_failed", site="object store", error=type(exc).__name__,
+                                 problem=problem)  # fmt: skip
+            return False
+        finally:
+            self._add_stage("second_site_s", self.ctx.clock() - t0)
+        return fetched is not None
 
     def _candidates(self) -> Iterator[OpenCheckpoint]:
         """Checkpoints that open (record, bundle, signature, model, floor, frame presence), newest first."""
@@ -166,7 +199,8 @@ class BootRun:
         o = self.outcome
         o.serving = {"slot": opened.slot, "generation": opened.generation, "manifest_digest": digest}
         o.restore = trial.report.restore if trial.report else None
-        o.stages = {"discover_s": o.stages.get("discover_s", 0.0), **_service_stages(trial)}
+        fetched = {k: o.stages[k] for k in ("second_site_s",) if k in o.stages}
+        o.stages = {"discover_s": o.stages.get("discover_s", 0.0), **fetched, **_service_stages(trial)}
         o.stages["mark_s"] = self.ctx.clock() - t0
         o.stages["total_s"] = self.ctx.clock() - self.started
         self._emit("boot.serving", opened, total_s=round(o.stages["total_s"], 3), stages=o.to_dict()["stages"],
@@ -183,6 +217,24 @@ class BootRun:
         sd_notify("READY=1", f"STATUS=recovery mode: {reason}")
         self.outcome.recovery = reason
         self.outcome.exit_code = error.exit_code
+        self.outcome.stages["total_s"] = self.ctx.clock() - self.started
+        return self.outcome
+
+    def _node_fault(self, opened: OpenCheckpoint, trial: Trial) -> BootOutcome:
+        """The node failed the trial (a port held by someone else): no checkpoint blamed, no recovery mode.
+
+        The attempt is given back, the service stopped, and boot exits 65 (``ServiceError``) for
+        systemd's ``Restart=on-failure`` (or the guard) to retry with backoff; nothing a technician must do.
+        """
+        self.ctx.control.stop(self.ctx.config.service_program)
+        self.ctx.run.clear_handoff()
+        state = self.states.load(opened.slot)
+        if state.is_candidate(opened.generation, _digest(opened)) and state.attempts > 0:
+            self._save(replace(state, attempts=state.attempts - 1))
+        self.outcome.failures.append(f"{opened.slot}/gen {opened.generation}: node fault ({trial.node_fault}): "
+                                     f"{trial.reason}")  # fmt: skip
+        sd_notify(f"STATUS=node fault ({trial.node_fault}): {trial.reason}; retrying")
+        self.outcome.exit_code = ServiceError.exit_code
         self.outcome.stages["total_s"] = self.ctx.clock() - self.started
         return self.outcome
 

@@ -68,6 +68,23 @@ events=PROCESS_STATE_EXITED,PROCESS_STATE_FATAL
 buffer_size=64
 autorestart=true
 stderr_logfile={log_dir}/guard.log
+{console}"""
+
+# --- recovery console program (issue 14) --------------------------------------------------------
+# Kept apart from the template above so the privilege-separation change (users per program) merges
+# cleanly: the console runs as its own unprivileged user, never holds the signing key, and listens
+# on loopback by default (TLS on any other address; see appliance/console).
+_CONSOLE = """
+[program:{console_program}]
+; technicians' recovery console (web + `appliance tech` actions); never holds the signing key
+command={appliance} console serve --config {config} --state-dir {console_state}{console_listen}
+{console_user}autostart=true
+autorestart=true
+startsecs=2
+stopsignal=TERM
+stopwaitsecs=10
+redirect_stderr=true
+stdout_logfile={log_dir}/console.log
 """
 
 
@@ -81,6 +98,10 @@ class SupervisordLayout:
     service: str = "model"
     persist: str = "persist"
     environment: str = ""  # KEY="value",KEY2="value2" for every program
+    console: bool = False  # add the recovery console program (issue 14)
+    console_state: str = "/var/lib/appliance-console"
+    console_listen: tuple[str, ...] = ()  # HOST:PORT; empty = the console's default (loopback)
+    console_user: str = ""  # supervisord user= of the console program ("" = inherit)
 
 
 def production() -> SupervisordLayout:
@@ -90,6 +111,8 @@ def production() -> SupervisordLayout:
         socket="/run/appliance/supervisor.sock",
         log_dir="/var/log/appliance",
         pidfile="/run/appliance/supervisord.pid",
+        console=True,
+        console_user="appliance-console",
     )
 
 
@@ -104,4 +127,19 @@ def render(layout: SupervisordLayout) -> str:
         service=layout.service,
         persist=layout.persist,
         environment=env,
+        console=_console(layout),
+    )
+
+
+def _console(layout: SupervisordLayout) -> str:
+    if not layout.console:
+        return ""
+    return _CONSOLE.format(
+        console_program="console",
+        appliance=layout.appliance,
+        config=layout.config,
+        console_state=layout.console_state,
+        console_listen="".join(f" --listen {a}" for a in layout.console_listen),
+        console_user=f"user={layout.console_user}\n" if layout.console_user else "",
+        log_dir=layout.log_dir,
     )

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance.boot.control import ServiceControl
-from appliance.errors import ApplianceError, ServiceError
+from appliance.errors import ApplianceError, ControlChannelError, ServiceError
 from appliance.events import EventLog
 from appliance.format.canary import Canary, check
 from appliance.format.handoff import Handoff, Phase, ServiceReport
-from appliance.node import http
 from appliance.node.config import NodeConfig
+from appliance.node.control_channel import ControlClient
 from appliance.node.notify import sd_notify
 from appliance.node.rundir import RunDir
 from appliance.store.discovery import OpenCheckpoint
@@ -35,21 +35,26 @@ class ServiceProbe(Protocol):
     def admit(self, boot_id: str) -> None: ...
 
 
-class HttpProbe:
-    """The model service's HTTP interface as the boot sequence uses it."""
+class ControlProbe:
+    """The model service's control channel (``RUN/control.sock``) as the boot sequence uses it."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
-        self.base_url = base_url
-        self.timeout = timeout
+    def __init__(self, socket_path: str, timeout: float = 60.0) -> None:
+        self.client = ControlClient(socket_path, timeout)
 
     def canary(self, inputs: list[Any]) -> Any:
-        status, body = http.call(f"{self.base_url}/v1/canary", {"inputs": inputs}, self.timeout)
+        try:
+            status, body = self.client.call("POST", "/v1/canary", {"inputs": inputs})
+        except ControlChannelError as exc:
+            raise ServiceError(f"the service's control channel failed: {exc.problem}") from exc
         if status != 200 or not isinstance(body, dict):
             raise ServiceError(f"the service refused the canary (HTTP {status}): {body}")
         return body.get("outputs")
 
     def admit(self, boot_id: str) -> None:
-        status, body = http.call(f"{self.base_url}/v1/admit", {"boot_id": boot_id}, self.timeout)
+        try:
+            status, body = self.client.call("POST", "/v1/admit", {"boot_id": boot_id})
+        except ControlChannelError as exc:
+            raise ServiceError(f"the service's control channel failed: {exc.problem}") from exc
         if status != 200:
             raise ServiceError(f"the service refused admission (HTTP {status}): {body}")
 
@@ -76,7 +81,13 @@ class Trial:
 
     @property
     def blames_checkpoint(self) -> bool:
-        return not self.ok and self.phase not in BLAMELESS_PHASES
+        return not self.ok and self.phase not in BLAMELESS_PHASES and not self.node_fault
+
+    @property
+    def node_fault(self) -> str:
+        """Why the node (not the service, not a checkpoint) failed the trial, e.g. ``port``; "" if not."""
+        error = (self.report.error or {}) if self.report and not self.ok else {}
+        return str(error.get("node_fault") or "")
 
 
 def run_trial(ctx: TrialContext, opened: OpenCheckpoint, handoff: Handoff) -> Trial:

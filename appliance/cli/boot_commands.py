@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("boot", help="choose, restore, canary-check and serve the newest good checkpoint")
     add_config(p)
     p.add_argument("--wait-supervisor", type=float, default=30.0, metavar="S", help="seconds to wait for supervisord")
+    p.add_argument("--remote", type=Path, metavar="REMOTE.json",
+                   help="second site to restore from when no local checkpoint serves (default: remote.json "
+                        "beside NODE.json, if present)")  # fmt: skip
     add_json(p)
     p.set_defaults(func=cmd_boot)
 
@@ -60,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_boot(args: argparse.Namespace, out: Output) -> int:
     from appliance.boot.control import SupervisorControl
     from appliance.boot.sequence import BootContext, boot, recover_early
-    from appliance.boot.trial import HttpProbe
+    from appliance.boot.trial import ControlProbe
     from appliance.node.floor import open_floor
     from appliance.store.bootstate import SlotStates
     from appliance.store.store import Store
@@ -75,11 +78,28 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
     except ApplianceError as exc:
         recover_early(config, run, control, events, f"the store cannot be opened: {exc.problem}")
         raise
-    ctx = BootContext(config=config, run=run, control=control, probe=HttpProbe(config.service_url), events=events,
-                      store=store, states=SlotStates(store.storage, store.limits), floor=floor)  # fmt: skip
+    ctx = BootContext(config=config, run=run, control=control, probe=ControlProbe(config.control_socket), events=events,
+                      store=store, states=SlotStates(store.storage, store.limits), floor=floor,
+                      second_site=_second_site(args, store, events))  # fmt: skip
     outcome = boot(ctx)
     out.result(outcome.to_dict(), _boot_text)
     return outcome.exit_code
+
+
+def _second_site(args: argparse.Namespace, store: Any, events: EventLog) -> Any:
+    """The object-store replica as boot's second site, when ``remote.json`` asks for it."""
+    path: Path = args.remote or args.config.parent / "remote.json"
+    if args.remote is None and not path.exists():
+        return None
+    from appliance.remote.config import load_remote
+    from appliance.remote.second_site import SecondSite
+
+    try:
+        remote = load_remote(path)
+    except ApplianceError as exc:  # a broken remote.json must not stop a local boot
+        events.emit("remote.restore_failed", site=str(path), error=type(exc).__name__, problem=exc.problem)
+        return None
+    return SecondSite(store, remote, events) if remote.restore_at_boot else None
 
 
 def _boot_text(d: dict[str, Any]) -> str:
@@ -185,7 +205,9 @@ def seed(config: NodeConfig) -> dict[str, Any]:
     with committer.run.commit_guard() as free:
         if not free:
             raise LockedError("a boot is running; seed again when it has finished")
-        return committer.commit_file(written.path).to_dict()
+        result = committer.commit_file(written.path, produced_here=True)
+        assert result is not None  # produced_here: always committed
+        return result.to_dict()
 
 
 def _utc() -> str:

@@ -89,9 +89,9 @@ def _boot(node: LocalNode, cfg: str) -> dict[str, Any]:
 
 
 def _adapt_and_persist(node: LocalNode) -> dict[str, Any]:
-    node.call("/v1/adapt", {"inputs": X, "targets": TARGET})
+    node.control_call("/v1/adapt", {"inputs": X, "targets": TARGET})
     before = len(node.events("persist.committed"))
-    _, exported = node.call("/v1/export", {})
+    _, exported = node.control_call("/v1/export", {})
     committed: dict[str, Any] = node.wait_event("persist.committed", after=before, timeout=120)["fields"]
     print(
         f"step {exported['step']}: serving paused {exported['pause_s'] * 1000:.1f} ms to capture; "
@@ -106,7 +106,7 @@ def _newest_acknowledged(node: LocalNode) -> int:
 
 def _cut_during_persist(node: LocalNode) -> int:
     acknowledged = _newest_acknowledged(node)
-    node.call("/v1/adapt", {"inputs": X, "targets": TARGET})
+    node.control_call("/v1/adapt", {"inputs": X, "targets": TARGET})
     started = len(node.events("persist.started"))
     threading.Thread(target=_export_quietly, args=(node,), daemon=True).start()
     node.wait_event("persist.started", after=started, timeout=120)
@@ -119,6 +119,6 @@ def _cut_during_persist(node: LocalNode) -> int:
 
 def _export_quietly(node: LocalNode) -> None:
     try:
-        node.call("/v1/export", {}, timeout=120)
+        node.control_call("/v1/export", {}, timeout=120)
     except Exception:  # the power cut kills the service mid-request
         return

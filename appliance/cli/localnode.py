@@ -30,6 +30,7 @@ from appliance.boot.control import SupervisorControl
 from appliance.events import read_events
 from appliance.node import http
 from appliance.node.config import NodeConfig, load_config
+from appliance.node.control_channel import ControlClient
 
 CLI = [sys.executable, "-m", "appliance.cli.main"]
 
@@ -144,7 +145,13 @@ class LocalNode:
     # --- the service and the event log -------------------------------------------------
 
     def call(self, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+        """The network listener (inference, health, readiness)."""
         return http.call(self.config.service_url + path, body, timeout)
+
+    def control_call(self, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+        """The control channel (``RUN/control.sock``): adapt, export, status — as this process's user."""
+        method = "GET" if body is None else "POST"
+        return ControlClient(self.config.control_socket, timeout).call(method, path, body)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         return read_events(self.config.event_log, frozenset({name}) if name else None)

@@ -12,6 +12,7 @@ from appliance import __version__
 from appliance.cli import store_commands as sc
 from appliance.cli.output import Output
 from appliance.errors import ApplianceError
+from appliance.signing.keys import KEY_TYPES
 from appliance.store.config import DEFAULT_FRAME_SIZE, DEFAULT_KEEP
 
 Command = Callable[[argparse.Namespace, Output], int]
@@ -24,8 +25,10 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.scrub_commands",
     "appliance.cli.perf_commands",
     "appliance.cli.transfer_commands",
+    "appliance.cli.remote_commands",
     "appliance.cli.firstboot_commands",
     "appliance.cli.vendor_commands",
+    "appliance.console.commands",  # the recovery console's verbs (`appliance tech`, `appliance console`)
 ]
 
 
@@ -44,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("keygen", help="create an Ed25519 signing key pair (KEYFILE, KEYFILE.pub)")
+    p = sub.add_parser("keygen", help="create a signing key pair (KEYFILE, KEYFILE.pub); Ed25519 unless --type")
     p.add_argument("keyfile", type=Path, metavar="KEYFILE")
+    p.add_argument(
+        "--type",
+        choices=KEY_TYPES,
+        default=KEY_TYPES[0],
+        help="ecdsa-p256: also signs OpenSSF model-signing model.sig files (restore --sign-model)",
+    )
     add_json(p)
     p.set_defaults(func=sc.cmd_keygen)
 
@@ -108,6 +117,12 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="a file, or (trailing slash or existing directory) a complete model directory: shards, index, assets",
     )
     p.add_argument("--tensors", action="append", metavar="GLOB", help="restore only matching tensors (repeatable)")
+    p.add_argument(
+        "--sign-model",
+        type=Path,
+        metavar="KEYFILE",
+        help="directory: also write an OpenSSF model-signing model.sig with this ECDSA P-256 key",
+    )
     p.add_argument(
         "--max-shard-size",
         metavar="SIZE",

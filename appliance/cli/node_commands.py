@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for supervised programs"
     )
+    p.add_argument(
+        "--console", metavar="HOST:PORT", help="also run the recovery console under supervisord on this address"
+    )
     add_json(p)
     p.set_defaults(func=cmd_node_init)
 
@@ -104,6 +107,9 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
         log_dir=str(root / "log"),
         pidfile=str(root / "run" / "supervisord.pid"),
         environment=",".join(_env_pair(e) for e in args.env),
+        console=args.console is not None,  # recovery console (issue 14): state in DIR/console
+        console_state=str(root / "console"),
+        console_listen=(args.console,) if args.console else (),
     )
     (root / "supervisord.conf").write_text(render(layout))
     data = {"dir": str(root), "config": str(root / "node.json"), "supervisord_conf": str(root / "supervisord.conf")}

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.cli.output import Output, human_bytes
 from appliance.errors import NoValidCheckpointError, UsageError
 from appliance.format.provenance import Provenance
+
+if TYPE_CHECKING:
+    from appliance.provenance.sign import SignedDirectory
 from appliance.signing import PublicKey, SigningKey
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
@@ -41,11 +44,11 @@ def parse_meta(value: str | None) -> dict[str, Any]:
 
 
 def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
-    key = SigningKey.generate()
+    key = SigningKey.generate(getattr(args, "type", "ed25519"))
     pub = key.save(args.keyfile)
     out.result(
-        {"keyfile": str(args.keyfile), "public_key": str(pub), "keyid": key.keyid},
-        lambda d: f"wrote {d['keyfile']} (private, mode 0600) and {d['public_key']}\nkey id {d['keyid']}",
+        {"keyfile": str(args.keyfile), "public_key": str(pub), "keyid": key.keyid, "type": key.type},
+        lambda d: f"wrote {d['keyfile']} (private, mode 0600) and {d['public_key']}\n{d['type']} key id {d['keyid']}",
     )
     return 0
 
@@ -179,6 +182,8 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     if max_shard is not None and not as_dir:
         raise UsageError("--max-shard-size applies to a directory restore", remedy="end --out with a slash: DIR/")
     names = model_dir.name_filter(args.tensors) if args.tensors else None
+    if args.sign_model:
+        _check_sign_model(args.sign_model, as_dir)
     with out.progress(None, "restore") as progress:
         loaded = api.load(
             store,
@@ -197,6 +202,7 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
         )
     else:
         model_dir.write_file(target, loaded.tensors, loaded.manifest, ours)
+    signed = _sign_restored(target, args.sign_model) if args.sign_model else None
     data = {
         "out": str(target),
         "directory": as_dir,
@@ -206,7 +212,7 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
         "fell_back": loaded.fell_back,
         "failures": [f.describe() for f in loaded.failures],
         "metadata": loaded.metadata,
-    }
+    } | ({"model_sig": signed.to_dict()} if signed else {})
 
     def text(d: dict[str, Any]) -> str:
         r = d["restore"]
@@ -215,10 +221,31 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
             f"restored generation {r['generation']} from slot {r['slot']}: {human_bytes(r['raw_bytes'])} "
             f"verified in {r['seconds']:.3f} s ({r['gb_per_s']:.2f} GB/s) -> {d['out']}"
         )
+        if "model_sig" in d:
+            sig = d["model_sig"]
+            lines.append(
+                f"  signed {sig['resources']} files into {sig['model_sig']} (key sha256:{sig['key_sha256'][:12]})"
+            )
         return "\n".join(lines)
 
     out.result(data, text)
     return WARNINGS if loaded.fell_back else 0
+
+
+def _check_sign_model(key_file: Path, as_dir: bool) -> None:
+    """Refuse ``--sign-model`` up front (before restoring) when it cannot succeed."""
+    from appliance.provenance.sign import check_signing_key
+
+    if not as_dir:
+        raise UsageError("--sign-model signs a restored directory", remedy="end --out with a slash: DIR/")
+    check_signing_key(key_file)
+
+
+def _sign_restored(target: Path, key_file: Path) -> SignedDirectory:
+    """An OpenSSF model-signing ``model.sig`` over the restored directory (``appliance.provenance.sign``)."""
+    from appliance.provenance.sign import sign_directory
+
+    return sign_directory(target, key_file)
 
 
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
@@ -233,6 +260,7 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
             lines.append(
                 f"gen {e['generation']:>6}  slot {e['slot']}  {e['created']}  {human_bytes(e['raw_bytes'])} raw  "
                 f"{human_bytes(e['stored_bytes'])} stored  {e['frames']['delta']} delta frames  {e['policy']}"
+                + (f"  {e['assets']} assets" if e.get("assets") else "")
             )
             if "provenance" in e:
                 lines.append(f"            vendor: {e['provenance']['summary']}")

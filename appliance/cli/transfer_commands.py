@@ -87,7 +87,7 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
         f"{', '.join(k[:12] for k in plan.verified.keyids)}: {len(plan.blobs)} blobs, {human_bytes(plan.total_bytes)}"
     )
     with out.progress(plan.total_bytes, "import") as progress:
-        result = import_checkpoint(store, source, generation=plan.generation, floor=floor, progress=progress)
+        result = import_checkpoint(store, source, floor=floor, progress=progress, plan=plan)
     out.result({"src": str(args.src), **result.to_dict()}, _import_text)
     return 0
 

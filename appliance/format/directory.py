@@ -25,6 +25,7 @@ INDEX_NAME = "model.safetensors.index.json"
 HEADER_NAMESPACE = "appliance."  # appliance's own safetensors header keys; never kept from a source
 RESERVED_TENSOR_NAMES = frozenset({"__metadata__"})  # safetensors' header key: not a tensor name
 SHARD_SUFFIX = ".safetensors"
+EMPTY_WEIGHT_MAP = "has an empty weight_map: it names no tensors, nothing would be committed"
 _FORBIDDEN_CHARS = {"\\", "\x00"}
 _SHARD_NAME = re.compile(r"[^/\\\x00]+\.safetensors")
 
@@ -138,6 +139,28 @@ class ShardEntry:
             raise ManifestError(f"shard {d['file']!r}: tensors must be a list of tensor names")
         meta = check_header_metadata(d["header_metadata"], f"shard {d['file']!r} header_metadata", limits)
         return cls(d["file"], tuple(names), meta)
+
+
+def index_defect(weight_map: Mapping[str, str], held: Mapping[str, str]) -> tuple[str, list[str]] | None:
+    """How an index's ``weight_map`` (tensor -> shard) disagrees with what the shards hold, or None.
+
+    Returns (what is wrong, the tensors concerned), checked in this order: an empty map; tensors
+    the map names that no shard holds; tensors a shard holds that the map does not name;
+    tensors the map places in a shard other than the one holding them. (A tensor in two shards
+    is caught while reading the shards, before ``held`` exists.)
+    """
+    if not weight_map:
+        return EMPTY_WEIGHT_MAP, []
+    missing = [n for n in weight_map if n not in held]
+    if missing:
+        return "weight_map names tensors no shard holds", missing
+    unnamed = [n for n in held if n not in weight_map]
+    if unnamed:
+        return "shards hold tensors the index does not name", unnamed
+    moved = [n for n, shard in weight_map.items() if held[n] != shard]
+    if moved:
+        return "weight_map puts tensors in shards that do not hold them", moved
+    return None
 
 
 def validate_directory(

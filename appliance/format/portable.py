@@ -39,7 +39,7 @@ _FAN = re.compile(r"[0-9a-f]{2}")
 
 @dataclass(frozen=True, order=True)
 class BlobRef:
-    """One content-addressed blob a checkpoint needs: its kind (``frame``; later ``asset``), digest, size."""
+    """One content-addressed blob a checkpoint needs: its kind (``frame``: asset bytes are frames too), digest, size."""
 
     kind: str
     digest: Digest
@@ -85,16 +85,13 @@ def is_fan_dir(name: str) -> bool:
 def required_blobs(manifest: Manifest) -> list[BlobRef]:
     """Every blob the checkpoint needs to be self-contained, each once, in digest order.
 
-    Frames (tensor frames and delta bases) today; a manifest that names other content-addressed
-    blobs (``assets``, manifest v2) contributes them through the same ``BlobRef`` shape.
+    Frames: tensor frames, delta bases and asset frames (a v2 manifest's assets are stored as
+    frames, docs/design.md §4.5, so ``frame_index`` names every blob; an asset's whole-file
+    SHA-256 is not a blob name).
     """
     found: dict[Digest, BlobRef] = {}
     for frame in manifest.frame_index().values():
         found.setdefault(frame.digest, BlobRef("frame", frame.digest, frame.size))
-    for asset in getattr(manifest, "assets", ()) or ():
-        digest, size = getattr(asset, "digest", None), getattr(asset, "size", None)
-        if isinstance(digest, Digest) and isinstance(size, int):
-            found.setdefault(digest, BlobRef("asset", digest, size))
     return sorted(found.values(), key=lambda b: b.digest)
 
 

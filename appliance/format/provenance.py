@@ -29,6 +29,7 @@ from appliance.format.canonical import get_int, get_str, require_keys
 from appliance.format.digest import Digest
 
 PROVENANCE_FORMAT = "openssf-model-signing"
+MODEL_SIG = "model.sig"  # the signature file model_signing writes into (and ignores in) a model directory
 METHODS = ("key", "certificate")
 _SIGNER_KEYS = {"vendor", "method", "key_sha256"}
 _CERT_KEYS = frozenset({"subject", "issuer", "certificate_sha256"})

@@ -21,7 +21,11 @@ from appliance.limits import DEFAULT_LIMITS
 CONFIG_FORMAT = "appliance.node"
 CONFIG_VERSION = 1
 MODEL_INIT = ("factory", "meta")  # how the service builds the model before the restore (service/loader.py)
-_PATHS = ("store", "run_dir", "outbox", "event_log", "signing_key", "floor_file", "supervisor_socket", "trust")
+_PATHS = (
+    "store", "run_dir", "outbox", "event_log", "signing_key", "floor_file", "supervisor_socket", "trust",
+    "adapt_token_file",
+)  # fmt: skip
+CONTROL_SOCKET = "control.sock"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,20 @@ class NodeConfig:
     require_mounts: bool = False  # slots must be mount points (production); a bare directory is "unmounted"
     restore_workers: int = 0  # 0 = one per CPU
     model_init: str = "factory"  # "meta": skip the factory's weight initialisation at boot (service/loader.py)
+    # --- trust boundary (docs/design.md "Threat model"): the network listener and the control channel ---
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")  # Host header allowlist (DNS rebinding)
+    control_users: tuple[str, ...] = ("appliance-boot", "appliance-persist")  # may admit, canary, export
+    adapt_users: tuple[str, ...] = ()  # local users who may adapt over the control channel (root always may)
+    network_adapt: bool = False  # offer POST /v1/adapt on the network listener (bearer token, rate-limited)
+    adapt_token_file: str = ""  # with network_adapt: file holding the bearer token (0600/0640)
+    adapt_per_minute: int = 30  # with network_adapt: accepted adaptation requests per minute
+    max_body_bytes: int = 1 << 20  # largest request body either listener reads
+    max_batch: int = 256  # rows per inference/adaptation request
+    max_row: int = 65536  # numbers per row
+    max_connections: int = 64  # open network connections; more are closed at once
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
+    crash_decay_s: float = 3600.0  # a GOOD slot serving this long without a crash forgets earlier crashes
+    port_wait_s: float = 120.0  # boot waits this long, with backoff, for a service port held by someone else
 
     def __post_init__(self) -> None:
         if ":" not in self.model:
@@ -57,6 +75,7 @@ class NodeConfig:
             raise ConfigError("max_boot_attempts must be 1..100")
         if self.persist_interval <= 0 or self.ready_timeout <= 0:
             raise ConfigError("persist_interval and ready_timeout must be positive")
+        _check_caps(self)
         if self.model_init not in MODEL_INIT:
             raise ConfigError(f"model_init must be one of {', '.join(MODEL_INIT)}, got {self.model_init!r:.40}")
 
@@ -64,12 +83,19 @@ class NodeConfig:
     def service_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def control_socket(self) -> str:
+        """The service's control channel: ``RUN/control.sock`` (mode 0660, group ``appliance``)."""
+        return str(Path(self.run_dir) / CONTROL_SOCKET)
+
     def path(self, name: str) -> Path:
         return Path(getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION}
-        out.update({f.name: getattr(self, f.name) for f in fields(self)})
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
@@ -81,7 +107,7 @@ class NodeConfig:
             raise ConfigError(f"node.json is invalid: {exc.problem}") from exc
         if d["format"] != CONFIG_FORMAT or d["version"] != CONFIG_VERSION:
             raise ConfigError("node.json is not a v1 node configuration")
-        values = {k: v for k, v in d.items() if k in names}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
         for f in fields(cls):
             if f.name in values and not _type_ok(values[f.name], f.default):
                 raise ConfigError(f"node.json field {f.name} has the wrong type ({type(values[f.name]).__name__})")
@@ -102,11 +128,29 @@ class NodeConfig:
 
 
 def _type_ok(value: object, default: object) -> bool:
+    if isinstance(default, tuple):
+        return isinstance(value, tuple) and all(isinstance(v, str) and 0 < len(v) <= 253 for v in value)
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
         return isinstance(value, int | float) and not isinstance(value, bool)
     return type(value) is type(default)
+
+
+def _check_caps(c: NodeConfig) -> None:
+    if not 1024 <= c.max_body_bytes <= 1 << 30:
+        raise ConfigError("max_body_bytes must be 1024..1073741824")
+    if not (1 <= c.max_batch <= 1 << 20 and 1 <= c.max_row <= 1 << 24):
+        raise ConfigError("max_batch must be 1..1048576 and max_row 1..16777216")
+    if not 1 <= c.max_connections <= 65536 or not 1 <= c.adapt_per_minute <= 100000:
+        raise ConfigError("max_connections must be 1..65536 and adapt_per_minute 1..100000")
+    if not (0 < c.header_timeout <= 3600 and c.crash_decay_s > 0 and c.port_wait_s >= 0):
+        raise ConfigError("header_timeout must be 0..3600 s, crash_decay_s positive, port_wait_s not negative")
+    if c.network_adapt and not c.adapt_token_file:
+        raise ConfigError(
+            "network_adapt needs adapt_token_file (a bearer token only adaptation clients know)",
+            remedy="set adapt_token_file in node.json, or leave network_adapt false (the default)",
+        )
 
 
 def load_config(path: str | Path) -> NodeConfig:

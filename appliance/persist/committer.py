@@ -4,7 +4,10 @@ Owns: ``Committer`` — when a commit may happen (the service serves a checkpoin
 no recovery mode, target slot mounted), and committing a validated export through
 ``Store.commit`` with the device key, the anti-rollback floor and ``good_provider`` set from
 the slot states, so the commit lands in the slot that does not hold the newest GOOD state.
-Does not own scanning the outbox or scheduling (``daemon``).
+Every export the watchdog commits is first authenticated (``authentic``: the serving service's
+receipt, provenance against the handoff) and compared with its parent: an export whose tensors
+equal the newest checkpoint's is removed with a ``persist.unchanged`` event instead of becoming
+an empty generation. Does not own scanning the outbox or scheduling (``daemon``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.errors import SlotUnavailableError
+from appliance.errors import NoValidCheckpointError, SlotUnavailableError
 from appliance.events import EventLog
 from appliance.format.handoff import Admit
 from appliance.format.plan import choose_target_slot
@@ -20,17 +23,19 @@ from appliance.node.config import NodeConfig
 from appliance.node.floor import FloorUnreadableError, open_floor
 from appliance.node.mounts import unavailable_slots
 from appliance.node.rundir import RunDir
+from appliance.persist.authentic import ControlReceipts, Receipts, check_receipt
 from appliance.signing import SigningKey
-from appliance.sources.export import open_export, remove_durably
+from appliance.sources.export import OpenedExport, open_export, remove_durably
 from appliance.store.bootstate import SlotStates
 from appliance.store.commit import CommitResult
-from appliance.store.discovery import scan
+from appliance.store.discovery import scan, select
 from appliance.store.store import Store
 
 
 class Committer:
-    def __init__(self, config: NodeConfig, events: EventLog) -> None:
+    def __init__(self, config: NodeConfig, events: EventLog, receipts: Receipts | None = None) -> None:
         self.config = config
+        self.receipts = receipts or ControlReceipts(config.control_socket)
         self.events = events
         self.store = Store.open(config.store, trust_path=config.trust or None)
         self.states = SlotStates(self.store.storage, self.store.limits)
@@ -63,21 +68,57 @@ class Committer:
         except FloorUnreadableError:
             return 0  # generations only need to be above every generation seen; boot repairs the floor
 
-    def commit_file(self, path: Path, progress: Callable[[int], None] | None = None) -> CommitResult:
-        """Validate and commit ``path``; on success the export is removed. ``ExportFileError`` if invalid."""
+    def parent(self) -> tuple[int, str | None] | None:
+        """The generation a commit would derive from, with its content digest (``None``: no checkpoint)."""
+        try:
+            sel = select(
+                self.store.storage,
+                self.store.trust,
+                self.store.config.model,
+                floor=self.current_floor(),
+                limits=self.store.limits,
+            )  # the parent commit() derives from
+        except NoValidCheckpointError:
+            return None
+        digest = sel.opened.verified.manifest.metadata.get("content_sha256")
+        return sel.opened.generation, digest if isinstance(digest, str) else None
+
+    def commit_file(
+        self, path: Path, progress: Callable[[int], None] | None = None, *, produced_here: bool = False
+    ) -> CommitResult | None:
+        """Authenticate, validate and commit ``path``; the export is removed after a commit or when unchanged.
+
+        ``ExportFileError`` if the file is invalid, ``UnauthenticExportError`` if the serving service does
+        not vouch for it (``produced_here``: the caller wrote it itself in this process, e.g. ``seed``).
+        Returns ``None`` when its tensors equal the parent's (nothing committed).
+        """
         opened = open_export(path)
         try:
-            self.target_slot()
-            self.events.emit("persist.started", file=path.name, raw_bytes=opened.info.raw_bytes, step=opened.info.step)
-            result, gc = self.store.commit(
-                opened.model.sources,
-                [self.key],
-                opened.info.checkpoint_metadata(),
-                floor=self.current_floor(),
-                progress=progress,
-            )
+            if not produced_here:
+                check_receipt(path.name, opened.info, self.receipts.receipt(path.name), self.run.read_handoff())
+                parent = self.parent()
+                if parent is not None and parent[1] == opened.info.content_sha256:
+                    self.events.emit("persist.unchanged", file=path.name, generation=parent[0])
+                    result = None
+                else:
+                    result = self._commit(path, opened, progress)
+            else:
+                result = self._commit(path, opened, progress)
         finally:
             opened.close()
+        remove_durably(path)
+        return result
+
+    def _commit(self, path: Path, opened: OpenedExport, progress: Callable[[int], None] | None) -> CommitResult:
+        self.target_slot()
+        self.events.emit("persist.started", file=path.name, raw_bytes=opened.info.raw_bytes, step=opened.info.step)
+        result, gc = self.store.commit(
+            opened.model.sources,
+            [self.key],
+            opened.info.checkpoint_metadata(),
+            floor=self.current_floor(),
+            progress=progress,
+        )
         self.events.emit(
             "persist.committed",
             file=path.name,
@@ -90,5 +131,4 @@ class Committer:
             export_pause_s=opened.info.pause_s,
             gc_removed=gc.removed_checkpoints,
         )
-        remove_durably(path)
         return result

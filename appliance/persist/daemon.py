@@ -4,7 +4,9 @@ Owns: ``PersistDaemon`` — a ``watchdog`` observer on the outbox whose events o
 (the loop always rescans, on start and on every tick, because events are lost while the
 process is down and inotify can overflow), scheduled export requests to the service, the
 choice of which export to commit (the newest valid one; older ones are superseded), quarantine
-of bad files, and ``WATCHDOG=1`` pings from the loop and from commit progress.
+of bad files and of files the serving service does not vouch for, ``WATCHDOG=1`` pings from
+the loop and from commit progress, and never stopping silently: a scheduled export or a commit
+that fails emits ``persist.failed`` and is retried with exponential backoff (``Backoff``).
 Does not own validating or committing a single export (``committer``).
 """
 
@@ -18,9 +20,9 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from appliance.errors import ApplianceError, ExportFileError, ServiceError, StorageError
+from appliance.errors import ApplianceError, ExportFileError, StorageError, UnauthenticExportError
 from appliance.events import EventLog
-from appliance.node import http
+from appliance.node.control_channel import ControlClient
 from appliance.node.notify import sd_notify, watchdog_interval
 from appliance.persist import outbox
 from appliance.persist.committer import Committer
@@ -28,6 +30,28 @@ from appliance.sources.export import remove_durably
 from appliance.store.commit import CommitResult
 
 IDLE_TICK = 5.0
+SCHEDULED = "(scheduled export)"  # persist.failed ``file`` of a failed export request
+
+
+class Backoff:
+    """Exponential backoff after failures: ``first`` s, doubling, at most ``cap`` s; reset by a success."""
+
+    def __init__(self, first: float = 5.0, cap: float = 300.0) -> None:
+        self.first, self.cap = first, cap
+        self.failures = 0
+        self.until = 0.0
+
+    def failed(self, now: float) -> float:
+        self.failures += 1
+        delay = float(min(self.cap, self.first * 2.0 ** (self.failures - 1)))
+        self.until = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures, self.until = 0, 0.0
+
+    def waiting(self, now: float) -> bool:
+        return now < self.until
 
 
 class _Wake(FileSystemEventHandler):
@@ -49,6 +73,9 @@ class PersistDaemon:
         self.ping_every = watchdog_interval()
         self._last_ping = 0.0
         self._deferred: str | None = None
+        cap = max(5.0, min(300.0, self.config.persist_interval))
+        self.export_backoff = Backoff(cap=cap)
+        self.commit_backoff = Backoff(cap=cap)
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -64,8 +91,9 @@ class PersistDaemon:
                 self.ping(force=True)
                 self.process()
                 if time.monotonic() >= next_export:
-                    self.request_export()
-                    next_export = time.monotonic() + self.config.persist_interval
+                    ok = self.request_export()
+                    now = time.monotonic()
+                    next_export = now + self.config.persist_interval if ok else self.export_backoff.until
                 self.wake.wait(self._tick(next_export))
                 self.wake.clear()
         finally:
@@ -90,7 +118,7 @@ class PersistDaemon:
         found = outbox.scan(self.outbox)
         for stray in found.strays:
             self._reject(stray, ExportFileError(f"{stray.name} is not named like a state export"))
-        if not found.exports:
+        if not found.exports or self.commit_backoff.waiting(time.monotonic()):
             return None
         reason = self.committer.not_ready()
         if reason is not None:
@@ -108,14 +136,17 @@ class PersistDaemon:
             path = exports[i]
             try:
                 result = self.committer.commit_file(path, progress=lambda _: self.ping())
-            except ExportFileError as exc:
+            except (ExportFileError, UnauthenticExportError) as exc:
                 self._reject(path, exc)
                 continue
             except (ApplianceError, StorageError) as exc:
-                self.events.emit("persist.failed", file=path.name, error=type(exc).__name__, problem=exc.problem)
-                return None  # the export stays and is retried on the next tick
+                retry = self.commit_backoff.failed(time.monotonic())
+                self.events.emit("persist.failed", file=path.name, error=type(exc).__name__, problem=exc.problem,
+                                 attempt=self.commit_backoff.failures, retry_in_s=retry)  # fmt: skip
+                return None  # the export stays and is retried after the backoff
+            self.commit_backoff.succeeded()
             for older in exports[:i]:
-                remove_durably(older)  # superseded by the state just committed
+                remove_durably(older)  # superseded by the state just committed (or found unchanged)
             return result
         return None
 
@@ -139,13 +170,34 @@ class PersistDaemon:
             self._deferred = reason
 
     def request_export(self) -> bool:
-        """Ask the service for an export (the scheduled persist); False if it is not serving."""
-        return request_export(self.config.service_url)
+        """Ask the service for an export (the scheduled persist); a failure is an event and a backoff.
 
+        A service that is not serving (booting, recovery mode) is not a failure: there is nothing to
+        persist. Anything else — the control channel refusing or unreachable, the capture failing
+        (a non-finite state) — emits ``persist.failed`` and is retried with backoff.
+        """
+        if self.committer.not_ready() is not None:
+            return True  # recovery mode, a boot, or no checkpoint proven GOOD served: nothing to persist
+        try:
+            status, body = request_export(self.config.control_socket)
+        except ApplianceError as exc:
+            return self._export_failed(type(exc).__name__, exc.problem)
+        if status == 200:
+            self.export_backoff.succeeded()
+            return True
+        if status == 503:  # not serving: nothing to export now
+            return True
+        detail = body.get("problem") or body.get("detail") if isinstance(body, dict) else body
+        error = body.get("error", f"HTTP {status}") if isinstance(body, dict) else f"HTTP {status}"
+        return self._export_failed(str(error), str(detail)[:500])
 
-def request_export(service_url: str, timeout: float = 300.0) -> bool:
-    try:
-        status, _ = http.call(f"{service_url}/v1/export", body={}, timeout=timeout)
-    except ServiceError:
+    def _export_failed(self, error: str, problem: str) -> bool:
+        retry = self.export_backoff.failed(time.monotonic())
+        self.events.emit("persist.failed", file=SCHEDULED, error=error, problem=problem,
+                         attempt=self.export_backoff.failures, retry_in_s=retry)  # fmt: skip
         return False
-    return status == 200
+
+
+def request_export(control_socket: str, timeout: float = 300.0) -> tuple[int, object]:
+    """``POST /v1/export`` on the service's control channel; ``ControlChannelError`` if unreachable."""
+    return ControlClient(control_socket, timeout).call("POST", "/v1/export", {})

@@ -34,10 +34,9 @@ from cryptography.hazmat.primitives import hashes
 
 from appliance.errors import ModelSigningUnavailableError, VendorSignatureError
 from appliance.format.digest import Digest
-from appliance.format.provenance import Provenance, Signer
+from appliance.format.provenance import MODEL_SIG, Provenance, Signer
 from appliance.provenance.vendors import Vendor, VendorTrust, key_sha256, load_ec_public_key
 
-MODEL_SIG = "model.sig"
 MAX_SIGNATURE_BYTES = 8 * 1024 * 1024
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from appliance.errors import ExportFileError
 from appliance.format.canary import Canary
 from appliance.format.export import ExportInfo
 from appliance.service import loader
@@ -52,6 +53,17 @@ def capture(model: nn.Module, lock: threading.Lock) -> Snapshot:
         step = loader.adaptation_step(model)
         pause = time.perf_counter() - start
     return Snapshot(tensors, step, canary, pause)
+
+
+def require_finite(snapshot: Snapshot) -> None:
+    """``ExportFileError`` naming the first floating-point tensor holding NaN or ±Infinity."""
+    for name, t in snapshot.tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ExportFileError(
+                f"the served state is not finite: tensor {name!r:.200} holds NaN or Infinity; not exported",
+                remedy="the model's state was damaged by adaptation; reboot to the last committed checkpoint "
+                "(`appliance boot`) and check the adaptation inputs",
+            )
 
 
 def _touched(t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,9 @@ class ServiceRuntime:
         self.stop_server: Callable[[], None] = lambda: None
         self._started = time.monotonic() if started is None else started  # process start, for phase timings
         self.timings: dict[str, float] = {}
+        self.receipts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # exports this process wrote
+        self.changed = False  # adapted since the restore or the last export
+        self._last_receipt: dict[str, Any] | None = None
 
     # --- bring-up ----------------------------------------------------------------------
 
@@ -177,20 +181,53 @@ class ServiceRuntime:
         model = self._model_in(Phase.SERVING)
         x, y = torch.tensor(inputs, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32)
         with self.model_lock:
+            self.changed = True
             result = loader.adapt(model, x, y)
         if result is None:
             raise UsageError("this model does not adapt online (it has no adapt() method)")
         return result
 
     def export(self) -> dict[str, Any]:
-        """Capture the state (short pause) and write it into the outbox (no pause)."""
+        """Capture the state (short pause) and write it into the outbox (no pause); returns its receipt.
+
+        An unchanged state (no adaptation since the restore or the last export) writes nothing and
+        answers ``{"unchanged": true}``; a state holding NaN or Infinity is refused (``ExportFileError``).
+        """
         model = self._model_in(Phase.SERVING)
         with self.export_lock:
-            snapshot = export.capture(model, self.model_lock)
-            result = export.write(snapshot, self.config.outbox, self.config.model, self._source())
-        data = result.to_dict()
+            with self.model_lock:
+                changed, self.changed = self.changed, False
+            if not changed:
+                self.events.emit("state.unchanged", step=loader.adaptation_step(model), reason="no adaptation since "
+                                 + ("the last export" if self._last_receipt else "the restore"))  # fmt: skip
+                return {"unchanged": True, "previous": self._last_receipt}
+            try:
+                snapshot = export.capture(model, self.model_lock)
+                export.require_finite(snapshot)
+                result = export.write(snapshot, self.config.outbox, self.config.model, self._source())
+            except BaseException:
+                self.changed = True  # nothing was exported: the next request tries again
+                raise
+            data = result.to_dict()
+            receipt = data | {"content_sha256": result.info.content_sha256, "source": self._source(),
+                              "boot_id": self.handoff.boot_id if self.handoff else None}  # fmt: skip
+            self._remember(receipt)  # under the export lock: receipt() waits for an export in flight
         self.events.emit("state.exported", **data)
-        return data
+        return receipt
+
+    def _remember(self, receipt: dict[str, Any]) -> None:
+        self.receipts[receipt["file"]] = receipt
+        while len(self.receipts) > 64:
+            self.receipts.popitem(last=False)
+        self._last_receipt = receipt
+
+    def receipt(self, name: str) -> dict[str, Any] | None:
+        """What this process wrote under outbox file ``name`` (persist's proof of authorship).
+
+        Waits for an export in flight: the watchdog may see the file before ``export`` returns.
+        """
+        with self.export_lock:
+            return self.receipts.get(name)
 
     def _source(self) -> dict[str, Any] | None:
         if self.restored is None:
@@ -198,7 +235,20 @@ class ServiceRuntime:
         o = self.restored.opened
         return {"slot": o.slot, "generation": o.generation, "manifest_digest": o.record.manifest_digest.hex}
 
+    def public_health(self) -> dict[str, Any]:
+        """What the network may know: phase, which checkpoint, restore stats — no boot id, pid or paths."""
+        opened = self.restored.opened if self.restored else None
+        return {
+            "phase": self.phase.value,
+            "slot": opened.slot if opened else None,
+            "generation": opened.generation if opened else None,
+            "restore": self.restored.stats.to_dict() if self.restored else None,
+            "timings": dict(self.timings),
+            "error": self.error.get("error") if self.error else None,
+        }
+
     def health(self) -> dict[str, Any]:
+        """Everything, for the control channel: the handoff (with its boot id), pid and the full error."""
         return {
             "phase": self.phase.value,
             "pid": os.getpid(),

@@ -1,10 +1,14 @@
-"""Ed25519 key pairs and their files.
+"""Signing key pairs (Ed25519, ECDSA P-256) and their files.
 
-Owns: key generation, key ids, PEM (de)serialisation, and reading/writing key files.
-Does not own: which keys are trusted (``trust``).
+Owns: the key types (``KEY_TYPES``), key generation, key ids, PEM (de)serialisation, and
+reading/writing key files. Does not own: which keys are trusted (``trust``).
 
-A key id is the lowercase hex SHA-256 of the 32-byte raw public key, so it is derived, never
-chosen: a signature's ``keyid`` can only select a key, not impersonate one.
+A key id is the lowercase hex SHA-256 of the raw public key (Ed25519: 32 bytes; ECDSA P-256:
+the 65-byte uncompressed X9.62 point), so it is derived, never chosen: a signature's ``keyid``
+can only select a key, not impersonate one. Key types: ``ed25519`` (the default) and
+``ecdsa-p256`` (ECDSA over SHA-256, DER signatures) — the key type OpenSSF model-signing
+verifies, so one key can sign both our checkpoints and a restored directory's ``model.sig``.
+A new type is one more entry in ``_TYPES``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.errors import KeyFileError
@@ -23,31 +28,89 @@ from appliance.errors import KeyFileError
 KEY_FILE_MAX_BYTES = 64 * 1024
 
 
+ED25519, ECDSA_P256 = "ed25519", "ecdsa-p256"
+PublicObject = Ed25519PublicKey | ec.EllipticCurvePublicKey
+PrivateObject = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
 def keyid_of(raw_public: bytes) -> str:
     return hashlib.sha256(raw_public).hexdigest()
 
 
 @dataclass(frozen=True)
+class _KeyType:
+    """How one key type encodes its raw public key, verifies, signs and generates."""
+
+    name: str
+    raw_size: int
+
+    def public_object(self, raw: bytes) -> PublicObject:
+        if self.name == ED25519:
+            return Ed25519PublicKey.from_public_bytes(raw)
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+
+    def verify(self, raw: bytes, signature: bytes, data: bytes) -> bool:
+        key = self.public_object(raw)
+        try:
+            if isinstance(key, Ed25519PublicKey):
+                key.verify(signature, data)
+            else:
+                key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
+
+_TYPES = {ED25519: _KeyType(ED25519, 32), ECDSA_P256: _KeyType(ECDSA_P256, 65)}
+KEY_TYPES = tuple(_TYPES)
+
+
+def key_type_of(key: PublicObject | PrivateObject, source: str) -> str:
+    """The key type of a ``cryptography`` key object, or ``KeyFileError`` naming what it is."""
+    if isinstance(key, (Ed25519PublicKey, Ed25519PrivateKey)):
+        return ED25519
+    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)) and key.curve.name == "secp256r1":
+        return ECDSA_P256
+    kind = (
+        key.curve.name
+        if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey))
+        else type(key).__name__
+    )
+    raise KeyFileError(f"{source} is a {kind} key; signing keys are Ed25519 or ECDSA P-256 ({', '.join(KEY_TYPES)})")
+
+
+def _raw_public(key: PublicObject) -> bytes:
+    if isinstance(key, Ed25519PublicKey):
+        return key.public_bytes_raw()
+    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+
+@dataclass(frozen=True)
 class PublicKey:
-    raw: bytes  # 32 bytes
+    raw: bytes  # Ed25519: 32 bytes; ECDSA P-256: 65-byte uncompressed point
+    type: str = ED25519
 
     def __post_init__(self) -> None:
-        if len(self.raw) != 32:
-            raise KeyFileError(f"an Ed25519 public key has 32 bytes, got {len(self.raw)}")
+        kind = _TYPES.get(self.type)
+        if kind is None:
+            raise KeyFileError(f"key type {self.type!r:.40} is not supported ({', '.join(KEY_TYPES)})")
+        if len(self.raw) != kind.raw_size:
+            raise KeyFileError(f"an {self.type} public key has {kind.raw_size} bytes, got {len(self.raw)}")
+        if self.type != ED25519:
+            try:
+                kind.public_object(self.raw)
+            except ValueError as exc:
+                raise KeyFileError(f"not a valid {self.type} public key: {exc}") from exc
 
     @property
     def keyid(self) -> str:
         return keyid_of(self.raw)
 
     def verify(self, signature: bytes, data: bytes) -> bool:
-        try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
-        except InvalidSignature:
-            return False
-        return True
+        return _TYPES[self.type].verify(self.raw, signature, data)
 
     def to_pem(self) -> bytes:
-        key = Ed25519PublicKey.from_public_bytes(self.raw)
+        key = _TYPES[self.type].public_object(self.raw)
         return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     @classmethod
@@ -56,9 +119,9 @@ class PublicKey:
             key = serialization.load_pem_public_key(data)
         except (ValueError, TypeError) as exc:
             raise KeyFileError(f"{source} is not a PEM public key: {exc}") from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise KeyFileError(f"{source} is a {type(key).__name__}, not an Ed25519 key")
-        return cls(key.public_bytes_raw())
+        if not isinstance(key, (Ed25519PublicKey, ec.EllipticCurvePublicKey)):
+            raise KeyFileError(f"{source} is a {type(key).__name__}; signing keys are {', '.join(KEY_TYPES)}")
+        return cls(_raw_public(key), key_type_of(key, source))
 
     @classmethod
     def load(cls, path: str | Path) -> PublicKey:
@@ -66,22 +129,32 @@ class PublicKey:
 
 
 class SigningKey:
-    """An Ed25519 private key. Keep it off the device in production (docs/design.md §7)."""
+    """A private signing key (``KEY_TYPES``). Keep release keys off the device (docs/design.md §7)."""
 
-    def __init__(self, key: Ed25519PrivateKey) -> None:
+    def __init__(self, key: PrivateObject) -> None:
         self._key = key
-        self.public = PublicKey(key.public_key().public_bytes_raw())
+        self.public = PublicKey(_raw_public(key.public_key()), key_type_of(key, "private key"))
 
     @classmethod
-    def generate(cls) -> SigningKey:
-        return cls(Ed25519PrivateKey.generate())
+    def generate(cls, key_type: str = ED25519) -> SigningKey:
+        if key_type == ED25519:
+            return cls(Ed25519PrivateKey.generate())
+        if key_type == ECDSA_P256:
+            return cls(ec.generate_private_key(ec.SECP256R1()))
+        raise KeyFileError(f"key type {key_type!r:.40} is not supported ({', '.join(KEY_TYPES)})")
 
     @property
     def keyid(self) -> str:
         return self.public.keyid
 
+    @property
+    def type(self) -> str:
+        return self.public.type
+
     def sign(self, data: bytes) -> bytes:
-        return self._key.sign(data)
+        if isinstance(self._key, Ed25519PrivateKey):
+            return self._key.sign(data)
+        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def private_pem(self) -> bytes:
         return self._key.private_bytes(
@@ -116,8 +189,9 @@ class SigningKey:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
             raise KeyFileError(f"{source} is not an unencrypted PEM private key: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError(f"{source} is a {type(key).__name__}, not an Ed25519 key")
+        if not isinstance(key, (Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
+            raise KeyFileError(f"{source} is a {type(key).__name__}; signing keys are {', '.join(KEY_TYPES)}")
+        key_type_of(key, source)
         return cls(key)
 
     @classmethod

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import TrustStoreError
-from appliance.signing.keys import PublicKey
+from appliance.signing.keys import KEY_TYPES, PublicKey
 
 TRUST_FORMAT = "appliance.trust"
 TRUST_VERSION = 1
@@ -74,7 +74,7 @@ class TrustStore:
             "keys": [
                 {
                     "keyid": k.keyid,
-                    "ed25519": base64.b64encode(k.public.raw).decode(),
+                    k.public.type: base64.b64encode(k.public.raw).decode(),  # the field names the key type
                     "comment": k.comment,
                 }
                 for k in self.keys
@@ -89,7 +89,7 @@ class TrustStore:
                 raise TrustStoreError("not a v1 trust store")
             keys = []
             for entry in obj["keys"]:
-                public = PublicKey(base64.b64decode(entry["ed25519"], validate=True))
+                public = _public_key(entry)
                 if public.keyid != entry["keyid"]:
                     raise TrustStoreError(f"trust store key id {entry['keyid'][:12]} does not match its key")
                 keys.append(TrustedKey(public, str(entry.get("comment", ""))))
@@ -104,3 +104,11 @@ class TrustStore:
         except Exception as exc:  # a key that cryptography rejects, e.g. wrong length
             raise TrustStoreError(f"trust store is malformed: {exc}") from exc
         return cls(tuple(keys), revoked, threshold)
+
+
+def _public_key(entry: Any) -> PublicKey:
+    """A key entry's public key: exactly one field named after its type (``ed25519``, ``ecdsa-p256``)."""
+    types = [t for t in KEY_TYPES if t in entry]
+    if len(types) != 1:
+        raise TrustStoreError(f"a trust store key entry names exactly one key type ({', '.join(KEY_TYPES)})")
+    return PublicKey(base64.b64decode(entry[types[0]], validate=True), types[0])

@@ -24,21 +24,19 @@ import shutil
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 
-from appliance.codec.transform import U8
 from appliance.errors import AssetError, ManifestError, UsageError
 from appliance.format.directory import INDEX_NAME, ShardEntry, check_label
 from appliance.format.manifest import Manifest
+from appliance.format.provenance import MODEL_SIG
 from appliance.limits import DEFAULT_LIMITS
 from appliance.sources.safetensors_io import ImportedModel, check_exportable, export_safetensors, inside
 from appliance.store.assets import AssetSource, DirectoryParts
 
 SKIPPED_TOP = frozenset({".git", ".cache"})
-MODEL_SIG = "model.sig"  # OpenSSF model-signing's signature file (appliance.provenance)
 DEFAULT_HEADER = {"format": "pt"}  # what safetensors.torch and transformers write; loaders require it
 
 
@@ -71,12 +69,13 @@ def _asset(root: Path, path: Path, rel: str) -> AssetSource:
     if info.st_size > DEFAULT_LIMITS.asset_max_bytes:
         raise AssetError(f"{path} is {info.st_size} bytes, above the cap of {DEFAULT_LIMITS.asset_max_bytes} per asset")
 
-    def load() -> U8:
-        if target.stat().st_size == 0:
-            return np.empty(0, dtype=np.uint8)
-        return np.memmap(target, dtype=np.uint8, mode="r")
+    def reader() -> BinaryIO:
+        try:
+            return open(target, "rb")
+        except OSError as exc:
+            raise AssetError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
-    return AssetSource(rel, info.st_size, load, executable=bool(info.st_mode & stat.S_IXUSR))
+    return AssetSource(rel, info.st_size, reader, executable=bool(info.st_mode & stat.S_IXUSR))
 
 
 def directory_parts(model: ImportedModel) -> DirectoryParts:

@@ -29,9 +29,11 @@ from appliance.codec.transform import U8
 from appliance.errors import ApplianceError, ReservedNameError, SourceFormatError, UsageError
 from appliance.format.canonical import strict_loads
 from appliance.format.directory import (
+    EMPTY_WEIGHT_MAP,
     HEADER_NAMESPACE,
     INDEX_NAME,
     ShardEntry,
+    index_defect,
     is_shard_name,
     source_header_metadata,
 )
@@ -112,7 +114,7 @@ def read_index(index: Path) -> SourceIndex:
     if not isinstance(weight_map, dict) or not isinstance(metadata, dict):
         raise SourceFormatError(f"{index} is not a valid safetensors index: needs a weight_map object")
     if not weight_map:
-        raise SourceFormatError(f"{index} has an empty weight_map: it names no tensors, nothing would be committed")
+        raise SourceFormatError(f"{index} {EMPTY_WEIGHT_MAP}")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not is_shard_name(shard):
             raise SourceFormatError(f"{index} maps tensor {name!r:.80} to an unsafe shard file {shard!r:.80}")
@@ -171,15 +173,10 @@ def open_model(source: str | Path) -> ImportedModel:
 
 def check_index(path: Path, index: SourceIndex, held: Mapping[str, str]) -> None:
     """The index and the shards agree exactly: no tensor lost, unnamed or in another shard."""
-    missing = [n for n in index.weight_map if n not in held]
-    if missing:
-        raise SourceFormatError(f"{path}: weight_map names tensors no shard holds: {_listing(missing)}")
-    unnamed = [n for n in held if n not in index.weight_map]
-    if unnamed:
-        raise SourceFormatError(f"{path}: shards hold tensors the index does not name: {_listing(unnamed)}")
-    moved = [n for n, shard in index.weight_map.items() if held[n] != shard]
-    if moved:
-        raise SourceFormatError(f"{path}: weight_map puts tensors in shards that do not hold them: {_listing(moved)}")
+    defect = index_defect(index.weight_map, held)
+    if defect is not None:
+        what, names = defect
+        raise SourceFormatError(f"{path}: {what}" + (f": {_listing(names)}" if names else ""))
 
 
 def _lazy_source(path: Path, handle: Any, name: str) -> TensorSource:

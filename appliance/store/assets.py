@@ -17,11 +17,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from appliance.codec.transform import U8
 from appliance.errors import AssetError, AssetIntegrityError
 from appliance.format.digest import Digest
 from appliance.format.directory import AssetEntry, ShardEntry, check_label
@@ -41,11 +40,15 @@ _U8 = dtype_named("uint8")
 
 @dataclass(frozen=True)
 class AssetSource:
-    """One file to commit as an asset; ``load`` returns its bytes (a read-only map is fine)."""
+    """One file to commit as an asset; ``reader`` opens its bytes for one sequential read.
+
+    Read frame by frame with ordinary reads (never mapped: a file truncated while it is committed
+    must give an error, not a SIGBUS); a size other than ``size`` is an ``AssetError``.
+    """
 
     path: str
     size: int
-    load: Callable[[], U8]
+    reader: Callable[[], BinaryIO]
     executable: bool = False
 
 
@@ -75,14 +78,16 @@ class AssetJobs:
 
     def jobs(self) -> Iterator[FrameJob]:
         for i, asset in enumerate(self.assets):
-            data = asset.load()
-            if data.size != asset.size:
-                raise AssetError(f"asset {asset.path!r} changed size while it was committed")
             hasher = hashlib.sha256()
-            for fi, (off, size) in enumerate(frame_spans(asset.size, 1, self.frame_size)):
-                chunk = np.array(data[off : off + size], dtype=np.uint8)  # a private copy: the file may change
-                hasher.update(chunk.data)
-                yield FrameJob(-1 - i, fi, asset_key(asset.path), _U8, chunk)
+            with asset.reader() as f:
+                for fi, (_, size) in enumerate(frame_spans(asset.size, 1, self.frame_size)):
+                    data = f.read(size)  # a private copy: what is hashed is what is stored
+                    if len(data) != size:
+                        raise AssetError(f"asset {asset.path!r} shrank while it was committed")
+                    hasher.update(data)
+                    yield FrameJob(-1 - i, fi, asset_key(asset.path), _U8, np.frombuffer(data, dtype=np.uint8))
+                if f.read(1):
+                    raise AssetError(f"asset {asset.path!r} grew while it was committed")
             self.digests[i] = Digest(hasher.hexdigest())
 
     def entries(self, frames: Mapping[int, list[FrameRef]]) -> tuple[AssetEntry, ...]:

@@ -121,9 +121,15 @@ def check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     try:
         data = canonical_bytes(dict(metadata))
     except ApplianceError as exc:
-        raise UsageError(f"metadata is not JSON-serialisable: {exc.problem}") from exc
+        raise UsageError(
+            f"metadata is not JSON-serialisable: {exc.problem}",
+            remedy="pass a JSON object (API argument `metadata`, CLI --meta); NaN and infinities are not JSON",
+        ) from exc
     if len(data) > DEFAULT_LIMITS.metadata_max_bytes:
-        raise UsageError(f"metadata is {len(data)} bytes; the cap is {DEFAULT_LIMITS.metadata_max_bytes}")
+        raise UsageError(
+            f"metadata is {len(data)} bytes; the cap is {DEFAULT_LIMITS.metadata_max_bytes}",
+            remedy="store large state as tensors, not metadata (API: appliance.training flattens nested state)",
+        )
     return dict(metadata)
 
 

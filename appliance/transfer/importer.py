@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from appliance.errors import (
@@ -173,19 +173,25 @@ def inspect_source(store: Store, source: LayoutReader, *, generation: int | None
     manifest = verified.manifest
     if manifest.generation != name.generation:
         raise ManifestError(f"{name.key} holds generation {manifest.generation}, not the one its name says (renamed?)")
-    found = scan(store.storage, store.limits)
-    local = _local_checkpoints(store, found)
-    seen = _seen_elsewhere(store, found, manifest.generation, Digest.of(data))
-    decision = decide_import(manifest.generation, manifest.digest(), floor=floor, local=local, seen=seen)
     blobs = tuple(required_blobs(manifest))
-    if not decision.already:
+    plan = ImportPlan(name, data, verified, blobs, _decide(store, verified, data, floor))
+    if not plan.decision.already:
         missing = missing_blobs(source, list(blobs))
         if missing:
             raise PartialCheckpointError(
                 f"the source lacks {len(missing)} of the {len(blobs)} blobs generation {manifest.generation} "
                 f"needs (e.g. {missing[0].digest.short()}); nothing was copied"
             )
-    return ImportPlan(name, data, verified, blobs, decision)
+    return plan
+
+
+def _decide(store: Store, verified: VerifiedManifest, bundle: bytes, floor: int) -> ImportDecision:
+    """The local half of the checks (floor, newer than the node, already here), re-run under the lock."""
+    manifest = verified.manifest
+    found = scan(store.storage, store.limits)
+    local = _local_checkpoints(store, found)
+    seen = _seen_elsewhere(store, found, manifest.generation, Digest.of(bundle))
+    return decide_import(manifest.generation, manifest.digest(), floor=floor, local=local, seen=seen)
 
 
 def import_checkpoint(
@@ -196,10 +202,19 @@ def import_checkpoint(
     floor: int = 0,
     progress: Progress | None = None,
     clock: Callable[[], float] = time.time,
+    plan: ImportPlan | None = None,
 ) -> ImportResult:
+    """Import the newest (or exactly ``generation``) checkpoint of ``source``.
+
+    ``plan``: the result of ``inspect_source`` the caller already showed the user; its source
+    checks are not repeated, the local decision is re-made under the writer lock.
+    """
     start = time.perf_counter()
     with writer_lock(store.lock_path):
-        plan = inspect_source(store, source, generation=generation, floor=floor)
+        if plan is None:
+            plan = inspect_source(store, source, generation=generation, floor=floor)
+        else:
+            plan = replace(plan, decision=_decide(store, plan.verified, plan.bundle_bytes, floor))
         digest = plan.verified.manifest.digest()
         if plan.decision.already:
             assert plan.decision.slot is not None

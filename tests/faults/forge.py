@@ -140,7 +140,10 @@ def _json(value: Any) -> bytes:
     try:
         return canonical_bytes(value)
     except (ManifestError, UnicodeEncodeError):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        try:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        except TypeError:  # a mutation put an int key into an object: keys of mixed types cannot be sorted
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def newer(manifest: Manifest, generation: int, **changes: Any) -> Manifest:

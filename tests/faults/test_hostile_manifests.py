@@ -248,3 +248,22 @@ def test_digests_never_become_paths() -> None:
         counts.add("hostile.cases")
         with pytest.raises(ManifestError):
             Digest.parse(bad)
+
+
+@pytest.mark.parametrize("name", TRAVERSAL_NAMES, ids=range(len(TRAVERSAL_NAMES)))
+def test_path_like_asset_paths_in_a_signed_manifest_are_refused(name: str, tmp_path: Path) -> None:
+    """A trusted signer's v2 manifest naming an asset outside the directory never verifies; restore writes nothing."""
+    counts.add("hostile.cases")
+    doc = copy.deepcopy(BASE)
+    doc["version"] = 2
+    data = b"x" * 16
+    ref = {"digest": Digest.of(data).hex, "size": 16, "raw_digest": Digest.of(data).hex, "raw_size": 16, "codec": "id"}
+    doc["assets"] = [{"path": name, "size": 16, "sha256": Digest.of(data).hex, "frames": [ref]}]
+    doc["totals"]["stored_bytes"] += 16
+    if _is_plain_label(name):  # e.g. "....//"-free spellings that are just odd file names
+        assert verify_bundle(sign_predicate(doc, [_SIGNER]), _TRUST, expected_model=MODEL_ID).manifest.assets
+    else:
+        with pytest.raises(ManifestError):
+            verify_bundle(sign_predicate(doc, [_SIGNER]), _TRUST, expected_model=MODEL_ID)
+    doc["assets"][0]["path"] = "ok/config.json"  # the same record with a plain path verifies
+    assert verify_bundle(sign_predicate(doc, [_SIGNER]), _TRUST, expected_model=MODEL_ID).manifest.assets

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -76,9 +76,7 @@ def golden_assets() -> list[dict[str, bytes]]:
 
 def golden_directory(state: dict[str, torch.Tensor], assets: dict[str, bytes]) -> DirectoryParts:
     names = list(state)
-    sources = tuple(
-        AssetSource(path, len(data), lambda data=data: np.frombuffer(data, np.uint8)) for path, data in assets.items()
-    )
+    sources = tuple(AssetSource(path, len(data), lambda data=data: io.BytesIO(data)) for path, data in assets.items())
     shards = (
         ShardEntry("model-00001-of-00002.safetensors", tuple(names[:3]), {"format": "pt"}),
         ShardEntry("model-00002-of-00002.safetensors", tuple(names[3:]), {"format": "pt", "producer": "golden"}),

@@ -74,3 +74,22 @@ def reads_weights_at_init() -> DemoModel:
     model = _seeded(0, in_features=16, hidden=512, layers=3, out_features=4)
     model.initial_norm = float(model.head.weight.detach().norm())
     return model
+
+
+MEMORY_HOG = 777.0
+
+
+class HogModel(DemoModel):
+    """Allocates (and touches) 4 GiB on a "memory hog" query: under a memory limit the kernel OOM-kills it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() and float(x.reshape(-1)[0]) == MEMORY_HOG:
+            hog = torch.ones(1 << 30, dtype=torch.float32)  # 4 GiB, every page written
+            return super().forward(x) + hog[0]
+        return super().forward(x)
+
+
+def hog() -> HogModel:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return HogModel(in_features=16, hidden=512, layers=3, out_features=4)

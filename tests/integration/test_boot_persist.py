@@ -26,9 +26,9 @@ def serving(node: LocalNode) -> dict:
 def adapt_and_persist(node: LocalNode, times: int) -> list[dict]:
     committed = []
     for _ in range(times):
-        assert node.call("/v1/adapt", {"inputs": X, "targets": [[1.0, 0.0, -1.0, 0.5]]})[0] == 200
+        assert node.control_call("/v1/adapt", {"inputs": X, "targets": [[1.0, 0.0, -1.0, 0.5]]})[0] == 200
         before = len(node.events("persist.committed"))
-        status, exported = node.call("/v1/export", {})
+        status, exported = node.control_call("/v1/export", {})
         assert status == 200 and exported["pause_s"] >= 0
         committed.append(node.wait_event("persist.committed", after=before, timeout=120)["fields"])
     return committed
@@ -89,9 +89,9 @@ def test_kill_9_during_persist_then_boot_returns_the_last_committed_generation(n
     node.seed()
     serving(node)
     acknowledged = adapt_and_persist(node, 2)[-1]["generation"]  # generations 2 and 3 in B
-    assert node.call("/v1/adapt", {"inputs": X, "targets": [[0.0, 1.0, 0.0, 1.0]]})[0] == 200
+    assert node.control_call("/v1/adapt", {"inputs": X, "targets": [[0.0, 1.0, 0.0, 1.0]]})[0] == 200
     started = len(node.events("persist.started"))
-    threading.Thread(target=node.call, args=("/v1/export", {}), kwargs={"timeout": 120}, daemon=True).start()
+    threading.Thread(target=node.control_call, args=("/v1/export", {}), kwargs={"timeout": 120}, daemon=True).start()
     node.wait_event("persist.started", after=started, timeout=120)
     node.power_cut()
     newest = newest_committed(node)

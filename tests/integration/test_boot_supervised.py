@@ -107,7 +107,8 @@ def test_floor_rises_only_to_the_fallback_slots_proven_generation(node_factory: 
     node.seed()
     booted(node)  # A/1 GOOD; floor stays 0 (only one slot proven)
     assert node.cli_json("boot-status")[1]["floor"] == 0
-    node.call("/v1/export", {})
+    node.control_call("/v1/adapt", {"inputs": INPUT, "targets": [[1.0, 0.0, -1.0, 0.5]]})
+    node.control_call("/v1/export", {})
     node.wait_event("persist.committed")  # generation 2 into B
     code, outcome = node.boot()
     assert code == 0 and (outcome["serving"]["slot"], outcome["serving"]["generation"]) == ("B", 2)

@@ -299,3 +299,44 @@ def test_gc_keeps_asset_frames_that_a_kept_checkpoint_names(cli: dict[str, str],
     loaded = api.load(Store.open(cli["root"]), assets=True)
     assert loaded.generation == 5 and loaded.assets["config.json"] == b'{"v": 4}'
     assert loaded.assets["tokenizer.json"] == ASSETS["tokenizer.json"]
+
+
+def test_python_api_commits_and_restores_a_whole_directory(store: Store, key: SigningKey, tmp_path: Path) -> None:
+    src = model_dir(tmp_path / "src", state())
+    result = api.save_directory(store, src, key, {"run": "a7"})
+    loaded = api.restore_directory(store, tmp_path / "dst", names=lambda n: n != "lm_head.weight")
+    assert loaded.generation == result.generation and "lm_head.weight" not in loaded.tensors
+    assert sorted(p.name for p in (tmp_path / "dst").glob("*.safetensors")) == [SHARD1, SHARD2]
+    assert (tmp_path / "dst" / "README.md").read_bytes() == ASSETS["README.md"]
+    assert header(tmp_path / "dst" / SHARD2)["x"] == "2"
+    assert json.loads(header(tmp_path / "dst" / SHARD1)["appliance.metadata"]) == {"run": "a7"}
+
+
+def test_the_api_honours_a_store_that_requires_a_vendor_signature(
+    store: Store, key: SigningKey, tmp_path: Path
+) -> None:
+    """api.save_directory applies the same vendor rule as `appliance commit` (no side door)."""
+    from appliance.errors import VendorSignatureError
+    from appliance.provenance import VendorTrust, save_vendors, vendors_path
+
+    root = Path(str(store.storage.root))  # type: ignore[attr-defined]
+    save_vendors(vendors_path(root, store.config.vendors), VendorTrust(require_signature=True))
+    with pytest.raises(VendorSignatureError, match="requires a vendor signature"):
+        api.save_directory(store, model_dir(tmp_path / "src", state()), key)
+    assert list((root / "A" / "frames").iterdir()) == []
+
+
+@pytest.mark.parametrize(("declared", "actual"), [(100, 60), (60, 100)])
+def test_an_asset_that_changes_size_during_the_commit_is_an_error_and_nothing_is_committed(store: Store, key: SigningKey, declared: int, actual: int) -> None:  # fmt: skip
+    """Assets are read, never mapped: a file truncated (or grown) meanwhile is an AssetError, not a SIGBUS."""
+    import io
+
+    from appliance.errors import AssetError
+    from appliance.sources.tensors import sources_from_dict
+    from appliance.store.assets import AssetSource, DirectoryParts
+
+    parts = DirectoryParts((AssetSource("config.json", declared, lambda: io.BytesIO(b"x" * actual)),))
+    with pytest.raises(AssetError, match="while it was committed"):
+        store.commit(sources_from_dict(state()), [key], directory=parts)
+    root = Path(str(store.storage.root))  # type: ignore[attr-defined]
+    assert list((root / "A" / "checkpoints").iterdir()) == [] and list((root / "A" / "frames").iterdir()) == []

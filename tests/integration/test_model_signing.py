@@ -242,3 +242,48 @@ def test_without_the_model_signing_library_a_signed_import_fails_with_exit_28(
     with pytest.raises(ModelSigningUnavailableError) as caught:
         check_source(env["model"], vendors)
     assert caught.value.exit_code == 28 and "appliance[model-signing]" in caught.value.remedy
+
+
+def test_restore_writes_a_model_sig_that_stock_model_signing_verify_key_accepts_and_that_round_trips(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ecdsa, root = tmp_path / "release", tmp_path / "store-ecdsa"
+    code, made = run(capsys, "keygen", str(ecdsa), "--type", "ecdsa-p256")
+    assert code == 0 and made["type"] == "ecdsa-p256"
+    init = ["init", str(root), "--trust", f"{ecdsa}.pub", f"{env['key']}.pub", "--model", "m", "--frame-size", "4096"]
+    assert run(capsys, *init)[0] == 0  # an ECDSA P-256 key trusted alongside an Ed25519 key
+    run(capsys, "vendor", str(root), "add", "acme", "--key", str(env["vendor_pub"]))
+    assert run(capsys, "commit", str(root), str(env["model"]), "--key", str(ecdsa))[0] == 0  # ECDSA-signed checkpoint
+    out_dir = tmp_path / "restored"
+    code, restored = run(capsys, "restore", str(root), "--out", f"{out_dir}/", "--sign-model", str(ecdsa))
+    assert code == 0, restored
+    assert restored["model_sig"]["resources"] == len([p for p in out_dir.iterdir() if p.name != "model.sig"])
+    stock = model_signing_cli("verify", "key", str(out_dir), "--signature", str(out_dir / "model.sig"), "--public_key", f"{ecdsa}.pub")  # fmt: skip
+    assert stock.returncode == 0 and "Verification succeeded" in stock.stdout, stock.stderr
+    model_signing.verifying.Config().use_elliptic_key_verifier(public_key=f"{ecdsa}.pub").verify(out_dir, out_dir / "model.sig")  # fmt: skip
+    # ... and back: the restored, signed directory imports into a store that trusts that key as a vendor
+    other = tmp_path / "store-2"
+    run(capsys, "init", str(other), "--trust", f"{env['key']}.pub", "--model", "m", "--frame-size", "4096")
+    run(capsys, "vendor", str(other), "add", "node", "--key", f"{ecdsa}.pub")
+    code, imported = run(capsys, "commit", str(other), str(out_dir), "--key", str(env["key"]))
+    assert code == 0 and imported["provenance"]["subject"]["sha256"] == restored["model_sig"]["subject"]["sha256"]
+    shard = next(out_dir.glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x80
+    shard.write_bytes(bytes(data))
+    stock = model_signing_cli("verify", "key", str(out_dir), "--signature", str(out_dir / "model.sig"), "--public_key", f"{ecdsa}.pub")  # fmt: skip
+    assert stock.returncode != 0 and shard.name in stock.stderr + stock.stdout
+    assert run(capsys, "commit", str(other), str(out_dir), "--key", str(env["key"]))[0] == 47
+
+
+def test_sign_model_needs_an_ecdsa_key_and_a_directory(env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
+    root = str(env["root"])
+    run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
+    assert run(capsys, "commit", root, str(env["model"]), "--key", str(env["key"]))[0] == 0
+    code, out = run(capsys, "restore", root, "--out", f"{tmp_path / 'd'}/", "--sign-model", str(env["key"]))
+    assert code == 11 and "ECDSA" in out["problem"] and "--type ecdsa-p256" in out["remedy"]
+    assert not (tmp_path / "d").exists()  # refused before anything was restored
+    ecdsa = tmp_path / "e"
+    run(capsys, "keygen", str(ecdsa), "--type", "ecdsa-p256")
+    code, out = run(capsys, "restore", root, "--out", str(tmp_path / "f.safetensors"), "--sign-model", str(ecdsa))
+    assert code == 10 and "directory" in out["problem"]

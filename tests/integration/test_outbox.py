@@ -15,15 +15,27 @@ from appliance.persist.committer import Committer
 from appliance.persist.daemon import PersistDaemon
 from appliance.sources.export import open_export, write_export
 from appliance.store.store import Store
-from tests.integration.node_fixtures import node, serving_good, with_changes
+from tests.integration.node_fixtures import digest_of, node, serving_good, with_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 __all__ = ["node"]
 
 
+class Vouched:
+    """Fault-injection seam for ``Receipts``: stands in for the serving service's receipts (the control
+    channel) so these tests can drive the outbox mechanics in process. It vouches exactly for the exports
+    this module wrote with ``export()``, as the service would for its own; the real channel is proven in
+    tests/integration/test_trust_persist.py."""
+
+    issued: dict[str, dict] = {}
+
+    def receipt(self, name: str) -> dict | None:
+        return self.issued.get(name)
+
+
 def daemon(config: NodeConfig) -> PersistDaemon:
     events = EventLog(config.event_log, "persist")
-    return PersistDaemon(Committer(config, events), events)
+    return PersistDaemon(Committer(config, events, receipts=Vouched()), events)
 
 
 def export(config: NodeConfig, step: int, sequence: int) -> Path:
@@ -31,7 +43,11 @@ def export(config: NodeConfig, step: int, sequence: int) -> Path:
     with torch.no_grad():
         model.head.bias.add_(float(step))
         model.step.fill_(step)
-    path, _ = write_export(model.state_dict(), config.outbox, model="test", step=step, pause_s=0.0, sequence=sequence)
+    source = {"slot": "A", "generation": 1, "manifest_digest": digest_of(config, "A", 1)}
+    path, info = write_export(
+        model.state_dict(), config.outbox, model="test", step=step, pause_s=0.0, sequence=sequence, source=source
+    )
+    Vouched.issued[path.name] = {"content_sha256": info.content_sha256, "source": source, "boot_id": "b00715"}
     return path
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -11,9 +14,11 @@ from appliance.events import read_events
 from appliance.format.canary import check
 from appliance.format.handoff import Admit, Phase
 from appliance.node.config import NodeConfig
+from appliance.node.control_channel import ControlClient
 from appliance.node.rundir import RunDir
 from appliance.service import loader
 from appliance.service.app import create_app
+from appliance.service.control import ControlServer
 from appliance.service.runtime import ServiceRuntime
 from appliance.sources.export import open_export
 from tests.integration.node_fixtures import handoff, node, with_changes
@@ -26,7 +31,18 @@ X = {"inputs": [[0.25] * 16]}
 def started(config: NodeConfig) -> tuple[ServiceRuntime, TestClient]:
     runtime = ServiceRuntime(config)
     runtime.bring_up()  # synchronously: the server runs it in a thread
-    return runtime, TestClient(create_app(runtime))
+    return runtime, TestClient(create_app(runtime), base_url="http://localhost")
+
+
+@contextlib.contextmanager
+def control_of(runtime: ServiceRuntime) -> Iterator[ControlClient]:
+    """The runtime's real control channel on RUN/control.sock, and a client (this process's user: root/own)."""
+    server = ControlServer(runtime)
+    server.start()
+    try:
+        yield ControlClient(runtime.config.control_socket)
+    finally:
+        server.stop()
 
 
 def test_restored_service_answers_only_the_canary_until_boot_admits_it(node: NodeConfig) -> None:
@@ -37,9 +53,10 @@ def test_restored_service_answers_only_the_canary_until_boot_admits_it(node: Nod
     assert client.get("/health").json()["restore"]["generation"] == 1
     assert client.get("/ready").status_code == 503
     assert client.post("/v1/infer", json=X).status_code == 503
-    assert client.post("/v1/canary", json=X).status_code == 200
-    assert client.post("/v1/admit", json={"boot_id": "someoneelse"}).status_code == 409
-    assert client.post("/v1/admit", json={"boot_id": h.boot_id}).status_code == 200
+    with control_of(runtime) as control:
+        assert control.call("POST", "/v1/canary", X)[0] == 200
+        assert control.call("POST", "/v1/admit", {"boot_id": "someoneelse"})[0] == 409
+        assert control.call("POST", "/v1/admit", {"boot_id": h.boot_id})[0] == 200
     assert client.get("/ready").status_code == 200
     body = client.post("/v1/infer", json=X).json()
     assert body["generation"] == 1 and len(body["outputs"][0]) == 4
@@ -81,22 +98,24 @@ def test_missing_handoff_is_a_service_fault(node: NodeConfig) -> None:
 def test_export_captures_adapted_state_with_its_canary(node: NodeConfig) -> None:
     """An export holds the adapted state, the pause it cost, and the canary answer of exactly that state."""
     handoff(node, Admit.SELF)
-    _, client = started(node)
+    runtime, client = started(node)
     before = client.post("/v1/infer", json=X).json()["outputs"]
-    adapted = client.post("/v1/adapt", json={"inputs": X["inputs"], "targets": [[1.0, 2.0, 3.0, 4.0]]}).json()
-    assert adapted["step"] == 1
-    assert client.post("/v1/infer", json=X).json()["outputs"] != before
-    result = client.post("/v1/export").json()
-    assert result["step"] == 1 and result["pause_s"] > 0
-    opened = open_export(f"{node.outbox}/{result['file']}")
-    try:
-        canary = opened.info.canary
-        assert canary is not None and opened.info.source is not None
-        assert (opened.info.source["slot"], opened.info.source["generation"]) == ("A", 1)
-        answer = client.post("/v1/canary", json={"inputs": canary.input}).json()["outputs"]
-        assert check(canary, answer).ok
-    finally:
-        opened.close()
+    with control_of(runtime) as control:
+        adapted = control.require("POST", "/v1/adapt", {"inputs": X["inputs"], "targets": [[1.0, 2.0, 3.0, 4.0]]})
+        assert adapted["step"] == 1
+        assert client.post("/v1/infer", json=X).json()["outputs"] != before
+        result = control.require("POST", "/v1/export", {})
+        assert result["step"] == 1 and result["pause_s"] > 0
+        assert control.require("GET", f"/v1/receipt?file={result['file']}") == result
+        opened = open_export(f"{node.outbox}/{result['file']}")
+        try:
+            canary = opened.info.canary
+            assert canary is not None and opened.info.source is not None
+            assert (opened.info.source["slot"], opened.info.source["generation"]) == ("A", 1)
+            answer = control.require("POST", "/v1/canary", {"inputs": canary.input})["outputs"]
+            assert check(canary, answer).ok
+        finally:
+            opened.close()
 
 
 def test_a_meta_build_skips_initialisation_and_serves_exactly_the_restored_checkpoint(node: NodeConfig) -> None:

@@ -192,3 +192,67 @@ def test_the_built_in_adaptive_model_resumes_its_adaptation_through_the_training
     assert losses == full
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_a_shuffled_data_loader_resumes_mid_epoch_from_its_epoch_start_generator(store: Store, key: SigningKey) -> None:
+    """The README recipe: save the sampler generator as it was at the epoch's start, plus the batch index."""
+    import itertools
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.arange(40, dtype=torch.float32))
+    model = nn.Linear(1, 1)
+
+    def batches(sampler: torch.Generator) -> list[list[float]]:
+        return [b[0].tolist() for b in DataLoader(data, batch_size=4, shuffle=True, generator=sampler)]
+
+    sampler = torch.Generator().manual_seed(3)
+    batches(sampler)  # epoch 0
+    epoch_start = torch.Generator()
+    epoch_start.set_state(sampler.get_state())  # epoch 1 starts here
+    straight = batches(sampler)
+    training.save(store, key, model, generators={"sampler": epoch_start}, position={"epoch": 1, "batch": 4})
+
+    fresh = torch.Generator().manual_seed(12345)
+    position = training.load(store, model, generators={"sampler": fresh}).position
+    loader = DataLoader(data, batch_size=4, shuffle=True, generator=fresh)
+    rest = [b[0].tolist() for b in itertools.islice(loader, position["batch"], None)]
+    assert rest == straight[4:] and len(rest) == 6
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, k: api.save(s, weights(), k, metadata={"x": float("nan")}),
+        lambda s, k: api.save(s, {"a": torch.zeros(2), "b": [1]}, k),
+        lambda s, k: api.load(s, into={}, zero_copy=True),
+        lambda s, k: training.save(s, k, nn.Linear(1, 1), metadata={"appliance.training": 1}),
+        lambda s, k: training.save(s, k, nn.Linear(1, 1), [torch.optim.lr_scheduler]),
+        lambda s, k: training.save(s, k, nn.Linear(1, 1), extra={"set": {1, 2}}),
+    ],
+    ids=["nan-metadata", "list-value", "zero-copy-into", "reserved-key", "not-an-optimizer", "a-set"],
+)
+def test_api_usage_errors_never_talk_about_the_command_line(store: Store, key: SigningKey, call: Any) -> None:
+    with pytest.raises(UsageError) as caught:
+        call(store, key)
+    assert "command-line" not in str(caught.value) and "command line" not in caught.value.remedy
+
+
+def test_optimizer_state_has_the_layout_of_torch_distributed_checkpoint_get_state_dict() -> None:
+    """Same vocabulary, same shape: our optimizer section equals DCP's optim_state_dict, and DCP loads ours."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint.state_dict", reason="torch built without distributed")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters(), betas=(0.8, 0.9))
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    _, theirs = dcp.get_state_dict(model, opt)
+    ours = training.get_state_dict(model, opt, rng=False)["optim"][0]
+    assert ours["param_groups"] == theirs["param_groups"]
+    assert ours["state"].keys() == theirs["state"].keys()
+    for name, slots in ours["state"].items():
+        assert all(torch.equal(slots[k], theirs["state"][name][k]) for k in slots)
+    restored = training.unflatten(*training.flatten({"optim": ours}))["optim"]
+    fresh = torch.optim.AdamW(model.parameters(), betas=(0.8, 0.9))
+    dcp.set_state_dict(model, fresh, model_state_dict=model.state_dict(), optim_state_dict=restored)
+    assert torch.equal(fresh.state[model[0].weight]["exp_avg_sq"], opt.state[model[0].weight]["exp_avg_sq"])

@@ -337,3 +337,46 @@ def test_cli_explains_refusals_with_their_exit_codes(source, node: Store, capsys
     err = json.loads(capsys.readouterr().out)
     assert err["error"] == "PartialCheckpointError" and "re-run the export" in err["remedy"]
     assert main(["import", root, str(stick / "nope"), "--json"]) == 10
+
+
+def test_a_model_directory_checkpoint_travels_with_its_assets(tmp_path: Path, key: SigningKey) -> None:
+    """Assets are frames: export carries them, import restores the same files (manifest v2)."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file(weights(3), str(model / "model.safetensors"), metadata={"format": "pt"})
+    (model / "config.json").write_bytes(b'{"hidden_size": 8}\n')
+    (model / "tokenizer.json").write_bytes(b"{" + b'"v": 1, ' * 3000 + b'"end": 0}')
+    src = _store(tmp_path / "src", key)
+    api.save_directory(src, model, key)
+    _export(src, tmp_path / "stick")
+    dst = _store(tmp_path / "dst", key)
+    import_checkpoint(dst, LocalStorage(tmp_path / "stick"))
+    assert dst.verify(deep=True).all_ok
+    api.restore_directory(dst, tmp_path / "out")
+    for name in ("config.json", "tokenizer.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (model / name).read_bytes()
+    assert same(load_file(str(tmp_path / "out" / "model.safetensors")), weights(3))
+
+
+def test_model_directory_with_assets_travels_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A v2 checkpoint (a model directory: shards, index, assets) exports and imports with every asset."""
+    from appliance.cli.main import main
+    from tests.integration.test_model_dirs import ASSETS, model_dir, state
+
+    def run(*argv: str) -> dict[str, object]:
+        assert main([*argv, "--json"]) == 0, capsys.readouterr()
+        return json.loads(capsys.readouterr().out)
+
+    key = tmp_path / "k"
+    run("keygen", str(key))
+    for name in ("src", "dst"):
+        run("init", str(tmp_path / name), "--trust", f"{key}.pub", "--model", "m", "--frame-size", "4096")
+    run("commit", str(tmp_path / "src"), str(model_dir(tmp_path / "dir", state())), "--key", str(key))
+    run("export", str(tmp_path / "src"), str(tmp_path / "stick"))
+    imported = run("import", str(tmp_path / "dst"), str(tmp_path / "stick"))
+    assert imported["generation"] == 1
+    run("restore", str(tmp_path / "dst"), "--out", f"{tmp_path / 'out'}/")
+    for rel, data in ASSETS.items():
+        assert (tmp_path / "out" / rel).read_bytes() == data, rel

@@ -1,0 +1,149 @@
+"""``appliance replicate`` (the supervisord program) and ``appliance remote status|pull``.
+
+Each command loads ``node.json`` (store, event log, floor) and ``remote.json`` (endpoint, bucket,
+device, credentials, keys), calls one function of ``appliance.remote`` and renders the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from appliance.cli.output import Output, human_bytes
+from appliance.errors import ApplianceError, ConfigError
+from appliance.events import EventLog
+from appliance.node.config import NodeConfig, load_config
+from appliance.remote.config import RemoteConfig, load_remote
+from appliance.signing import PublicKey, SigningKey
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, metavar="NODE.json", help="node configuration")
+    p.add_argument("--remote", type=Path, required=True, metavar="REMOTE.json", help="object store configuration")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("replicate", help="push committed checkpoints to S3-compatible object storage (supervisord)")
+    _common(p)
+    p.add_argument("--once", action="store_true", help="one pass, then exit (exit 69 if the upload failed)")
+    p.set_defaults(func=cmd_replicate)
+
+    p = sub.add_parser("remote", help="the object-store replica: status, pull")
+    p.add_argument("action", choices=["status", "pull"], help="status: replicated/pending/failed; pull: restore")
+    _common(p)
+    p.set_defaults(func=cmd_remote)
+
+
+def _open(args: argparse.Namespace) -> tuple[NodeConfig, RemoteConfig, Any]:
+    from appliance.store.bootstate import SlotStates
+    from appliance.store.store import Store
+
+    node, remote = load_config(args.config), load_remote(args.remote)
+    store = Store.open(node.store, trust_path=node.trust or None)
+    store.good_provider = SlotStates(store.storage, store.limits).good_generations
+    return node, remote, store
+
+
+def _head_keys(remote: RemoteConfig) -> list[PublicKey]:
+    return [PublicKey.load(p) for p in remote.head_trust]
+
+
+def cmd_replicate(args: argparse.Namespace, out: Output) -> int:
+    from appliance.remote.replicate import Replicator
+    from appliance.remote.s3 import ObjectStore
+    from appliance.remote.state import StateDir
+
+    node, remote, store = _open(args)
+    if not remote.head_key:
+        raise ConfigError("remote.json names no head_key: heads must be signed", remedy="set head_key (a keygen key)")
+    replicator = Replicator(
+        store, ObjectStore(remote, remote.device_prefix), device=remote.device,
+        keys=[SigningKey.load(remote.head_key)], state_dir=StateDir(remote.state_dir),
+        events=EventLog(node.event_log, "replicate"), retry_base=remote.retry_base, retry_cap=remote.retry_cap,
+    )  # fmt: skip
+    if args.once:
+        outcome = replicator.step()
+        out.result(outcome, lambda d: " ".join(f"{k}={v}" for k, v in d.items()))
+        return 69 if outcome["action"] == "failed" else 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    replicator.run(stop, remote.poll_interval)
+    return 0
+
+
+def cmd_remote(args: argparse.Namespace, out: Output) -> int:
+    return _status(args, out) if args.action == "status" else _pull(args, out)
+
+
+def _status(args: argparse.Namespace, out: Output) -> int:
+    from appliance.remote.pull import fetch_head
+    from appliance.remote.s3 import ObjectStore
+    from appliance.remote.state import StateDir
+
+    _, remote, store = _open(args)
+    state_dir = StateDir(remote.state_dir)
+    state = state_dir.load(remote.device)
+    try:
+        newest: int | None = store.select().opened.generation
+    except ApplianceError:
+        newest = None
+    data: dict[str, Any] = {"device": remote.device, "endpoint": remote.endpoint, "bucket": remote.bucket,
+                            "prefix": remote.device_prefix, "newest_local": newest, **state.to_dict()}  # fmt: skip
+    data["pending"] = newest is not None and (state.replicated is None or state.replicated.generation < newest)
+    try:
+        objects = ObjectStore(remote, remote.device_prefix)
+        head = fetch_head(objects, _head_keys(remote), kind="device", name=remote.device,
+                          model=store.config.model, last_seen=0, floor=0)  # fmt: skip
+        data["remote_head"] = {"generation": head.generation, "issued": head.issued, "bundle": head.bundle.key}
+    except ApplianceError as exc:
+        data["remote_head"] = {"error": type(exc).__name__, "problem": exc.problem}
+    out.result(data, _status_text)
+    return 0
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    rep = d["replicated"]
+    lines = [
+        f"remote {d['endpoint']} bucket {d['bucket']} prefix {d['prefix']}",
+        f"  replicated: generation {rep['generation']} at {rep['at']}" if rep else "  replicated: nothing yet",
+        f"  newest local: {d['newest_local']}  pending: {'yes' if d['pending'] else 'no'}",
+        f"  uploads {d['uploads']}, blobs uploaded {d['blobs_uploaded']}, skipped {d['blobs_skipped']}, "
+        f"{human_bytes(d['bytes_uploaded'])}, failures {d['failures']}",
+    ]
+    if d["last_error"]:
+        lines.append(f"  failing: {d['last_error']} (attempt {d['attempts']})")
+    head = d["remote_head"]
+    lines.append(f"  bucket head: {head.get('generation', head.get('problem'))}")
+    return "\n".join(lines)
+
+
+def _pull(args: argparse.Namespace, out: Output) -> int:
+    from appliance.node.floor import open_floor
+    from appliance.remote.pull import fetch_head, pull_checkpoint
+    from appliance.remote.s3 import ObjectStore
+    from appliance.remote.state import StateDir
+
+    node, remote, store = _open(args)
+    floor = open_floor(node).read()
+    objects = ObjectStore(remote, remote.device_prefix)
+    state_dir = StateDir(remote.state_dir)
+    head = fetch_head(objects, _head_keys(remote), kind="device", name=remote.device, model=store.config.model,
+                      last_seen=state_dir.seen(objects.prefix), floor=floor)  # fmt: skip
+    with out.progress(None, "pull") as progress:
+        result = pull_checkpoint(store, objects, head, floor=floor, progress=progress)
+    out.result({"requests": objects.requests, **result.to_dict()}, _pull_text)
+    return 0
+
+
+def _pull_text(d: dict[str, Any]) -> str:
+    if d["already"]:
+        return f"generation {d['generation']} is already committed in slot {d['slot']}"
+    return (
+        f"pulled generation {d['generation']} into slot {d['slot']}: {d['from_source']} blobs "
+        f"({human_bytes(d['bytes_from_source'])}) from the object store, {d['from_other_slot']} from the other slot"
+    )
