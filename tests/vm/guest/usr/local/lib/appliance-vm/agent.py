@@ -88,7 +88,14 @@ def report_once_serving(body):
         f"digest={handoff.get('manifest_digest')} uptime={uptime():.2f}"
     )
     code, out = run(APPLIANCE, "verify", "/var/lib/appliance", "--deep", "--json")
-    say(f"verify rc={code}")
+    try:
+        report = json.loads(out)
+        bad = [f"{c.get('slot')}{c.get('generation')}:{c.get('error_class')}" for c in report.get("checkpoints", [])
+               if not c.get("ok")]
+        problems = [str(p)[:120] for p in report.get("problems", [])]
+    except ValueError:
+        bad, problems = ["unparsed"], [out[:200]]
+    say(f"verify rc={code} bad={','.join(bad) or '-'} problems={'|'.join(problems).replace(' ', '_') or '-'}")
     code, out = run("systemctl", "--failed", "--no-legend", "--plain")
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     say(f"failed-units count={len(names)} names={','.join(names) or '-'}")
