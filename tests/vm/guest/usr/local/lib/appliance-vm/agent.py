@@ -90,8 +90,11 @@ def report_once_serving(body):
     code, out = run(APPLIANCE, "verify", "/var/lib/appliance", "--deep", "--json")
     try:
         report = json.loads(out)
-        bad = [f"{c.get('slot')}{c.get('generation')}:{c.get('error_class')}" for c in report.get("checkpoints", [])
-               if not c.get("ok")]
+        bad = [
+            f"{c.get('slot')}{c.get('generation')}:{c.get('error_class')}"
+            for c in report.get("checkpoints", [])
+            if not c.get("ok")
+        ]
         problems = [str(p)[:120] for p in report.get("problems", [])]
     except ValueError:
         bad, problems = ["unparsed"], [out[:200]]
