@@ -15,6 +15,14 @@ Does not own the store mechanics (``appliance.store``) or file formats (``applia
 ``load`` never returns a partially restored or unverified state: if a frame fails while
 restoring, that checkpoint is abandoned and the next candidate (other slot, older
 generation) is restored from scratch; if none is left, ``NoValidCheckpointError``.
+
+``load(into=...)`` fills tensors of any strides, memory format (``channels_last``), device or
+lazy conj/neg bit, and destinations that share memory (tied weights) only when the checkpoint
+agrees on every shared byte (``appliance.sources.destinations``). A failed ``load(into=...)``
+is *accounted*: the raised error's ``written`` (and its message) names exactly the destination
+tensors that were written, fully or partly; every other one is untouched. With
+``atomic=True`` the checkpoint is restored into fresh memory first and copied over only once it
+verified, so a failure leaves every destination as it was (peak memory: twice the model).
 """
 
 from __future__ import annotations
@@ -27,18 +35,21 @@ from typing import Any
 
 import torch
 
-from appliance.codec.transform import U8
+from appliance.codec.gpu import BatchDecoder
 from appliance.errors import (
     ApplianceError,
+    HardwareError,
     IntegrityError,
     NoValidCheckpointError,
     StorageError,
     TensorMismatchError,
     UsageError,
 )
+from appliance.events import EventLog
 from appliance.format.directory import ShardEntry
 from appliance.format.manifest import Manifest
 from appliance.signing import SigningKey
+from appliance.sources.destinations import plan_destinations, restore_into_tensors
 from appliance.sources.safetensors_io import check_header_keys
 from appliance.sources.tensors import (
     allocate,
@@ -51,7 +62,7 @@ from appliance.store.assets import DirectoryParts, read_assets
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import Failure, OpenCheckpoint
 from appliance.store.partial import restore_selected
-from appliance.store.restore import RestoreStats
+from appliance.store.restore import RestoreStats, Sink
 from appliance.store.store import Store
 from appliance.store.zerocopy import restore_mapped
 
@@ -88,12 +99,15 @@ def save(
     floor: int = 0,
     progress: Progress | None = None,
     header_metadata: Mapping[str, str] | None = None,
+    allow_empty: bool = False,
 ) -> CommitResult:
     """Commit ``tensors`` (name -> tensor) signed by ``key``; ``metadata`` is any JSON object.
 
     ``header_metadata`` (str -> str) is the safetensors ``__metadata__`` a restore writes back
     (e.g. ``{"format": "pt"}``); keys in the ``appliance.`` namespace and a tensor named
-    ``__metadata__`` raise ``ReservedNameError`` before anything is written.
+    ``__metadata__`` raise ``ReservedNameError`` before anything is written. Tensors may have any
+    strides, device or lazy conj/neg bit; meta, sparse, nested and quantized tensors are refused
+    with ``UsageError`` naming the tensor; an empty mapping is refused unless ``allow_empty``.
     """
     keys = [key] if isinstance(key, SigningKey) else list(key)
     if not keys or not all(isinstance(k, SigningKey) for k in keys):
@@ -115,6 +129,7 @@ def save(
         floor=floor,
         progress=progress,
         directory=directory,
+        allow_empty=allow_empty,
     )
     return result
 
@@ -206,6 +221,7 @@ def load(
     zero_copy: bool = False,
     names: Collection[str] | Callable[[str], bool] | None = None,
     assets: bool = False,
+    atomic: bool = False,
 ) -> LoadedCheckpoint:
     """The newest valid checkpoint (or ``generation``), verified, as CPU tensors.
 
@@ -216,6 +232,7 @@ def load(
     lacks, or a predicate nothing matches, is a ``TensorMismatchError``.
     ``assets=True`` also returns the model directory's files, each checked against its signed
     SHA-256. A checkpoint failing either is abandoned for the next candidate like any other.
+    ``into`` and ``atomic``: see the module docs.
     """
     if zero_copy and into is not None:
         raise UsageError(
@@ -235,11 +252,65 @@ def load(
             tensors = _subset(opened, names)
             views = {n: check_destination(opened.verified.manifest.tensor(n), t) for n, t in tensors.items()}
             return tensors, restore_selected(store.storage, opened, views, deep=deep, workers=workers)
-        tensors = _destinations(opened, into)
-        views = _views(opened, tensors)
-        return tensors, store.restore_into(opened, views, deep=deep, workers=workers, progress=progress)
+        if into is None:
+            fresh = {t.name: allocate(t) for t in opened.verified.manifest.tensors}
+            stats = restore_into_tensors(store.storage, opened, fresh, deep=deep, workers=workers, progress=progress)
+            return fresh, stats
+        if atomic:
+            plan_destinations(opened.verified.manifest.tensors, into)  # refuse a mismatch before any work
+            fresh = {t.name: allocate(t) for t in opened.verified.manifest.tensors}
+            stats = restore_into_tensors(store.storage, opened, fresh, deep=deep, workers=workers, progress=progress)
+            _copy_verified(opened, fresh, into, written)
+            return dict(into), stats
+        stats = restore_into_tensors(
+            store.storage, opened, into, deep=deep, workers=workers, progress=progress, written=written
+        )
+        return dict(into), stats
 
-    return _first_restorable(store, generation, floor, attempt, assets)
+    written: set[str] = set()
+    try:
+        return _first_restorable(store, generation, floor, attempt, assets)
+    except ApplianceError as exc:
+        if not written:
+            raise
+        raise _accounted(exc, written) from exc
+
+
+def _copy_verified(
+    opened: OpenCheckpoint, fresh: Mapping[str, torch.Tensor], into: Mapping[str, torch.Tensor], written: set[str]
+) -> None:
+    """``atomic``: copy a verified restore into ``into`` (a mismatch or aliasing conflict raises first)."""
+    entries = opened.verified.manifest.tensors
+    plan = plan_destinations(entries, into)
+    for overlap in plan.overlaps:
+        for name, staged in overlap.staged.items():
+            staged.copy_(fresh[name])
+    checked = plan.check()
+    for entry in entries:
+        if entry.name in plan.skip or entry.name in plan.staged_names:
+            continue
+        written.update(plan.caller_written({entry.name}))
+        view = plan.views[entry.name]
+        data = fresh[entry.name].reshape(-1).view(torch.uint8).numpy()
+        if isinstance(view, Sink):
+            view.write(0, data)
+        else:
+            view[:] = data
+    written.update(plan.staged_names)
+    plan.write(checked)
+
+
+def _accounted(exc: ApplianceError, written: set[str]) -> ApplianceError:
+    """``exc`` again, saying which destination tensors the failed ``load(into=...)`` wrote."""
+    names = tuple(sorted(written))
+    shown = ", ".join(repr(n) for n in names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    problem = (
+        f"{exc.problem}; destination tensors written before the failure (their contents are undefined, "
+        f"every other destination is untouched): {shown}"
+    )
+    out = type(exc)(problem, remedy=exc.remedy)
+    out.written = names
+    return out
 
 
 def _first_restorable(
@@ -281,35 +352,68 @@ def load_to_device(
     generation: int | None = None,
     floor: int = 0,
     workers: int | None = None,
+    decoder: BatchDecoder | None = None,
+    events: EventLog | None = None,
 ) -> LoadedCheckpoint:
     """The newest valid checkpoint, verified, as tensors on ``device`` (a Jetson's GPU).
 
     With nvCOMP and a CUDA device, stored frames are verified on the CPU cores and decoded on the
     device (``appliance.gpu.restore``). Otherwise the reason is logged, the checkpoint is
-    restored on the CPU (``load``) and copied to ``device``.
+    restored on the CPU (``load``) and copied to ``device``. ``decoder`` (tests, other devices)
+    forces the batched path with that decoder.
+
+    Failures (docs/design.md §6.3.2): a frame failing its SHA-256 in the stager is a
+    ``FrameError`` — that checkpoint is abandoned for the next candidate like on the CPU path.
+    The decoder or device failing mid-restore is a ``HardwareError``: it is logged and emitted
+    (``restore.gpu_fallback`` on ``events``) and the *same* checkpoint is restored with the CPU
+    decoder and copied to ``device``; if that copy fails too, ``HardwareError`` (exit 70) is raised.
     """
     from appliance.codec import gpu as gpu_codec
 
     dev = torch.device(device)
-    availability = gpu_codec.available()
-    if dev.type != "cuda" or not availability.ok:
-        log.warning("decoding on the CPU, then copying to %s: %s", dev, availability.reason)
-        loaded = load(store, generation=generation, floor=floor, workers=workers)
-        loaded.tensors = {name: t.to(dev) for name, t in loaded.tensors.items()}
-        return loaded
+    if decoder is None:
+        availability = gpu_codec.available()
+        if dev.type != "cuda" or not availability.ok:
+            log.warning("decoding on the CPU, then copying to %s: %s", dev, availability.reason)
+            loaded = load(store, generation=generation, floor=floor, workers=workers)
+            loaded.tensors = _to_device(loaded.tensors, dev)
+            return loaded
+        decoder = gpu_codec.NvcompBatchDecoder(torch.cuda.current_stream(dev).cuda_stream, dev.index or 0)
     from appliance.gpu.restore import restore_to_device
 
-    decoder = gpu_codec.NvcompBatchDecoder(torch.cuda.current_stream(dev).cuda_stream, dev.index or 0)
+    batch_decoder = decoder
 
     def attempt(opened: OpenCheckpoint) -> tuple[dict[str, torch.Tensor], RestoreStats]:
-        flat, gstats = restore_to_device(store.storage, opened, dev, decoder, workers=workers)
         manifest = opened.verified.manifest
+        try:
+            flat, gstats = restore_to_device(store.storage, opened, dev, batch_decoder, workers=workers)
+        except HardwareError as exc:
+            log.warning("GPU restore of %s/%d failed, decoding on the CPU: %s", opened.slot, opened.generation, exc)
+            if events is not None:
+                events.emit(
+                    "restore.gpu_fallback",
+                    slot=opened.slot,
+                    generation=opened.generation,
+                    error=type(exc).__name__,
+                    problem=exc.problem,
+                )
+            fresh = {t.name: allocate(t) for t in manifest.tensors}
+            stats = restore_into_tensors(store.storage, opened, fresh, workers=workers)
+            stats.mode = "cpu (gpu failed)"
+            return _to_device(fresh, dev), stats
         tensors = {t.name: flat[t.name].view(torch_dtype(t.dtype)).reshape(t.shape) for t in manifest.tensors}
         stats = RestoreStats(opened.generation, opened.slot, raw_bytes=gstats.raw_bytes, seconds=gstats.seconds)
         stats.mode, stats.stored_bytes_read, stats.frames = "gpu", gstats.stored_bytes, gstats.frames
         return tensors, stats
 
     return _first_restorable(store, generation, floor, attempt)
+
+
+def _to_device(tensors: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
+    try:
+        return {name: t.to(dev) for name, t in tensors.items()}
+    except (RuntimeError, ValueError) as exc:  # the device itself failed: nothing restores onto it
+        raise HardwareError(f"copying the verified restore to {dev} failed: {exc}") from exc
 
 
 def _restore_zero_copy(
@@ -332,24 +436,6 @@ def _subset(opened: OpenCheckpoint, names: Collection[str] | Callable[[str], boo
         if unknown:
             raise TensorMismatchError(f"the checkpoint has no tensor(s) {unknown[:5]}")
     return {t.name: allocate(t) for t in manifest.tensors if t.name in chosen}
-
-
-def _destinations(opened: OpenCheckpoint, into: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    manifest = opened.verified.manifest
-    if into is None:
-        return {t.name: allocate(t) for t in manifest.tensors}
-    return dict(into)
-
-
-def _views(opened: OpenCheckpoint, tensors: Mapping[str, torch.Tensor]) -> dict[str, U8]:
-    manifest = opened.verified.manifest
-    names = {t.name for t in manifest.tensors}
-    if names != set(tensors):
-        missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
-        raise TensorMismatchError(
-            f"destination tensors differ from the checkpoint: missing {missing[:5]}, extra {extra[:5]}"
-        )
-    return {t.name: check_destination(t, tensors[t.name]) for t in manifest.tensors}
 
 
 def _dedupe(failures: list[Failure]) -> list[Failure]:

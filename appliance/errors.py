@@ -28,6 +28,7 @@ class ApplianceError(Exception):
 
     exit_code = 3
     remedy = "see the message above"
+    written: tuple[str, ...] = ()  # appliance.api.load(into=...): destination tensors written before the failure
 
     def __init__(self, problem: str, *, remedy: str | None = None) -> None:
         self.problem = problem
@@ -95,6 +96,21 @@ class CheckpointNotFoundError(UserError):
 class ConfigError(UserError):
     exit_code = 18
     remedy = "fix the store configuration (store.json) or re-initialise the store"
+
+
+class CanaryInputError(UserError):
+    exit_code = 19
+    remedy = "give the model a canary_input() it can run (same rank, dtype and device as real inputs)"
+
+
+class SourceChangedError(SourceFormatError):
+    exit_code = 20
+    remedy = "the source changed while it was committed; nothing was committed, commit it again once it is stable"
+
+
+class AliasingConflictError(TensorMismatchError):
+    exit_code = 21
+    remedy = "untie the destination tensors, or load into a model whose tied tensors were saved equal"
 
 
 class ControlDeniedError(UserError):
@@ -198,6 +214,11 @@ class ExportFileError(IntegrityError):
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
 
 
+class CanaryFailedError(IntegrityError):
+    exit_code = 42
+    remedy = "the restored checkpoint answered its canary wrongly; the slot is marked BAD and the other one used"
+
+
 class UnauthenticExportError(IntegrityError):
     exit_code = 43
     remedy = (
@@ -234,7 +255,11 @@ class HeadError(IntegrityError):
 
 class NoValidCheckpointError(ApplianceError):
     exit_code = 50
-    remedy = "enter recovery mode: import a signed checkpoint (USB) or commit a new one"
+    remedy = (
+        "recovery mode: import a signed checkpoint with `appliance import ROOT SRC` (a USB stick or directory "
+        "written by `appliance export`), or commit one with `appliance commit ROOT MODEL --key KEY` "
+        "(`appliance seed --config node.json` for the model's fresh state), then run `appliance boot`"
+    )
 
 
 # --- the environment failed --------------------------------------------------------------
@@ -273,6 +298,14 @@ class ServiceError(StorageError):
 class SupervisorUnavailableError(StorageError):
     exit_code = 66
     remedy = "start supervisord (systemctl start appliance-supervisor) and retry"
+
+
+class ModelFaultError(ServiceError):
+    exit_code = 67
+    remedy = (
+        "the checkpoint is intact; the model code or node.json does not fit it (tensor shapes, canary input): "
+        "fix the model factory and run `appliance boot` again"
+    )
 
 
 class ControlChannelError(StorageError):

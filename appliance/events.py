@@ -78,6 +78,19 @@ _CATALOGUE = (
     EventType("canary.failed", "9f5fe9c59d1f40f2a0de48880e2a82a6", 3,
               "canary failed for slot {slot} generation {generation}: {detail}",
               "The restored service answered the golden input wrongly; the checkpoint is marked BAD."),
+    EventType("canary.refused_input", "cab03d4ae7034db884fe01ab5f62c289", 3,
+              "the model cannot take the canary input of slot {slot} generation {generation}: {detail}",
+              "The model service refused the canary input itself (wrong rank or dtype for this model). This is a "
+              "model fault, not the checkpoint's: no slot is marked BAD (docs/boot.md, blame table)."),
+    EventType("boot.node_fault", "181360a90fe2425bb6347b35a1bff414", 3,
+              "slot {slot} generation {generation} is intact but the node cannot use it ({phase}): {reason}",
+              "The model or node failed, not the checkpoint: the model service cannot start, the model's tensors "
+              "do not fit, or the model cannot take the canary input. No slot is marked BAD and the boot attempt "
+              "is given back; boot exits 65 and is retried once a technician fixed the model or node.json."),
+    EventType("restore.gpu_fallback", "84f225a404ee40bd8e957df4cf4c7576", 4,
+              "GPU restore of slot {slot} generation {generation} failed ({error}: {problem}); decoding on the CPU",
+              "nvCOMP or the CUDA device failed during a verified restore (HardwareError). The same checkpoint is "
+              "restored again with the CPU decoder; if that fails too, the next checkpoint is tried."),
     EventType("boot.serving", "443baed6af794a5a92b953b482a774b0", 5,
               "serving slot {slot} generation {generation}; boot to serving {total_s}s",
               "Boot finished: the service serves a verified, canary-checked checkpoint."),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from appliance.boot.control import ServiceControl
-from appliance.boot.trial import Trial, TrialContext, run_trial
+from appliance.boot.trial import BLAMELESS_PHASES, Trial, TrialContext, run_trial
 from appliance.errors import ApplianceError, NoValidCheckpointError, RollbackError, ServiceError, StorageError
 from appliance.events import EventLog
 from appliance.format import slotstate as ss
@@ -124,10 +124,7 @@ class BootRun:
             if trial.node_fault:
                 return self._node_fault(opened, trial)
             if not trial.blames_checkpoint:
-                self._emit("fallback.taken", opened, reason=trial.reason)
-                return self._recover(
-                    f"the model service fails before it restores anything: {trial.reason}", ServiceError
-                )
+                return self._model_fault(opened, trial)
             self._fall_back(opened, trial.reason)
         return None
 
@@ -237,6 +234,21 @@ class BootRun:
         self.outcome.exit_code = ServiceError.exit_code
         self.outcome.stages["total_s"] = self.ctx.clock() - self.started
         return self.outcome
+
+    def _model_fault(self, opened: OpenCheckpoint, trial: Trial) -> BootOutcome:
+        """A model or service fault (blame table, docs/boot.md §2): no slot marked, recovery info, exit 65."""
+        if trial.phase in BLAMELESS_PHASES:
+            what = f"the model service fails before it restores anything: {trial.reason}"
+        else:
+            what = (
+                f"the model or node cannot use the intact checkpoint {opened.slot}/{opened.generation}: {trial.reason}"
+            )
+        self._save(
+            ss.node_fault(self.states.load(opened.slot), opened.generation, _digest(opened), trial.reason, _utc())
+        )
+        self._emit("boot.node_fault", opened, phase=trial.phase, reason=trial.reason)
+        self._emit("fallback.taken", opened, reason=trial.reason)
+        return self._recover(what, ServiceError)
 
     def _fall_back(self, opened: OpenCheckpoint, reason: str) -> None:
         self.outcome.failures.append(f"{opened.slot}/gen {opened.generation}: {reason}")

@@ -3,9 +3,13 @@
 Owns: ``run_trial`` and its result (``Trial``): writing the handoff, (re)starting the service
 program, watching its report and process state until it is restored, failed, dead or out of
 time, then the health gate (the checkpoint's canary, answered by the restored service).
-It also decides *whom to blame*: a service that dies before it starts restoring is broken
-itself (no checkpoint is marked); one that fails while restoring or answering the canary
-condemns the checkpoint. Does not own marking slots or choosing candidates (``sequence``).
+It also decides *whom to blame* (the blame table, docs/boot.md §4): only what the checkpoint
+itself can cause condemns it — a failed signature, digest or structure check while restoring
+(an ``IntegrityError``), a service that dies while restoring, a canary answered wrongly.
+Node and model faults blame no checkpoint: a service that fails before it restores, a model
+whose tensors do not fit (``ModelFaultError``), a model that cannot take the canary input
+(HTTP 422), a configuration or service error (exit codes 10-29 and 65-67).
+Does not own marking slots or choosing candidates (``sequence``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance.boot.control import ServiceControl
-from appliance.errors import ApplianceError, ControlChannelError, ServiceError
+from appliance.errors import ApplianceError, CanaryFailedError, ControlChannelError, ModelFaultError, ServiceError
 from appliance.events import EventLog
 from appliance.format.canary import Canary, check
 from appliance.format.handoff import Handoff, Phase, ServiceReport
@@ -27,6 +31,7 @@ from appliance.node.rundir import RunDir
 from appliance.store.discovery import OpenCheckpoint
 
 BLAMELESS_PHASES = frozenset({Phase.STARTING.value, Phase.LOADING.value})
+MODEL_FAULT_CODES = frozenset({*range(10, 30), ServiceError.exit_code, 66, ModelFaultError.exit_code})
 
 
 class ServiceProbe(Protocol):
@@ -46,6 +51,8 @@ class ControlProbe:
             status, body = self.client.call("POST", "/v1/canary", {"inputs": inputs})
         except ControlChannelError as exc:
             raise ServiceError(f"the service's control channel failed: {exc.problem}") from exc
+        if status == 422:
+            raise ModelFaultError(f"the model cannot take the canary input (HTTP 422): {body}")
         if status != 200 or not isinstance(body, dict):
             raise ServiceError(f"the service refused the canary (HTTP {status}): {body}")
         return body.get("outputs")
@@ -78,10 +85,11 @@ class Trial:
     reason: str = ""
     report: ServiceReport | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    model_fault: bool = False  # the model or its configuration failed, not the checkpoint (gate or report)
 
     @property
     def blames_checkpoint(self) -> bool:
-        return not self.ok and self.phase not in BLAMELESS_PHASES and not self.node_fault
+        return not self.ok and self.phase not in BLAMELESS_PHASES and not self.node_fault and not self.model_fault
 
     @property
     def node_fault(self) -> str:
@@ -145,7 +153,9 @@ def _wait_restored(ctx: TrialContext, handoff: Handoff) -> Trial:
 def _failed(report: ServiceReport) -> Trial:
     error = report.error or {}
     phase = str(error.get("phase", report.phase.value))
-    return Trial(False, phase, f"{error.get('error', 'error')}: {error.get('problem', 'the service failed')}", report)
+    code = error.get("exit_code")
+    reason = f"{error.get('error', 'error')}: {error.get('problem', 'the service failed')}"
+    return Trial(False, phase, reason, report, model_fault=code in MODEL_FAULT_CODES)
 
 
 def _health_gate(ctx: TrialContext, opened: OpenCheckpoint, trial: Trial) -> Trial:
@@ -159,10 +169,13 @@ def _health_gate(ctx: TrialContext, opened: OpenCheckpoint, trial: Trial) -> Tri
     else:
         try:
             result = check(canary, ctx.probe.canary(canary.input))
+        except ModelFaultError as exc:
+            ctx.events.emit("canary.refused_input", **where, detail=exc.problem)
+            return Trial(False, "restored", f"{type(exc).__name__}: {exc.problem}", trial.report, trial.seconds, True)
         except ServiceError as exc:
             return _gate_failed(ctx, trial, where, f"the service did not answer the canary: {exc.problem}")
         if not result.ok:
-            return _gate_failed(ctx, trial, where, result.detail)
+            return _gate_failed(ctx, trial, where, f"{CanaryFailedError.__name__}: {result.detail}")
         detail = result.detail
     info = ctx.control.info(ctx.config.service_program)
     if not info.alive or (trial.report is not None and info.pid != trial.report.pid):

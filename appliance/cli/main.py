@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.node_commands",
     "appliance.cli.scrub_commands",
     "appliance.cli.perf_commands",
+    "appliance.cli.pin_commands",
     "appliance.cli.transfer_commands",
     "appliance.cli.remote_commands",
     "appliance.cli.firstboot_commands",
@@ -97,6 +98,7 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--meta", metavar="JSON", help="JSON object (or @file) stored with the checkpoint")
     p.add_argument("--policy", choices=["compact", "fast", "auto"], help="override the store's policy")
     p.add_argument("--full", action="store_true", help="compaction: store every frame without a delta chain")
+    p.add_argument("--allow-empty", action="store_true", help="commit even if the source holds no tensors")
     add_json(p)
     p.set_defaults(func=sc.cmd_commit)
 

@@ -32,6 +32,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--once", action="store_true", help="one pass, then exit (exit 69 if the upload failed)")
     p.set_defaults(func=cmd_replicate)
 
+    p = sub.add_parser("publish", help="publish a release-signed checkpoint to a fleet channel (operator)")
+    p.add_argument("root", type=Path, metavar="ROOT", help="the release store")
+    p.add_argument("--remote", type=Path, required=True, metavar="REMOTE.json", help="object store configuration")
+    p.add_argument("--channel", required=True, help="channel name (a-z, 0-9, '-')")
+    p.add_argument("--key", type=Path, required=True, metavar="RELEASE.key", help="the release signing key")
+    p.add_argument("--generation", type=int, metavar="N", help="publish exactly this generation (default: newest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("channel", help="follow the fleet channel named in remote.json (node)")
+    p.add_argument("action", choices=["follow"], help="follow: import the channel's newest release if new")
+    _common(p)
+    p.add_argument("--watch", action="store_true", help="poll every poll_interval seconds until stopped")
+    p.set_defaults(func=cmd_channel)
+
     p = sub.add_parser("remote", help="the object-store replica: status, pull")
     p.add_argument("action", choices=["status", "pull"], help="status: replicated/pending/failed; pull: restore")
     _common(p)
@@ -147,3 +162,65 @@ def _pull_text(d: dict[str, Any]) -> str:
         f"pulled generation {d['generation']} into slot {d['slot']}: {d['from_source']} blobs "
         f"({human_bytes(d['bytes_from_source'])}) from the object store, {d['from_other_slot']} from the other slot"
     )
+
+
+def cmd_publish(args: argparse.Namespace, out: Output) -> int:
+    from appliance.remote.channel import publish
+    from appliance.remote.s3 import ObjectStore
+    from appliance.store.store import Store
+
+    remote = load_remote(args.remote)
+    store = Store.open(args.root)
+    opened = store.select(args.generation).opened
+    objects = ObjectStore(remote, remote.channel_prefix(args.channel))
+    result = publish(store, objects, opened, channel=args.channel, keys=[SigningKey.load(args.key)])
+    out.result(
+        result,
+        lambda d: (
+            f"channel {d['channel']}: generation {d['generation']} as sequence {d['sequence']}"
+            + (" (already published)" if d["already"] else f", {d['uploaded']} of {d['blobs']} blobs uploaded")
+        ),
+    )
+    return 0
+
+
+def cmd_channel(args: argparse.Namespace, out: Output) -> int:
+    from appliance.node.floor import open_floor
+    from appliance.remote.channel import follow
+    from appliance.remote.s3 import ObjectStore
+    from appliance.remote.state import StateDir
+
+    node, remote, store = _open(args)
+    if not remote.channel or not remote.channel_trust:
+        raise ConfigError("remote.json names no channel or no channel_trust (release public keys)")
+    objects = ObjectStore(remote, remote.channel_prefix())
+    accepted = [PublicKey.load(p) for p in remote.channel_trust]
+    events = EventLog(node.event_log, "channel")
+    stop = threading.Event()
+    if args.watch:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    while True:
+        try:
+            result = follow(store, objects, channel=remote.channel, accepted=accepted,
+                            state_dir=StateDir(remote.state_dir), floor=open_floor(node).read())  # fmt: skip
+            if result["imported"]:
+                events.emit(
+                    "remote.restored", site=objects.prefix, **{k: v for k, v in result.items() if k != "channel"}
+                )
+        except ApplianceError as exc:
+            if not args.watch:
+                raise
+            events.emit("remote.restore_failed", site=objects.prefix, error=type(exc).__name__, problem=exc.problem)
+            result = {"error": type(exc).__name__, "problem": exc.problem}
+        if not args.watch:
+            out.result(
+                result,
+                lambda d: (
+                    f"channel {d['channel']}: sequence {d['sequence']}, generation "
+                    f"{d['generation']}" + (f" imported into slot {d['slot']}" if d["imported"] else " (nothing new)")
+                ),
+            )
+            return 0
+        if stop.wait(remote.poll_interval):
+            return 0

@@ -111,6 +111,7 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
                 progress=progress,
                 directory=parts,
                 provenance=provenance,
+                allow_empty=args.allow_empty,
             )
     finally:
         model.close()

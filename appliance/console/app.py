@@ -62,6 +62,7 @@ class ConsoleSettings:
     session: rules.SessionPolicy = field(default_factory=rules.SessionPolicy)
     scrub_seconds: float = 60.0
     provisioned_technicians: Path | None = None  # first boot's technicians.json (read-only), if any
+    remote: Path | None = None  # remote.json of the replicator, for the replication metrics
 
 
 class Console:
@@ -220,7 +221,7 @@ def register_auth(app: FastAPI, con: Console, csrf_ok: CsrfCheck, refused: Refus
 
     @app.get("/metrics")
     async def metrics_page() -> Response:
-        return Response(metrics.render(con.config), media_type=metrics.CONTENT_TYPE)
+        return Response(metrics.render(con.config, con.settings.remote), media_type=metrics.CONTENT_TYPE)
 
 
 def register_pages(app: FastAPI, con: Console, csrf_ok: CsrfCheck, refused: Refuse) -> None:

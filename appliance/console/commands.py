@@ -84,6 +84,7 @@ def _register_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--listen", action="append", metavar="HOST:PORT", help=listen_help)
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME", help="extra Host name to accept")
     p.add_argument("--tls", action="store_true", help="TLS on loopback too (always on for other addresses)")
+    p.add_argument("--remote", type=Path, metavar="REMOTE.json", help="replicator config: adds replication metrics")
     p.set_defaults(func=cmd_serve, json=False)
     p = csub.add_parser("passwd", help="provision or change a technician's password (argon2id)")
     add_config(p)
@@ -233,4 +234,5 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     from appliance.console.server import serve
 
     listen = [parse_listen(v) for v in (args.listen or [DEFAULT_LISTEN])]
-    return serve(Path(args.config).resolve(), state_dir(args), listen, args.allow_host, force_tls=args.tls)
+    return serve(Path(args.config).resolve(), state_dir(args), listen, args.allow_host, force_tls=args.tls,
+                 remote=args.remote)  # fmt: skip

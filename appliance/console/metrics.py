@@ -5,13 +5,15 @@ exposition). Metric names follow Prometheus conventions (``appliance_`` prefix, 
 ``_total`` counters). Sources: the ``boot.serving`` event (restore seconds per stage),
 ``state.exported`` (persist pause), ``persist.committed`` (duration, commits),
 ``fallback.taken`` (fallbacks), slot ``state.json`` files (slot states), ``scrub.json``
-(scrub progress). Replication lag is added by the replication program when it exists.
+(scrub progress) and, with ``--remote REMOTE.json``, the replicator's queue (replication lag).
 Does not own serving HTTP (``app``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,14 +30,43 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class NodeCollector(Collector):
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, remote: Path | None = None) -> None:
         self.config = config
+        self.remote = remote
 
     def collect(self) -> Iterator[Any]:
         events = read_events(self.config.event_log, _NAMES)
         yield from self._boot(events)
         yield from self._persist(events)
         yield from self._slots()
+        if self.remote is not None:
+            yield from self._replication(self.remote)
+
+    def _replication(self, remote: Path) -> Iterator[Any]:
+        """From the replicator's durable queue (``STATE_DIR/replication.json``); read-only."""
+        lag = GaugeMetricFamily("appliance_replication_lag_generations",
+                                "Committed generations newer than the one replicated to the remote")  # fmt: skip
+        done = GaugeMetricFamily("appliance_replication_replicated_generation", "Newest generation on the remote")
+        uploads = CounterMetricFamily("appliance_replication_uploads", "Checkpoints replicated (head published)")
+        failures = CounterMetricFamily("appliance_replication_failures", "Failed replication attempts")
+        try:
+            from appliance.remote.config import load_remote
+            from appliance.remote.state import STATE_FILE, ReplicationState
+            from appliance.store.discovery import scan
+            from appliance.store.store import Store
+
+            cfg = load_remote(remote)
+            state = ReplicationState.from_dict(json.loads((Path(cfg.state_dir) / STATE_FILE).read_text()))
+            store = Store.open(self.config.store, trust_path=self.config.trust or None)
+            newest = max((r.generation for r in scan(store.storage, store.limits).records if r.record), default=0)
+            replicated = state.replicated.generation if state.replicated else 0
+            lag.add_metric([], float(max(0, newest - replicated)))
+            done.add_metric([], float(replicated))
+            uploads.add_metric([], float(state.uploads))
+            failures.add_metric([], float(state.failures))
+        except (ApplianceError, StorageError, OSError, ValueError, TypeError):
+            pass  # no replicator state yet: the series are absent
+        yield from (lag, done, uploads, failures)
 
     def _boot(self, events: list[dict[str, Any]]) -> Iterator[Any]:
         stages = GaugeMetricFamily(
@@ -96,7 +127,7 @@ def _last_gauge(name: str, doc: str, events: list[dict[str, Any]], event: str, f
     return g
 
 
-def render(config: NodeConfig) -> bytes:
+def render(config: NodeConfig, remote: Path | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(config))
+    registry.register(NodeCollector(config, remote))
     return bytes(generate_latest(registry))

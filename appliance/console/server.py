@@ -35,8 +35,8 @@ def allowed_hosts(listen: Sequence[tuple[str, int]], extra: Sequence[str]) -> tu
     return tuple(sorted(names))
 
 
-def serve(config_path: Path, state_dir: Path, listen: Sequence[tuple[str, int]], extra_hosts: Sequence[str],
-          force_tls: bool = False) -> int:  # fmt: skip
+def serve(config_path: Path, state_dir: Path, listen: Sequence[tuple[str, int]], extra_hosts: Sequence[str], *,
+          force_tls: bool = False, remote: Path | None = None) -> int:  # fmt: skip
     hosts = allowed_hosts(listen, extra_hosts)
 
     def tls_on(host: str) -> bool:
@@ -47,8 +47,9 @@ def serve(config_path: Path, state_dir: Path, listen: Sequence[tuple[str, int]],
     if secure:
         cert = tls.ensure_certificate(state_dir, hosts)
         key = tls.cert_paths(state_dir)[1]
+    provisioned = config_path.parent / "technicians.json"
     settings = ConsoleSettings(config_path=config_path, state_dir=state_dir, allowed_hosts=hosts, tls=secure,
-                               provisioned_technicians=config_path.parent / "technicians.json")  # fmt: skip
+                               provisioned_technicians=provisioned, remote=remote)  # fmt: skip
     app = create_app(settings)
     configs = []
     for host, port in listen:

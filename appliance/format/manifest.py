@@ -28,6 +28,7 @@ from appliance.format.directory import AssetEntry, ShardEntry, check_label, vali
 from appliance.format.dtypes import DType, dtype_named
 from appliance.format.frame import FrameRef
 from appliance.format.provenance import Provenance
+from appliance.format.validate import check_metadata, check_shape
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 FORMAT_NAME = "appliance.checkpoint"
@@ -71,11 +72,9 @@ class TensorEntry:
         name = validate_tensor_name(d["name"], limits)
         dtype = dtype_named(d["dtype"]).name
         shape = d["shape"]
-        if not isinstance(shape, list) or len(shape) > limits.max_tensor_dims:
+        if not isinstance(shape, list):
             raise ManifestError(f"tensor {name!r}: shape must be a list of at most {limits.max_tensor_dims} dims")
-        for dim in shape:
-            if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= limits.tensor_max_bytes:
-                raise ManifestError(f"tensor {name!r}: shape has an invalid dimension {dim!r:.40}")
+        check_shape(name, shape, ManifestError, limits)
         frames = d["frames"]
         if not isinstance(frames, list) or len(frames) > limits.max_frames:
             raise ManifestError(f"tensor {name!r}: frames must be a list of at most {limits.max_frames}")
@@ -284,8 +283,7 @@ def validate_manifest(m: Manifest, limits: Limits) -> None:
         raise ManifestError(f"manifest.frame_size {m.frame_size} must be a multiple of 16 within the frame cap")
     if m.policy not in POLICIES:
         raise ManifestError(f"manifest.policy {m.policy!r:.20} is not one of {', '.join(POLICIES)}")
-    if len(canonical_bytes(dict(m.metadata))) > limits.metadata_max_bytes:
-        raise LimitExceededError(f"manifest.metadata is larger than {limits.metadata_max_bytes} bytes")
+    check_metadata(m.metadata, LimitExceededError, limits, what="manifest.metadata")  # the writer's check too
     names = [t.name for t in m.tensors]
     if len(set(names)) != len(names):
         raise ManifestError("manifest has duplicate tensor names")

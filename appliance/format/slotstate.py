@@ -15,6 +15,7 @@ Transitions (docs/boot.md §2)::
     any      --attempt(same candidate)-->  same state, attempts+1
     UNKNOWN  --mark_good-->                GOOD, attempts=0, good_* = candidate
     GOOD     --crash(same candidate)-->    GOOD, attempts+1   (boot counting after restore)
+    any      --node_fault(same candidate)--> same state, attempts-1 (the model or node failed, not it)
     any      --mark_bad-->                 BAD (good_* cleared if it named this candidate)
     any      --refuse(newer-or-same gen)-> BAD (discovery refused it: signature, floor, ...)
     any      --reset-->                    UNKNOWN, attempts=0 (technician)
@@ -149,6 +150,14 @@ def crash(s: SlotState, generation: int, digest: str, now: str) -> SlotState:
     if not s.is_candidate(generation, digest):
         return attempt(s, generation, digest, now)
     return replace(s, attempts=s.attempts + 1, updated=now)
+
+
+def node_fault(s: SlotState, generation: int, digest: str, reason: str, now: str) -> SlotState:
+    """The trial of ``generation`` failed for a node or model fault (docs/boot.md §4): the attempt is
+    given back, so retried boots never exhaust, and so never condemn, a healthy checkpoint."""
+    if not s.is_candidate(generation, digest):
+        return s
+    return replace(s, attempts=max(0, s.attempts - 1), reason=reason[:REASON_MAX], updated=now)
 
 
 def exhausted(s: SlotState, max_attempts: int) -> bool:

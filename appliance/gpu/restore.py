@@ -13,6 +13,10 @@ verify batch *i+1* (double buffering). Delta chains restore level by level: ever
 Does not own: nvCOMP (``appliance.codec.gpu``), the transforms (``transforms``), or choosing
 between this and the CPU path (``appliance.api.load_to_device``).
 
+Errors: a stored frame failing its SHA-256 (or a decoder's own frame check) is ``FrameError``,
+the checkpoint's fault; anything else the decoder or the device raises is ``HardwareError``
+(exit 70), which ``load_to_device`` answers by decoding the same checkpoint on the CPU.
+
 Runs on any torch device: on ``cpu`` with ``CpuBatchDecoder`` it is what the tests exercise; on
 ``cuda`` with ``NvcompBatchDecoder`` it is the Jetson path (checked by ``hil/``).
 """
@@ -32,7 +36,7 @@ import torch
 from appliance.codec import zstdframe
 from appliance.codec.frames import MAX_WINDOW
 from appliance.codec.gpu import BatchDecoder, FrameBatch, aligned_layout
-from appliance.errors import FrameError
+from appliance.errors import ApplianceError, FrameError, HardwareError
 from appliance.format.manifest import FrameRef
 from appliance.limits import MiB
 from appliance.storage import Storage
@@ -151,7 +155,7 @@ def restore_to_device(
     device: torch.device | str,
     decoder: BatchDecoder,
     *,
-    batch_bytes: int = BATCH_BYTES,
+    batch_bytes: int | None = None,  # default: BATCH_BYTES
     workers: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], GpuRestoreStats]:
     """Restore ``opened`` into new uint8 tensors on ``device`` (name -> flat bytes)."""
@@ -159,7 +163,7 @@ def restore_to_device(
     manifest = opened.verified.manifest
     dest = {t.name: torch.empty(t.nbytes, dtype=torch.uint8, device=device) for t in manifest.tensors}
     stats = GpuRestoreStats(raw_bytes=manifest.raw_bytes)
-    plan = [batch for level in plan_levels(opened) for batch in batches(level, batch_bytes)]
+    plan = [batch for level in plan_levels(opened) for batch in batches(level, batch_bytes or BATCH_BYTES)]
     capacity = max((aligned_layout([s.frame.size for s in b])[1] for b in plan), default=1)
     start = time.perf_counter()
     reader = SlotReader(storage, opened.slot)
@@ -223,6 +227,26 @@ def plan_runs(batch: list[Step], payload_offsets: list[int]) -> list[Run]:
 
 
 def _decode_batch(
+    batch: list[Step],
+    staging: torch.Tensor,
+    offsets: list[int],
+    *,
+    dest: dict[str, torch.Tensor],
+    decoder: BatchDecoder,
+    device: torch.device,
+    stats: GpuRestoreStats,
+) -> None:
+    try:
+        _decode_on_device(batch, staging, offsets, dest=dest, decoder=decoder, device=device, stats=stats)
+    except ApplianceError:
+        raise  # FrameError from a decoder's own frame checks: the checkpoint's fault, as on the CPU path
+    except Exception as exc:  # nvCOMP, CUDA or the driver failed: not the checkpoint's fault
+        raise HardwareError(
+            f"the device decoder failed on a batch of {len(batch)} verified frame(s): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _decode_on_device(
     batch: list[Step],
     staging: torch.Tensor,
     offsets: list[int],

@@ -72,6 +72,8 @@ class RemoteConfig:
     read_timeout: float = 30.0
     max_attempts: int = 4  # per request, inside the S3 client (standard retry mode)
     restore_at_boot: bool = True  # boot restores from here when no local checkpoint is valid
+    channel: str = ""  # fleet channel this node follows ("" = none): <prefix>/channels/<channel>/
+    channel_trust: tuple[str, ...] = ()  # release public keys: the only keys a channel head and checkpoint may carry
 
     def __post_init__(self) -> None:
         if not self.endpoint.startswith(("http://", "https://")):
@@ -82,6 +84,8 @@ class RemoteConfig:
             check_name(self.device, "remote device")
             for part in self.prefix.split("/"):
                 check_name(part, "remote prefix component")
+            if self.channel:
+                check_name(self.channel, "remote channel")
         except Exception as exc:
             raise ConfigError(str(getattr(exc, "problem", exc))) from exc
         if self.bandwidth_limit < 0 or self.poll_interval <= 0 or self.retry_base <= 0 or self.retry_cap <= 0:
@@ -93,9 +97,13 @@ class RemoteConfig:
     def device_prefix(self) -> str:
         return f"{self.prefix}/devices/{self.device}"
 
+    def channel_prefix(self, channel: str | None = None) -> str:
+        return f"{self.prefix}/channels/{check_name(channel or self.channel, 'channel')}"
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": REMOTE_FORMAT, "version": REMOTE_VERSION, **asdict(self)}
         out["head_trust"] = list(self.head_trust)
+        out["channel_trust"] = list(self.channel_trust)
         return out
 
     @classmethod
@@ -107,8 +115,9 @@ class RemoteConfig:
         unknown = set(fields) - known
         if unknown:
             raise ConfigError(f"remote.json has unknown fields: {', '.join(sorted(unknown))}")
-        if "head_trust" in fields:
-            fields["head_trust"] = tuple(fields["head_trust"])
+        for name in ("head_trust", "channel_trust"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
         try:
             config = cls(**fields)
         except TypeError as exc:
@@ -124,6 +133,7 @@ class RemoteConfig:
             "credentials": r(self.credentials),
             "head_key": r(self.head_key),
             "head_trust": tuple(r(p) for p in self.head_trust),
+            "channel_trust": tuple(r(p) for p in self.channel_trust),
             "state_dir": r(self.state_dir),
         })  # fmt: skip
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from appliance.errors import CheckpointNotFoundError, HeadError
+from appliance.errors import CheckpointNotFoundError, HeadError, UntrustedKeyError
 from appliance.format.remote import HEAD_KEY, HEAD_MAX_BYTES, HeadRecord, check_head_fresh
 from appliance.remote.head import verify_head
 from appliance.remote.s3 import ObjectStore, RemoteLayout
@@ -45,10 +45,23 @@ def fetch_head(
 
 
 def pull_checkpoint(
-    store: Store, objects: ObjectStore, head: HeadRecord, *, floor: int, progress: Progress | None = None
+    store: Store,
+    objects: ObjectStore,
+    head: HeadRecord,
+    *,
+    floor: int,
+    progress: Progress | None = None,
+    require_signers: frozenset[str] | None = None,
 ) -> ImportResult:
+    """Import the head's checkpoint; ``require_signers``: key ids one of which must have signed it (a channel's
+    release keys: a device-signed checkpoint is refused there), checked before any bulk data."""
     layout = RemoteLayout(objects, pinned=head.bundle.key.rpartition("/")[2])
     plan = inspect_source(store, layout, generation=head.generation, floor=floor)
     if plan.verified.manifest.digest() != head.manifest_digest:
         raise HeadError("the head names a manifest its bundle does not hold (head and bundle swapped?)")
+    if require_signers is not None and not set(plan.verified.keyids) & require_signers:
+        raise UntrustedKeyError(
+            f"the channel's checkpoint (generation {head.generation}) is not signed by a release key of the channel",
+            remedy="publish only release-signed checkpoints; check channel_trust in remote.json",
+        )
     return import_checkpoint(store, layout, generation=head.generation, floor=floor, progress=progress, plan=plan)

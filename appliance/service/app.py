@@ -109,7 +109,7 @@ class AdaptGate:
             self.window.append(now)
 
 
-def answer(runtime: ServiceRuntime, run: Callable[[list[list[float]]], list[Any]], inputs: Any) -> dict[str, Any]:
+def answer(runtime: ServiceRuntime, run: Callable[[list[Any]], list[Any]], inputs: Any) -> dict[str, Any]:
     outputs = shape_errors(lambda: run(inputs))
     opened = runtime.restored.opened if runtime.restored else None
     return {

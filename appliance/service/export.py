@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from appliance.errors import ExportFileError
+from appliance.errors import CanaryInputError, ExportFileError, ManifestError
 from appliance.format.canary import Canary
 from appliance.format.export import ExportInfo
 from appliance.service import loader
@@ -85,12 +85,24 @@ def _copy_into(state: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor])
 
 
 def _canary(model: nn.Module) -> Canary | None:
-    inputs = loader.canary_input(model)
-    if inputs is None:
-        return None
-    with torch.inference_mode():
-        expected = model(inputs)
-    return Canary(input=inputs.tolist(), expected=expected.tolist(), atol=CANARY_ATOL, rtol=CANARY_RTOL)
+    """The model's answer to its own canary input; ``CanaryInputError`` if it cannot take it.
+
+    A canary is only ever recorded after the model ran it (``seed`` and every export), so boot
+    never meets a canary input that the model refuses (docs/boot.md §4).
+    """
+    try:
+        inputs = loader.canary_input(model)
+        if inputs is None:
+            return None
+        with torch.inference_mode():
+            expected = model(inputs)
+        return Canary(input=inputs.tolist(), expected=expected.tolist(), atol=CANARY_ATOL, rtol=CANARY_RTOL)
+    except ManifestError as exc:
+        raise CanaryInputError(f"the model's canary cannot be recorded: {exc.problem}") from exc
+    except Exception as exc:  # the model's own code: any failure means it cannot take its canary input
+        raise CanaryInputError(
+            f"the model cannot take its own canary input ({type(exc).__name__}: {str(exc)[:300]})"
+        ) from exc
 
 
 def write(snapshot: Snapshot, outbox: str | Path, model_entry: str, source: dict[str, Any] | None) -> ExportResult:

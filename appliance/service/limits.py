@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import AfterValidator, BaseModel, Field, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -33,19 +35,55 @@ _503 = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: cl
 
 @dataclass(frozen=True)
 class RequestModels:
-    batch: type[BaseModel]  # {"inputs": [[finite, ...], ...]}
+    batch: type[BaseModel]  # {"inputs": nested lists (rank <= 8) of finite numbers}
     adaptation: type[BaseModel]  # {"inputs": ..., "targets": ...}
     admission: type[BaseModel]  # {"boot_id": "..."}
+
+
+MAX_INPUT_RANK = 8  # an image batch is 4-D, video 5-D: inference and canary inputs of any such rank
 
 
 def request_models(config: NodeConfig) -> RequestModels:
     number = Annotated[float, Field(allow_inf_nan=False)]
     row = Annotated[list[number], Field(min_length=1, max_length=config.max_row)]
     rows = Annotated[list[row], Field(min_length=1, max_length=config.max_batch)]
-    batch = create_model("Batch", inputs=(rows, ...))
+    tensor = Annotated[list[Any], AfterValidator(_nested_input(config.max_batch, config.max_row))]
+    batch = create_model("Batch", inputs=(tensor, ...))
     adaptation = create_model("Adaptation", inputs=(rows, ...), targets=(rows, ...))
     admission = create_model("Admission", boot_id=(Annotated[str, Field(min_length=1, max_length=64)], ...))
     return RequestModels(batch, adaptation, admission)
+
+
+def _nested_input(max_batch: int, max_row: int) -> Callable[[list[Any]], list[Any]]:
+    """Inference/canary input of any rank up to ``MAX_INPUT_RANK`` (issue 12: a (2,3,8,8) canary is 4-D).
+
+    The caps of the 2-D form still hold: at most ``max_batch`` items in the first dimension, at
+    most ``max_row`` numbers in an innermost list, ``max_batch * max_row`` numbers in all, every
+    number finite. Walked with an explicit stack (no recursion on untrusted nesting).
+    """
+
+    def check(value: list[Any]) -> list[Any]:
+        if not 1 <= len(value) <= max_batch:
+            raise ValueError(f"inputs must hold 1..{max_batch} items")
+        budget = max_batch * max_row
+        stack: list[tuple[Any, int]] = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, list):
+                if depth > MAX_INPUT_RANK or not item:
+                    raise ValueError(f"inputs must be non-empty nested lists of at most {MAX_INPUT_RANK} dimensions")
+                if not isinstance(item[0], list) and len(item) > max_row:
+                    raise ValueError(f"an innermost list holds more than {max_row} numbers")
+                stack.extend((child, depth + 1) for child in item)
+                continue
+            if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+                raise ValueError("inputs must be finite numbers")
+            budget -= 1
+            if budget < 0:
+                raise ValueError(f"inputs hold more than {max_batch * max_row} numbers")
+        return value
+
+    return check
 
 
 class BodyLimit:

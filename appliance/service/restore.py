@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from appliance.errors import CheckpointNotFoundError, ManifestError, TensorMismatchError
+from appliance.errors import CheckpointNotFoundError, ManifestError, ModelFaultError, TensorMismatchError
 from appliance.format.handoff import Handoff
-from appliance.sources.tensors import check_destination
+from appliance.sources.destinations import plan_destinations, restore_into_tensors
 from appliance.store.discovery import OpenCheckpoint, open_checkpoint
 from appliance.store.restore import RestoreStats
 from appliance.store.slot import SlotReader
@@ -53,15 +53,26 @@ def open_handoff(store: Store, handoff: Handoff) -> OpenCheckpoint:
 
 
 def restore_into_model(store: Store, handoff: Handoff, model: nn.Module, workers: int | None = None) -> Restored:
+    """Restore into ``model.state_dict()`` (any layout, tied weights checked equal).
+
+    A model whose tensors do not fit the checkpoint (names, dtypes, shapes, an aliasing
+    conflict) is the model's fault, not the checkpoint's: ``ModelFaultError`` (boot blames no
+    slot for it, docs/boot.md §4).
+    """
     opened = open_handoff(store, handoff)
     entries = {t.name: t for t in opened.verified.manifest.tensors}
     state = model.state_dict()
     missing, extra = sorted(set(entries) - set(state)), sorted(set(state) - set(entries))
-    if missing or extra:
-        raise TensorMismatchError(
-            f"checkpoint and model differ: only in checkpoint {missing[:5]}, only in model {extra[:5]}",
-            remedy="serve this checkpoint with the model it was made from (node.json 'model')",
-        )
-    views = {name: check_destination(entries[name], tensor) for name, tensor in state.items()}
-    stats = store.restore_into(opened, views, workers=workers)
+    try:
+        if missing or extra:
+            raise TensorMismatchError(
+                f"checkpoint and model differ: only in checkpoint {missing[:5]}, only in model {extra[:5]}"
+            )
+        plan_destinations(opened.verified.manifest.tensors, state)
+    except TensorMismatchError as exc:
+        raise ModelFaultError(
+            f"the model's tensors do not fit {handoff.slot}/{handoff.generation}: {exc.problem}",
+            remedy="serve this checkpoint with the model it was made from (node.json 'model'); it is intact",
+        ) from exc
+    stats = restore_into_tensors(store.storage, opened, state, workers=workers)
     return Restored(opened, stats)

@@ -158,16 +158,16 @@ class ServiceRuntime:
             raise NotAvailableError(f"not serving: the service is {self.phase.value}")
         return self.model
 
-    def _run(self, model: nn.Module, inputs: list[list[float]]) -> list[Any]:
+    def _run(self, model: nn.Module, inputs: list[Any]) -> list[Any]:
         x = torch.tensor(inputs, dtype=torch.float32)
         with self.model_lock, torch.inference_mode():
             out: list[Any] = model(x).tolist()
         return out
 
-    def infer(self, inputs: list[list[float]]) -> list[Any]:
+    def infer(self, inputs: list[Any]) -> list[Any]:
         return self._run(self._model_in(Phase.SERVING), inputs)
 
-    def canary(self, inputs: list[list[float]]) -> list[Any]:
+    def canary(self, inputs: list[Any]) -> list[Any]:
         return self._run(self._model_in(Phase.RESTORED, Phase.SERVING), inputs)
 
     def admit(self, boot_id: str) -> None:

@@ -38,7 +38,8 @@ from appliance.format.directory import (
     source_header_metadata,
 )
 from appliance.format.dtypes import DTYPES, from_safetensors, safetensors_code
-from appliance.sources.tensors import byte_view, check_reserved_names, dtype_name
+from appliance.sources.stable import StableFile, safetensors_offsets
+from appliance.sources.tensors import check_reserved_names, dtype_name
 from appliance.store.encode import TensorSource
 
 INDEX_MAX_BYTES = 64 * 1024 * 1024
@@ -62,6 +63,9 @@ class ImportedModel:
     _handles: list[Any] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
+        for handle in self._handles:
+            if isinstance(handle, StableFile):
+                handle.close()
         self._handles.clear()
 
     @property
@@ -153,10 +157,13 @@ def open_model(source: str | Path) -> ImportedModel:
     held: dict[str, str] = {}
     for path in files:
         with _wrap(path):
-            handle = safe_open(str(path), framework="pt")
+            stable = StableFile(path)  # tensor bytes are read with pread, never mmap (no SIGBUS)
+            model._handles.append(stable)
+            handle = safe_open(str(path), framework="pt")  # validates the structure
             model._handles.append(handle)
             header = dict(handle.metadata() or {})  # type: ignore[no-untyped-call]
             names = list(handle.keys())  # type: ignore[no-untyped-call]
+            offsets = safetensors_offsets(stable)
         check_reserved_names(names)
         model.metadata.update(header)
         model.shards.append(ShardEntry(path.name, tuple(names), source_header_metadata(header)))
@@ -164,7 +171,7 @@ def open_model(source: str | Path) -> ImportedModel:
             if name in held:
                 raise SourceFormatError(f"tensor {name!r} appears in two shards: {held[name]} and {path.name}")
             held[name] = path.name
-            model.sources.append(_lazy_source(path, handle, name))
+            model.sources.append(_lazy_source(path, handle, name, stable, offsets[name]))
     if index is not None:
         check_index(source / INDEX_NAME, index, held)
         model.index_metadata = dict(index.metadata)
@@ -179,7 +186,8 @@ def check_index(path: Path, index: SourceIndex, held: Mapping[str, str]) -> None
         raise SourceFormatError(f"{path}: {what}" + (f": {_listing(names)}" if names else ""))
 
 
-def _lazy_source(path: Path, handle: Any, name: str) -> TensorSource:
+def _lazy_source(path: Path, handle: Any, name: str, stable: StableFile, span: tuple[int, int]) -> TensorSource:
+    """One tensor, read with ``pread`` when committed; the file must not change (``StableFile``)."""
     with _wrap(path):
         info = handle.get_slice(name)
         code, st_shape = info.get_dtype(), tuple(info.get_shape())
@@ -187,15 +195,14 @@ def _lazy_source(path: Path, handle: Any, name: str) -> TensorSource:
         dtype, shape = from_safetensors(code, st_shape)
     except ValueError as exc:
         raise SourceFormatError(f"{path}: tensor {name!r}: {exc}") from exc
+    begin, end = span
+    if end - begin != math.prod(shape) * dtype.itemsize:
+        raise SourceFormatError(f"{path}: tensor {name!r} spans {end - begin} bytes, its dtype and shape need more")
 
     def load() -> U8:
-        with _wrap(path):
-            tensor = handle.get_tensor(name)
-        if dtype_name(tensor.dtype) != dtype.name or tuple(tensor.shape) != shape:
-            raise SourceFormatError(f"{path}: tensor {name!r} changed while it was imported")
-        return byte_view(tensor.contiguous())
+        return stable.read(begin, end - begin)
 
-    return TensorSource(name, dtype.name, shape, load)
+    return TensorSource(name, dtype.name, shape, load, recheck=stable.check)
 
 
 def check_exportable(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from appliance.codec.transform import U8
-from appliance.errors import ReservedNameError, TensorMismatchError, UsageError
+from appliance.errors import ReservedNameError, TensorMismatchError, UsageError, UserError
 from appliance.format.directory import RESERVED_TENSOR_NAMES
 from appliance.format.dtypes import DTYPES
 from appliance.format.manifest import TensorEntry
@@ -50,17 +50,50 @@ def byte_view(t: torch.Tensor) -> U8:
     """A 1-D uint8 numpy view of ``t``'s memory; ``t`` must be a contiguous CPU tensor."""
     if t.device.type != "cpu" or not t.is_contiguous():
         raise TensorMismatchError(f"tensor on {t.device} (contiguous={t.is_contiguous()}) has no CPU byte view")
-    flat = t.detach().reshape(-1)
-    if flat.numel() == 0:
+    if t.numel() == 0:
         return torch.empty(0, dtype=torch.uint8).numpy()
+    flat = t.detach().as_strided((t.numel(),), (1,))  # contiguous: size-1 dims may carry any stride
     return flat.view(torch.uint8).numpy()
 
 
-def source_from_tensor(name: str, t: torch.Tensor) -> TensorSource:
-    def load() -> U8:
-        return byte_view(t.detach().to("cpu").contiguous())
+def check_strided(name: str, t: torch.Tensor, error: type[UserError]) -> None:
+    """Refuse tensors that have no plain element memory to read or write, naming ``name``.
 
-    return TensorSource(name, dtype_name(t.dtype), tuple(t.shape), load)
+    Meta tensors hold no data; sparse, MKL-DNN and other non-strided layouts, nested tensors and
+    quantized tensors store something other than their logical elements (format v1 stores dense
+    elements of the dtypes in ``appliance.format.dtypes`` only).
+    """
+    kind = None
+    if t.is_meta or t.device.type == "meta":
+        kind = "a meta tensor (it holds no data)"
+    elif t.is_nested:
+        kind = "a nested tensor"
+    elif t.is_quantized:
+        kind = f"a quantized tensor ({t.dtype})"
+    elif t.layout != torch.strided:
+        kind = f"a {str(t.layout).removeprefix('torch.')} tensor"
+    if kind is not None:
+        raise error(
+            f"tensor {name!r} is {kind}; only dense (strided) tensors can be stored or restored",
+            remedy="convert it first (tensor.to_dense(), .dequantize(), or materialise it on a real device)",
+        )
+
+
+def source_from_tensor(name: str, t: torch.Tensor) -> TensorSource:
+    """A source for one tensor of any strides, device or lazy conj/neg bit (materialised when loaded)."""
+    if not isinstance(t, torch.Tensor):
+        raise UsageError(f"value for {name!r} is a {type(t).__name__}, not a torch.Tensor")
+    check_strided(name, t, UsageError)
+    try:
+        dtype = dtype_name(t.dtype)
+    except UsageError as exc:
+        raise UsageError(f"tensor {name!r}: {exc.problem}") from exc
+
+    def load() -> U8:
+        plain = t.detach().resolve_conj().resolve_neg().to("cpu").contiguous()
+        return byte_view(plain)
+
+    return TensorSource(name, dtype, tuple(t.shape), load)
 
 
 API_TENSORS_REMEDY = (
@@ -101,12 +134,18 @@ def tensor_from_region(entry: TensorEntry, region: Region) -> torch.Tensor:
 
 
 def check_destination(entry: TensorEntry, t: torch.Tensor) -> U8:
-    """The byte view to restore ``entry`` into ``t``, after checking dtype, shape and layout."""
+    """The byte view of a plain (contiguous CPU) destination; other layouts: ``appliance.sources.destinations``."""
     if not isinstance(t, torch.Tensor):
         raise TensorMismatchError(f"destination for {entry.name!r} is not a torch.Tensor")
+    check_strided(entry.name, t, TensorMismatchError)
     if str(t.dtype).removeprefix("torch.") != entry.dtype or tuple(t.shape) != entry.shape:
         raise TensorMismatchError(
             f"tensor {entry.name!r}: checkpoint has {entry.dtype}{list(entry.shape)}, "
             f"destination is {str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+        )
+    if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or t.is_neg():
+        raise TensorMismatchError(
+            f"destination {entry.name!r} ({t.device}, strides {t.stride()}) has no plain byte view",
+            remedy="restore through appliance.api.load(into=...), which fills any layout",
         )
     return byte_view(t)

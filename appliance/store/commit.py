@@ -29,18 +29,23 @@ from typing import Any
 from appliance.errors import (
     ApplianceError,
     FrameMissingError,
+    ManifestError,
     NoValidCheckpointError,
     RevokedKeyError,
     StorageError,
     UntrustedKeyError,
     UsageError,
 )
-from appliance.format.canonical import canonical_bytes
+from appliance.format.canary import METADATA_KEY as CANARY_KEY
+from appliance.format.canary import Canary
 from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import choose_target_slot, first_unused_generation
 from appliance.format.provenance import Provenance
+from appliance.format.statement import parse_bundle, parse_statement
+from appliance.format.validate import check_metadata as check_metadata_rules
+from appliance.format.validate import check_tensor_count, check_unique
 from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import SigningKey, TrustStore, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
@@ -53,6 +58,7 @@ from appliance.store.encode import (
     FrameEncoder,
     FrameSupply,
     TensorSource,
+    check_source,
     encode_all,
     tensor_jobs,
 )
@@ -104,6 +110,7 @@ class CommitRequest:
     clock: Callable[[], float] = time.time
     directory: DirectoryParts = field(default_factory=DirectoryParts)  # assets, shards (model directories)
     provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
+    allow_empty: bool = False  # a checkpoint without tensors (metadata only) is refused unless asked for
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -118,19 +125,57 @@ def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
 
 
 def check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The reader's metadata rules (``appliance.format.validate``), refused as input (exit 10)."""
     try:
-        data = canonical_bytes(dict(metadata))
+        check_metadata_rules(metadata, UsageError, DEFAULT_LIMITS)
+    except UsageError as exc:
+        raise UsageError(
+            exc.problem,
+            remedy="pass a JSON object (API argument `metadata`, CLI --meta) within the caps of appliance/limits.py; "
+            "NaN and infinities are not JSON; store large state as tensors (appliance.training flattens it)",
+        ) from exc
+    try:  # boot's health gate reads it the same way: a canary no boot could use is refused now, not there
+        Canary.from_metadata(dict(metadata))
+    except ManifestError as exc:
+        raise UsageError(
+            f"metadata key {CANARY_KEY!r} is not a valid canary: {exc.problem}",
+            remedy="give the canary an `input` and either `expected` (+ atol/rtol) or `output_sha256` "
+            "(docs/boot.md); `appliance seed` and exports record one from the model itself",
+        ) from exc
+    return dict(metadata)
+
+
+def check_sources(sources: list[TensorSource], *, allow_empty: bool) -> None:
+    """Every structural rule on the tensor table, before a byte is written (input errors, never 34)."""
+    if not sources and not allow_empty:
+        raise UsageError(
+            "the checkpoint would hold no tensors",
+            remedy="commit the model's tensors; pass allow_empty=True (--allow-empty) only to store metadata alone",
+        )
+    check_tensor_count(len(sources), UsageError)
+    check_unique([s.name for s in sources], UsageError)
+    for src in sources:
+        check_source(src)
+
+
+def _recheck_sources(sources: list[TensorSource]) -> None:
+    """Every file-backed source is still the file that was opened (``SourceChangedError`` if not)."""
+    seen: set[Callable[[], None]] = set()
+    for src in sources:
+        if src.recheck is not None and src.recheck not in seen:
+            seen.add(src.recheck)
+            src.recheck()
+
+
+def _reader_accepts(bundle: bytes) -> None:
+    """The bundle parses with the reader's own code (defence in depth: never commit what no reader takes)."""
+    try:
+        parse_statement(parse_bundle(bundle).payload)
     except ApplianceError as exc:
         raise UsageError(
-            f"metadata is not JSON-serialisable: {exc.problem}",
-            remedy="pass a JSON object (API argument `metadata`, CLI --meta); NaN and infinities are not JSON",
+            f"the checkpoint would not be readable: {exc.problem}",
+            remedy="reduce the metadata or the tensor table below the caps in appliance/limits.py",
         ) from exc
-    if len(data) > DEFAULT_LIMITS.metadata_max_bytes:
-        raise UsageError(
-            f"metadata is {len(data)} bytes; the cap is {DEFAULT_LIMITS.metadata_max_bytes}",
-            remedy="store large state as tensors, not metadata (API: appliance.training flattens nested state)",
-        )
-    return dict(metadata)
 
 
 def _utc(ts: float) -> str:
@@ -260,6 +305,8 @@ def commit(
     start = time.perf_counter()
     check_signing_keys(request.keys, trust)
     metadata = check_metadata(request.metadata)
+    sources = list(sources)  # names, dtypes and shapes only: the bytes load lazily, one tensor at a time
+    check_sources(sources, allow_empty=request.allow_empty)
     found = scan(storage)
     parent = _find_parent(storage, trust, request.model, found, request.floor)
     target = choose_target_slot(found.views(dict(request.good)), parent.slot if parent else None)
@@ -289,8 +336,10 @@ def commit(
         )
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
+        _recheck_sources(sources)  # never a mixture of two versions of a source file
         _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
         bundle = sign_manifest(manifest, request.keys)
+        _reader_accepts(bundle)
         write_durable(storage, layout.bundle_path(target, generation), bundle)
         placer.created.append(layout.bundle_path(target, generation))
         record = CommitRecord(

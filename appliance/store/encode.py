@@ -23,6 +23,7 @@ the GPU, where undoing the rotation is free) ``egN+zstd-lit`` (bf16: 1.51). Delt
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,8 +38,9 @@ from appliance.errors import ApplianceError, FrameMissingError, ManifestError, S
 from appliance.format.codec_name import IDENTITY, LIT_LEVEL, CodecSpec
 from appliance.format.digest import Digest
 from appliance.format.dtypes import DType, dtype_named
-from appliance.format.manifest import FrameRef, Manifest, TensorEntry, validate_tensor_name
+from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import frame_spans
+from appliance.format.validate import check_shape, check_tensor_bytes, validate_tensor_name
 from appliance.store.slot import SlotReader
 
 DELTA_ACCEPT_FRACTION = 1 / 8
@@ -46,12 +48,17 @@ DELTA_ACCEPT_FRACTION = 1 / 8
 
 @dataclass(frozen=True)
 class TensorSource:
-    """One tensor to commit; ``load`` returns its bytes as a 1-D uint8 array (C order)."""
+    """One tensor to commit; ``load`` returns its bytes as a 1-D uint8 array (C order).
+
+    ``recheck`` (sources read from files) raises ``SourceChangedError`` if the source changed
+    since it was opened; the commit calls it after the last frame is durable, before the bundle.
+    """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     load: Callable[[], U8]
+    recheck: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,19 @@ class FrameJob:
     raw: U8
 
 
+def check_source(src: TensorSource) -> tuple[str, DType, tuple[int, ...]]:
+    """The reader's rules on one tensor's name, dtype and shape, refused as input errors."""
+    name = validate_tensor_name(src.name, error=UsageError)
+    try:
+        dtype = dtype_named(src.dtype)
+    except ApplianceError as exc:
+        raise UsageError(f"tensor {name!r}: {exc.problem}") from exc
+    check_shape(name, list(src.shape), UsageError)
+    shape = tuple(int(d) for d in src.shape)
+    check_tensor_bytes(name, math.prod(shape) * dtype.itemsize, UsageError)
+    return name, dtype, shape
+
+
 def tensor_jobs(
     sources: Iterable[TensorSource],
     frame_size: int,
@@ -266,12 +286,10 @@ def tensor_jobs(
     """Validate each source and cut it into frame jobs; loads one tensor at a time."""
     seen: set[str] = set()
     for ti, src in enumerate(sources):
-        name = validate_tensor_name(src.name)
+        name, dtype, shape = check_source(src)
         if name in seen:
             raise UsageError(f"tensor name {name!r} appears twice")
         seen.add(name)
-        dtype = dtype_named(src.dtype)
-        shape = tuple(int(d) for d in src.shape)
         entries.append((name, dtype.name, shape))
         nbytes = TensorEntry(name, dtype.name, shape, ()).nbytes
         data = src.load()

@@ -1,9 +1,11 @@
 """Retention and garbage collection inside one slot.
 
-Owns: deciding what a slot keeps (the newest ``keep`` checkpoints whose record, bundle and
-signature verify, plus any generation the caller protects) and deleting the rest in a
-crash-safe order. Does not own choosing *which* slot (the commit collects its target slot;
-``appliance gc`` collects both).
+Owns: deciding what a slot keeps and deleting the rest in a crash-safe order. Kept
+(rule G3, docs/design.md §6): the newest ``keep`` checkpoints whose record, bundle and
+signature verify; the newest such checkpoint that holds tensors (so metadata-only commits
+can never push the real model out); and every generation the caller protects — the newest
+GOOD one and every pinned one (``appliance pin``, ``Store.pin``). Does not own choosing
+*which* slot (the commit collects its target slot; ``appliance gc`` collects both).
 
 Delete order (docs/design.md §6, rule G1): a checkpoint is un-committed first (its record is
 unlinked and the directory synced), then its bundle; frames are unlinked last, and only if no
@@ -56,14 +58,17 @@ def collect_slot(
     if not reader.available():
         return report
     valid: list[int] = []
+    with_tensors: list[int] = []
     for outcome in reader.records():  # newest first
         if outcome.record is None:
             continue
         try:
-            open_checkpoint(storage, outcome.record, trust, model, limits, check_frames=False)
-            valid.append(outcome.generation)
+            opened = open_checkpoint(storage, outcome.record, trust, model, limits, check_frames=False)
         except ApplianceError:
             continue
+        valid.append(outcome.generation)
+        if opened.verified.manifest.tensors:
+            with_tensors.append(outcome.generation)
     names = reader.checkpoint_names()
     if not valid:  # G2: with nothing verifiable (e.g. a wrong trust store) delete no checkpoint
         _drop_leftovers(storage, slot, report)
@@ -72,6 +77,7 @@ def collect_slot(
     cutoff = min(retained)
     committed = {g for g, k, _ in names if k == "commit"}
     keep_gens = {g for g in committed if g >= cutoff} | set(retained) | (protect & set(valid))
+    keep_gens |= set(with_tensors[:1])  # G3: the newest checkpoint with tensors is never collected
     report.kept = sorted(keep_gens, reverse=True)
     _drop_checkpoints(storage, slot, names, keep_gens, report)
     _drop_leftovers(storage, slot, report)

@@ -15,9 +15,10 @@ import numpy as np
 
 from appliance.codec.transform import U8
 from appliance.errors import TensorMismatchError
+from appliance.format.frame import FrameRef
 from appliance.storage import Storage
 from appliance.store.discovery import OpenCheckpoint
-from appliance.store.restore import FrameDecoder, RestoreStats, Task, check_raw, collect, run_all, worker_count
+from appliance.store.restore import FrameDecoder, RestoreStats, check_raw, collect, run_all, worker_count
 from appliance.store.slot import SlotReader
 
 
@@ -31,7 +32,7 @@ def restore_selected(
 ) -> RestoreStats:
     """Restore the tensors named by ``dest`` (name -> writable uint8 view of ``nbytes``) only."""
     manifest = opened.verified.manifest
-    tasks: list[Task] = []
+    tasks: list[tuple[FrameRef, U8]] = []
     raw_bytes = 0
     for name, view in dest.items():
         try:

@@ -9,8 +9,14 @@ Guarantees:
 * No frame byte is decoded before its stored SHA-256 matched the signed manifest.
 * Memory is bounded: each worker owns one read buffer and one scratch set of at most one
   frame each; there is no second copy of the model.
+* Destinations are byte views (written in place) or ``Sink``s (strided, device or otherwise
+  non-byte-addressable destinations: each frame is decoded into the worker's frame-sized
+  scratch and handed to ``Sink.write``), so any layout restores with one frame of extra memory
+  per worker.
 * On any error the restore stops and raises; the destination is then partially written and
-  must not be used (the boot path discards it and falls back).
+  must not be used (the boot path discards it and falls back). ``written`` (if given) is filled
+  with the name of every destination *before* its first byte is written, so a caller can say
+  exactly which destinations a failed restore touched (``appliance.api.load``).
 
 Speed (docs/performance.md): one worker per core over independent frames (hashlib, zstandard
 and numpy release the GIL); each frame is read into the worker's reused, already-touched
@@ -29,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,8 +52,29 @@ from appliance.store.discovery import OpenCheckpoint
 from appliance.store.slot import SlotReader
 
 Progress = Callable[[int], None]
-Task = tuple[FrameRef, U8]
 READ_AHEAD = 64 * MiB
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination that is not a writable byte view: it takes each frame's decoded bytes."""
+
+    nbytes: int
+
+    def write(self, offset: int, data: U8) -> None:
+        """Place ``data`` (decoded tensor bytes) at byte ``offset`` of the tensor's C-order bytes."""
+        ...
+
+
+Destination = U8 | Sink
+
+
+@dataclass(frozen=True)
+class Task:
+    frame: FrameRef
+    name: str
+    out: Destination  # the frame's own slice of a byte view, or the tensor's sink
+    offset: int  # byte offset of the frame within its tensor
 
 
 @dataclass
@@ -101,11 +129,12 @@ class RestoreStats:
 
 
 class _Worker:
-    """Per-thread state: a read buffer, decode scratch and stage timers."""
+    """Per-thread state: a read buffer, decode scratch, a sink buffer and stage timers."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.scratch = Scratch()
+        self.out = np.empty(0, np.uint8)
         self.times = StageTimes()
         self.stored = 0
 
@@ -128,6 +157,13 @@ class FrameDecoder:
             with self._lock:
                 self.workers.append(w)
         return w
+
+    def sink_buffer(self, size: int) -> U8:
+        """This worker's reused buffer for a frame headed to a ``Sink`` (``size`` bytes)."""
+        w = self._worker()
+        if w.out.size < size:
+            w.out = np.empty(size, np.uint8)
+        return w.out[:size]
 
     def decode(self, frame: FrameRef, out: U8) -> None:
         """Write the raw bytes of ``frame`` into ``out``; bases first, each verified."""
@@ -175,8 +211,8 @@ class Prefetcher:
             self.storage.prefetch(layout.frame_path(self.slot, frame.digest))
 
 
-def destination_views(opened: OpenCheckpoint, dest: Mapping[str, U8]) -> dict[str, U8]:
-    """Check that ``dest`` has a byte view of the right size for every tensor, and nothing else."""
+def destination_views(opened: OpenCheckpoint, dest: Mapping[str, Destination]) -> dict[str, Destination]:
+    """Check that ``dest`` has a byte view or sink of the right size for every tensor, and nothing else."""
     manifest = opened.verified.manifest
     names = {t.name for t in manifest.tensors}
     extra, missing = set(dest) - names, names - set(dest)
@@ -184,24 +220,36 @@ def destination_views(opened: OpenCheckpoint, dest: Mapping[str, U8]) -> dict[st
         raise TensorMismatchError(
             f"destination tensors differ from the checkpoint: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
         )
-    views = {}
+    views: dict[str, Destination] = {}
     for t in manifest.tensors:
         view = dest[t.name]
+        if isinstance(view, Sink):
+            if view.nbytes != t.nbytes:
+                raise TensorMismatchError(f"destination for {t.name!r} takes {view.nbytes} bytes, not {t.nbytes}")
+            views[t.name] = view
+            continue
         if view.dtype != np.uint8 or view.ndim != 1 or view.size != t.nbytes or not view.flags.writeable:
             raise TensorMismatchError(f"destination for {t.name!r} is not a writable {t.nbytes}-byte view")
         views[t.name] = view
     return views
 
 
-def frame_tasks(opened: OpenCheckpoint, views: Mapping[str, U8]) -> list[Task]:
-    """Every tensor frame with its destination slice, large frames first (load balance)."""
+def frame_tasks(opened: OpenCheckpoint, views: Mapping[str, Destination]) -> list[Task]:
+    """Every tensor frame with its destination, large frames first (load balance).
+
+    A tensor missing from ``views`` is skipped: its bytes are another destination's (aliasing
+    resolved by the caller, ``appliance.sources.destinations``).
+    """
     tasks: list[Task] = []
     for t in opened.verified.manifest.tensors:
-        offset = 0
+        if t.name not in views:
+            continue
+        view, offset = views[t.name], 0
         for frame in t.frames:
-            tasks.append((frame, views[t.name][offset : offset + frame.raw_size]))
+            out = view if isinstance(view, Sink) else view[offset : offset + frame.raw_size]
+            tasks.append(Task(frame, t.name, out, offset))
             offset += frame.raw_size
-    tasks.sort(key=lambda task: -task[0].raw_size)
+    tasks.sort(key=lambda task: -task.frame.raw_size)
     return tasks
 
 
@@ -212,28 +260,48 @@ def worker_count(workers: int | None, tasks: int) -> int:
 def restore_into(
     storage: Storage,
     opened: OpenCheckpoint,
-    dest: Mapping[str, U8],
+    dest: Mapping[str, Destination],
     *,
     deep: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    skip: frozenset[str] = frozenset(),
+    written: set[str] | None = None,
 ) -> RestoreStats:
-    """Restore ``opened`` into the byte views ``dest`` (tensor name -> uint8 view)."""
+    """Restore ``opened`` into ``dest`` (tensor name -> uint8 view or ``Sink``).
+
+    ``skip`` names tensors whose destination is another tensor's memory (tied weights whose
+    frames were checked equal); they are neither read nor written. ``written`` receives each
+    destination's name just before its first byte is written.
+    """
     manifest = opened.verified.manifest
-    views = destination_views(opened, dest)
+    views = {n: v for n, v in destination_views(opened, dest).items() if n not in skip}
     reader = SlotReader(storage, opened.slot)
     decoder = FrameDecoder(reader, manifest.frame_index())
     tasks = frame_tasks(opened, views)
-    prefetcher = Prefetcher(storage, opened.slot, [frame for frame, _ in tasks])
+    prefetcher = Prefetcher(storage, opened.slot, [task.frame for task in tasks])
     n_workers = worker_count(workers, len(tasks))
     stats = RestoreStats(opened.generation, opened.slot, raw_bytes=manifest.raw_bytes, workers=n_workers)
+    touched = written if written is not None else set()
+    lock = threading.Lock()
 
     def run(index: int) -> None:
-        frame, out = tasks[index]
+        task = tasks[index]
+        frame = task.frame
         prefetcher.ahead_of(index)
-        decoder.decode(frame, out)
-        if deep:
-            check_raw(decoder, frame, out)
+        if task.name not in touched:
+            with lock:
+                touched.add(task.name)
+        if isinstance(task.out, Sink):
+            out = decoder.sink_buffer(frame.raw_size)
+            decoder.decode(frame, out)
+            if deep:
+                check_raw(decoder, frame, out)
+            task.out.write(task.offset, out)
+        else:
+            decoder.decode(frame, task.out)
+            if deep:
+                check_raw(decoder, frame, task.out)
         if progress is not None:
             progress(frame.raw_size)
 

@@ -11,18 +11,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance.codec.transform import U8
 from appliance.errors import (
     ApplianceError,
+    CheckpointNotFoundError,
     ConfigError,
+    ManifestError,
     NoValidCheckpointError,
     StorageError,
     StoreExistsError,
     StoreNotFoundError,
     TrustStoreError,
+    UsageError,
 )
 from appliance.format.canonical import canonical_bytes, strict_loads
 from appliance.format.commit import SLOT_NAMES
+from appliance.format.pins import Pins
 from appliance.format.plan import choose_target_slot, next_generation, protected_slot
 from appliance.format.provenance import Provenance
 from appliance.format.restore_time import DeviceRates, choose_policy
@@ -34,11 +37,11 @@ from appliance.store import layout
 from appliance.store.assets import DirectoryParts
 from appliance.store.commit import CommitRequest, CommitResult, commit
 from appliance.store.config import StoreConfig
-from appliance.store.discovery import OpenCheckpoint, Selection, scan, select
+from appliance.store.discovery import OpenCheckpoint, Selection, open_checkpoint, scan, select
 from appliance.store.encode import EncodeOptions, TensorSource
 from appliance.store.gc import GcReport, collect_slot
 from appliance.store.lock import writer_lock
-from appliance.store.restore import RestoreStats, restore_into
+from appliance.store.restore import Destination, RestoreStats, restore_into
 from appliance.store.slot import SlotReader
 from appliance.store.verify import VerifyReport, verify_store
 
@@ -157,6 +160,7 @@ class Store:
         progress: Progress | None = None,
         directory: DirectoryParts | None = None,
         provenance: Provenance | None = None,
+        allow_empty: bool = False,
     ) -> tuple[CommitResult, GcReport]:
         """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
         profile = self.device_profile()
@@ -170,6 +174,7 @@ class Store:
         )
         with writer_lock(self.lock_path):
             good = self.good_provider()
+            pinned = self.pins().generations  # a damaged pins.json stops the commit before it writes
             request = CommitRequest(
                 self.config.model,
                 options,
@@ -179,9 +184,10 @@ class Store:
                 good,
                 directory=directory or DirectoryParts(),
                 provenance=provenance,
+                allow_empty=allow_empty,
             )
             result = commit(self.storage, self.trust, sources, request, progress)
-            protect = frozenset(g for g in (good.get(result.slot),) if g is not None)
+            protect = frozenset(g for g in (good.get(result.slot),) if g is not None) | pinned
             gc = collect_slot(
                 self.storage, result.slot, self.trust, self.config.model, keep=self.config.keep, protect=protect
             )
@@ -208,9 +214,48 @@ class Store:
         with writer_lock(self.lock_path):
             write_durable(self.storage, layout.DEVICE_PROFILE, canonical_bytes(rates.to_dict()) + b"\n")
 
+    # --- pins ------------------------------------------------------------------------------
+
+    def pins(self) -> Pins:
+        """Pinned generations (``pins.json``); absent means none. Damaged: ``ConfigError``."""
+        try:
+            return Pins.from_dict(_read_json(self.storage, layout.PINS, layout.PINS, self.limits))
+        except FileNotFoundError:
+            return Pins()
+        except ManifestError as exc:
+            raise ConfigError(f"{layout.PINS} is damaged: {exc.problem}") from exc
+
+    def pin(self, generation: int, label: str = "pinned") -> Pins:
+        """Pin a committed, verifiable ``generation``: retention keeps it until it is unpinned."""
+        with writer_lock(self.lock_path):
+            found = [r for r in scan(self.storage, self.limits).records if r.generation == generation and r.record]
+            if not found:
+                raise CheckpointNotFoundError(f"generation {generation} is not committed in this store")
+            for outcome in found:
+                assert outcome.record is not None
+                open_checkpoint(
+                    self.storage, outcome.record, self.trust, self.config.model, self.limits, check_frames=False
+                )
+            try:
+                pins = self.pins().with_pin(generation, label)
+            except ManifestError as exc:
+                raise UsageError(exc.problem) from exc
+            write_durable(self.storage, layout.PINS, canonical_bytes(pins.to_dict()) + b"\n")
+            return pins
+
+    def unpin(self, generation: int) -> Pins:
+        with writer_lock(self.lock_path):
+            current = self.pins()
+            if generation not in current.generations:
+                raise CheckpointNotFoundError(f"generation {generation} is not pinned")
+            pins = current.without(generation)
+            write_durable(self.storage, layout.PINS, canonical_bytes(pins.to_dict()) + b"\n")
+            return pins
+
     def gc(self) -> list[GcReport]:
         with writer_lock(self.lock_path):
             good = self.good_provider()
+            pinned = self.pins().generations
             return [
                 collect_slot(
                     self.storage,
@@ -218,7 +263,7 @@ class Store:
                     self.trust,
                     self.config.model,
                     keep=self.config.keep,
-                    protect=frozenset(g for g in (good.get(slot),) if g is not None),
+                    protect=frozenset(g for g in (good.get(slot),) if g is not None) | pinned,
                 )
                 for slot in SLOT_NAMES
             ]
@@ -248,13 +293,17 @@ class Store:
     def restore_into(
         self,
         opened: OpenCheckpoint,
-        dest: Mapping[str, U8],
+        dest: Mapping[str, Destination],
         *,
         deep: bool = False,
         workers: int | None = None,
         progress: Progress | None = None,
+        skip: frozenset[str] = frozenset(),
+        written: set[str] | None = None,
     ) -> RestoreStats:
-        return restore_into(self.storage, opened, dest, deep=deep, workers=workers, progress=progress)
+        return restore_into(
+            self.storage, opened, dest, deep=deep, workers=workers, progress=progress, skip=skip, written=written
+        )
 
     def verify(self, deep: bool = False, progress: Progress | None = None) -> VerifyReport:
         return verify_store(

@@ -67,7 +67,9 @@ def save(
     )
     tensors, skeleton = flatten(state)
     user[METADATA_KEY] = {"version": SKELETON_VERSION, "state": skeleton}
-    return api.save(store, tensors, key, user, policy=policy, full=full)
+    # A training state is explicit even without tensors (its skeleton lives in the metadata);
+    # retention still never drops the newest checkpoint with tensors (rule G3).
+    return api.save(store, tensors, key, user, policy=policy, full=full, allow_empty=True)
 
 
 def load(

@@ -242,3 +242,22 @@ def test_overview_shows_the_served_checkpoint_with_signer_and_lineage(node: Node
 
     (keyid,) = [k.keyid for k in Store.open(node.config.store).trust.keys]
     assert f"<code>{keyid}</code>" in page and "none (full checkpoint)" in page and "Vendor provenance" in page
+
+
+def test_metrics_show_replication_lag_from_the_replicators_queue(node: Node, tmp_path: Path) -> None:
+    state = tmp_path / "replicate"
+    state.mkdir()
+    (state / "replication.json").write_text(json.dumps({
+        "format": "appliance.replication", "version": 1, "device": "node-1",
+        "replicated": {"generation": 1, "manifest_digest": "0" * 64, "sequence": 1, "at": "2026-01-01T00:00:00Z"},
+        "pending_generation": 3, "attempts": 2, "last_error": "timeout", "next_attempt_at": None, "uploads": 1,
+        "blobs_uploaded": 40, "blobs_skipped": 0, "bytes_uploaded": 1000, "failures": 2, "history": [],
+    }))  # fmt: skip
+    remote = tmp_path / "remote.json"
+    remote.write_text(json.dumps({"format": "appliance.remote", "version": 1, "endpoint": "http://127.0.0.1:9",
+                                  "bucket": "fleet", "device": "node-1", "credentials": "creds.json",
+                                  "state_dir": str(state)}))  # fmt: skip
+    text = client(node, remote=remote).get("/metrics").text
+    assert "appliance_replication_lag_generations 2.0" in text  # newest 3, replicated 1
+    assert "appliance_replication_failures_total 2.0" in text
+    assert "appliance_replication_lag_generations" not in client(node).get("/metrics").text

@@ -76,6 +76,44 @@ def reads_weights_at_init() -> DemoModel:
     return model
 
 
+class ChannelsLastConvNet(torch.nn.Module):
+    """A small CNN kept in ``channels_last`` (common on Jetson) whose canary is an image batch (2,3,8,8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 4, 3)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(memory_format=torch.channels_last)
+        y = self.conv2(torch.relu(self.bn(self.conv1(x))))
+        return self.head(y.mean(dim=(2, 3)))
+
+    def canary_input(self) -> torch.Tensor:
+        return torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+
+
+def conv_channels_last() -> ChannelsLastConvNet:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return ChannelsLastConvNet().eval().to(memory_format=torch.channels_last)
+
+
+class RefusesItsCanary(DemoModel):
+    """A model whose own canary input has the wrong width: ``seed`` must refuse to record it."""
+
+    def canary_input(self) -> torch.Tensor:
+        return torch.zeros(1, 3)
+
+
+def refuses_its_canary() -> RefusesItsCanary:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return RefusesItsCanary(in_features=16, hidden=64, layers=2, out_features=4)
+
+
 MEMORY_HOG = 777.0
 
 

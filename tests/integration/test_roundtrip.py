@@ -79,7 +79,7 @@ def test_load_into_preallocated_tensors_in_place(store: Store, key: SigningKey) 
         (lambda d: d.update(w=torch.zeros_like(d["w"], dtype=torch.float16)), "destination is"),
         (lambda d: d.pop("v"), "missing"),
         (lambda d: d.update(extra=torch.zeros(1)), "extra"),
-        (lambda d: d.update(v=torch.zeros(d["v"].numel() * 2)[::2]), "contiguous"),
+        (lambda d: d.update(v=torch.empty_like(d["v"], device="meta")), "'v' is a meta tensor"),
     ],
 )
 def test_mismatched_destinations_are_refused(store: Store, key: SigningKey, mutate, needle: str) -> None:  # type: ignore[no-untyped-def]
@@ -101,7 +101,7 @@ def test_metadata_must_be_json(store: Store, key: SigningKey) -> None:
 def test_unsupported_values_are_refused(store: Store, key: SigningKey) -> None:
     with pytest.raises(UsageError, match="torch.Tensor"):
         api.save(store, {"x": [1, 2, 3]}, key)  # type: ignore[dict-item]
-    with pytest.raises(UsageError, match="appears twice|cannot be stored"):
+    with pytest.raises(UsageError, match="tensor .q. is a quantized tensor"):
         api.save(store, {"q": torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.quint8)}, key)
 
 

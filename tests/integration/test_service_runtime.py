@@ -81,12 +81,12 @@ def test_handoff_that_does_not_match_the_slot_fails_with_its_exit_code(node: Nod
 
 
 def test_checkpoint_for_another_architecture_fails_the_restore(node: NodeConfig) -> None:
-    """Tensor names or shapes that do not fit the model end the restore (the checkpoint is then BAD)."""
+    """Tensor names or shapes that do not fit the model end the restore as the *model's* fault (no slot blamed)."""
     handoff(node)
     runtime, _ = started(with_changes(node, model="tests.integration.fixture_models:medium"))
     assert runtime.phase is Phase.FAILED
-    assert runtime.error is not None and runtime.error["error"] == "TensorMismatchError"
-    assert runtime.error["phase"] == "restoring"
+    assert runtime.error is not None and runtime.error["error"] == "ModelFaultError"
+    assert runtime.error["phase"] == "restoring" and runtime.exit_code == 67
 
 
 def test_missing_handoff_is_a_service_fault(node: NodeConfig) -> None:

@@ -101,7 +101,7 @@ def test_any_nested_state_round_trips_through_a_checkpoint_with_its_types(
     store: Store, key: SigningKey, state: dict[str, Any]
 ) -> None:
     tensors, skeleton = training.flatten(state)
-    api.save(store, tensors, key, {"skeleton": skeleton})
+    api.save(store, tensors, key, {"skeleton": skeleton}, allow_empty=True)  # a state may hold no tensor
     loaded = api.load(store)
     assert _same(training.unflatten(loaded.tensors, loaded.metadata["skeleton"]), state)
 

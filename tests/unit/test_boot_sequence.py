@@ -265,8 +265,12 @@ def test_checkpoint_without_a_canary_is_gated_by_its_verified_restore(node: Node
     assert "no canary" in node.events("canary.passed")[-1]["fields"]["detail"]
 
 
-def test_malformed_canary_condemns_the_checkpoint(node: Node) -> None:
+def test_malformed_canary_condemns_the_checkpoint(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits refuse such a canary now (issue 12); one signed by an older or foreign writer is still condemned."""
+    import appliance.store.commit as commit_module
+
     node.commit(1)
+    monkeypatch.setattr(commit_module, "check_metadata", dict)  # a writer without the canary check
     node.commit(2, canary={"input": "not a list", "expected": [[1.0]]})
     assert served(node.boot()) == ("A", 1)
     assert "malformed" in node.slot("B").reason

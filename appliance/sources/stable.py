@@ -1,0 +1,137 @@
+"""Reading source files that may change under a commit: ``pread`` into buffers, identity re-checks.
+
+Owns: ``StableFile`` — a source file (a safetensors shard, an asset) opened once and read with
+``pread`` into private buffers, never memory-mapped: a file truncated while it is read gives a
+short read and a typed ``SourceChangedError``, never a ``SIGBUS`` that kills the process
+(issue 12, kind 5). Does not own parsing (``safetensors_io``) or committing.
+
+Stability rule (docs/design.md §6.2.1): the file's identity — device, inode, size, mtime and
+ctime, and that the path still names the same inode — is recorded when it is opened, checked
+after every read and once more by the commit after the last frame is durable and before the
+bundle is written (``TensorSource.recheck``). Any difference (truncated, grown, rewritten in
+place, replaced by a rename) raises ``SourceChangedError``: nothing is committed and the
+commit removes the frames it wrote, so a checkpoint is never a mixture of two versions of a
+file. ctime cannot be set by a user; a file modified within ``SETTLE_S`` of being opened is
+given that long to settle first, so coarse file-system timestamps cannot hide a rewrite that
+lands in the same clock tick as the last one before the open.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.codec.transform import U8
+from appliance.errors import SourceChangedError, SourceFormatError
+from appliance.format.canonical import strict_loads
+
+SETTLE_S = 0.05
+HEADER_MAX_BYTES = 100 * 1024 * 1024  # the safetensors library's own cap
+
+
+@dataclass(frozen=True)
+class Identity:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def difference(self, other: Identity) -> str:
+        if (self.dev, self.ino) != (other.dev, other.ino):
+            return "was replaced by another file"
+        if other.size < self.size:
+            return f"was truncated from {self.size} to {other.size} bytes"
+        if other.size > self.size:
+            return f"grew from {self.size} to {other.size} bytes"
+        return "was rewritten in place (its modification time changed)"
+
+
+class StableFile:
+    """One source file, read by offset with ``pread``; ``check()`` raises if it changed since it was opened."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.fd: int | None = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(self.fd)
+            if time.time_ns() - st.st_ctime_ns < SETTLE_S * 1e9:
+                time.sleep(SETTLE_S)
+                st = os.fstat(self.fd)
+        except OSError as exc:
+            raise SourceFormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        self.identity = Identity.of(st)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def check(self) -> None:
+        """Raise ``SourceChangedError`` if the file (or the name that led to it) changed since it was opened."""
+        if self.fd is None:
+            raise SourceChangedError(f"{self.path} was closed before the commit finished")
+        now = Identity.of(os.fstat(self.fd))
+        if now != self.identity:
+            raise SourceChangedError(f"{self.path} {self.identity.difference(now)} while it was committed")
+        try:
+            named = Identity.of(self.path.stat())
+        except OSError as exc:
+            raise SourceChangedError(f"{self.path} was removed or renamed while it was committed") from exc
+        if named != self.identity:
+            raise SourceChangedError(f"{self.path} {self.identity.difference(named)} while it was committed")
+
+    def read(self, offset: int, size: int) -> U8:
+        """``size`` bytes at ``offset`` in a private buffer; a short read is a changed source."""
+        if self.fd is None:
+            raise SourceChangedError(f"{self.path} was closed before it was read")
+        if offset < 0 or offset + size > self.identity.size:
+            raise SourceFormatError(f"{self.path}: bytes {offset}..{offset + size} lie outside the file")
+        out = np.empty(size, dtype=np.uint8)
+        view = memoryview(out.data)
+        done = 0
+        while done < size:
+            try:
+                got = os.preadv(self.fd, [view[done:]], offset + done)
+            except OSError as exc:
+                raise SourceFormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+            if got == 0:
+                self.check()  # explains how it changed
+                raise SourceChangedError(f"{self.path} ended early while it was committed")
+            done += got
+        self.check()
+        return out
+
+
+def safetensors_offsets(stable: StableFile) -> dict[str, tuple[int, int]]:
+    """Absolute byte ranges of every tensor of a safetensors file (its structure is checked elsewhere)."""
+    (length,) = struct.unpack("<Q", bytes(stable.read(0, 8)))
+    if length > HEADER_MAX_BYTES or 8 + length > stable.identity.size:
+        raise SourceFormatError(f"{stable.path}: safetensors header of {length} bytes does not fit the file")
+    try:
+        header: Any = strict_loads(
+            bytes(stable.read(8, length)), what=f"{stable.path} header", max_bytes=HEADER_MAX_BYTES, max_depth=8
+        )
+    except Exception as exc:
+        raise SourceFormatError(f"{stable.path}: safetensors header is not valid JSON: {exc}") from exc
+    base = 8 + length
+    out: dict[str, tuple[int, int]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        out[name] = (base + int(begin), base + int(end))
+    return out

@@ -1,0 +1,160 @@
+"""Issue 12, kind 5: the source changes under the commit (truncated, grown, rewritten in place).
+
+The file is changed from the commit's own progress callback, so the change lands at an exact
+point of the commit (deterministic, no timing races). Each case must end in a typed
+``SourceChangedError`` (exit 20), with every frame the commit wrote removed and the previous
+checkpoint intact; never a signal, never a checkpoint mixing two versions of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save_file
+
+from appliance.errors import SourceChangedError
+from appliance.signing import SigningKey
+from appliance.sources.safetensors_io import open_model
+from appliance.store import layout
+from appliance.store.config import StoreConfig
+from appliance.store.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+def _write_model(path: Path, tensors: int, elems: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    save_file({f"t{i}": rng.standard_normal(elems).astype(np.float32) for i in range(tensors)}, str(path))
+
+
+def _store_files(store: Store) -> set[str]:
+    root = Path(store.storage.root)  # type: ignore[attr-defined]
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != layout.LOCK_FILE}
+
+
+def _mutate(path: Path, op: str, offset: int) -> None:
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        if op == "truncate":
+            f.truncate(offset % size)
+        elif op == "grow":
+            f.seek(0, os.SEEK_END)
+            f.write(b"\0" * (1 + offset % 4096))
+        else:  # rewrite one byte in place (same size)
+            f.seek(offset % size)
+            byte = f.read(1)
+            f.seek(offset % size)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _commit_with_change(store: Store, key: SigningKey, path: Path, op: str, offset: int, after: int) -> None:
+    model = open_model(path)
+    calls = [0]
+
+    def progress(_: int) -> None:
+        calls[0] += 1
+        if calls[0] == after:
+            _mutate(path, op, offset)
+
+    try:
+        store.commit(model.sources, [key], progress=progress)
+    finally:
+        model.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[Store, SigningKey]:
+    key = SigningKey.generate()
+    return Store.init(tmp_path / "store", [key.public], StoreConfig(model="m", frame_size=4096)), key
+
+
+@pytest.mark.parametrize("op", ["truncate", "grow", "rewrite"])
+def test_kind5_source_changed_during_commit_is_a_typed_error_and_leaves_nothing(
+    store: tuple[Store, SigningKey], tmp_path: Path, op: str
+) -> None:
+    s, key = store
+    path = tmp_path / "m.safetensors"
+    _write_model(path, 4, 8192, seed=1)
+    model = open_model(path)
+    first, _ = s.commit(model.sources, [key])
+    model.close()
+    before = _store_files(s)
+    _write_model(path, 4, 8192, seed=2)
+    with pytest.raises(SourceChangedError) as caught:
+        _commit_with_change(s, key, path, op, offset=50_000, after=3)
+    assert caught.value.exit_code == 20 and str(path) in caught.value.problem
+    assert _store_files(s) == before  # partial frames removed
+    assert s.select().opened.generation == first.generation and s.verify().all_ok
+
+
+def test_kind5_truncated_384mib_class_source_does_not_kill_the_process(tmp_path: Path) -> None:
+    """Regression: a safetensors file truncated while `appliance commit` read it died by SIGBUS (exit 135).
+
+    A 48 MiB file (the issue had 384 MiB; the mechanism is the same) truncated to 1 MiB after
+    the first frames: run in a child process so that a signal death is observed, not suffered.
+    """
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        import numpy as np
+        from safetensors.numpy import save_file
+        from appliance.errors import ApplianceError
+        from appliance.signing import SigningKey
+        from appliance.sources.safetensors_io import open_model
+        from appliance.store.config import StoreConfig
+        from appliance.store.store import Store
+
+        tmp = Path({str(tmp_path)!r})
+        key = SigningKey.generate()
+        store = Store.init(tmp / "store", [key.public], StoreConfig(model="m"))
+        path = tmp / "big.safetensors"
+        save_file({{f"t{{i}}": np.ones(1 << 20, np.float32) * i for i in range(12)}}, str(path))
+        model = open_model(path)
+        calls = [0]
+        def progress(_):
+            calls[0] += 1
+            if calls[0] == 2:
+                with path.open("r+b") as f:
+                    f.truncate(1 << 20)
+        try:
+            store.commit(model.sources, [key], progress=progress)
+        except ApplianceError as exc:
+            print(type(exc).__name__, exc.problem, file=sys.stderr)
+            frames = list((tmp / "store").glob("*/frames/*"))
+            print("orphans", len(frames), file=sys.stderr)
+            sys.exit(exc.exit_code)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == SourceChangedError.exit_code, (done.returncode, done.stderr[-2000:])
+    assert "SourceChangedError" in done.stderr and "truncated" in done.stderr
+    assert "orphans 0" in done.stderr
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    op=st.sampled_from(["truncate", "grow", "rewrite"]),
+    offset=st.integers(0, 10**7),
+    after=st.integers(1, 12),
+)
+def test_kind5_property_a_source_mutated_at_random_offsets_never_commits_a_mixture(
+    tmp_path_factory: pytest.TempPathFactory, op: str, offset: int, after: int
+) -> None:
+    tmp = tmp_path_factory.mktemp("mut")
+    key = SigningKey.generate()
+    s = Store.init(tmp / "store", [key.public], StoreConfig(model="m", frame_size=4096))
+    path = tmp / "m.safetensors"
+    _write_model(path, 3, 4096, seed=offset % 97)  # 3 tensors x 4 frames: 12 progress calls
+    before = _store_files(s)
+    with pytest.raises(SourceChangedError):
+        _commit_with_change(s, key, path, op, offset, after)
+    assert _store_files(s) == before
