@@ -39,7 +39,7 @@ def destination(rel: Path) -> str | None:
             return f"{UNIT_DIR}/{name}"
         if name.endswith(".catalog"):
             return f"usr/lib/systemd/catalog/{name}"
-        if name in CONFIG:
+        if name in CONFIG or (name.startswith("supervisord-") and name.endswith(".conf")):
             return f"etc/appliance/{name}"
     elif len(parts) == 2 and rel.suffix == ".conf":
         if parts[0] in SUBDIRS:
