@@ -63,6 +63,11 @@ class KeyFileError(UserError):
     remedy = "pass a key file written by `appliance keygen` (private: PEM PKCS#8 Ed25519)"
 
 
+class KeyPermissionError(KeyFileError):
+    exit_code = 23
+    remedy = "make the private key file readable by the signing user only (chmod 0400, chown to that user)"
+
+
 class SourceFormatError(UserError):
     exit_code = 12
     remedy = "pass a valid .safetensors file or a model directory with *.safetensors shards"
@@ -96,6 +101,14 @@ class CheckpointNotFoundError(UserError):
 class ConfigError(UserError):
     exit_code = 18
     remedy = "fix the store configuration (store.json) or re-initialise the store"
+
+
+class TrustLocationError(ConfigError):
+    exit_code = 24
+    remedy = (
+        'set "trust" in node.json to a trust store on the read-only rootfs (/etc/appliance/trust.json), '
+        "outside the store and its slot partitions"
+    )
 
 
 class CanaryInputError(UserError):
@@ -212,6 +225,19 @@ class UnsafePathError(IntegrityError):
 class ExportFileError(IntegrityError):
     exit_code = 41
     remedy = "the file was moved to the outbox's quarantine/; the service's next export is committed instead"
+
+
+class LineageError(IntegrityError):
+    exit_code = 44
+    remedy = (
+        "a device key may sign only descendants of a release-signed checkpoint of the same model and tensor "
+        "layout; install a release-signed checkpoint, or have a release key sign this one"
+    )
+
+
+class RoleError(IntegrityError):
+    exit_code = 45
+    remedy = "sign with a key whose role allows this checkpoint (a release key listing the model, or the device's key)"
 
 
 class CanaryFailedError(IntegrityError):

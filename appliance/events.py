@@ -101,6 +101,10 @@ _CATALOGUE = (
     EventType("floor.damaged", "71e15f5862054fbea43b4c3a0dd098f6", 4,
               "anti-rollback floor unreadable ({reason}); using {floor} derived from the slot states",
               "The floor store could not be read; the floor is rebuilt from the slots' proven generations."),
+    EventType("floor.missing", "21e47add6e9f41de9a6aeb878235349d", 4,
+              "anti-rollback floor missing ({reason}); using {floor} derived from the slot states",
+              "The floor store was deleted or never provisioned. It is rebuilt from the slots' proven generations, "
+              "never read as 0, so deleting it does not re-open rollback."),
     EventType("service.crashed", "3853e87c646c4af3800525c387cc0aab", 4,
               "model service died after restoring slot {slot} generation {generation} "
               "(attempt {attempts} of {max_attempts})",
@@ -238,7 +242,7 @@ class EventLog:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
                 os.write(fd, line.encode("utf-8"))  # one write (≤ MAX_LINE, newline included): no interleaving
                 os.fsync(fd)

@@ -23,7 +23,9 @@ SUBDIRS = {  # DIR/<name>/*.conf -> installed directory
     "tmpfiles.d": "usr/lib/tmpfiles.d",
     "sysusers.d": "usr/lib/sysusers.d",
 }
-CONFIG = {"supervisord.conf", "node.json"}  # -> /etc/appliance (conffiles: local edits survive upgrades)
+# -> /etc/appliance (conffiles: local edits survive upgrades); supervisord-*.conf are optional program
+# fragments (e.g. replication) that an operator includes from supervisord.conf when the node uses them
+CONFIG = {"supervisord.conf", "node.json", "supervisord-replicate.conf"}
 
 
 def destination(rel: Path) -> str | None:
@@ -37,7 +39,7 @@ def destination(rel: Path) -> str | None:
             return f"{UNIT_DIR}/{name}"
         if name.endswith(".catalog"):
             return f"usr/lib/systemd/catalog/{name}"
-        if name in CONFIG:
+        if name in CONFIG or (name.startswith("supervisord-") and name.endswith(".conf")):
             return f"etc/appliance/{name}"
     elif len(parts) == 2 and rel.suffix == ".conf":
         if parts[0] in SUBDIRS:

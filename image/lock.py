@@ -40,6 +40,8 @@ PLATFORMS = (
     ("manylinux2014_aarch64", "3.10", "cp310"),  # Jetson, JetPack 6 (Ubuntu 22.04, glibc 2.35)
     ("manylinux2014_x86_64", "3.11", "cp311"),  # the VM image (Debian bookworm)
 )
+# Extras a node runs (the recovery console, replication to object storage); gpu comes with JetPack.
+NODE_EXTRAS = ("console", "remote")
 # torch's runtime dependencies (pure Python): torch itself is installed --no-deps from its wheel.
 TORCH_DEPENDENCIES = ("filelock", "typing-extensions", "sympy", "networkx", "jinja2", "fsspec")
 HEADER = """\
@@ -57,6 +59,18 @@ def project_dependencies() -> list[str]:
     if block is None:
         raise SystemExit("pyproject.toml has no [project] dependencies list")
     return re.findall(r'^\s*"([^"]+)"', block.group(1), re.M)
+
+
+def extra_dependencies(names: Sequence[str] = NODE_EXTRAS) -> list[str]:
+    """Requirements of the named ``[project.optional-dependencies]`` extras (one-line or multi-line lists)."""
+    text = (REPO / "pyproject.toml").read_text()
+    out = []
+    for name in names:
+        m = re.search(rf"^{re.escape(name)} = \[(.*?)\]", text, re.S | re.M)
+        if m is None:
+            raise SystemExit(f"pyproject.toml has no extra {name!r}")
+        out += re.findall(r'"([^"]+)"', m.group(1))
+    return out
 
 
 def _pip(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -118,7 +132,7 @@ def _canonical(name: str) -> str:
 
 
 def write_lock() -> None:
-    requirements = [*project_dependencies(), *TORCH_DEPENDENCIES]
+    requirements = [*project_dependencies(), *extra_dependencies(), *TORCH_DEPENDENCIES]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         target = resolve(requirements, *PLATFORMS[0], work)

@@ -35,7 +35,7 @@ from appliance.format import slotstate as ss
 from appliance.format.handoff import Admit, Handoff
 from appliance.format.plan import Candidate, boot_order, protected_slot
 from appliance.node.config import NodeConfig
-from appliance.node.floor import FloorUnreadableError, GenerationFloor
+from appliance.node.floor import FloorMissingError, FloorUnreadableError, GenerationFloor
 from appliance.node.mounts import unavailable_slots
 from appliance.node.notify import sd_notify
 from appliance.node.rundir import RunDir
@@ -194,7 +194,8 @@ class BootRun:
         self.ctx.run.write_handoff(replace(handoff, admit=Admit.SELF))
         self.ctx.probe.admit(handoff.boot_id)
         o = self.outcome
-        o.serving = {"slot": opened.slot, "generation": opened.generation, "manifest_digest": digest}
+        o.serving = {"slot": opened.slot, "generation": opened.generation, "manifest_digest": digest,
+                     **_authorization(opened)}  # fmt: skip
         o.restore = trial.report.restore if trial.report else None
         fetched = {k: o.stages[k] for k in ("second_site_s",) if k in o.stages}
         o.stages = {"discover_s": o.stages.get("discover_s", 0.0), **fetched, **_service_stages(trial)}
@@ -273,9 +274,10 @@ class BootRun:
     def _read_floor(self) -> int:
         try:
             return self.floor_store.read()
-        except FloorUnreadableError as exc:
+        except FloorUnreadableError as exc:  # missing or damaged: rebuilt, never 0 (fail closed)
             floor = ss.floor_after_good(0, (r.state for r in self.states.read_all().values()))
-            self.ctx.events.emit("floor.damaged", reason=str(exc), floor=floor)
+            event = "floor.missing" if isinstance(exc, FloorMissingError) else "floor.damaged"
+            self.ctx.events.emit(event, reason=str(exc), floor=floor)
             self.floor_damaged = True
             return floor
 
@@ -298,10 +300,16 @@ class BootRun:
         return state
 
     def _emit(self, name: str, opened: OpenCheckpoint, **fields: Any) -> None:
-        self.ctx.events.emit(name, slot=opened.slot, generation=opened.generation, **fields)
+        self.ctx.events.emit(name, slot=opened.slot, generation=opened.generation, **_authorization(opened), **fields)
 
     def _add_stage(self, name: str, seconds: float) -> None:
         self.outcome.stages[name] = self.outcome.stages.get(name, 0.0) + seconds
+
+
+def _authorization(opened: OpenCheckpoint) -> dict[str, Any]:
+    """Signer role and release base of a checkpoint, for events and the boot outcome (issue 10)."""
+    p = opened.authorization
+    return {"signer_role": p.role, "release_base": p.release_base.generation, "device": p.device}
 
 
 def _digest(opened: OpenCheckpoint) -> str:

@@ -9,11 +9,18 @@ Program policy: the model service is never autostarted (``appliance boot`` start
 choosing a checkpoint) and is restarted by supervisord only after an unexpected exit; the
 persistence watchdog always runs (it commits only while a GOOD checkpoint is served, and its
 loop feeds systemd's watchdog); the guard listens for the service's EXITED/FATAL events.
+
+Privileges (``users``): supervisord stays root so it can start each program as its own user
+(``appliance.boot.privileges``): the service as ``appliance-serve``, the watchdog as
+``appliance-persist``, the guard as ``appliance-boot``; its socket belongs to ``appliance-boot``
+(mode 0700), so only boot (and root) can start or stop programs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from appliance.boot.privileges import BOOT, PERSIST, SERVE
 
 _TEMPLATE = """\
 ; supervisord configuration for an appliance node (rendered by appliance.boot.supervisord_conf).
@@ -21,10 +28,11 @@ _TEMPLATE = """\
 
 [unix_http_server]
 file={socket}
-chmod=0770
+chmod={socket_mode}{socket_owner}
 
 [supervisord]
 nodaemon=true
+umask=027
 logfile={log_dir}/supervisord.log
 pidfile={pidfile}
 childlogdir={log_dir}
@@ -37,7 +45,7 @@ serverurl=unix://{socket}
 
 [program:{service}]
 ; restore happens inside this process (no CUDA memory IPC on Orin), from the boot's handoff
-command={appliance} serve --config {config}
+command={appliance} serve --config {config}{user_serve}
 autostart=false
 autorestart=unexpected
 exitcodes=0
@@ -52,7 +60,7 @@ stdout_logfile={log_dir}/{service}.log
 
 [program:{persist}]
 ; commits the service's state exports; pings systemd's watchdog (NotifyAccess=all on the unit)
-command={appliance} persist --config {config}
+command={appliance} persist --config {config}{user_persist}
 autostart=true
 autorestart=true
 startsecs=1
@@ -63,7 +71,7 @@ stdout_logfile={log_dir}/{persist}.log
 
 [eventlistener:guard]
 ; a service that keeps dying after its restore -> mark the checkpoint BAD, boot the other one
-command={appliance} guard --config {config}
+command={appliance} guard --config {config}{user_boot}
 events=PROCESS_STATE_EXITED,PROCESS_STATE_FATAL
 buffer_size=64
 autorestart=true
@@ -98,6 +106,7 @@ class SupervisordLayout:
     service: str = "model"
     persist: str = "persist"
     environment: str = ""  # KEY="value",KEY2="value2" for every program
+    users: bool = False  # run each program as its own user (production; node-init --users)
     console: bool = False  # add the recovery console program (issue 14)
     console_state: str = "/var/lib/appliance-console"
     console_listen: tuple[str, ...] = ()  # HOST:PORT; empty = the console's default (loopback)
@@ -108,9 +117,10 @@ def production() -> SupervisordLayout:
     return SupervisordLayout(
         config="/etc/appliance/node.json",
         appliance="/opt/appliance/venv/bin/appliance",
-        socket="/run/appliance/supervisor.sock",
+        socket="/run/appliance-supervisor/supervisor.sock",
         log_dir="/var/log/appliance",
-        pidfile="/run/appliance/supervisord.pid",
+        pidfile="/run/appliance-supervisor/supervisord.pid",
+        users=True,
         console=True,
         console_user="appliance-console",
     )
@@ -127,6 +137,11 @@ def render(layout: SupervisordLayout) -> str:
         service=layout.service,
         persist=layout.persist,
         environment=env,
+        socket_mode="0700" if layout.users else "0770",
+        socket_owner=f"\nchown={BOOT}:{BOOT}" if layout.users else "",
+        user_serve=_user(layout, SERVE),
+        user_persist=_user(layout, PERSIST),
+        user_boot=_user(layout, BOOT),
         console=_console(layout),
     )
 
@@ -143,3 +158,7 @@ def _console(layout: SupervisordLayout) -> str:
         console_user=f"user={layout.console_user}\n" if layout.console_user else "",
         log_dir=layout.log_dir,
     )
+
+
+def _user(layout: SupervisordLayout, name: str) -> str:
+    return f"\nuser={name}" if layout.users else ""

@@ -73,7 +73,7 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
     control.wait_ready(args.wait_supervisor)
     events, run = EventLog(config.event_log, "boot"), RunDir(config.run_dir)
     try:
-        store = Store.open(config.store, trust_path=config.trust or None)
+        store = Store.open(config.store, trust_path=config.trust_file())
         floor = open_floor(config)
     except ApplianceError as exc:
         recover_early(config, run, control, events, f"the store cannot be opened: {exc.problem}")
@@ -113,6 +113,8 @@ def _boot_text(d: dict[str, Any]) -> str:
         f"serving slot {serving['slot']} generation {serving['generation']} "
         f"(manifest {serving['manifest_digest'][:12]}); boot to serving {s['total_s']:.2f} s"
     )
+    if "signer_role" in serving:
+        lines.append(f"  signed by a {serving['signer_role']} key; release base generation {serving['release_base']}")
     lines.append("  stages: " + ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in s.items() if k != "total_s"))
     if r:
         lines.append(
@@ -174,7 +176,7 @@ def cmd_guard(args: argparse.Namespace, out: Output) -> int:
     from appliance.store.store import Store
 
     config = load_config(args.config)
-    store = Store.open(config.store, trust_path=config.trust or None)
+    store = Store.open(config.store, trust_path=config.trust_file())
     guard = Guard(
         config,
         SlotStates(store.storage, store.limits),

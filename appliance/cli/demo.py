@@ -96,7 +96,7 @@ def run_demo(workdir: Path | None, out: Output) -> int:
     print(f"\n== simulate bit rot: flip one bit in {victim.relative_to(work)}")
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x01
-    victim.chmod(0o644)
+    victim.chmod(0o640)
     victim.write_bytes(bytes(data))
     step("verify detects the damage (exit 1: a valid checkpoint remains)", "verify", str(root), expect=1)
     restored = work / "restored.safetensors"

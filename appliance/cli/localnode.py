@@ -55,11 +55,12 @@ class LocalNode:
 
     @classmethod
     def create(cls, root: Path, *, env: Mapping[str, str] | None = None, **options: Any) -> LocalNode:
-        """``appliance node-init ROOT`` with ``--option value`` for each keyword (port: ephemeral)."""
+        """``appliance node-init ROOT`` with ``--option value`` per keyword (``True``: a bare flag; port: ephemeral)."""
         options.setdefault("port", free_port())
         argv = ["node-init", str(root)]
         for key, value in options.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+            flag = f"--{key.replace('_', '-')}"
+            argv += [flag] if value is True else [flag, str(value)]
         subprocess.run(CLI + argv, check=True, capture_output=True, timeout=60, env={**os.environ, **(env or {})})  # noqa: S603
         return cls(root, env)
 

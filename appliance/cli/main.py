@@ -76,11 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(p)
     p.set_defaults(func=sc.cmd_init)
 
-    p = sub.add_parser("trust", help="list, add or revoke trusted signing keys")
+    p = sub.add_parser("trust", help="list, add or revoke trusted signing keys; set a key's role")
     add_root(p)
-    p.add_argument("action", choices=["list", "add", "revoke"])
-    p.add_argument("value", nargs="?", help="PUBKEY file (add) or key id (revoke)")
+    p.add_argument("action", choices=["list", "add", "revoke", "role"])
+    p.add_argument("value", nargs="?", help="PUBKEY file (add) or key id (revoke, role)")
     p.add_argument("--comment", help="label stored with an added key")
+    p.add_argument(
+        "--role",
+        choices=["release", "device", "none"],
+        help="release: signs the listed models; "
+        "device: bound to one device, signs only descendants of a release; none: unrestricted (v1)",
+    )
+    p.add_argument("--model", action="append", default=[], metavar="ID", help="model id a release key signs")
+    p.add_argument("--device", metavar="ID", help="device id a device key is bound to")
     add_json(p)
     p.set_defaults(func=sc.cmd_trust)
 

@@ -11,11 +11,15 @@ supervisord.conf) so the supervised lifecycle runs on a fresh machine:
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from appliance.boot.privileges import render_tmpfiles
 from appliance.boot.supervisord_conf import SupervisordLayout, render
 from appliance.cli.boot_commands import add_config
 from appliance.cli.main import add_json
@@ -25,7 +29,7 @@ from appliance.events import read_events
 from appliance.format import slotstate as ss
 from appliance.format.commit import SLOT_NAMES
 from appliance.node.config import MODEL_INIT, NodeConfig, load_config
-from appliance.node.floor import FloorUnreadableError, open_floor
+from appliance.node.floor import FileFloor, FloorUnreadableError, open_floor
 from appliance.node.rundir import RunDir
 from appliance.signing import SigningKey
 from appliance.store.bootstate import SlotStates
@@ -33,6 +37,9 @@ from appliance.store.config import DEFAULT_FRAME_SIZE, StoreConfig
 from appliance.store.store import Store
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes
+# Owner-only keys, group-readable state, nothing for others (production: systemd/tmpfiles.d).
+NODE_DIR_MODES = {".": 0o750, "keys": 0o700, "run": 0o750, "outbox": 0o750, "log": 0o750}
+USER_DIR_MODES = {"floor": 0o700, "supervisor": 0o710}  # node-init --users: then tmpfiles sets owners
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +63,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for supervised programs"
     )
+    p.add_argument(
+        "--users",
+        action="store_true",
+        help="production privileges (root): each program as its own user, owners and modes applied with "
+        "systemd-tmpfiles (create the users first: systemd-sysusers systemd/sysusers.d/appliance.conf)",
+    )
+    p.add_argument("--python", default=sys.executable, help="interpreter the programs run with (default: this one)")
     p.add_argument(
         "--console", metavar="HOST:PORT", help="also run the recovery console under supervisord on this address"
     )
@@ -85,36 +99,61 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
     root: Path = args.dir.resolve()
     if (root / "node.json").exists():
         raise StoreExistsError(f"{root} already holds a node")
+    if args.users and os.geteuid() != 0:
+        raise UsageError("node-init --users needs root (it gives each directory its owner)")
+    own = "supervisor" if args.users else "run"  # with users, supervisord's socket is boot's alone
     config = NodeConfig(
         store="store", model=args.model, run_dir="run", outbox="outbox", event_log="log/events.jsonl",
-        signing_key="keys/device.key", floor_file="floor.json", supervisor_socket="run/supervisor.sock",
+        signing_key="keys/device.key", floor_file="floor/floor.json" if args.users else "floor.json",
+        supervisor_socket=f"{own}/supervisor.sock",
         port=args.port, persist_interval=args.persist_interval, max_boot_attempts=args.max_boot_attempts,
         ready_timeout=args.ready_timeout, model_init=args.model_init,
     )  # fmt: skip
     absolute = config.resolved(root)
     if len(absolute.supervisor_socket) > SOCKET_PATH_MAX:
         raise UsageError(f"{absolute.supervisor_socket} is too long for a unix socket; choose a shorter DIR")
-    for sub in ("keys", "run", "outbox", "log"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=NODE_DIR_MODES["."], parents=True, exist_ok=True)
+    for sub, mode in (NODE_DIR_MODES | (USER_DIR_MODES if args.users else {})).items():
+        (root / sub).mkdir(mode=mode, exist_ok=True)
+        (root / sub).chmod(mode)  # mkdir's mode is filtered by the umask; the node's modes are not
     key = SigningKey.generate()
     key.save(absolute.signing_key)
+    Path(absolute.signing_key).chmod(0o400)  # read by the persistence watchdog only, never rewritten
     Store.init(absolute.store, [key.public], StoreConfig(model=args.model_id or args.model, frame_size=args.frame_size))
+    FileFloor(absolute.floor_file).raise_to(0)  # provisioned: from now on a missing floor file fails closed
     (root / "node.json").write_bytes(config.to_bytes())
     layout = SupervisordLayout(
         config=str(root / "node.json"),
-        appliance=f"{sys.executable} -m appliance.cli.main",
+        appliance=f"{args.python} -m appliance.cli.main",
         socket=absolute.supervisor_socket,
         log_dir=str(root / "log"),
-        pidfile=str(root / "run" / "supervisord.pid"),
+        pidfile=str(root / own / "supervisord.pid"),
         environment=",".join(_env_pair(e) for e in args.env),
+        users=args.users,
         console=args.console is not None,  # recovery console (issue 14): state in DIR/console
         console_state=str(root / "console"),
         console_listen=(args.console,) if args.console else (),
     )
     (root / "supervisord.conf").write_text(render(layout))
+    if args.users:
+        apply_tmpfiles(root / "tmpfiles.conf", render_tmpfiles(absolute, node_root=str(root)))
     data = {"dir": str(root), "config": str(root / "node.json"), "supervisord_conf": str(root / "supervisord.conf")}
     out.result(data, lambda d: f"node in {d['dir']}\n  config {d['config']}\n  supervisord -c {d['supervisord_conf']}")
     return 0
+
+
+def apply_tmpfiles(path: Path, rules: str) -> None:
+    """Write ``rules`` to ``path`` and apply them with the real ``systemd-tmpfiles`` (owners, modes, ACLs)."""
+    path.write_text(rules)
+    tool = shutil.which("systemd-tmpfiles")
+    if tool is None:
+        raise UsageError("node-init --users needs systemd-tmpfiles", remedy="apt-get install systemd")
+    done = subprocess.run([tool, "--create", str(path)], capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+    if done.returncode != 0:
+        raise UsageError(
+            f"systemd-tmpfiles could not apply {path}: {done.stderr.strip()[:400]}",
+            remedy="create the node's users first: systemd-sysusers systemd/sysusers.d/appliance.conf",
+        )
 
 
 def _env_pair(item: str) -> str:
@@ -132,7 +171,7 @@ def cmd_boot_status(args: argparse.Namespace, out: Output) -> int:
 
 
 def boot_status(config: NodeConfig) -> dict[str, Any]:
-    store = Store.open(config.store, trust_path=config.trust or None)
+    store = Store.open(config.store, trust_path=config.trust_file())
     run = RunDir(config.run_dir)
     slots = {}
     for slot, reading in SlotStates(store.storage, store.limits).read_all().items():
@@ -182,7 +221,7 @@ def cmd_events(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_slot_reset(args: argparse.Namespace, out: Output) -> int:
     config = load_config(args.config)
-    store = Store.open(config.store, trust_path=config.trust or None)
+    store = Store.open(config.store, trust_path=config.trust_file())
     states = SlotStates(store.storage, store.limits)
     state = ss.reset(states.load(args.slot), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     states.write(state)

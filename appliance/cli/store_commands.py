@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from appliance.cli.output import Output, human_bytes
 from appliance.errors import NoValidCheckpointError, UsageError
 from appliance.format.provenance import Provenance
+from appliance.signing import PublicKey, SigningKey, TrustStore
 
 if TYPE_CHECKING:
     from appliance.provenance.sign import SignedDirectory
-from appliance.signing import PublicKey, SigningKey
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
 
@@ -71,22 +71,45 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 def cmd_trust(args: argparse.Namespace, out: Output) -> int:
     store = Store.open(args.root)
     trust = store.trust
+    role = None if args.role in (None, "none") else args.role
+    models, device = tuple(args.model), args.device
+    if args.action in ("add", "revoke", "role") and not args.value:
+        raise UsageError(f"`trust {args.action}` needs a {'PUBKEY file' if args.action == 'add' else 'key id'}")
     if args.action == "add":
-        trust = trust.with_key(PublicKey.load(args.value), comment=args.comment or "")
+        trust = trust.with_key(PublicKey.load(args.value), args.comment or "", role=role, models=models, device=device)
     elif args.action == "revoke":
         trust = trust.revoke(args.value)
+    elif args.action == "role":
+        if args.role is None:
+            raise UsageError("`trust role KEYID` needs --role release|device|none")
+        trust = trust.with_role(_full_keyid(trust, args.value), role, models=models, device=device)
     if trust is not store.trust:
         store.save_trust(trust)
     data = trust.to_dict()
-    out.result(
-        data,
-        lambda d: "\n".join(
-            [f"threshold {d['threshold']}"]
-            + [f"trusted  {k['keyid']}  {k['comment']}" for k in d["keys"]]
-            + [f"revoked  {k}" for k in d["revoked"]]
-        ),
-    )
+    out.result(data, _trust_text)
     return 0
+
+
+def _full_keyid(trust: TrustStore, prefix: str) -> str:
+    found = [k.keyid for k in trust.keys if k.keyid.startswith(prefix)]
+    if len(found) != 1:
+        raise UsageError(f"key id {prefix!r:.70} matches {len(found)} trusted keys; give more of it")
+    return found[0]
+
+
+def _trust_text(d: dict[str, Any]) -> str:
+    def role(k: dict[str, Any]) -> str:
+        if k.get("role") == "release":
+            return "release(" + ",".join(k["models"]) + ")"
+        if k.get("role") == "device":
+            return f"device({k['device']})"
+        return "unrestricted"
+
+    return "\n".join(
+        [f"trust store v{d['version']}, threshold {d['threshold']}"]
+        + [f"trusted  {k['keyid']}  {role(k)}  {k['comment']}" for k in d["keys"]]
+        + [f"revoked  {k}" for k in d["revoked"]]
+    )
 
 
 def cmd_commit(args: argparse.Namespace, out: Output) -> int:
@@ -262,6 +285,7 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
                 f"gen {e['generation']:>6}  slot {e['slot']}  {e['created']}  {human_bytes(e['raw_bytes'])} raw  "
                 f"{human_bytes(e['stored_bytes'])} stored  {e['frames']['delta']} delta frames  {e['policy']}"
                 + (f"  {e['assets']} assets" if e.get("assets") else "")
+                + f"  {_signed_text(e)}"
             )
             if "provenance" in e:
                 lines.append(f"            vendor: {e['provenance']['summary']}")
@@ -269,6 +293,12 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
 
     out.result({"checkpoints": entries}, text)
     return 0
+
+
+def _signed_text(e: dict[str, Any]) -> str:
+    if e.get("signer_role") is None:
+        return f"REFUSED: {e.get('verify_error', 'not verified')}"
+    return f"{e['signer_role']}-signed, release base gen {e['release_base']['generation']}"
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
@@ -286,7 +316,11 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             gens = ", ".join(map(str, s["generations"])) or "empty"
             lines.append(f"  slot {name}: {state}; generations {gens}; free {human_bytes(s['free_bytes'])}")
         newest = d["newest_valid"]
-        lines.append(f"newest valid: {newest['slot']}/{newest['generation']}" if newest else "NO VALID CHECKPOINT")
+        lines.append(
+            f"newest valid: {newest['slot']}/{newest['generation']} ({_signed_text(newest)})"
+            if newest
+            else "NO VALID CHECKPOINT"
+        )
         if newest and "provenance" in newest:
             lines.append(f"  vendor: {newest['provenance']['summary']}")
         lines.extend(f"  problem: {p}" for p in d["problems"])

@@ -27,6 +27,7 @@ from appliance.format.digest import Digest
 from appliance.format.directory import AssetEntry, ShardEntry, check_label, validate_directory
 from appliance.format.dtypes import DType, dtype_named
 from appliance.format.frame import FrameRef
+from appliance.format.lineage import Lineage
 from appliance.format.provenance import Provenance
 from appliance.format.validate import check_metadata, check_shape
 from appliance.limits import DEFAULT_LIMITS, Limits
@@ -34,7 +35,8 @@ from appliance.limits import DEFAULT_LIMITS, Limits
 FORMAT_NAME = "appliance.checkpoint"
 FORMAT_VERSION = 2  # what this writer writes
 READ_VERSIONS = (1, 2)  # what this reader accepts
-V2_FIELDS = ("assets", "shards", "index_metadata", "provenance")  # optional, omitted when empty (docs/design.md §4.5)
+# optional, omitted when empty (docs/design.md §4.5 directories, §5.3.1 lineage, §5.5 provenance)
+V2_FIELDS = ("assets", "shards", "index_metadata", "lineage", "provenance")
 POLICIES = ("fast", "compact")
 MAX_GENERATION = 2**63 - 1
 
@@ -106,6 +108,7 @@ class Manifest:
     index_metadata: Mapping[str, Any] = field(default_factory=dict)  # v2: the source index's "metadata"
     provenance: Provenance | None = None  # v2: the vendor model-signing signature verified on import (§5.5)
     version: int = FORMAT_VERSION
+    lineage: Lineage | None = None  # v2: release-signed base of a device-signed checkpoint (issue 10)
 
     def __post_init__(self) -> None:
         validate_manifest(self, DEFAULT_LIMITS)
@@ -179,6 +182,8 @@ class Manifest:
             out["shards"] = [s.to_dict() for s in self.shards]
         if self.index_metadata:
             out["index_metadata"] = dict(self.index_metadata)
+        if self.lineage is not None:
+            out["lineage"] = self.lineage.to_dict()
         if self.provenance is not None:
             out["provenance"] = self.provenance.to_dict()
         return out
@@ -263,6 +268,7 @@ def _v2_fields(d: dict[str, Any], limits: Limits) -> dict[str, Any]:
         "assets": tuple(AssetEntry.from_dict(a, limits) for a in assets),
         "shards": tuple(ShardEntry.from_dict(s, limits) for s in shards),
         "index_metadata": index_metadata,
+        "lineage": Lineage.from_dict(d["lineage"], limits) if "lineage" in d else None,
         "provenance": Provenance.from_dict(d["provenance"]) if "provenance" in d else None,
     }
 
@@ -271,8 +277,8 @@ def validate_manifest(m: Manifest, limits: Limits) -> None:
     """Structural rules that make every later step safe; see docs/design.md §4.3 and §4.5."""
     if m.version not in READ_VERSIONS:
         raise ManifestError(f"manifest.version {m.version} is not one of {READ_VERSIONS}")
-    if m.version == 1 and (m.assets or m.shards or m.index_metadata or m.provenance):
-        raise ManifestError("a format v1 manifest cannot hold assets, shards, index metadata or provenance")
+    if m.version == 1 and (m.assets or m.shards or m.index_metadata or m.lineage or m.provenance):
+        raise ManifestError("a format v1 manifest cannot hold assets, shards, index metadata, lineage or provenance")
     if len(canonical_bytes(dict(m.index_metadata))) > limits.metadata_max_bytes:
         raise LimitExceededError(f"manifest.index_metadata is larger than {limits.metadata_max_bytes} bytes")
     if not m.model or not m.model.isprintable():

@@ -10,11 +10,12 @@ Every long-running command (``appliance boot | serve | persist | guard``) takes
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ApplianceError, ConfigError, ManifestError
+from appliance.errors import ApplianceError, ConfigError, ManifestError, TrustLocationError
 from appliance.format.canonical import canonical_bytes, require_keys, strict_loads
 from appliance.limits import DEFAULT_LIMITS
 
@@ -39,8 +40,8 @@ class NodeConfig:
     floor_file: str = "/var/lib/appliance-floor/floor.json"  # file-backed anti-rollback floor
     floor_provider: str = ""  # optional entry point of a GenerationFloor (secure storage on Jetson)
     key_provider: str = ""  # optional entry point of a KeyProvider (OP-TEE/TPM); "" = 0400 files (node/keyprovider.py)
-    supervisor_socket: str = "/run/appliance/supervisor.sock"
-    trust: str = ""  # trust store override; "" = the store's own trust.json
+    supervisor_socket: str = "/run/appliance-supervisor/supervisor.sock"  # boot's alone (privileges)
+    trust: str = ""  # trust store override; "" = the store's own trust.json (development only)
     host: str = "127.0.0.1"
     port: int = 8470
     service_program: str = "model"  # supervisord program names
@@ -82,6 +83,29 @@ class NodeConfig:
     @property
     def service_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def trust_file(self) -> str | None:
+        """The trust store every daemon opens (``None``: the store's own ``trust.json``).
+
+        Fail closed in production: with ``require_mounts`` the trust store must live outside the
+        store and its slot partitions (on the read-only rootfs, ``/etc/appliance/trust.json``);
+        an offline storage attacker who could add a key there would have the persistence
+        watchdog re-sign whatever the service holds. Raises ``TrustLocationError`` (24).
+        """
+        if not self.require_mounts:
+            return self.trust or None
+        if not self.trust:
+            raise TrustLocationError(
+                "node.json names no trust store, so the store's own trust.json on the writable store partition "
+                "would decide which keys are trusted"
+            )
+        trust, store = os.path.realpath(self.trust), os.path.realpath(self.store)
+        if trust == store or trust.startswith(store.rstrip(os.sep) + os.sep):
+            raise TrustLocationError(
+                f"trust store {self.trust} lies inside the store {self.store} (its writable slot partitions): "
+                "whoever can write the disk could add a signing key"
+            )
+        return self.trust
 
     @property
     def control_socket(self) -> str:
@@ -167,4 +191,6 @@ def load_config(path: str | Path) -> NodeConfig:
         obj = strict_loads(data, what=str(path), max_bytes=DEFAULT_LIMITS.config_max_bytes, max_depth=4)
     except ApplianceError as exc:
         raise ConfigError(f"node configuration {path} is damaged: {exc.problem}") from exc
-    return NodeConfig.from_dict(obj, base=path.parent.resolve())
+    config = NodeConfig.from_dict(obj, base=path.parent.resolve())
+    config.trust_file()  # refuse a production trust store on the store partition before anything runs
+    return config

@@ -4,8 +4,11 @@ Owns: ``GenerationFloor`` (the interface), ``FileFloor`` (a JSON file written du
 ``open_floor`` (picks the implementation from ``NodeConfig``). Does not own the rule for the
 floor's value (``appliance.format.slotstate.floor_after_good``) or when it is raised (boot).
 
-Contract of every implementation: ``read`` returns the floor or raises ``FloorUnreadableError``;
-``raise_to`` never lowers it and returns the value now stored.
+Contract of every implementation: ``read`` returns the floor or raises ``FloorUnreadableError``
+(``FloorMissingError`` when the store is absent: a deleted floor fails closed exactly like a
+damaged one, and boot rebuilds it from the slot states; it never reads as 0); ``raise_to``
+never lowers it and returns the value now stored. ``appliance node-init`` and the image write
+the initial floor file, so a missing one means someone removed it.
 
 On a Jetson the floor belongs in tamper-resistant storage (OP-TEE secure storage or an fTPM NV
 counter): a file on the same disk can be rewound by anyone who can rewrite the disk. Such a
@@ -16,6 +19,7 @@ closed (raise) rather than report 0 when the secure store cannot be read.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +36,11 @@ FLOOR_VERSION = 1
 
 
 class FloorUnreadableError(Exception):
-    """The floor store exists but cannot be read or parsed."""
+    """The floor store cannot be read or parsed."""
+
+
+class FloorMissingError(FloorUnreadableError):
+    """The floor store does not exist (deleted, or never provisioned): never read as floor 0."""
 
 
 class GenerationFloor(Protocol):
@@ -46,10 +54,12 @@ class FileFloor:
         self.path = Path(path)
 
     def read(self) -> int:
+        if not os.path.lexists(self.path):  # the file or its directory is gone: never floor 0
+            raise FloorMissingError(f"{self.path} does not exist")
         try:
             data = LocalStorage(self.path.parent).read(self.path.name, 4096)
-        except FileNotFoundError:
-            return 0
+        except FileNotFoundError as exc:
+            raise FloorMissingError(f"{self.path} does not exist") from exc
         except (ApplianceError, StorageError, OSError) as exc:
             raise FloorUnreadableError(f"cannot read {self.path}: {exc}") from exc
         try:
@@ -75,7 +85,7 @@ class FileFloor:
             "floor": value,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_durable(LocalStorage(self.path.parent), self.path.name, canonical_bytes(body) + b"\n")
         return value
 

@@ -85,7 +85,9 @@ class FileKeyProvider:
         if not path.exists():
             key = SigningKey.generate()
             self._create(path, key.private_pem())
-        public = self.signing_key(name).public
+            public = key.public  # not re-read: the file may now belong to its signing user (owner)
+        else:
+            public = self.public_key(name)
         pub = path.with_name(path.name + ".pub")
         if not pub.exists() or pub.read_bytes() != public.to_pem():
             pub.unlink(missing_ok=True)
@@ -100,6 +102,14 @@ class FileKeyProvider:
             raise KeyProviderError(f"device key {name!r} cannot be read from {path}: {exc.problem}") from exc
 
     def public_key(self, name: str) -> PublicKey:
+        """From the private key when this process may load it (it owns it), else from ``<file>.pub``."""
+        path = self.path(name)
+        if self.owner is not None and os.geteuid() != self.owner[0]:
+            pub = path.with_name(path.name + ".pub")
+            try:
+                return PublicKey.load(pub)
+            except ApplianceError as exc:
+                raise KeyProviderError(f"public key of {name!r} cannot be read from {pub}: {exc.problem}") from exc
         return self.signing_key(name).public
 
     # --- secrets --------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ HANDOFF = "handoff.json"
 REPORT = "service.json"
 RECOVERY = "recovery.json"
 BOOT_LOCK = "boot.lock"
+RUN_DIR_MODE = 0o750  # production: 1770 appliance-boot:appliance from tmpfiles (sticky: no one replaces others' files)
+LOCK_MODE = 0o600
+LOCK_ACL_MASK_BITS = 0o040  # a POSIX ACL mask shows as group read (tmpfiles grants appliance-persist r)
 T = TypeVar("T")
 
 
@@ -38,7 +41,7 @@ class RunDir:
         self.path = Path(path)
 
     def _storage(self) -> LocalStorage:
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=RUN_DIR_MODE, parents=True, exist_ok=True)
         return LocalStorage(self.path)
 
     def _write(self, name: str, obj: dict[str, Any]) -> None:
@@ -92,14 +95,28 @@ class RunDir:
 
     # --- boot lock -----------------------------------------------------------------------
 
-    def _lock_fd(self) -> int:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path / BOOT_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    def _lock_fd(self, *, exclusive: bool) -> int:
+        """The boot lock's fd. The file is 0600 and owned by the boot user (production:
+        appliance-boot; tmpfiles gives appliance-persist a read ACL for the shared hold). A
+        lock file someone else created is never used by a boot: it is replaced (the boot user
+        owns the run directory, which is sticky), so no other user can hold the boot lock."""
+        self.path.mkdir(mode=RUN_DIR_MODE, parents=True, exist_ok=True)
+        path = self.path / BOOT_LOCK
+        if not exclusive:
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_MODE)
+        st = os.fstat(fd)
+        if exclusive and (st.st_uid != os.geteuid() or st.st_mode & 0o077 & ~LOCK_ACL_MASK_BITS):
+            os.close(fd)
+            self._remove(BOOT_LOCK)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_MODE)
+        return fd
 
     @contextlib.contextmanager
     def boot_lock(self) -> Iterator[None]:
         """Held by a boot for its whole run; waits for an in-flight commit to finish."""
-        fd = self._lock_fd()
+        fd = self._lock_fd(exclusive=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -109,7 +126,7 @@ class RunDir:
     @contextlib.contextmanager
     def commit_guard(self) -> Iterator[bool]:
         """Shared hold for a commit; yields False (and holds nothing) while a boot is running."""
-        fd = self._lock_fd()
+        fd = self._lock_fd(exclusive=False)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

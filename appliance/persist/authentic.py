@@ -50,7 +50,10 @@ class ControlReceipts:
 def check_receipt(name: str, info: ExportInfo, receipt: dict[str, Any] | None, handoff: Handoff | None) -> None:
     """``UnauthenticExportError`` unless ``receipt`` vouches for this export of the handed-off checkpoint."""
     if receipt is None:
-        raise UnauthenticExportError(f"{name} was not produced by the running model service (no receipt)")
+        raise UnauthenticExportError(
+            f"{name} was not produced by the running model service (no receipt: written by someone else, "
+            "or left by an earlier service process or boot)"
+        )
     if receipt.get("content_sha256") != info.content_sha256:
         raise UnauthenticExportError(f"{name} differs from what the service wrote under that name (content digest)")
     if receipt.get("source") != info.source:

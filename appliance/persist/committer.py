@@ -37,7 +37,7 @@ class Committer:
         self.config = config
         self.receipts = receipts or ControlReceipts(config.control_socket)
         self.events = events
-        self.store = Store.open(config.store, trust_path=config.trust or None)
+        self.store = Store.open(config.store, trust_path=config.trust_file())
         self.states = SlotStates(self.store.storage, self.store.limits)
         self.store.good_provider = self.states.good_generations
         self.key = SigningKey.load(config.signing_key)
@@ -130,5 +130,7 @@ class Committer:
             step=opened.info.step,
             export_pause_s=opened.info.pause_s,
             gc_removed=gc.removed_checkpoints,
+            signer_role=result.authorization.role if result.authorization else None,
+            release_base=result.authorization.release_base.generation if result.authorization else None,
         )
         return result

@@ -39,12 +39,13 @@ from appliance.format.provisioning import (
     device_key_comment,
 )
 from appliance.node.config import NodeConfig
-from appliance.node.floor import open_floor
+from appliance.node.floor import FloorMissingError, open_floor
 from appliance.node.keyprovider import DEVICE_KEY, KeyProvider, open_key_provider
 from appliance.node.mounts import unavailable_slots
 from appliance.provision import files
 from appliance.provision.partitions import PartitionOutcome, Runner, format_empty_partitions, run
 from appliance.signing import TrustStore
+from appliance.signing.trust import DEVICE
 from appliance.storage import LocalStorage
 from appliance.store import layout
 from appliance.store.bootstate import SlotStates
@@ -192,7 +193,7 @@ class FirstBoot:
         merged = current
         for key in release.keys:
             if key.keyid not in merged.revoked:
-                merged = merged.with_key(key.public, key.comment)
+                merged = merged.with_key(key.public, key.comment, role=key.role, models=key.models, device=key.device)
         if merged != current or current_obj is None:
             files.write_json(self.trust_path, merged.to_dict())
             return f"{len(merged.keys) - len(current.keys)} release key(s) added to {self.trust_path}"
@@ -217,7 +218,11 @@ class FirstBoot:
         if not (self.paths.factory / "bundles").is_dir():
             self.summary["factory_generation"] = None
             return f"no factory checkpoint in {self.paths.factory}: the node boots into recovery until one is imported"
-        result = import_checkpoint(store, LocalStorage(self.paths.factory), floor=open_floor(self.config).read())
+        try:
+            floor = open_floor(self.config).read()
+        except FloorMissingError:
+            floor = 0  # first boot: the "floor" step below provisions it; from then on missing fails closed
+        result = import_checkpoint(store, LocalStorage(self.paths.factory), floor=floor)
         self.summary["factory_generation"] = result.generation
         return f"generation {result.generation} imported into slot {result.slot} (verified)"
 
@@ -236,7 +241,8 @@ class FirstBoot:
             files.write_json(path, identity.to_dict())
         trust = _trust_from(files.read_json(self.trust_path), self.trust_path)
         if trust.get(public.keyid) is None:
-            files.write_json(self.trust_path, trust.with_key(public, device_key_comment(device_id)).to_dict())
+            device_key = trust.with_key(public, device_key_comment(device_id), role=DEVICE, device=device_id)
+            files.write_json(self.trust_path, device_key.to_dict())
         self.summary.update(device_id=device_id, keyid=public.keyid)
         return f"device {device_id} key {public.keyid[:16]} role device"
 

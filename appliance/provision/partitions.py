@@ -22,6 +22,9 @@ from appliance.errors import ProvisioningError
 
 SLOT_LABELS = {"A": "CKPT_A", "B": "CKPT_B"}
 BLKID_NOTHING_FOUND = 2  # blkid's exit status when it finds no signature (util-linux)
+# What blkid -p reports for a signature *on* the device. A GPT partition also reports its own
+# table entry (PART_ENTRY_*) and DEVNAME: those describe where it is, not what it holds.
+SIGNATURE_FIELDS = ("TYPE", "PTTYPE", "USAGE", "SEC_TYPE")
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
@@ -42,7 +45,11 @@ class PartitionOutcome:
 
 
 def probe(device: Path, runner: Runner = run) -> dict[str, str]:
-    """blkid's low-level probe of ``device``: ``{}`` when it holds no signature at all."""
+    """blkid's low-level probe of ``device``: ``{}`` when it holds no signature at all.
+
+    Any file system, swap, RAID member, LUKS header or nested partition table counts, and so does
+    an unrecognised field (fail safe: an unknown is never formatted).
+    """
     done = runner(["blkid", "-p", "-o", "export", str(device)])
     if done.returncode == BLKID_NOTHING_FOUND:
         return {}
@@ -51,8 +58,16 @@ def probe(device: Path, runner: Runner = run) -> dict[str, str]:
             f"cannot probe {device}: blkid exit {done.returncode}: {done.stderr.strip()[:200]}",
             remedy="check the storage device (dmesg); nothing was formatted",
         )
-    found = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
-    return found or {"TYPE": "unknown"}  # blkid said "found" without fields: treat as in use
+    return signature(done.stdout)
+
+
+def signature(export: str) -> dict[str, str]:
+    """The signature fields of ``blkid -p -o export`` output; ``{}`` when it names none."""
+    found = dict(line.split("=", 1) for line in export.splitlines() if "=" in line)
+    if any(found.get(k) for k in SIGNATURE_FIELDS):
+        return found
+    unknown = {k for k in found if k != "DEVNAME" and not k.startswith("PART_ENTRY_")}
+    return {**found, "TYPE": "unknown"} if unknown else {}  # an unrecognised field: treat as in use
 
 
 def format_if_empty(slot: str, partlabel_dir: Path, runner: Runner = run) -> PartitionOutcome:

@@ -89,7 +89,7 @@ class ServiceRuntime:
             self._enter(Phase.LOADING)
             built = loader.build(self.config.model, self.config.model_init)
             self._enter(Phase.RESTORING)
-            store = Store.open(self.config.store, trust_path=self.config.trust or None)
+            store = Store.open(self.config.store, trust_path=self.config.trust_file())
             restored = restore_into_model(store, self.handoff, built.model, self.config.restore_workers or None)
             self.model, self.restored = built.model, restored
             self._emit_restored(restored, built.init)

@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from appliance.errors import KeyFileError
+from appliance.errors import KeyFileError, KeyPermissionError
 
 KEY_FILE_MAX_BYTES = 64 * 1024
+PRIVATE_KEY_FORBIDDEN_BITS = 0o077  # a private key file is readable by its owner only (0400 or 0600)
 
 
 ED25519, ECDSA_P256 = "ed25519", "ecdsa-p256"
@@ -196,12 +197,33 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: str | Path) -> SigningKey:
-        return cls.from_pem(_read_key_file(Path(path)), str(path))
+        """Read a private key file; refuses one that others could read or that another user owns.
+
+        Raises ``KeyFileError`` (unreadable, malformed) or ``KeyPermissionError`` (group/world
+        bits set, or owner != this process's effective uid; the check is on the opened file).
+        """
+        return cls.from_pem(_read_key_file(Path(path), private=True), str(path))
 
 
-def _read_key_file(path: Path) -> bytes:
+def check_private_key_stat(path: Path, st: os.stat_result, euid: int) -> None:
+    """Refuse a private key file whose mode or owner lets anyone but this process read it."""
+    if st.st_mode & PRIVATE_KEY_FORBIDDEN_BITS:
+        raise KeyPermissionError(
+            f"private key {path} has mode {st.st_mode & 0o777:04o}: group or others may read it",
+            remedy=f"chmod 0400 {path} (and treat the key as leaked if others could read it)",
+        )
+    if st.st_uid != euid:
+        raise KeyPermissionError(
+            f"private key {path} is owned by uid {st.st_uid}, this process runs as uid {euid}",
+            remedy=f"chown the key to the user that signs (production: appliance-persist), or run as uid {st.st_uid}",
+        )
+
+
+def _read_key_file(path: Path, *, private: bool = False) -> bytes:
     try:
         with open(path, "rb") as f:
+            if private:
+                check_private_key_stat(path, os.fstat(f.fileno()), os.geteuid())
             data = f.read(KEY_FILE_MAX_BYTES + 1)
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc

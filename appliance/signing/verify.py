@@ -2,9 +2,9 @@
 
 Owns: the only constructor path of ``VerifiedManifest`` and the order of checks:
 size cap -> envelope parse -> signatures (trusted, not revoked, threshold) -> payload parse
-(canonical, schema, structure) -> model compatibility. Does not own frame verification: a
-``VerifiedManifest`` vouches for the manifest; each frame is still hashed before it is
-decoded (``appliance.store.restore``).
+(canonical, schema, structure) -> model compatibility -> key roles and lineage (``lineage``).
+Does not own frame verification: a ``VerifiedManifest`` vouches for the manifest; each frame
+is still hashed before it is decoded (``appliance.store.restore``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from appliance.format.statement import (
 )
 from appliance.limits import DEFAULT_LIMITS, Limits
 from appliance.signing.keys import SigningKey
+from appliance.signing.lineage import Authorization, authorize
 from appliance.signing.trust import TrustStore
 
 _TOKEN = object()
@@ -44,6 +45,7 @@ class VerifiedManifest:
     bundle_digest: Digest
     keyids: tuple[str, ...]
     _token: object = field(default=None, repr=False, compare=False)
+    authorization: Authorization | None = None  # always set by verify_bundle: signer role and release base
 
     def __post_init__(self) -> None:
         if self._token is not _TOKEN:
@@ -64,7 +66,12 @@ def verify_bundle(
     *,
     expected_model: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    release_only: bool = False,
 ) -> VerifiedManifest:
+    """Verify a bundle against ``trust``; raises the typed error of the first check that fails.
+
+    ``release_only``: only release (or role-less) keys count, as for a lineage's release base.
+    """
     bundle = parse_bundle(data, limits)
     signed = bundle.signed_bytes()
     good: set[str] = set()
@@ -87,7 +94,8 @@ def verify_bundle(
         raise CompatibilityError(
             f"checkpoint is for model {manifest.model!r:.80}, this store holds {expected_model!r:.80}"
         )
-    return VerifiedManifest(manifest, Digest.of(data), tuple(sorted(good)), _TOKEN)
+    authorization = authorize(manifest, sorted(good), trust, release_only=release_only, limits=limits)
+    return VerifiedManifest(manifest, Digest.of(data), tuple(sorted(good)), _TOKEN, authorization)
 
 
 def _refuse(good: int, threshold: int, *, revoked: int, unknown: int, bad: int) -> None:

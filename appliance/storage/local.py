@@ -20,6 +20,10 @@ from appliance.storage.base import split_path, translate_os_error
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Never world-readable (weights are the owner's): the store user writes, group ``appliance``
+# (the model service) reads; others get nothing, whatever the process umask (docs/design.md §7).
+STORE_FILE_MODE = 0o640
+STORE_DIR_MODE = 0o750
 
 
 class LocalStorage:
@@ -161,7 +165,7 @@ class LocalStorage:
     def write_new(self, path: str, data: bytes | memoryview) -> None:
         *dirs, name = split_path(path)
         with self._dir(dirs, "create", path) as dfd:
-            fd: int = self._call("create", path, os.open, name, _NEW_FLAGS, 0o644, dir_fd=dfd)  # type: ignore[assignment]
+            fd: int = self._call("create", path, os.open, name, _NEW_FLAGS, STORE_FILE_MODE, dir_fd=dfd)  # type: ignore[assignment]
             try:
                 view = memoryview(data).cast("B")
                 while view:
@@ -194,7 +198,7 @@ class LocalStorage:
     def mkdir(self, path: str) -> None:
         *dirs, name = split_path(path)
         with self._dir(dirs, "create directory", path) as dfd:
-            self._call("create directory", path, os.mkdir, name, 0o755, dir_fd=dfd)
+            self._call("create directory", path, os.mkdir, name, STORE_DIR_MODE, dir_fd=dfd)
 
     def free_bytes(self, path: str) -> int:
         with self._dir(split_path(path), "stat", path) as dfd:

@@ -40,6 +40,7 @@ from appliance.format.canary import METADATA_KEY as CANARY_KEY
 from appliance.format.canary import Canary
 from appliance.format.commit import CommitRecord
 from appliance.format.digest import Digest
+from appliance.format.lineage import Lineage
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import choose_target_slot, first_unused_generation
 from appliance.format.provenance import Provenance
@@ -47,7 +48,7 @@ from appliance.format.statement import parse_bundle, parse_statement
 from appliance.format.validate import check_metadata as check_metadata_rules
 from appliance.format.validate import check_tensor_count, check_unique
 from appliance.limits import DEFAULT_LIMITS
-from appliance.signing import SigningKey, TrustStore, sign_manifest
+from appliance.signing import Authorization, SigningKey, TrustStore, authorize, lineage_for_commit, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
 from appliance.store import layout
 from appliance.store.assets import AssetJobs, DirectoryParts
@@ -81,9 +82,11 @@ class CommitResult:
     frames: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"reused": 0, "delta": 0, "full": 0, "copied": 0})
     seconds: float = 0.0
+    authorization: Authorization | None = None  # signer role and release base of the new checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **(self.authorization.to_dict() if self.authorization else {}),
             "slot": self.slot,
             "generation": self.generation,
             "manifest_digest": self.manifest_digest.hex,
@@ -322,6 +325,10 @@ def commit(
         encoder = FrameEncoder(request.options, parent_manifest, supply)
     placer = _FramePlacer(target_reader, batch)
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
+    signers = [k.keyid for k in request.keys]
+    lineage = lineage_for_commit(  # a device key signs only descendants of a release (issue 10)
+        signers, trust, (parent.bundle, parent.authorization, parent.verified.manifest) if parent else None
+    )
     try:
         manifest = _encode_and_place(
             encoder=encoder,
@@ -333,11 +340,13 @@ def commit(
             metadata=metadata,
             result=result,
             progress=progress,
+            lineage=lineage,
         )
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
         _recheck_sources(sources)  # never a mixture of two versions of a source file
         _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
+        result.authorization = authorize(manifest, signers, trust)  # refuse now what boot would refuse
         bundle = sign_manifest(manifest, request.keys)
         _reader_accepts(bundle)
         write_durable(storage, layout.bundle_path(target, generation), bundle)
@@ -379,6 +388,7 @@ def _encode_and_place(
     metadata: dict[str, Any],
     result: CommitResult,
     progress: Progress | None,
+    lineage: Lineage | None = None,
 ) -> Manifest:
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     frames: dict[int, list[FrameRef]] = {}
@@ -405,6 +415,7 @@ def _encode_and_place(
         tensors=tensors,
         bases=tuple(bases),
         metadata=metadata,
+        lineage=lineage,
         assets=asset_entries,
         shards=request.directory.shards,
         index_metadata=request.directory.index_metadata,

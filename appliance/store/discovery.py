@@ -5,9 +5,11 @@ cross-checks -> frame presence), and walking candidates newest-first until one o
 Does not own hashing frame contents (the restore does that exactly once) or slot boot state.
 
 A candidate *opens* when: its commit record parses and checks itself; the bundle file matches
-the record's digest and size; the signature verifies against the trust store; the manifest's
-model is this store's; the manifest's generation and digest match the record; and every frame
-(including delta bases) is present in the slot with its stored size.
+the record's digest and size; the signature verifies against the trust store and the signers'
+roles allow this checkpoint (a device-signed one needs a release lineage of the same model and
+tensor layout: ``LineageError``/``RoleError``); the manifest's model is this store's; the
+manifest's generation and digest match the record; and every frame (including delta bases)
+is present in the slot with its stored size.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from appliance.errors import (
 from appliance.format.commit import SLOT_NAMES, CommitRecord
 from appliance.format.plan import Candidate, SlotView, boot_order
 from appliance.limits import DEFAULT_LIMITS, Limits
-from appliance.signing import TrustStore, VerifiedManifest, verify_bundle
+from appliance.signing import Authorization, TrustStore, VerifiedManifest, verify_bundle
 from appliance.storage import Storage
 from appliance.store.slot import RecordOutcome, SlotReader
 
@@ -37,10 +39,16 @@ class OpenCheckpoint:
     slot: str
     record: CommitRecord
     verified: VerifiedManifest
+    bundle: bytes = field(default=b"", repr=False, compare=False)  # the verified bundle file's bytes
 
     @property
     def generation(self) -> int:
         return self.record.generation
+
+    @property
+    def authorization(self) -> Authorization:
+        assert self.verified.authorization is not None  # verify_bundle always sets it
+        return self.verified.authorization
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,7 @@ def open_checkpoint(
     if check_frames:
         for frame in manifest.frame_index().values():
             reader.check_present(frame)
-    return OpenCheckpoint(record.slot, record, verified)
+    return OpenCheckpoint(record.slot, record, verified, bundle)
 
 
 def select(

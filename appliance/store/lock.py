@@ -21,7 +21,7 @@ def writer_lock(path: Path | None, wait: bool = False) -> Iterator[None]:
         yield
         return
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StorageError(f"cannot open lock file {path}: {exc.strerror}") from exc
     try:

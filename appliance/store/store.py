@@ -31,7 +31,7 @@ from appliance.format.provenance import Provenance
 from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
-from appliance.signing import PublicKey, SigningKey, TrustStore
+from appliance.signing import PublicKey, SigningKey, TrustStore, verify_bundle
 from appliance.storage import LocalStorage, Storage, write_durable
 from appliance.store import layout
 from appliance.store.assets import DirectoryParts
@@ -92,7 +92,7 @@ class Store:
             raise StoreExistsError(f"{root} exists and is not an empty directory")
         if not trusted:
             raise TrustStoreError("a store needs at least one trusted public key", remedy="pass --trust PUBKEY")
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o750, parents=True, exist_ok=True)
         storage = LocalStorage(root)
         trust = TrustStore()
         for key in trusted:
@@ -333,6 +333,7 @@ class Store:
                 entry["error"] = exc.problem
                 entries.append(entry)
                 continue
+            entry.update(self._authorization(data))
             kinds = {"delta": 0, "full": 0}
             for f in manifest.all_frames():
                 kinds["delta" if f.base is not None else "full"] += 1
@@ -353,6 +354,15 @@ class Store:
             entries.append(entry)
         entries.sort(key=lambda e: (-e["generation"], e["slot"]))
         return entries
+
+    def _authorization(self, bundle: bytes) -> dict[str, Any]:
+        """Signer role and release base of a bundle, or why it does not verify (for log and status)."""
+        try:
+            verified = verify_bundle(bundle, self.trust, expected_model=self.config.model, limits=self.limits)
+        except ApplianceError as exc:
+            return {"signer_role": None, "release_base": None, "verify_error": f"{type(exc).__name__}: {exc.problem}"}
+        assert verified.authorization is not None
+        return verified.authorization.to_dict()
 
     def status(self) -> dict[str, Any]:
         found = scan(self.storage, self.limits)
@@ -381,6 +391,7 @@ class Store:
             newest_valid: dict[str, Any] | None = {
                 "slot": newest.opened.slot,
                 "generation": newest.opened.generation,
+                **newest.opened.authorization.to_dict(),
             } | ({"provenance": provenance.to_dict() | {"summary": provenance.describe()}} if provenance else {})
             failures = [f.describe() for f in newest.failures]
         except NoValidCheckpointError as exc:

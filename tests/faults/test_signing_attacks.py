@@ -136,6 +136,7 @@ def test_floor_raised_before_the_new_slot_is_proven_is_refused(tmp_path: Path, k
     store = Store(storage, make_config(), keys.trust)
     store.good_provider = SlotStates(storage).good_generations
     floor_file = tmp_path / "floor.json"
+    FileFloor(floor_file).raise_to(0)  # provisioned (node-init, the image): a missing floor fails closed
     checked = 0
     for step in (1, 2, 3):  # each commit, then a boot that proves it: A 1, B 2, A 3
         store.commit(history.sources(step), [keys.signer])

@@ -76,10 +76,9 @@ def test_control_conffiles_and_maintainer_scripts(deb) -> None:
     control = (tree / "DEBIAN/control").read_text()
     assert re.search(r"^Architecture: amd64$", control, re.M)
     assert re.search(r"^Depends: .*python3-venv", control, re.M)
-    assert set((tree / "DEBIAN/conffiles").read_text().split()) == {
-        "/etc/appliance/node.json",
-        "/etc/appliance/supervisord.conf",
-    }
+    conffiles = set((tree / "DEBIAN/conffiles").read_text().split())
+    assert {"/etc/appliance/node.json", "/etc/appliance/supervisord.conf"} <= conffiles
+    assert conffiles == {"/" + str(p.relative_to(tree)) for p in (tree / "etc").rglob("*") if p.is_file()}
     for script in ("postinst", "prerm", "postrm"):
         assert subprocess.run(["sh", "-n", str(tree / "DEBIAN" / script)]).returncode == 0
     postinst = (tree / "DEBIAN/postinst").read_text()

@@ -32,7 +32,12 @@ def _project_dependencies() -> list[Requirement]:
     text = (REPO / "pyproject.toml").read_text()
     block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M)
     assert block
-    return [Requirement(r) for r in re.findall(r'^\s*"([^"]+)"', block[1], re.M)]
+    reqs = re.findall(r'^\s*"([^"]+)"', block[1], re.M)
+    for extra in ("console", "remote"):  # what a node runs besides the core (image/lock.py NODE_EXTRAS)
+        m = re.search(rf"^{extra} = \[(.*?)\]", text, re.S | re.M)
+        assert m, extra
+        reqs += re.findall(r'"([^"]+)"', m[1])
+    return [Requirement(r) for r in reqs]
 
 
 @pytest.mark.unit

@@ -133,6 +133,8 @@ def intruder() -> Intruder:
     """A real unprivileged local user (``useradd``); skipped without root, which CI has."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create a real unprivileged user (CI runs as root)")
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip(f"the intruder runs {SYSTEM_PYTHON} (a system interpreter it may execute); not installed")
     ensure_group()
     try:
         entry = pwd.getpwnam(INTRUDER)

@@ -140,7 +140,10 @@ def test_checkpoint_for_another_model_is_refused(node_factory: NodeFactory) -> N
     node.seed()
     other = node_factory(model_id="some-other-model")
     # same device key in both stores: only the model id differs
-    (other.root / "keys" / "device.key").write_bytes((node.root / "keys" / "device.key").read_bytes())
+    other_key = other.root / "keys" / "device.key"
+    other_key.unlink()  # 0400, never rewritten in place
+    other_key.write_bytes((node.root / "keys" / "device.key").read_bytes())
+    other_key.chmod(0o400)
     trust = (node.root / "store" / "trust.json").read_bytes()
     (other.root / "store" / "trust.json").write_bytes(trust)
     other.seed()

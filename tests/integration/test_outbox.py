@@ -134,7 +134,9 @@ def test_commit_refused_when_the_target_slot_is_not_mounted(node: NodeConfig) ->
     """With require_mounts, a bare directory where slot B's partition belongs is never written."""
     serving_good(node)
     path = export(node, 1, 1)
-    assert daemon(with_changes(node, require_mounts=True)).process() is None
+    rootfs_trust = Path(node.store).parent / "trust.json"  # production keeps it off the store partition
+    rootfs_trust.write_bytes((Path(node.store) / "trust.json").read_bytes())
+    assert daemon(with_changes(node, require_mounts=True, trust=str(rootfs_trust))).process() is None
     failed = events(node, "persist.failed")[-1]["fields"]
     assert failed["error"] == "SlotUnavailableError"
     assert path.exists() and generations(node) == [1]

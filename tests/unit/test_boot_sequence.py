@@ -15,7 +15,7 @@ from appliance.events import EventLog, read_events
 from appliance.format import slotstate as ss
 from appliance.format.handoff import Admit, Phase, ServiceReport
 from appliance.node.config import NodeConfig
-from appliance.node.floor import FileFloor
+from appliance.node.floor import FileFloor, FloorMissingError
 from appliance.node.rundir import RunDir
 from appliance.signing import SigningKey
 from appliance.store.bootstate import SlotStates
@@ -93,6 +93,7 @@ class Node:
             ready_timeout=5,
             max_boot_attempts=2,
         )
+        FileFloor(self.config.floor_file).raise_to(0)  # provisioned, as node-init and the image do
         self.run = RunDir(self.config.run_dir)
         self.service = ScriptedService(self.run)
         self.states = SlotStates(self.store.storage)
@@ -248,6 +249,32 @@ def test_damaged_floor_file_is_rebuilt_from_the_slot_states(node: Node) -> None:
     node.boot()
     assert node.events("floor.damaged")[-1]["fields"]["floor"] == 1
     assert FileFloor(node.config.floor_file).read() == 1
+
+
+def test_deleted_floor_fails_closed(node: Node) -> None:
+    """Deleting the floor file does not re-open rollback: the floor is rebuilt from the slot states."""
+    node.commit(1)
+    node.commit(2)
+    node.commit(3)  # A/1, B/2, A/3
+    node.states.write(ss.mark_good(node.slot("A"), 3, "a" * 64, "t"))
+    node.states.write(ss.mark_good(node.slot("B"), 2, "b" * 64, "t"))
+    FileFloor(node.config.floor_file).raise_to(2)
+    Path(node.config.floor_file).unlink()  # the offline attacker deletes the floor ...
+    node.service.plan[("A", 3)] = "fail:restoring"  # ... and spoils both newer checkpoints
+    node.service.plan[("B", 2)] = "fail:restoring"
+    outcome = node.boot()
+    assert outcome.exit_code == 50 and outcome.serving is None  # A/1 would be a rollback
+    assert node.events("floor.missing")[-1]["fields"]["floor"] == 2
+    refused = [e["fields"] for e in node.events("checkpoint.refused")]
+    assert ("A", 1, "RollbackError") in [(r["slot"], r["generation"], r["error"]) for r in refused]
+    assert not node.events("floor.damaged")
+
+
+def test_missing_floor_file_reads_as_missing_never_as_zero(tmp_path: Path) -> None:
+    with pytest.raises(FloorMissingError):
+        FileFloor(tmp_path / "floor.json").read()
+    assert FileFloor(tmp_path / "floor.json").raise_to(0) == 0
+    assert FileFloor(tmp_path / "floor.json").read() == 0
 
 
 def test_damaged_commit_record_is_refused_and_reported(node: Node) -> None:

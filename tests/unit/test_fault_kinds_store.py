@@ -161,6 +161,7 @@ def test_kind4_cli_input_refusals_use_input_error_codes(tmp_path: Path) -> None:
     _store(tmp_path)
     key = tmp_path / "k.pem"
     key.write_bytes(KEY.private_pem())
+    key.chmod(0o600)  # a key file others may read is refused (KeyPermissionError)
     src = tmp_path / "m.safetensors"
     save_file({"w": np.zeros(4, np.float32)}, str(src))
     meta = json.dumps(_nested(metadata_max_depth() + 1))

@@ -86,7 +86,7 @@ def test_boot_lock_excludes_commits_and_is_released_with_its_holder(tmp_path: Pa
 
 def test_file_floor_only_rises(tmp_path: Path) -> None:
     floor = FileFloor(tmp_path / "f" / "floor.json")
-    assert floor.read() == 0
+    assert floor.raise_to(0) == 0 and floor.read() == 0
     assert floor.raise_to(5) == 5 and floor.raise_to(3) == 5 and floor.read() == 5
 
 

@@ -140,3 +140,33 @@ def test_node_json_picks_the_provider(tmp_path: Path) -> None:
     public = keys.create_signing_key(DEVICE_KEY)
     assert (tmp_path / "k" / "device.key").exists() and keys.describe()["provider"] == "file"
     assert public.keyid
+
+
+# --- the blkid guard ---------------------------------------------------------------------------
+
+EMPTY_GPT_PARTITION = """DEVNAME=/dev/vdb1
+PART_ENTRY_SCHEME=gpt
+PART_ENTRY_NAME=CKPT_A
+PART_ENTRY_UUID=5f1c7b1e-2b6a-4c1e-9d0e-8f3f5a7c9b10
+PART_ENTRY_TYPE=0fc63daf-8483-4772-8e79-3d69d8477de4
+PART_ENTRY_NUMBER=1
+PART_ENTRY_OFFSET=2048
+PART_ENTRY_SIZE=1048576
+PART_ENTRY_DISK=254:16
+"""
+
+
+def test_an_empty_gpt_partition_reports_only_its_table_entry_and_counts_as_empty() -> None:
+    from appliance.provision.partitions import signature
+
+    assert signature(EMPTY_GPT_PARTITION) == {}
+    assert signature("") == {}
+
+
+@pytest.mark.parametrize(
+    "extra", ["TYPE=ext4\nUSAGE=filesystem", "TYPE=swap", "PTTYPE=dos", "TYPE=crypto_LUKS", "SOMETHING_NEW=1"]
+)
+def test_any_signature_or_unknown_field_counts_as_in_use(extra: str) -> None:
+    from appliance.provision.partitions import signature
+
+    assert signature(EMPTY_GPT_PARTITION + extra + "\n").get("TYPE") or signature(EMPTY_GPT_PARTITION + extra)["PTTYPE"]

@@ -1,0 +1,163 @@
+"""VM tier guest agent (test harness, never shipped): the node's state as marker lines on /dev/ttyS1.
+
+Lines: ``VMAGENT <what> key=value ...``. It reports: start (guest uptime), serving (generation,
+slot, manifest digest, uptime), each persist.committed event, a deep verify of the store after
+serving, failed units, and journald's copy of boot.serving with its MESSAGE_ID and APPLIANCE_*
+fields. It keeps the model changing (POST /v1/adapt) so every persist commits new state.
+Scenario knobs come from the kernel command line: ``vmtest.hang_persist=1`` freezes the
+persistence watchdog (SIGSTOP) after the first commit, to prove systemd's WatchdogSec restarts it.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import urllib.request
+
+APPLIANCE = "/opt/appliance/venv/bin/appliance"
+EVENTS = "/var/log/appliance/events.jsonl"
+SERVICE = "http://127.0.0.1:8470"
+BOOT_SERVING_ID = "443baed6af794a5a92b953b482a774b0"
+OUT = open("/dev/ttyS1", "w", buffering=1)  # noqa: SIM115
+
+
+def say(line):
+    OUT.write(f"VMAGENT {line}\n")
+    OUT.flush()
+
+
+def uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def call(path, body=None, timeout=5):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(SERVICE + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, json.loads(resp.read() or b"null")
+
+
+def ready():
+    try:
+        status, body = call("/ready", timeout=2)
+    except Exception:
+        return None
+    return body if status == 200 else None
+
+
+def run(*argv, timeout=300):
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    return done.returncode, done.stdout
+
+
+class Events:
+    def __init__(self):
+        self.pos = os.path.getsize(EVENTS) if os.path.exists(EVENTS) else 0
+
+    def new(self):
+        try:
+            with open(EVENTS, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except OSError:
+            return []
+        cut = data.rfind(b"\n") + 1
+        self.pos += cut
+        out = []
+        for line in data[:cut].splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+
+def persist_pid():
+    code, out = run("pgrep", "-f", "appliance persist --config")
+    pids = [int(p) for p in out.split()] if code == 0 else []
+    return pids[0] if pids else None
+
+
+def report_once_serving(body):
+    handoff = body.get("handoff") or {}
+    say(
+        f"serving generation={handoff.get('generation')} slot={handoff.get('slot')} "
+        f"digest={handoff.get('manifest_digest')} uptime={uptime():.2f}"
+    )
+    code, out = run(APPLIANCE, "verify", "/var/lib/appliance", "--deep", "--json")
+    try:
+        report = json.loads(out)
+        bad = [
+            f"{c.get('slot')}{c.get('generation')}:{c.get('error_class')}"
+            for c in report.get("checkpoints", [])
+            if not c.get("ok")
+        ]
+        problems = [str(p)[:120] for p in report.get("problems", [])]
+    except ValueError:
+        bad, problems = ["unparsed"], [out[:200]]
+    say(f"verify rc={code} bad={','.join(bad) or '-'} problems={'|'.join(problems).replace(' ', '_') or '-'}")
+    code, out = run("systemctl", "--failed", "--no-legend", "--plain")
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    say(f"failed-units count={len(names)} names={','.join(names) or '-'}")
+    code, out = run("systemctl", "show", "-p", "NRestarts", "--value", "appliance-supervisor.service")
+    say(f"supervisor nrestarts={out.strip() or '-'}")
+    code, out = run("journalctl", "-o", "json", "-n", "1", f"MESSAGE_ID={BOOT_SERVING_ID}")
+    try:
+        entry = json.loads(out.splitlines()[-1])
+        fields = sorted(k for k in entry if k.startswith("APPLIANCE_"))
+        say(f"journal boot.serving message_id={entry.get('MESSAGE_ID')} fields={','.join(fields)}")
+    except (ValueError, IndexError):
+        say("journal boot.serving message_id=- fields=-")
+
+
+def main():
+    with open("/proc/cmdline") as f:
+        cmdline = f.read().split()
+    hang_persist = "vmtest.hang_persist=1" in cmdline
+    say(f"up uptime={uptime():.2f}")
+    events = Events()
+    serving = False
+    hung = False
+    rng = random.Random(os.getpid())
+    adapt_ok = True
+    last_status = time.monotonic()
+    while True:
+        for e in events.new():
+            fields = e.get("fields", {})
+            if e.get("event") == "persist.committed":
+                say(f"committed generation={fields.get('generation')} slot={fields.get('slot')}")
+                if hang_persist and not hung and (pid := persist_pid()):
+                    os.kill(pid, signal.SIGSTOP)
+                    hung = True
+                    say(f"persist-frozen pid={pid} uptime={uptime():.2f}")
+            else:
+                brief = " ".join(f"{k}={v}" for k, v in sorted(fields.items()) if not isinstance(v, (dict, list)))
+                say(f"event name={e.get('event')} {brief.replace(chr(10), ' ')[:300]}")
+        if not serving and time.monotonic() - last_status > 30:
+            last_status = time.monotonic()
+            code, out = run("systemctl", "is-active", "appliance-supervisor", "appliance-boot")
+            say(f"status units={','.join(out.split())} uptime={uptime():.0f}")
+        if not serving:
+            body = ready()
+            if body is not None:
+                serving = True
+                report_once_serving(body)
+        elif adapt_ok:
+            x = [[rng.uniform(-1, 1) for _ in range(16)] for _ in range(4)]
+            y = [[rng.uniform(-1, 1) for _ in range(4)] for _ in range(4)]
+            try:
+                call("/v1/adapt", {"inputs": x, "targets": y})
+            except Exception as exc:
+                if ready() is None:
+                    serving = False  # the service restarted: report again once it serves
+                else:
+                    adapt_ok = False
+                    say(f"adapt unavailable: {exc!r:.100}")
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The image under a real systemd, journald, supervisord and service, in QEMU, with hard power cuts.
+
+One node (module scope) lives through the tests in file order, as a device would: first boot
+(provisioning, then serving the factory checkpoint), power cuts at random moments during persists
+(SIGKILL of QEMU and QMP ``system_reset``, alternating), then its CKPT_A partition is destroyed
+and it must boot from CKPT_B. A second node proves the persistence watchdog's ``WatchdogSec``.
+
+Acknowledged generation = the newest ``persist.committed`` the guest reported before the cut.
+After every cut the node must serve that generation or a newer committed one (never older), its
+served manifest digest must be the committed one, and ``appliance verify --deep`` must pass
+(every committed checkpoint decodes to exactly its signed content: never a mixture).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.vm.conftest import PERSIST_INTERVAL
+from tests.vm.qemu import Vm
+
+pytestmark = pytest.mark.vm
+CUTS = int(os.environ.get("VM_CUTS", "20"))  # per CI run; `-m "vm and slow"` runs SLOW_CUTS
+SLOW_CUTS = int(os.environ.get("VM_SLOW_CUTS", "100"))
+BOOT_TIMEOUT = 600.0  # seconds; 2 shared cores under load can be very slow, KVM or not
+SEED = int(os.environ.get("VM_SEED", str(int(time.time()))))
+
+
+@pytest.fixture(scope="module")
+def node(vm_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
+    vm = Vm(vm_image, tmp_path_factory.mktemp("vm-node"))
+    try:
+        yield vm
+    finally:
+        vm.stop()
+
+
+def committed(vm: Vm, upto: int | None = None) -> list[int]:
+    lines = vm.agent_lines()[:upto]
+    return [int(line.split("generation=")[1].split()[0]) for line in lines if line.startswith("VMAGENT committed ")]
+
+
+def boot_and_serve(vm: Vm, before: int, metrics: dict[str, Any] | None = None) -> dict[str, str]:
+    started = vm.started_at
+    serving = vm.wait("serving", before, BOOT_TIMEOUT)
+    if metrics is not None:
+        metrics.setdefault("power_on_to_serving_s", []).append(round(time.monotonic() - started, 1))
+        metrics.setdefault("guest_uptime_at_serving_s", []).append(float(serving["uptime"]))
+    verify = vm.wait("verify", before, BOOT_TIMEOUT)
+    assert verify["rc"] == "0", vm.tail()
+    return serving
+
+
+def test_first_boot_provisions_then_serves_the_factory_checkpoint(node: Vm, metrics: dict[str, Any]) -> None:
+    before = node.start()
+    serving = boot_and_serve(node, before, metrics)
+    metrics["first_boot_power_on_to_serving_s"] = metrics["power_on_to_serving_s"][-1]
+    assert serving["generation"] == "1" and serving["slot"] in ("A", "B")  # the factory checkpoint
+    console = node.console()
+    for step in ("format", "store", "trust", "factory", "key", "register", "floor", "done"):
+        assert f"APPLIANCE-FIRSTBOOT {step} " in console, step
+    assert "CKPT_A formatted" in console and "CKPT_B formatted" in console
+    failed = node.wait("failed-units", before, 60)
+    assert failed["count"] == "0", failed["names"]
+    journal = node.wait("journal", before, 60)
+    assert journal["message_id"] == "443baed6af794a5a92b953b482a774b0"
+    assert {"APPLIANCE_GENERATION", "APPLIANCE_SLOT"} <= set(journal["fields"].split(","))
+    node.wait("committed", before, 180)  # the persistence watchdog commits under systemd
+
+
+def _cut_cycle(node: Vm, cuts: int, metrics: dict[str, Any], label: str) -> None:
+    rng = random.Random(SEED)
+    kinds = {"kill": 0, "system_reset": 0}
+    served_newer = 0
+    for i in range(cuts):
+        node.wait("committed", len(node.agent_lines()) - 1 if i else 0, 240)
+        time.sleep(rng.uniform(0.0, 1.5 * PERSIST_INTERVAL))  # a random moment in the persist cycle
+        at = len(node.agent_lines())
+        acked = max(committed(node, at), default=1)
+        if i % 2 == 0:
+            node.kill()
+            before = node.start()
+            kinds["kill"] += 1
+        else:
+            before = node.reset()
+            kinds["system_reset"] += 1
+        serving = boot_and_serve(node, before, metrics)
+        generation = int(serving["generation"])
+        assert generation >= acked, f"cut {i}: serves generation {generation}, older than acknowledged {acked}"
+        served_newer += generation > acked
+    metrics[f"{label}_cuts"] = {**kinds, "total": cuts, "served_newer_than_acked": served_newer, "seed": SEED}
+
+
+def test_power_cuts_during_persists_never_lose_an_acknowledged_generation(node: Vm, metrics: dict[str, Any]) -> None:
+    assert node.proc is not None, "needs the provisioned node of the first test"
+    _cut_cycle(node, CUTS, metrics, "ci")
+
+
+@pytest.mark.slow
+def test_many_power_cuts_nightly(node: Vm, metrics: dict[str, Any]) -> None:
+    assert node.proc is not None, "needs the provisioned node of the first test"
+    _cut_cycle(node, SLOW_CUTS, metrics, "nightly")
+
+
+def test_a_destroyed_ckpt_a_partition_boots_from_ckpt_b(node: Vm, metrics: dict[str, Any]) -> None:
+    assert node.proc is not None, "needs the provisioned node of the first test"
+    before = len(node.agent_lines())
+    node.wait("committed", before, 240)  # both slots hold checkpoints once a persist went to the other
+    node.kill()
+    node.zero_partition_start("CKPT_A")
+    before = node.start()
+    serving = node.wait("serving", before, BOOT_TIMEOUT)
+    assert serving["slot"] == "B", node.tail()
+    events = [line for line in node.agent_lines()[before:] if line.startswith("VMAGENT event name=")]
+    assert any("name=slot.unavailable" in e and "slot=A" in e for e in events), node.tail()
+    metrics["ckpt_a_destroyed_served"] = f"slot B generation {serving['generation']}"
+
+
+@pytest.mark.slow  # WatchdogSec is 600 s in the VM (tests/vm/guest: TCG emulation starts slowly)
+def test_a_hung_persistence_watchdog_is_restarted_by_systemd(
+    vm_image: Path, tmp_path: Path, metrics: dict[str, Any]
+) -> None:
+    vm = Vm(vm_image, tmp_path / "vm-watchdog", append="vmtest.hang_persist=1")
+    try:
+        before = vm.start()
+        boot_and_serve(vm, before)
+        frozen = vm.wait("persist-frozen", before, 300)
+        t0 = time.monotonic()
+        again = vm.wait("serving", int(frozen["_line"]), 1800)  # WatchdogSec, then a restart and a boot
+        metrics["watchdog_restart_to_serving_s"] = round(time.monotonic() - t0, 1)
+        restarts = vm.wait("supervisor", int(again["_line"]), 120)
+        assert int(restarts["nrestarts"]) >= 1, vm.tail()
+        vm.wait("committed", int(again["_line"]), 240)  # persisting again
+    finally:
+        vm.stop()
