@@ -6,6 +6,12 @@ Normal mode: record, bundle, signature, manifest cross-checks, then the SHA-256 
 stored frame (each frame file is hashed once per slot even when several checkpoints share it).
 Deep mode additionally decodes every tensor frame (through its delta chain) and checks the
 SHA-256 of the decoded bytes against the manifest's ``raw_digest``.
+
+Verify takes no lock, so a commit (the persistence watchdog's) may run meanwhile. Its GC
+un-commits a checkpoint record first, then bundle, then frames (rule G1): a checkpoint that
+fails *and* whose record is gone when re-checked was retired by that commit while it was
+read, and is left out of the report instead of being called damaged (docs/design.md §6.3).
+A commit's own new checkpoint is never seen before its record (the commit point) exists.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from appliance.format.manifest import FrameRef
 from appliance.limits import DEFAULT_LIMITS, Limits
 from appliance.signing import TrustStore
 from appliance.storage import Storage
+from appliance.store import layout
 from appliance.store.discovery import open_checkpoint, scan
 from appliance.store.restore import FrameDecoder
 from appliance.store.slot import SlotReader
@@ -127,10 +134,25 @@ def verify_store(
                 )
             entry.ok = True
         except (ApplianceError, StorageError) as exc:
+            if _retired(storage, outcome.slot, outcome.generation):
+                report.checkpoints.remove(entry)  # un-committed by a concurrent commit's GC: not damage
+                continue
             entry.error, entry.error_class = exc.problem, type(exc).__name__
     report.checkpoints.sort(key=lambda c: (-c.generation, c.slot))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _retired(storage: Storage, slot: str, generation: int) -> bool:
+    """True when the checkpoint's commit record no longer exists (GC removes it first, rule G1).
+
+    Damage never removes a record without it being absent for good: a record that is still
+    there (or cannot be checked) keeps the failure in the report.
+    """
+    try:
+        return storage.size(layout.record_path(slot, generation)) is None
+    except (ApplianceError, StorageError, OSError):
+        return False
 
 
 def _workers() -> int:
