@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,12 +197,35 @@ def restore_target(value: str) -> tuple[Path, bool]:
     return path, value.endswith(("/", "\\")) or path.is_dir()
 
 
+def check_restore_target(target: Path, as_dir: bool) -> None:
+    """Refuse an ``--out`` that cannot be written, before anything is read or verified.
+
+    Raises ``UsageError`` naming the path part that is wrong: a file where a directory must be,
+    a missing parent for a file output (a directory output creates its parents), or a parent
+    this process cannot write.
+    """
+    parent = target if as_dir else target.parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {target}: {existing} is a file, not a directory", remedy="choose another --out path")
+    if not as_dir and existing != parent:
+        raise UsageError(
+            f"--out {target}: the directory {parent} does not exist",
+            remedy="create it first, or end --out with a slash (DIR/) to restore a whole model directory",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {target}: {existing} is not writable by this user", remedy="choose a writable path")
+
+
 def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     from appliance import api
     from appliance.sources import model_dir
 
     store = Store.open(args.root)
     target, as_dir = restore_target(args.out)
+    check_restore_target(target, as_dir)
     max_shard = model_dir.parse_size(args.max_shard_size) if args.max_shard_size else None
     if max_shard is not None and not as_dir:
         raise UsageError("--max-shard-size applies to a directory restore", remedy="end --out with a slash: DIR/")

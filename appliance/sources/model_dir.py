@@ -165,10 +165,13 @@ def write_directory(
         raise UsageError(f"{out} exists and is not an empty directory", remedy="choose a new or empty directory")
     plan = plan_shards(manifest, tensors, max_shard_bytes)
     check_exportable(tensors, {k: v for _, _, h in plan for k, v in h.items()} | dict(ours))
-    out.parent.mkdir(parents=True, exist_ok=True)
     temp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir()
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}", remedy="choose a writable output path") from exc
     try:
         for file, names, header in plan:
             export_safetensors({n: tensors[n] for n in names}, temp / file, header | dict(ours))

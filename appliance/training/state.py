@@ -92,7 +92,6 @@ def set_state_dict(
     parameters, another number of optimizers, a stateful object saved but not given).
     """
     _check_model(model)
-    model.load_state_dict(state["model"], strict=True)
     opts = _optimizer_list(optimizers)
     saved_opts = state.get("optim", [])
     if len(saved_opts) != len(opts):
@@ -100,12 +99,37 @@ def set_state_dict(
             f"the checkpoint holds state for {len(saved_opts)} optimizer(s), {len(opts)} given",
             remedy="pass the same optimizers (argument `optimizers`) that were saved",
         )
+    _check_model_state(model, state["model"])  # before any tensor of the model is written
+    model.load_state_dict(state["model"], strict=True)
     for opt, saved in zip(opts, saved_opts, strict=True):
         load_optimizer_state_dict(model, opt, saved)
     _load_stateful(state.get("stateful", {}), stateful or {})
     if "rng" in state and (rng or generators):
         set_rng_state(state["rng"], generators or {}, include_global=rng)
     return {"position": state.get("position"), "extra": state.get("extra")}
+
+
+def _check_model_state(model: nn.Module, saved: Mapping[str, Any]) -> None:
+    """Refuse, naming the tensors, a model whose names, shapes or dtypes differ from the saved ones.
+
+    ``load_state_dict`` copies every matching tensor before it reports a size mismatch, which
+    would leave the model half-loaded; this check runs first, so a refusal touches nothing.
+    """
+    current = model.state_dict()
+    missing, extra = sorted(set(saved) - set(current)), sorted(set(current) - set(saved))
+    differ = [
+        f"{name}: saved {tuple(saved[name].shape)} {saved[name].dtype}, model {tuple(t.shape)} {t.dtype}"
+        for name, t in current.items()
+        if name in saved
+        and isinstance(saved[name], torch.Tensor)
+        and (tuple(saved[name].shape) != tuple(t.shape) or saved[name].dtype != t.dtype)
+    ]
+    if missing or extra or differ:
+        raise TensorMismatchError(
+            f"the model does not match the checkpoint (nothing was loaded): missing {missing[:5]}, "
+            f"extra {extra[:5]}, different {differ[:5]}",
+            remedy="build the model with the same architecture and dtypes as the one saved (argument `model`)",
+        )
 
 
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

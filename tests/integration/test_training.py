@@ -256,3 +256,27 @@ def test_optimizer_state_has_the_layout_of_torch_distributed_checkpoint_get_stat
     fresh = torch.optim.AdamW(model.parameters(), betas=(0.8, 0.9))
     dcp.set_state_dict(model, fresh, model_state_dict=model.state_dict(), optim_state_dict=restored)
     assert torch.equal(fresh.state[model[0].weight]["exp_avg_sq"], opt.state[model[0].weight]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("change", ["shape", "dtype", "missing", "extra"])
+def test_loading_into_another_model_is_refused_naming_the_tensors_and_nothing_is_written(
+    store: Store, key: SigningKey, change: str
+) -> None:
+    """Found by a new-user trial: a wrong-shaped model used to raise torch's RuntimeError half-loaded."""
+    torch.manual_seed(0)
+    saved = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    training.save(store, key, saved)
+    torch.manual_seed(1)
+    layers: list[nn.Module] = [nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3 if change == "shape" else 2)]
+    if change == "extra":
+        layers.append(nn.Linear(2, 2))
+    if change == "missing":
+        layers = layers[:1]
+    other = nn.Sequential(*layers)
+    if change == "dtype":
+        other = other.double()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(TensorMismatchError, match="nothing was loaded") as caught:
+        training.load(store, other)
+    assert "argument `model`" in caught.value.remedy
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())

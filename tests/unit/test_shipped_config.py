@@ -89,6 +89,8 @@ def test_sysusers_define_every_user_in_the_appliance_group() -> None:
 def test_units_and_programs_run_as_their_users() -> None:
     boot = unit("appliance-boot.service")["Service"]
     assert (boot["User"], boot["Group"], boot["CapabilityBoundingSet"]) == ("appliance-boot", "appliance", "")
+    # blame table: node faults (exit 65) are retried by systemd, recovery mode (exit 50) is not
+    assert (boot["Restart"], boot["RestartPreventExitStatus"]) == ("on-failure", "50")
     sup = unit("appliance-supervisor.service")["Service"]
     assert set(sup["CapabilityBoundingSet"].split()) == {"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN"}
     for service in (boot, sup):
