@@ -360,6 +360,7 @@ def commit(
             _utc(request.clock()),
         )
         record_bytes = record.to_bytes()
+        placer.created.append(layout.record_path(target, generation))  # W4: un-committed first (G1 order)
         write_durable(storage, layout.record_path(target, generation), record_bytes)  # W2: the commit point
     except BaseException:
         with contextlib.suppress(BaseException):

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from appliance.errors import StorageError
 from appliance.store import layout
 from appliance.store.verify import verify_store
 
@@ -105,3 +106,30 @@ def test_a_committed_checkpoint_missing_a_frame_is_still_reported_damaged(keys: 
     report = store.verify()
     bad = [(c.slot, c.generation, c.error_class) for c in report.checkpoints if not c.ok]
     assert bad == [("B", 2, "FrameMissingError")]
+
+
+def test_a_commit_failing_after_its_record_is_renamed_leaves_no_record_naming_a_removed_bundle(
+    keys: Keys, history: History
+) -> None:
+    """W4 with G1's order: the fsync of the record's directory fails after the rename.
+
+    The commit is not acknowledged and removes what it created. It must un-commit its record
+    first; before, it removed the bundle and left the record, so every reader saw the
+    in-flight generation as a damaged one (``ManifestError``: bundle missing, record exists).
+    """
+    probe = FaultyStorage(empty_store_storage())
+    open_store(probe.inner, keys.trust, make_config()).commit(history.sources(1), [keys.signer], {"step": 1})
+    open_store(probe, keys.trust, make_config()).commit(history.sources(2), [keys.signer], {"step": 2})
+    renamed = next(c.index for c in probe.calls if c.action == "rename" and c.path == layout.record_path("B", 2))
+    sync = next(c.index for c in probe.calls[renamed:] if c.action == "fsync directory")
+
+    storage = empty_store_storage()
+    open_store(storage, keys.trust, make_config()).commit(history.sources(1), [keys.signer], {"step": 1})
+    faulty = FaultyStorage(storage, fail_at=sync)
+    with pytest.raises(StorageError):
+        open_store(faulty, keys.trust, make_config()).commit(history.sources(2), [keys.signer], {"step": 2})
+    assert faulty.failed is not None and faulty.failed.path == layout.checkpoints_dir("B")
+
+    assert storage.size(layout.record_path("B", 2)) is None, "the failed commit left its record behind"
+    report = verify_store(storage, keys.trust, MODEL_ID, deep=True)
+    assert [(c.slot, c.generation, c.ok) for c in report.checkpoints] == [("A", 1, True)]
