@@ -320,7 +320,15 @@ def _first_restorable(
     failures: list[Failure] = []
     tried: set[tuple[str, int]] = set()
     while True:
-        selection = store.select(generation, floor=floor, exclude=frozenset(tried))
+        try:
+            selection = store.select(generation, floor=floor, exclude=frozenset(tried))
+        except NoValidCheckpointError as exc:
+            if not failures:
+                raise
+            # The candidates that failed while restoring are excluded from this selection, so its
+            # message would not name them ("both slots are empty"): name every failure seen.
+            reasons = "; ".join(f.describe() for f in _dedupe(failures))
+            raise NoValidCheckpointError(f"no committed checkpoint verifies ({reasons})") from exc
         failures.extend(f for f in selection.failures if (f.slot, f.generation) not in tried)
         opened = selection.opened
         try:

@@ -328,7 +328,7 @@ def iter_events(path: str | Path, names: frozenset[str] | None = None) -> Iterat
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a damaged or planted line is skipped, never fatal
             continue
         if isinstance(record, dict) and (names is None or record.get("event") in names):
             yield record

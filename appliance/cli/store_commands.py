@@ -34,6 +34,11 @@ def parse_meta(value: str | None) -> dict[str, Any]:
         raise UsageError(f"cannot read --meta file {value[1:]}: {exc}") from exc
     try:
         meta = json.loads(text)
+    except RecursionError as exc:  # the parser recurses; ~1,000 levels exhaust it (commit's cap is far lower)
+        raise UsageError(
+            "--meta is nested too deeply to be metadata any reader accepts",
+            remedy="flatten the metadata (readers accept a few dozen levels; see docs/design.md §4.3)",
+        ) from exc
     except ValueError as exc:
         raise UsageError(
             f"--meta is not valid JSON: {exc}",
