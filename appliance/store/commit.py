@@ -63,6 +63,7 @@ from appliance.store.encode import (
     encode_all,
     tensor_jobs,
 )
+from appliance.store.lastcommit import LastCommit, Recording
 from appliance.store.slot import SlotReader
 
 Progress = Callable[[int], None]
@@ -304,7 +305,10 @@ def commit(
     sources: Iterable[TensorSource],
     request: CommitRequest,
     progress: Progress | None = None,
+    *,
+    last: LastCommit | None = None,
 ) -> CommitResult:
+    """Commit ``sources`` as the next generation; ``last``: what this process committed before (``lastcommit``)."""
     start = time.perf_counter()
     check_signing_keys(request.keys, trust)
     metadata = check_metadata(request.metadata)
@@ -318,11 +322,8 @@ def commit(
     _ensure_dirs(storage, target)
     batch = DurableBatch(storage)
     target_reader = SlotReader(storage, target)
-    encoder = FrameEncoder(request.options, None, None)
-    if parent is not None:
-        parent_manifest = parent.verified.manifest
-        supply = FrameSupply(target_reader, SlotReader(storage, parent.slot), parent_manifest.frame_index())
-        encoder = FrameEncoder(request.options, parent_manifest, supply)
+    last = last or LastCommit(limit=0)  # remembers nothing
+    encoder, recording = _encoder(storage, request.options, target_reader, parent, last)
     placer = _FramePlacer(target_reader, batch)
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
     signers = [k.keyid for k in request.keys]
@@ -341,6 +342,7 @@ def commit(
             result=result,
             progress=progress,
             lineage=lineage,
+            recording=recording,
         )
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
@@ -363,10 +365,12 @@ def commit(
         placer.created.append(layout.record_path(target, generation))  # W4: un-committed first (G1 order)
         write_durable(storage, layout.record_path(target, generation), record_bytes)  # W2: the commit point
     except BaseException:
+        last.forget()  # what is on disk now is not what it remembered committing
         with contextlib.suppress(BaseException):
             placer.finish()  # no write may still be running while its file is removed
         _remove_created(storage, placer.created)  # W4
         raise
+    last.install(recording, target, manifest.digest())
     result.manifest_digest = manifest.digest()
     result.raw_bytes = manifest.raw_bytes
     result.stored_bytes = manifest.stored_bytes
@@ -376,6 +380,20 @@ def commit(
     result.encoded_bytes = placer.written_bytes - placer.copied_bytes
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _encoder(
+    storage: Storage, options: EncodeOptions, target: SlotReader, parent: OpenCheckpoint | None, last: LastCommit
+) -> tuple[FrameEncoder, Recording | None]:
+    """The frame encoder against ``parent`` (with ``last``'s raw frames when they describe it in the
+    target slot) and the recording of this commit for ``last``."""
+    recording = last.recording()
+    if parent is None:
+        return FrameEncoder(options, None, None), recording
+    manifest = parent.verified.manifest
+    supply = FrameSupply(target, SlotReader(storage, parent.slot), manifest.frame_index())
+    remembered = last.for_parent(parent.slot, manifest.digest(), target.slot)
+    return FrameEncoder(options, manifest, supply, remembered), recording
 
 
 def _encode_and_place(
@@ -390,6 +408,7 @@ def _encode_and_place(
     result: CommitResult,
     progress: Progress | None,
     lineage: Lineage | None = None,
+    recording: Recording | None = None,
 ) -> Manifest:
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     frames: dict[int, list[FrameRef]] = {}
@@ -397,6 +416,8 @@ def _encode_and_place(
     jobs = chain(tensor_jobs(sources, request.options.frame_size, entries), assets.jobs())
     for job, encoded in encode_all(encoder, jobs):
         placer.place(encoded)
+        if recording is not None:
+            recording.add((job.name, job.index), encoded.ref, job.dtype.name, job.raw)
         frames.setdefault(job.tensor, []).append(encoded.ref)
         result.counts[encoded.kind] += 1
         result.frames += 1

@@ -40,6 +40,7 @@ from appliance.store.config import StoreConfig
 from appliance.store.discovery import OpenCheckpoint, Selection, open_checkpoint, scan, select
 from appliance.store.encode import EncodeOptions, TensorSource
 from appliance.store.gc import GcReport, collect_slot
+from appliance.store.lastcommit import LastCommit
 from appliance.store.lock import writer_lock
 from appliance.store.restore import Destination, RestoreStats, restore_into
 from appliance.store.slot import SlotReader
@@ -161,8 +162,13 @@ class Store:
         directory: DirectoryParts | None = None,
         provenance: Provenance | None = None,
         allow_empty: bool = False,
+        last: LastCommit | None = None,
     ) -> tuple[CommitResult, GcReport]:
-        """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
+        """Commit ``sources`` (and, for a model directory, its assets and shard records).
+
+        ``last``: a long-lived committer's memory of its previous commit (``store.lastcommit``), so the
+        next one into the same slot neither re-reads nor re-verifies its parent; updated in place.
+        """
         profile = self.device_profile()
         options = EncodeOptions(
             policy=self.resolve_policy(policy or self.config.policy, profile),
@@ -186,7 +192,7 @@ class Store:
                 provenance=provenance,
                 allow_empty=allow_empty,
             )
-            result = commit(self.storage, self.trust, sources, request, progress)
+            result = commit(self.storage, self.trust, sources, request, progress, last=last)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None) | pinned
             gc = collect_slot(
                 self.storage, result.slot, self.trust, self.config.model, keep=self.config.keep, protect=protect
