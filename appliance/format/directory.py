@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,6 +215,29 @@ def left_out_shards(indexed: Iterable[str], present: Iterable[str], shown: int =
                 gaps.append(f"{prefix}-{i:0{widths[prefix, n]}d}-of-{n}.safetensors")
             i += 1
     return sorted(odd | set(gaps))[:shown], total
+
+
+def renumber_shards(files: Sequence[str]) -> list[str]:
+    """New names for the shards a restore writes (in order), so that their numbering is whole.
+
+    Each set ``PREFIX-i-of-n.safetensors`` becomes ``PREFIX-1-of-m`` .. ``PREFIX-m-of-m`` for the
+    m of its files written (same order and digit widths); other names are kept. A full, consistent
+    set maps to itself. Should two names collide, every shard is named
+    ``model-0000i-of-0000N.safetensors`` (transformers' spelling) instead.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for position, name in enumerate(files):
+        m = _NUMBERED.fullmatch(name)
+        if m is not None:
+            groups.setdefault((m["prefix"], m["n"]), []).append(position)
+    out = list(files)
+    for (prefix, n), positions in groups.items():
+        for i, position in enumerate(positions, start=1):
+            width = len(_NUMBERED.fullmatch(files[position])["i"])  # type: ignore[index]
+            out[position] = f"{prefix}-{i:0{width}d}-of-{len(positions):0{len(n)}d}.safetensors"
+    if len(set(out)) != len(out):
+        return [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
+    return out
 
 
 def validate_directory(

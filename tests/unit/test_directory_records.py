@@ -25,6 +25,7 @@ from appliance.format.directory import (
     check_label,
     index_defect,
     left_out_shards,
+    renumber_shards,
     source_header_metadata,
 )
 from appliance.format.dtypes import BY_SAFETENSORS, DTYPES, from_safetensors, safetensors_code
@@ -184,6 +185,25 @@ def test_an_index_leaves_out_no_file_of_its_shard_set(case: tuple[int, set[int],
     names, total = left_out_shards(indexed_names, files)
     assert total == len(expected) and names == sorted(expected)[:5]
     assert "consolidated.safetensors" not in names
+
+
+@given(
+    st.integers(1, 6).flatmap(lambda n: st.lists(st.integers(1, n), unique=True).map(lambda kept: (n, sorted(kept))))
+)
+@example((3, [1, 2]))  # the trial's subset: -of-00003 with two shards written, before
+@example((3, [2]))
+def test_the_shards_a_restore_writes_are_numbered_whole(case: tuple[int, list[int]]) -> None:
+    n, kept = case
+    names = renumber_shards([_numbered(i, n) for i in kept] + ["extra.safetensors"])
+    assert names == [_numbered(i, len(kept)) for i in range(1, len(kept) + 1)] + ["extra.safetensors"]
+    assert left_out_shards(names, names) == ([], 0)
+    if len(kept) == n:  # a whole set keeps its recorded names
+        assert names[:-1] == [_numbered(i, n) for i in kept]
+
+
+def test_shard_names_that_would_collide_after_renumbering_get_fresh_names() -> None:
+    names = renumber_shards([_numbered(1, 2), _numbered(1, 3)])  # two sets of one file each: both 1-of-1
+    assert names == [_numbered(1, 2), _numbered(2, 2)] and left_out_shards(names, names) == ([], 0)
 
 
 def test_an_index_claiming_a_huge_shard_set_is_counted_not_enumerated() -> None:
