@@ -109,7 +109,16 @@ class Store:
         return cls.open(root)
 
     @classmethod
-    def open(cls, root: str | Path, trust_path: str | Path | None = None, limits: Limits = DEFAULT_LIMITS) -> Store:
+    def open(
+        cls,
+        root: str | Path,
+        trust_path: str | Path | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        device_id: str | None = None,
+    ) -> Store:
+        """Open the store at ``root``; ``device_id``: this node's own id (device-role signatures count
+        only from its key; ``appliance.node.identity.open_node_store`` passes it)."""
         root = Path(root)
         storage = LocalStorage(root)
         try:
@@ -120,7 +129,7 @@ class Store:
             raise StoreNotFoundError(f"{root} cannot be opened: {exc.problem}") from exc
         path = Path(trust_path) if trust_path else Path(config.trust)
         path = path if path.is_absolute() else root / path
-        trust = cls._load_trust(path, limits)
+        trust = cls._load_trust(path, limits).for_device(device_id)
         return cls(
             storage,
             config,
@@ -144,7 +153,7 @@ class Store:
         with writer_lock(self.lock_path):
             storage = LocalStorage(self.trust_path.parent)
             write_durable(storage, self.trust_path.name, canonical_bytes(trust.to_dict()) + b"\n")
-        self.trust = trust
+        self.trust = trust if trust.device is not None else trust.for_device(self.trust.device)
 
     # --- writing ---------------------------------------------------------------------------
 
