@@ -243,6 +243,15 @@ class RoleError(IntegrityError):
     remedy = "sign with a key whose role allows this checkpoint (a release key listing the model, or the device's key)"
 
 
+class ChannelRoleError(RoleError):
+    exit_code = 71
+    remedy = (
+        "a fleet channel carries only heads and checkpoints signed by a release key of the model in the node's "
+        "trust store: publish with the release key (`appliance trust ROOT role KEYID --role release --model M` "
+        "migrates a role-less key; docs/design.md §11.6)"
+    )
+
+
 class CanaryFailedError(IntegrityError):
     exit_code = 42
     remedy = "the restored checkpoint answered its canary wrongly; the slot is marked BAD and the other one used"
@@ -392,6 +401,14 @@ class ControlChannelError(StorageError):
 class SourceUnavailableError(StorageError):
     exit_code = 69
     remedy = "reconnect the source (USB stick, network, object store) and re-run: the transfer resumes"
+
+
+class RemoteServerError(SourceUnavailableError):
+    exit_code = 72
+    remedy = (
+        "the object store answered with server errors (5xx, SlowDown) or stalled past the timeouts on every "
+        "retry; nothing was lost: the next pass retries with backoff and resumes. Check the server's health"
+    )
 
 
 class HardwareError(ApplianceError):
