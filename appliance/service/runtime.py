@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from appliance.errors import ApplianceError, ServiceError, StorageError, UsageError
+from appliance.errors import ApplianceError, KeyUnavailableError, ServiceError, StorageError, UsageError
 from appliance.events import EventLog
-from appliance.format.handoff import Admit, Handoff, Phase, ServiceReport
+from appliance.format.handoff import KEY_FAULT, Admit, Handoff, Phase, ServiceReport
 from appliance.node.config import NodeConfig
 from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
@@ -136,6 +136,8 @@ class ServiceRuntime:
     def _fail(self, exc: ApplianceError) -> None:
         failed_in = self.phase
         self.error = exc.to_dict() | {"phase": failed_in.value}
+        if isinstance(exc, KeyUnavailableError):  # the node's key provider, never the checkpoint (design §14.7)
+            self.error["node_fault"] = KEY_FAULT
         h = self.handoff
         where = {"slot": h.slot if h else "-", "generation": h.generation if h else 0}
         if failed_in is Phase.RESTORING:
