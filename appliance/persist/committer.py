@@ -23,6 +23,7 @@ from appliance.format.handoff import Admit
 from appliance.format.plan import choose_target_slot
 from appliance.node.config import NodeConfig
 from appliance.node.floor import FloorUnreadableError, open_floor
+from appliance.node.identity import open_node_store
 from appliance.node.mounts import unavailable_slots
 from appliance.node.rundir import RunDir
 from appliance.persist.authentic import ControlReceipts, Receipts, check_receipt
@@ -32,7 +33,6 @@ from appliance.store.bootstate import SlotStates
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import scan, select
 from appliance.store.lastcommit import LastCommit
-from appliance.store.store import Store
 
 
 class Committer:
@@ -40,13 +40,13 @@ class Committer:
         self.config = config
         self.receipts = receipts or ControlReceipts(config.control_socket)
         self.events = events
-        self.store = Store.open(config.store, trust_path=config.trust_file())
+        self.store = open_node_store(config)
+        self.last = LastCommit(config.persist_keep_bytes)  # its own parent, never re-read or re-verified
         self.states = SlotStates(self.store.storage, self.store.limits)
         self.store.good_provider = self.states.good_generations
         self.key = SigningKey.load(config.signing_key)
         self.floor = open_floor(config)
         self.run = RunDir(config.run_dir)
-        self.last = LastCommit(config.persist_keep_bytes)  # its own parent, never re-read or re-verified
 
     def not_ready(self) -> str | None:
         """Why exports must wait now, or ``None`` when a commit may go ahead."""

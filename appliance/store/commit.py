@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+from appliance.crypto import FrameCipher
 from appliance.errors import (
     ApplianceError,
     FrameMissingError,
@@ -39,9 +40,10 @@ from appliance.errors import (
 from appliance.format.canary import METADATA_KEY as CANARY_KEY
 from appliance.format.canary import Canary
 from appliance.format.commit import CommitRecord
+from appliance.format.crypto import may_share_frames
 from appliance.format.digest import Digest
 from appliance.format.lineage import Lineage
-from appliance.format.manifest import FrameRef, Manifest, TensorEntry
+from appliance.format.manifest import ENCRYPTED_VERSION, FORMAT_VERSION, FrameRef, Manifest, TensorEntry
 from appliance.format.plan import choose_target_slot, first_unused_generation
 from appliance.format.provenance import Provenance
 from appliance.format.statement import parse_bundle, parse_statement
@@ -115,6 +117,7 @@ class CommitRequest:
     directory: DirectoryParts = field(default_factory=DirectoryParts)  # assets, shards (model directories)
     provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
     allow_empty: bool = False  # a checkpoint without tensors (metadata only) is refused unless asked for
+    cipher: FrameCipher | None = None  # seal every frame under this data key (manifest v3, design §14)
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -323,7 +326,7 @@ def commit(
     batch = DurableBatch(storage)
     target_reader = SlotReader(storage, target)
     last = last or LastCommit(limit=0)  # remembers nothing
-    encoder, recording = _encoder(storage, request.options, target_reader, parent, last)
+    encoder, recording = _encoder(storage, request, parent, target_reader, last)
     placer = _FramePlacer(target_reader, batch)
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
     signers = [k.keyid for k in request.keys]
@@ -383,17 +386,21 @@ def commit(
 
 
 def _encoder(
-    storage: Storage, options: EncodeOptions, target: SlotReader, parent: OpenCheckpoint | None, last: LastCommit
+    storage: Storage, request: CommitRequest, parent: OpenCheckpoint | None, target: SlotReader, last: LastCommit
 ) -> tuple[FrameEncoder, Recording | None]:
-    """The frame encoder against ``parent`` (with ``last``'s raw frames when they describe it in the
-    target slot) and the recording of this commit for ``last``."""
+    """The frame encoder and the recording of this commit for ``last``.
+
+    It reuses and deltas against the parent only under the same data key (§14), with ``last``'s
+    raw frames when they describe that parent in the target slot (``lastcommit``).
+    """
     recording = last.recording()
-    if parent is None:
-        return FrameEncoder(options, None, None), recording
+    sealing = request.cipher.encryption if request.cipher is not None else None
+    if parent is None or not may_share_frames(parent.verified.manifest.encryption, sealing):
+        return FrameEncoder(request.options, None, None, request.cipher), recording
     manifest = parent.verified.manifest
     supply = FrameSupply(target, SlotReader(storage, parent.slot), manifest.frame_index())
     remembered = last.for_parent(parent.slot, manifest.digest(), target.slot)
-    return FrameEncoder(options, manifest, supply, remembered), recording
+    return FrameEncoder(request.options, manifest, supply, request.cipher, remembered), recording
 
 
 def _encode_and_place(
@@ -412,7 +419,7 @@ def _encode_and_place(
 ) -> Manifest:
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     frames: dict[int, list[FrameRef]] = {}
-    assets = AssetJobs(request.directory.assets, request.options.frame_size)
+    assets = AssetJobs(request.directory.assets, request.options.frame_size, request.cipher)
     jobs = chain(tensor_jobs(sources, request.options.frame_size, entries), assets.jobs())
     for job, encoded in encode_all(encoder, jobs):
         placer.place(encoded)
@@ -427,6 +434,7 @@ def _encode_and_place(
     asset_entries = assets.entries(frames)
     direct = [f for t in tensors for f in t.frames] + [f for a in asset_entries for f in a.frames]
     bases = _base_closure(direct, parent)  # every one was obtained with its chain by a worker
+    encryption = request.cipher.encryption if request.cipher is not None else None
     return Manifest(
         model=request.model,
         generation=generation,
@@ -442,6 +450,8 @@ def _encode_and_place(
         shards=request.directory.shards,
         index_metadata=request.directory.index_metadata,
         provenance=request.provenance,
+        encryption=encryption,
+        version=ENCRYPTED_VERSION if encryption is not None else FORMAT_VERSION,
     )
 
 
