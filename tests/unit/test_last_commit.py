@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance import api
+from appliance.crypto import FileKek
 from appliance.errors import ExportFileError, UsageError
 from appliance.format.manifest import Manifest
 from appliance.signing import SigningKey
@@ -247,3 +248,25 @@ def test_an_altered_export_is_refused_before_its_buffers_are_used(tmp_path: Path
     with pytest.raises(ExportFileError, match="content_sha256"):
         open_export(path, last)
     assert last.manifest_digest is None
+
+
+def test_sealed_store_with_memory_restores_and_reads_no_parent_frame(tmp_path: Path) -> None:
+    """Issue 18's sealed frames: deltas made from remembered raw bytes are sealed like any other."""
+    kek = FileKek.create(tmp_path / "store.kek")
+    key = SigningKey.generate()
+    config = StoreConfig(model="m", frame_size=FRAME, policy="compact", encrypt=True)
+    store = Store.init(tmp_path / "s", [key.public], config, kek=kek)
+    store.good_provider = lambda: {"A": 1, "B": None}
+    last = LastCommit()
+    state = _state(0)
+    store.commit(_sources(state), [key], last=last)
+    for step in range(2):
+        _step(state, step, 0.01)
+        counting = CountingStorage(store.storage.root)
+        store.storage = counting
+        result, _ = store.commit(_sources(state), [key], last=last)
+        assert result.counts["delta"] == 10 and counting.frame_reads == []
+    store = Store.open(tmp_path / "s", kek=FileKek(kek.path))
+    loaded = api.load(store)
+    for name, array in state.items():
+        assert loaded.tensors[name].numpy().view(np.uint8).tobytes() == array.view(np.uint8).tobytes()
