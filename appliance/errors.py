@@ -18,7 +18,9 @@ Groups (exit-code ranges are a public contract, listed in the README):
 * ``ProvisioningError`` (80-81): node provisioning (first boot) could not finish: a checkpoint
   partition, the provisioning file or the device's key store. Nothing already provisioned is
   undone; the first-boot unit completes the remaining steps on the next boot once fixed.
-* Console group (82-83): the technicians' recovery console refused access or an action.
+* Console group (82-86): the technicians' recovery console refused access or an action, or its
+  privileged side is unreachable (84-86). Codes 77 (foreign device key) and 78 (device identity)
+  were allocated where the integrity and user ranges were full.
 
 Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
 """
@@ -243,6 +245,19 @@ class RoleError(IntegrityError):
     remedy = "sign with a key whose role allows this checkpoint (a release key listing the model, or the device's key)"
 
 
+class ForeignDeviceKeyError(LineageError):
+    """A device-role signature by a key bound to *another* device (issue 10: the node knows its own id).
+
+    Code 77 was handed to this class by the session's allocation (the integrity range 30-49 is full).
+    """
+
+    exit_code = 77
+    remedy = (
+        "this node accepts device-role signatures only from its own device key (node.json device_id or "
+        "/etc/appliance/device.json); have a release key sign the checkpoint, or import it on the device it is for"
+    )
+
+
 class ChannelRoleError(RoleError):
     exit_code = 71
     remedy = (
@@ -453,6 +468,38 @@ class ConsoleAccessError(ApplianceError):
 class ActionRefusedError(ApplianceError):
     exit_code = 83
     remedy = "the action's preconditions are not met (see the problem); choose another target or fix the cause first"
+
+
+class ActionDeniedError(ConsoleAccessError):
+    """The privileged action channel refused a caller: wrong uid, forged or malformed request."""
+
+    exit_code = 84
+    remedy = (
+        "only the recovery console's user (appliance-console) and root may ask for technician actions, with a "
+        "well-formed request; run the action from the console or as root with `appliance tech`"
+    )
+
+
+class ActionRateLimitedError(ActionDeniedError):
+    exit_code = 85
+    remedy = "too many privileged actions in a short time; wait a minute and retry"
+
+
+class ActionChannelError(StorageError):
+    """The privileged side of the console (actions socket or USB mount helper) cannot be reached."""
+
+    exit_code = 86
+    remedy = (
+        "the privileged action program is not running or its socket is missing (supervisorctl status actions "
+        "usbmount); nothing was changed"
+    )
+
+
+class DeviceIdentityError(ConfigError):
+    """This node's device id is unknown or unreadable where the trust store needs it."""
+
+    exit_code = 78
+    remedy = "set device_id in node.json, or let first boot write /etc/appliance/device.json"
 
 
 def all_error_classes() -> list[type[ApplianceError]]:

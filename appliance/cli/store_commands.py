@@ -287,11 +287,12 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
         "fell_back": loaded.fell_back,
         "failures": [f.describe() for f in loaded.failures],
         "metadata": loaded.metadata,
+        "warnings": _empty_restore_warning(loaded.generation) if not loaded.tensors and not names else [],
     } | ({"model_sig": signed.to_dict()} if signed else {})
 
     def text(d: dict[str, Any]) -> str:
         r = d["restore"]
-        lines = [f"  skipped {f}" for f in d["failures"]]
+        lines = [f"  skipped {f}" for f in d["failures"]] + [f"  warning: {w}" for w in d["warnings"]]
         lines.append(
             f"restored generation {r['generation']} from slot {r['slot']}: {human_bytes(r['raw_bytes'])} "
             f"verified in {r['seconds']:.3f} s ({r['gb_per_s']:.2f} GB/s) -> {d['out']}"
@@ -305,6 +306,14 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
 
     out.result(data, text)
     return WARNINGS if loaded.fell_back else 0
+
+
+def _empty_restore_warning(generation: int) -> list[str]:
+    """A restore that wrote no tensors: the checkpoint was committed empty on purpose (``--allow-empty``)."""
+    return [
+        f"generation {generation} holds no tensors (it was committed with --allow-empty); "
+        "`appliance log ROOT` lists the checkpoints, `--generation G` restores another"
+    ]
 
 
 def _check_sign_model(key_file: Path, as_dir: bool) -> None:

@@ -28,10 +28,10 @@ from appliance.errors import ApplianceError, KeyUnavailableError, ServiceError, 
 from appliance.events import EventLog
 from appliance.format.handoff import KEY_FAULT, Admit, Handoff, Phase, ServiceReport
 from appliance.node.config import NodeConfig
+from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.service import export, loader
 from appliance.service.restore import Restored, restore_into_model
-from appliance.store.store import Store
 
 
 class NotAvailableError(Exception):
@@ -89,7 +89,7 @@ class ServiceRuntime:
             self._enter(Phase.LOADING)
             built = loader.build(self.config.model, self.config.model_init)
             self._enter(Phase.RESTORING)
-            store = Store.open(self.config.store, trust_path=self.config.trust_file())
+            store = open_node_store(self.config)
             restored = restore_into_model(store, self.handoff, built.model, self.config.restore_workers or None)
             self.model, self.restored = built.model, restored
             self._emit_restored(restored, built.init)

@@ -126,8 +126,11 @@ class Store:
         limits: Limits = DEFAULT_LIMITS,
         *,
         kek: KekSource | None = None,
+        device_id: str | None = None,
     ) -> Store:
-        """Open a store; ``kek`` overrides the KEK provider its keyring names (encrypted stores)."""
+        """Open a store; ``kek`` overrides the KEK provider its keyring names (encrypted stores);
+        ``device_id``: this node's own id (device-role signatures count only from its key;
+        ``appliance.node.identity.open_node_store`` passes it)."""
         root = Path(root)
         storage = LocalStorage(root)
         keys_for(storage).kek_override = kek
@@ -139,7 +142,7 @@ class Store:
             raise StoreNotFoundError(f"{root} cannot be opened: {exc.problem}") from exc
         path = Path(trust_path) if trust_path else Path(config.trust)
         path = path if path.is_absolute() else root / path
-        trust = cls._load_trust(path, limits)
+        trust = cls._load_trust(path, limits).for_device(device_id)
         return cls(
             storage,
             config,
@@ -163,7 +166,7 @@ class Store:
         with writer_lock(self.lock_path):
             storage = LocalStorage(self.trust_path.parent)
             write_durable(storage, self.trust_path.name, canonical_bytes(trust.to_dict()) + b"\n")
-        self.trust = trust
+        self.trust = trust if trust.device is not None else trust.for_device(self.trust.device)
 
     # --- writing ---------------------------------------------------------------------------
 
