@@ -191,10 +191,10 @@ def cmd_channel(args: argparse.Namespace, out: Output) -> int:
     from appliance.remote.state import StateDir
 
     node, remote, store = _open(args)
-    if not remote.channel or not remote.channel_trust:
-        raise ConfigError("remote.json names no channel or no channel_trust (release public keys)")
+    if not remote.channel:
+        raise ConfigError("remote.json names no channel", remedy="set channel (the fleet channel's name)")
     objects = ObjectStore(remote, remote.channel_prefix())
-    accepted = [PublicKey.load(p) for p in remote.channel_trust]
+    pinned = [PublicKey.load(p) for p in remote.channel_trust]  # legacy pin; the trust store decides
     events = EventLog(node.event_log, "channel")
     stop = threading.Event()
     if args.watch:
@@ -202,7 +202,7 @@ def cmd_channel(args: argparse.Namespace, out: Output) -> int:
             signal.signal(sig, lambda *_: stop.set())
     while True:
         try:
-            result = follow(store, objects, channel=remote.channel, accepted=accepted,
+            result = follow(store, objects, channel=remote.channel, pinned=pinned,
                             state_dir=StateDir(remote.state_dir), floor=open_floor(node).read())  # fmt: skip
             if result["imported"]:
                 events.emit(

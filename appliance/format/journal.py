@@ -6,7 +6,7 @@ on disk and the journal point a restored checkpoint names, which records replay,
 order, and where (and why) the walk stops. Pure: no I/O, no torch; ``appliance.journal``
 does the files and the tensors.
 
-Record layout (little-endian; docs/design.md §14.1)::
+Record layout (little-endian; docs/design.md §15.1)::
 
     off  size  field
       0     4  magic  b"AJR1"

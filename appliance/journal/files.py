@@ -6,7 +6,7 @@ file system: ``O_APPEND`` writes, ``fdatasync``/``fsync``, directory fsync after
 change). ``appliance.journal.recording`` implements the same interface in memory for the
 fault suites. Does not own what the bytes mean (``appliance.format.journal``).
 
-Durability rules the writer relies on (docs/design.md §14.2): appended bytes are durable after
+Durability rules the writer relies on (docs/design.md §15.2): appended bytes are durable after
 ``sync(name)``; a created, moved or removed name after ``sync_dir()``.
 """
 

@@ -5,7 +5,7 @@ formatting), ``seeded`` (the step runs with the CPU RNG seeded from the recorded
 caller's RNG stream untouched) and ``deterministic`` (``torch.use_deterministic_algorithms``
 and a fixed intra-op thread count, as recorded in the segment header). The service's live
 steps and boot's replay run through the same ``seeded`` block with the same settings, so a
-replayed state is bit-identical on CPU (docs/design.md §14.5 says what holds on a GPU).
+replayed state is bit-identical on CPU (docs/design.md §15.5 says what holds on a GPU).
 """
 
 from __future__ import annotations

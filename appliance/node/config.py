@@ -27,6 +27,7 @@ _PATHS = (
     "adapt_token_file", "journal_dir", "journal_key",
 )  # fmt: skip
 CONTROL_SOCKET = "control.sock"
+DEVICE_FILE = "device.json"  # first boot's device identity, next to node.json (/etc/appliance)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class NodeConfig:
     header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
     crash_decay_s: float = 3600.0  # a GOOD slot serving this long without a crash forgets earlier crashes
     port_wait_s: float = 120.0  # boot waits this long, with backoff, for a service port held by someone else
-    # --- adaptation journal (issue 17, docs/design.md §8): "" = no journal, a power cut loses unpersisted steps ---
+    # --- adaptation journal (issue 17, docs/design.md §15): "" = no journal, a power cut loses unpersisted steps ---
     journal_dir: str = ""  # segments of the journal (the service's user only, 0700)
     journal_key: str = ""  # its MAC key (0400, the service's user); "" = journal.key beside signing_key
     journal_group_commit_ms: float = 10.0  # the longest a step waits for its group's fsync (plus the fsync)
@@ -75,6 +76,9 @@ class NodeConfig:
     adapt_threads: int = 1  # torch intra-op threads of every adaptation step (replay uses the same)
     max_replay_s: float = 30.0  # persist_interval "auto" keeps the expected replay at boot below this
     flash_budget_bytes_per_day: int = 0  # persist_interval "auto": bytes/day persists may write (0 = no bound)
+    # This node's device id (issue 10): "" = read DIR_OF_NODE_JSON/device.json, which first boot writes.
+    # Device-role signatures count only from the key bound to this id (appliance.node.identity).
+    device_id: str = ""
 
     def __post_init__(self) -> None:
         if ":" not in self.model:
@@ -200,6 +204,23 @@ def _check_journal(c: NodeConfig) -> None:
         raise ConfigError("journal_group_commit_ms must be 0..1000 and journal_max_bytes 65536..2^40")
     if not (1 <= c.adapt_threads <= 256 and c.max_replay_s > 0 and c.flash_budget_bytes_per_day >= 0):
         raise ConfigError("adapt_threads must be 1..256, max_replay_s positive, flash_budget_bytes_per_day >= 0")
+def _with_device_id(config: NodeConfig, identity: Path) -> NodeConfig:
+    """``config`` with its device id: node.json's own, else the identity file first boot wrote."""
+    from appliance.errors import DeviceIdentityError
+    from appliance.format.provisioning import DeviceIdentity, check_device_id
+
+    try:
+        if config.device_id:
+            return replace(config, device_id=check_device_id(config.device_id, "node.json device_id"))
+        try:
+            data = identity.read_bytes()[: DEFAULT_LIMITS.config_max_bytes]
+        except FileNotFoundError:
+            return config
+        obj = strict_loads(data, what=str(identity), max_bytes=DEFAULT_LIMITS.config_max_bytes, max_depth=4)
+        return replace(config, device_id=DeviceIdentity.from_dict(obj).device_id)
+    except (OSError, ApplianceError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DeviceIdentityError(f"this node's device id cannot be read: {problem}") from exc
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -217,5 +238,6 @@ def load_config(path: str | Path) -> NodeConfig:
     except ApplianceError as exc:
         raise ConfigError(f"node configuration {path} is damaged: {exc.problem}") from exc
     config = NodeConfig.from_dict(obj, base=path.parent.resolve())
+    config = _with_device_id(config, path.parent / DEVICE_FILE)
     config.trust_file()  # refuse a production trust store on the store partition before anything runs
     return config

@@ -73,7 +73,9 @@ class RemoteConfig:
     max_attempts: int = 4  # per request, inside the S3 client (standard retry mode)
     restore_at_boot: bool = True  # boot restores from here when no local checkpoint is valid
     channel: str = ""  # fleet channel this node follows ("" = none): <prefix>/channels/<channel>/
-    channel_trust: tuple[str, ...] = ()  # release public keys: the only keys a channel head and checkpoint may carry
+    # legacy pin (before key roles): if set, the channel accepts only these keys, each of which must be a
+    # release key of the model in the node's trust store; empty = every such release key (docs/design.md §11.6)
+    channel_trust: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.endpoint.startswith(("http://", "https://")):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from appliance.errors import CheckpointNotFoundError, HeadError, UntrustedKeyError
+from appliance.errors import ChannelRoleError, CheckpointNotFoundError, HeadError
 from appliance.format.remote import HEAD_KEY, HEAD_MAX_BYTES, HeadRecord, check_head_fresh
 from appliance.remote.head import verify_head
 from appliance.remote.s3 import ObjectStore, RemoteLayout
@@ -31,7 +31,9 @@ def fetch_head(
     model: str,
     last_seen: int,
     floor: int,
+    verify: Callable[[bytes], HeadRecord] | None = None,
 ) -> HeadRecord:
+    """The verified, fresh head; ``verify`` replaces the plain signature check (the channel's role check)."""
     try:
         data = objects.get(HEAD_KEY, HEAD_MAX_BYTES)
     except FileNotFoundError as exc:
@@ -39,7 +41,7 @@ def fetch_head(
             f"no head record at {objects.key(HEAD_KEY)}: nothing was replicated or published there",
             remedy="check remote.json's prefix and device/channel name",
         ) from exc
-    head = verify_head(data, accepted)
+    head = verify(data) if verify is not None else verify_head(data, accepted)
     check_head_fresh(head, kind=kind, name=name, model=model, last_seen=last_seen, floor=floor)
     return head
 
@@ -60,8 +62,8 @@ def pull_checkpoint(
     if plan.verified.manifest.digest() != head.manifest_digest:
         raise HeadError("the head names a manifest its bundle does not hold (head and bundle swapped?)")
     if require_signers is not None and not set(plan.verified.keyids) & require_signers:
-        raise UntrustedKeyError(
-            f"the channel's checkpoint (generation {head.generation}) is not signed by a release key of the channel",
-            remedy="publish only release-signed checkpoints; check channel_trust in remote.json",
+        raise ChannelRoleError(
+            f"the channel's checkpoint (generation {head.generation}) is not signed by a release key of the "
+            "channel (the trust store's release keys of the model)"
         )
     return import_checkpoint(store, layout, generation=head.generation, floor=floor, progress=progress, plan=plan)

