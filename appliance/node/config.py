@@ -204,6 +204,8 @@ def _check_journal(c: NodeConfig) -> None:
         raise ConfigError("journal_group_commit_ms must be 0..1000 and journal_max_bytes 65536..2^40")
     if not (1 <= c.adapt_threads <= 256 and c.max_replay_s > 0 and c.flash_budget_bytes_per_day >= 0):
         raise ConfigError("adapt_threads must be 1..256, max_replay_s positive, flash_budget_bytes_per_day >= 0")
+
+
 def _with_device_id(config: NodeConfig, identity: Path) -> NodeConfig:
     """``config`` with its device id: node.json's own, else the identity file first boot wrote."""
     from appliance.errors import DeviceIdentityError
