@@ -118,6 +118,9 @@ class CommitRequest:
     provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
     allow_empty: bool = False  # a checkpoint without tensors (metadata only) is refused unless asked for
     cipher: FrameCipher | None = None  # seal every frame under this data key (manifest v3, design §14)
+    # The lineage base instead of the parent (bundle, authorization, manifest): an import that
+    # re-seals a release-signed checkpoint descends from it, not from the local parent (§14.10).
+    lineage_base: tuple[bytes, Authorization, Manifest] | None = None
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -260,7 +263,7 @@ class _FramePlacer:
                 self._write(encoded.ref, encoded.stored)
         self.placed.add(encoded.ref.digest)
 
-    def _copy(self, ref: FrameRef, data: bytes) -> None:
+    def _copy(self, ref: FrameRef, data: bytes | bytearray) -> None:
         written = self._write(ref, data)
         if written:
             self.copied += 1
@@ -278,14 +281,14 @@ class _FramePlacer:
         if error is not None:
             raise error
 
-    def _write(self, ref: FrameRef, data: bytes) -> int:
+    def _write(self, ref: FrameRef, data: bytes | bytearray) -> int:
         if ref.digest in self.placed:
             return 0
         path = layout.frame_path(self.target.slot, ref.digest)
         existed = self.target.frame_size(ref.digest) is not None
         while len(self._pending) >= self.MAX_PENDING:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self.batch.add, path, data))
+        self._pending.append(self._pool.submit(self.batch.add, path, memoryview(data)))
         if not existed:
             self.created.append(path)
         self.written_bytes += len(data)
@@ -331,7 +334,9 @@ def commit(
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
     signers = [k.keyid for k in request.keys]
     lineage = lineage_for_commit(  # a device key signs only descendants of a release (issue 10)
-        signers, trust, (parent.bundle, parent.authorization, parent.verified.manifest) if parent else None
+        signers,
+        trust,
+        request.lineage_base or ((parent.bundle, parent.authorization, parent.verified.manifest) if parent else None),
     )
     try:
         manifest = _encode_and_place(
