@@ -9,13 +9,18 @@ Groups (exit-code ranges are a public contract, listed in the README):
 * ``IntegrityError`` (30-49): stored or supplied data is damaged, forged or not for this
   node; the system falls back to another checkpoint, the operator re-imports or repairs.
 * ``NoValidCheckpointError`` (50): nothing restorable is left; the node goes to recovery mode.
+* Key group (55-58): encryption at rest (docs/design.md §14). A key that cannot be obtained is
+  a *node* fault: no checkpoint is blamed or marked, boot enters recovery mode with reason
+  "key unavailable". A frame that fails authentication after its digest matched is forged (58).
 * ``StorageError`` (60-69): the environment failed (disk full, I/O error, lock held,
   slot not mounted); fix the device and retry. Committed data was not touched.
 * ``HardwareError`` (70-79): an accelerator path failed; the CPU path is used instead.
 * ``ProvisioningError`` (80-81): node provisioning (first boot) could not finish: a checkpoint
   partition, the provisioning file or the device's key store. Nothing already provisioned is
   undone; the first-boot unit completes the remaining steps on the next boot once fixed.
-* Console group (82-83): the technicians' recovery console refused access or an action.
+* Console group (82-86): the technicians' recovery console refused access or an action, or its
+  privileged side is unreachable (84-86). Codes 77 (foreign device key) and 78 (device identity)
+  were allocated where the integrity and user ranges were full.
 
 Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
 """
@@ -240,6 +245,19 @@ class RoleError(IntegrityError):
     remedy = "sign with a key whose role allows this checkpoint (a release key listing the model, or the device's key)"
 
 
+class ForeignDeviceKeyError(LineageError):
+    """A device-role signature by a key bound to *another* device (issue 10: the node knows its own id).
+
+    Code 77 was handed to this class by the session's allocation (the integrity range 30-49 is full).
+    """
+
+    exit_code = 77
+    remedy = (
+        "this node accepts device-role signatures only from its own device key (node.json device_id or "
+        "/etc/appliance/device.json); have a release key sign the checkpoint, or import it on the device it is for"
+    )
+
+
 class ChannelRoleError(RoleError):
     exit_code = 71
     remedy = (
@@ -295,6 +313,49 @@ class NoValidCheckpointError(ApplianceError):
         "written by `appliance export`), or commit one with `appliance commit ROOT MODEL --key KEY` "
         "(`appliance seed --config node.json` for the model's fresh state), then run "
         "`appliance boot --config node.json`; `appliance verify ROOT` names what failed"
+    )
+
+
+# --- key group (55-58): encryption at rest ---------------------------------------------------
+
+
+class KeyUnavailableError(ApplianceError):
+    """The store's key-encryption key cannot be obtained: a node fault, never a checkpoint's."""
+
+    exit_code = 55
+    remedy = (
+        "node fault, no checkpoint was blamed: make the store's key provider available (the KEK file of mode "
+        "0400, the systemd credential, the OP-TEE/TPM key; `appliance key status ROOT` names it) and retry"
+    )
+
+
+class WrongKeyError(KeyUnavailableError):
+    """A key was obtained but it is not this store's (or the keyring holding the data key is damaged)."""
+
+    exit_code = 56
+    remedy = (
+        "the key provider returned a key-encryption key this store was not wrapped under: restore the right KEK "
+        "(or the keyring's copy); no checkpoint was blamed"
+    )
+
+
+class CryptoErasedError(KeyUnavailableError):
+    """The store was crypto-erased: every wrapped data key is destroyed, its checkpoints are unreadable."""
+
+    exit_code = 57
+    remedy = (
+        "the checkpoints of this store were destroyed on purpose (`appliance erase --crypto`); provision the node "
+        "again (`appliance init ROOT --encrypt`, then import or commit a checkpoint)"
+    )
+
+
+class FrameAuthenticationError(FrameError):
+    """A sealed frame's stored SHA-256 matched but AES-GCM authentication failed: forged without the key."""
+
+    exit_code = 58
+    remedy = (
+        "the frame was made by someone without this store's data key (a forgery under a valid signature) or "
+        "sealed for another record; the checkpoint falls back; re-import it from a trusted source"
     )
 
 
@@ -407,6 +468,38 @@ class ConsoleAccessError(ApplianceError):
 class ActionRefusedError(ApplianceError):
     exit_code = 83
     remedy = "the action's preconditions are not met (see the problem); choose another target or fix the cause first"
+
+
+class ActionDeniedError(ConsoleAccessError):
+    """The privileged action channel refused a caller: wrong uid, forged or malformed request."""
+
+    exit_code = 84
+    remedy = (
+        "only the recovery console's user (appliance-console) and root may ask for technician actions, with a "
+        "well-formed request; run the action from the console or as root with `appliance tech`"
+    )
+
+
+class ActionRateLimitedError(ActionDeniedError):
+    exit_code = 85
+    remedy = "too many privileged actions in a short time; wait a minute and retry"
+
+
+class ActionChannelError(StorageError):
+    """The privileged side of the console (actions socket or USB mount helper) cannot be reached."""
+
+    exit_code = 86
+    remedy = (
+        "the privileged action program is not running or its socket is missing (supervisorctl status actions "
+        "usbmount); nothing was changed"
+    )
+
+
+class DeviceIdentityError(ConfigError):
+    """This node's device id is unknown or unreadable where the trust store needs it."""
+
+    exit_code = 78
+    remedy = "set device_id in node.json, or let first boot write /etc/appliance/device.json"
 
 
 def all_error_classes() -> list[type[ApplianceError]]:

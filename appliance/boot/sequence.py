@@ -29,10 +29,17 @@ from typing import Any
 
 from appliance.boot.control import ServiceControl
 from appliance.boot.trial import BLAMELESS_PHASES, Trial, TrialContext, run_trial
-from appliance.errors import ApplianceError, NoValidCheckpointError, RollbackError, ServiceError, StorageError
+from appliance.errors import (
+    ApplianceError,
+    KeyUnavailableError,
+    NoValidCheckpointError,
+    RollbackError,
+    ServiceError,
+    StorageError,
+)
 from appliance.events import EventLog
 from appliance.format import slotstate as ss
-from appliance.format.handoff import Admit, Handoff
+from appliance.format.handoff import KEY_FAULT, Admit, Handoff
 from appliance.format.plan import Candidate, boot_order, protected_slot
 from appliance.node.config import NodeConfig
 from appliance.node.floor import FloorMissingError, FloorUnreadableError, GenerationFloor
@@ -41,6 +48,7 @@ from appliance.node.notify import sd_notify
 from appliance.node.rundir import RunDir
 from appliance.store.bootstate import SlotStates
 from appliance.store.discovery import OpenCheckpoint, open_checkpoint, scan
+from appliance.store.keys import cipher_for
 from appliance.store.store import Store
 
 
@@ -112,6 +120,10 @@ class BootRun:
     def _walk(self) -> BootOutcome | None:
         """Try every local candidate; the outcome once one serves (or the service is at fault), else None."""
         for opened in self._candidates():
+            try:  # a sealed checkpoint needs the store's key first: without it no trial, no attempt, no mark
+                cipher_for(self.store.storage, opened.verified.manifest.encryption)
+            except KeyUnavailableError as exc:
+                return self._key_unavailable(opened, f"{type(exc).__name__}: {exc.problem}", type(exc))
             state = self._save(ss.attempt(self.states.load(opened.slot), opened.generation, _digest(opened), _utc()))
             self._emit("slot.attempt", opened, attempts=state.attempts, max_attempts=self.ctx.config.max_boot_attempts)
             if ss.exhausted(state, self.ctx.config.max_boot_attempts):
@@ -121,6 +133,9 @@ class BootRun:
             trial = run_trial(self.ctx, opened, handoff)
             if trial.ok:
                 return self._serve(opened, handoff, trial)
+            if trial.node_fault == KEY_FAULT:
+                self._give_back_attempt(opened)
+                return self._key_unavailable(opened, trial.reason, KeyUnavailableError)
             if trial.node_fault:
                 return self._node_fault(opened, trial)
             if not trial.blames_checkpoint:
@@ -218,6 +233,16 @@ class BootRun:
         self.outcome.stages["total_s"] = self.ctx.clock() - self.started
         return self.outcome
 
+    def _key_unavailable(self, opened: OpenCheckpoint, detail: str, error: type[ApplianceError]) -> BootOutcome:
+        """The store's key cannot be obtained (design §14.7): a node fault, recovery "key unavailable", no mark."""
+        self.outcome.failures.append(f"{opened.slot}/gen {opened.generation}: {detail}")
+        return self._recover("key unavailable", error)
+
+    def _give_back_attempt(self, opened: OpenCheckpoint) -> None:
+        state = self.states.load(opened.slot)
+        if state.is_candidate(opened.generation, _digest(opened)) and state.attempts > 0:
+            self._save(replace(state, attempts=state.attempts - 1))
+
     def _node_fault(self, opened: OpenCheckpoint, trial: Trial) -> BootOutcome:
         """The node failed the trial (a port held by someone else): no checkpoint blamed, no recovery mode.
 
@@ -226,9 +251,7 @@ class BootRun:
         """
         self.ctx.control.stop(self.ctx.config.service_program)
         self.ctx.run.clear_handoff()
-        state = self.states.load(opened.slot)
-        if state.is_candidate(opened.generation, _digest(opened)) and state.attempts > 0:
-            self._save(replace(state, attempts=state.attempts - 1))
+        self._give_back_attempt(opened)
         self.outcome.failures.append(f"{opened.slot}/gen {opened.generation}: node fault ({trial.node_fault}): "
                                      f"{trial.reason}")  # fmt: skip
         sd_notify(f"STATUS=node fault ({trial.node_fault}): {trial.reason}; retrying")

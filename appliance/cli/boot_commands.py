@@ -22,6 +22,7 @@ from appliance.errors import ApplianceError, LockedError
 from appliance.events import EventLog
 from appliance.format.handoff import Phase, ServiceReport
 from appliance.node.config import NodeConfig, load_config
+from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 
 
@@ -66,14 +67,13 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
     from appliance.boot.trial import ControlProbe
     from appliance.node.floor import open_floor
     from appliance.store.bootstate import SlotStates
-    from appliance.store.store import Store
 
     config = load_config(args.config)
     control = SupervisorControl(config.supervisor_socket)
     control.wait_ready(args.wait_supervisor)
     events, run = EventLog(config.event_log, "boot"), RunDir(config.run_dir)
     try:
-        store = Store.open(config.store, trust_path=config.trust_file())
+        store = open_node_store(config)
         floor = open_floor(config)
     except ApplianceError as exc:
         recover_early(config, run, control, events, f"the store cannot be opened: {exc.problem}")
@@ -173,10 +173,9 @@ def cmd_guard(args: argparse.Namespace, out: Output) -> int:
     from appliance.boot.control import SupervisorControl
     from appliance.boot.guard import Guard, boot_subprocess
     from appliance.store.bootstate import SlotStates
-    from appliance.store.store import Store
 
     config = load_config(args.config)
-    store = Store.open(config.store, trust_path=config.trust_file())
+    store = open_node_store(config)
     guard = Guard(
         config,
         SlotStates(store.storage, store.limits),

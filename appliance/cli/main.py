@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.remote_commands",
     "appliance.cli.firstboot_commands",
     "appliance.cli.vendor_commands",
+    "appliance.cli.key_commands",
     "appliance.console.commands",  # the recovery console's verbs (`appliance tech`, `appliance console`)
 ]
 
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-size", type=int, default=DEFAULT_FRAME_SIZE, help="frame size in bytes")
     p.add_argument("--policy", choices=["compact", "fast", "auto"], default="compact")
     p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="checkpoints kept per slot")
+    p.add_argument("--encrypt", action="store_true", help="seal every frame (AES-256-GCM) under a per-store data key")
+    p.add_argument(
+        "--kek",
+        metavar="SPEC",
+        help="with --encrypt: file:PATH | systemd-creds:PATH | entry-point:pkg.mod:factory "
+        "(default file:ROOT.kek, created 0400 if missing; a file or credential named here is created if missing)",
+    )
     add_json(p)
     p.set_defaults(func=sc.cmd_init)
 

@@ -30,6 +30,7 @@ from appliance.format import slotstate as ss
 from appliance.format.commit import SLOT_NAMES
 from appliance.node.config import MODEL_INIT, NodeConfig, load_config
 from appliance.node.floor import FileFloor, FloorUnreadableError, open_floor
+from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.signing import SigningKey
 from appliance.store.bootstate import SlotStates
@@ -171,7 +172,7 @@ def cmd_boot_status(args: argparse.Namespace, out: Output) -> int:
 
 
 def boot_status(config: NodeConfig) -> dict[str, Any]:
-    store = Store.open(config.store, trust_path=config.trust_file())
+    store = open_node_store(config)
     run = RunDir(config.run_dir)
     slots = {}
     for slot, reading in SlotStates(store.storage, store.limits).read_all().items():
@@ -221,7 +222,7 @@ def cmd_events(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_slot_reset(args: argparse.Namespace, out: Output) -> int:
     config = load_config(args.config)
-    store = Store.open(config.store, trust_path=config.trust_file())
+    store = open_node_store(config)
     states = SlotStates(store.storage, store.limits)
     state = ss.reset(states.load(args.slot), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     states.write(state)

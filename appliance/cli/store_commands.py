@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.cli.output import Output, human_bytes
+from appliance.crypto import FileKek, KekSource, SystemdCredsKek, parse_kek_option
 from appliance.errors import NoValidCheckpointError, UsageError
 from appliance.format.provenance import Provenance
 from appliance.signing import PublicKey, SigningKey, TrustStore
@@ -61,17 +62,38 @@ def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     keys = [PublicKey.load(p) for p in args.trust]
-    config = StoreConfig(model=args.model, frame_size=args.frame_size, policy=args.policy, keep=args.keep)
-    store = Store.init(args.root, keys, config)
+    encrypt = getattr(args, "encrypt", False)
+    config = StoreConfig(
+        model=args.model, frame_size=args.frame_size, policy=args.policy, keep=args.keep, encrypt=encrypt
+    )
+    kek = _init_kek(args) if encrypt else None
+    store = Store.init(args.root, keys, config, kek=kek)
     out.result(
         {
             "root": str(args.root),
             "model": config.model,
             "trusted_keys": [k.keyid for k in store.trust.keys],
+            "encrypted": encrypt,
+            **({"kek": kek.descriptor()} if kek is not None else {}),
         },
-        lambda d: f"initialised store {d['root']} for model {d['model']!r} trusting {len(d['trusted_keys'])} key(s)",
+        lambda d: (
+            f"initialised store {d['root']} for model {d['model']!r} trusting {len(d['trusted_keys'])} key(s)"
+            + (f"; frames sealed, KEK {d['kek']}" if d["encrypted"] else "")
+        ),
     )
     return 0
+
+
+def _init_kek(args: argparse.Namespace) -> KekSource:
+    """``--kek`` (default ``file:ROOT.kek``): an existing KEK is used, a missing file or credential created."""
+    if getattr(args, "kek", None) is None and Path(f"{args.root}.kek").exists():
+        raise UsageError(f"{args.root}.kek exists; name the KEK explicitly with --kek file:{args.root}.kek")
+    source = parse_kek_option(args.kek or f"file:{args.root}.kek")
+    if isinstance(source, FileKek) and not source.path.exists():
+        return FileKek.create(source.path)
+    if isinstance(source, SystemdCredsKek) and not source.path.exists():
+        return SystemdCredsKek.create(source.path)
+    return source
 
 
 def cmd_trust(args: argparse.Namespace, out: Output) -> int:
@@ -265,11 +287,12 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
         "fell_back": loaded.fell_back,
         "failures": [f.describe() for f in loaded.failures],
         "metadata": loaded.metadata,
+        "warnings": _empty_restore_warning(loaded.generation) if not loaded.tensors and not names else [],
     } | ({"model_sig": signed.to_dict()} if signed else {})
 
     def text(d: dict[str, Any]) -> str:
         r = d["restore"]
-        lines = [f"  skipped {f}" for f in d["failures"]]
+        lines = [f"  skipped {f}" for f in d["failures"]] + [f"  warning: {w}" for w in d["warnings"]]
         lines.append(
             f"restored generation {r['generation']} from slot {r['slot']}: {human_bytes(r['raw_bytes'])} "
             f"verified in {r['seconds']:.3f} s ({r['gb_per_s']:.2f} GB/s) -> {d['out']}"
@@ -283,6 +306,14 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
 
     out.result(data, text)
     return WARNINGS if loaded.fell_back else 0
+
+
+def _empty_restore_warning(generation: int) -> list[str]:
+    """A restore that wrote no tensors: the checkpoint was committed empty on purpose (``--allow-empty``)."""
+    return [
+        f"generation {generation} holds no tensors (it was committed with --allow-empty); "
+        "`appliance log ROOT` lists the checkpoints, `--generation G` restores another"
+    ]
 
 
 def _check_sign_model(key_file: Path, as_dir: bool) -> None:

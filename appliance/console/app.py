@@ -27,7 +27,7 @@ from fastapi.templating import Jinja2Templates
 from appliance.console import metrics, readmodel
 from appliance.console.actions import ActionChannel, CliChannel, Jobs
 from appliance.console.credentials import SetupCode, Technicians, constant_eq
-from appliance.console.security import COOKIE, Session, Sessions, Throttle
+from appliance.console.security import COOKIE, DB_NAME, Session, Sessions, StateDb, Throttle
 from appliance.errors import ApplianceError, StorageError, UsageError
 from appliance.events import EventLog
 from appliance.format import console as rules
@@ -71,8 +71,9 @@ class Console:
     def __init__(self, settings: ConsoleSettings, channel: ActionChannel | None, clock: Callable[[], float]) -> None:
         self.settings = settings
         self.config: NodeConfig = load_config(settings.config_path)
-        self.sessions = Sessions(settings.session, clock)
-        self.throttle = Throttle(settings.lockout, clock)
+        self.state = StateDb(settings.state_dir / DB_NAME)  # survives a restart (security.py)
+        self.sessions = Sessions(settings.session, clock, self.state)
+        self.throttle = Throttle(settings.lockout, clock, self.state)
         self.technicians = Technicians(settings.state_dir, settings.provisioned_technicians)
         self.setup = SetupCode(settings.state_dir)
         self.jobs = Jobs(channel or CliChannel(settings.config_path))
@@ -106,7 +107,7 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def create_app(settings: ConsoleSettings, channel: ActionChannel | None = None,
-               clock: Callable[[], float] = time.monotonic) -> FastAPI:  # fmt: skip
+               clock: Callable[[], float] = time.time) -> FastAPI:  # fmt: skip
     con = Console(settings, channel, clock)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.console = con

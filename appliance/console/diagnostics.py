@@ -26,6 +26,7 @@ from typing import Any
 from appliance import __version__
 from appliance.errors import ApplianceError, StorageError
 from appliance.node.config import NodeConfig
+from appliance.node.identity import open_node_store
 
 EVENTS_MAX = 5 * 1024 * 1024
 JOURNAL_LINES = 2000
@@ -106,7 +107,7 @@ def collect(config: NodeConfig) -> dict[str, bytes]:
     from appliance.store.store import Store
 
     def store() -> Store:
-        return Store.open(config.store, trust_path=config.trust or None)
+        return open_node_store(config)
 
     def scrub_state() -> dict[str, Any]:
         s = store()

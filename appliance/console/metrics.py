@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from appliance.errors import ApplianceError, StorageError
 from appliance.events import read_events
 from appliance.node.config import NodeConfig
+from appliance.node.identity import open_node_store
 
 _NAMES = frozenset({"boot.serving", "state.exported", "persist.committed", "fallback.taken", "persist.failed",
                     "console.login_failed"})  # fmt: skip
@@ -53,11 +54,10 @@ class NodeCollector(Collector):
             from appliance.remote.config import load_remote
             from appliance.remote.state import STATE_FILE, ReplicationState
             from appliance.store.discovery import scan
-            from appliance.store.store import Store
 
             cfg = load_remote(remote)
             state = ReplicationState.from_dict(json.loads((Path(cfg.state_dir) / STATE_FILE).read_text()))
-            store = Store.open(self.config.store, trust_path=self.config.trust or None)
+            store = open_node_store(self.config)
             newest = max((r.generation for r in scan(store.storage, store.limits).records if r.record), default=0)
             replicated = state.replicated.generation if state.replicated else 0
             lag.add_metric([], float(max(0, newest - replicated)))
@@ -97,9 +97,8 @@ class NodeCollector(Collector):
         try:
             from appliance.store.bootstate import SlotStates
             from appliance.store.scrub import load_cursor
-            from appliance.store.store import Store
 
-            store = Store.open(self.config.store, trust_path=self.config.trust or None)
+            store = open_node_store(self.config)
             for slot, reading in SlotStates(store.storage, store.limits).read_all().items():
                 for name in ("UNKNOWN", "GOOD", "BAD"):
                     states.add_metric([slot, name], 1.0 if reading.state.state.value == name else 0.0)

@@ -26,6 +26,7 @@ from appliance.format import console as rules
 from appliance.format import slotstate as ss
 from appliance.node.config import NodeConfig
 from appliance.node.floor import FloorUnreadableError, open_floor
+from appliance.node.identity import open_node_store
 from appliance.store.bootstate import SlotStates
 from appliance.store.scrub import scrub_store
 from appliance.store.store import Store
@@ -40,7 +41,7 @@ def _log(config: NodeConfig, technician: str, action: str, outcome: str, **field
 
 
 def _store(config: NodeConfig) -> Store:
-    return Store.open(config.store, trust_path=config.trust or None)
+    return open_node_store(config)
 
 
 def _floor(config: NodeConfig) -> int:
@@ -82,25 +83,40 @@ def slot_reset(config: NodeConfig, technician: str, slot: str, now: str) -> dict
     return {"slot": slot, "previous": state.to_dict(), "plan": plan.to_dict(), "summary": summary}
 
 
-def rollback_plan(config: NodeConfig, generation: int) -> rules.ActionPlan:
-    rows = readmodel.generation_rows(_store(config))
+def rollback_plan(config: NodeConfig, generation: int, keyid: str | None = None) -> rules.ActionPlan:
+    """The rollback rule with every check: floor, trust, and the key roles of the re-commit's signature.
+
+    ``keyid``: the key that will sign (the privileged side knows it; else the trust store's device
+    key of this node, ``rollback_check.signer_keyid``).
+    """
+    from appliance.console.rollback_check import recommit_problem, signer_keyid
+
+    store = _store(config)
+    rows = readmodel.generation_rows(store)
     newest = rows[0]["generation"] if rows else None
-    return rules.plan_rollback(generation, _floor(config), newest, readmodel.generation_facts(rows))
+    floor = _floor(config)
+    facts = readmodel.generation_facts(rows)
+    plan = rules.plan_rollback(generation, floor, newest, facts)
+    if not plan.allowed:
+        return plan
+    if keyid is None or not store.trust.has_roles:
+        keyid = signer_keyid(store)
+    return rules.plan_rollback(generation, floor, newest, facts, recommit_problem(store, generation, keyid, floor))
 
 
 def rollback(
     config: NodeConfig, technician: str, generation: int, config_path: Path | None = None, restart: bool = True
 ) -> dict[str, Any]:
     """Re-commit generation ``generation``'s exact content as a new generation, then boot it."""
-    plan = rollback_plan(config, generation)
-    if not plan.allowed:
-        _log(config, technician, "rollback", f"refused: {plan.refusal}", generation=generation)
-        raise ActionRefusedError(plan.refusal or "refused")
     from appliance import api
     from appliance.persist.committer import Committer
     from appliance.sources.tensors import sources_from_dict
 
-    committer = Committer(config, EventLog(config.event_log, "console"))
+    committer = Committer(config, EventLog(config.event_log, "console"))  # loads the device key: privileged side
+    plan = rollback_plan(config, generation, committer.key.public.keyid)
+    if not plan.allowed:
+        _log(config, technician, "rollback", f"refused: {plan.refusal}", generation=generation)
+        raise ActionRefusedError(plan.refusal or "refused")
     floor = committer.current_floor()
     loaded = api.load(committer.store, generation=generation, floor=floor)
     metadata = dict(loaded.metadata) | {"rolled_back_from": generation}

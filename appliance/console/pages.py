@@ -62,9 +62,9 @@ def plan_for(  # noqa: PLR0911 - one return per action
         if floor is None:
             refusal = "the anti-rollback floor is unreadable; boot rebuilds it first"
             return rules.ActionPlan(action, "Roll back", "", refusal=refusal), []
-        rows = readmodel.generation_rows(readmodel._store(con.config))
-        newest = rows[0]["generation"] if rows else None
-        return rules.plan_rollback(generation, floor, newest, readmodel.generation_facts(rows)), [str(generation)]
+        from appliance.console.operations import rollback_plan
+
+        return rollback_plan(con.config, generation), [str(generation)]
     if action == "import":
         return plan_import(con, params.get("device", ""), _int(params.get("generation")))
     return rules.ActionPlan(action, "Unknown action", "", refusal=f"unknown action {action[:40]!r}"), []

@@ -19,6 +19,7 @@ from appliance.errors import ApplianceError, StorageError
 from appliance.events import read_events
 from appliance.format.console import GenerationFacts
 from appliance.node.config import NodeConfig
+from appliance.node.identity import open_node_store
 from appliance.store.discovery import open_checkpoint, scan
 from appliance.store.scrub import load_cursor
 from appliance.store.store import Store
@@ -28,7 +29,7 @@ MAX_EVENTS_SHOWN = 500
 
 
 def _store(config: NodeConfig) -> Store:
-    return Store.open(config.store, trust_path=config.trust or None)
+    return open_node_store(config)
 
 
 def generation_rows(store: Store) -> list[dict[str, Any]]:

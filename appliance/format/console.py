@@ -217,13 +217,16 @@ class GenerationFacts:
     problem: str = ""
 
 
-def plan_rollback(target: int, floor: int, newest: int | None, facts: Iterable[GenerationFacts]) -> ActionPlan:
+def plan_rollback(
+    target: int, floor: int, newest: int | None, facts: Iterable[GenerationFacts], signer_problem: str | None = None
+) -> ActionPlan:
     """Roll back by re-committing an older generation's exact content as a new generation.
 
     Allowed only for a generation that is committed, verifies under the *current* trust store
     (revoked or untrusted signers stay refused), is at or above the anti-rollback floor and is
     older than the newest one. The floor is never lowered: the re-commit gets a new, higher
-    generation, signed by this node's device key on the persistence side.
+    generation, signed by this node's device key on the persistence side. ``signer_problem``:
+    why that signature would be refused under the key roles (``console.rollback_check``).
     """
     title = f"Roll back to generation {target}"
     params = {"generation": target}
@@ -237,6 +240,8 @@ def plan_rollback(target: int, floor: int, newest: int | None, facts: Iterable[G
         refusal = f"generation {target} is not older than the newest generation {newest}"
     elif not any(f.ok for f in found):
         refusal = f"generation {target} does not verify: {found[0].problem or 'unknown problem'}"
+    elif signer_problem is not None:
+        refusal = signer_problem
     if refusal is not None:
         return ActionPlan("rollback", title, "", params, commits=True, refusal=refusal)
     slot = next(f.slot for f in found if f.ok)

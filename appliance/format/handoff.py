@@ -31,6 +31,11 @@ class Admit(str, enum.Enum):
     SELF = "self"  # the checkpoint was proven GOOD: a restarted service serves once restored
 
 
+# ServiceReport ``error["node_fault"]`` when the store's key could not be obtained (docs/design.md §14.7):
+# boot enters recovery with reason "key unavailable" and marks no slot.
+KEY_FAULT = "key"
+
+
 class Phase(str, enum.Enum):
     STARTING = "starting"  # the process runs; heavy imports (torch) are still loading
     LOADING = "loading"  # building the model from its entry point

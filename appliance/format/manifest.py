@@ -8,7 +8,10 @@ header metadata) in ``appliance.format.directory``. Does not own: signatures (``
 
 A manifest keeps the version it was read with: a v1 manifest re-serialises to its v1 bytes
 (its digest is what a child's ``parent`` names); v2 adds optional fields, each omitted when
-empty, so a v2 manifest without them differs from v1 only in ``version``.
+empty, so a v2 manifest without them differs from v1 only in ``version``. v3 (encryption at rest,
+docs/design.md §14) is written only for sealed checkpoints: it is v2 plus the required
+``encryption`` field, and its frames' ``raw_digest`` is the keyed digest (HMAC-SHA256 under the
+data key's identity key), so a v2-only reader refuses it instead of misreading it.
 
 Laws (property-tested): ``Manifest.from_dict(m.to_dict()) == m`` and
 ``canonical_bytes(Manifest.from_dict(d).to_dict()) == canonical_bytes(d)`` for valid ``d``.
@@ -23,6 +26,7 @@ from typing import Any
 
 from appliance.errors import LimitExceededError, ManifestError
 from appliance.format.canonical import canonical_bytes, get_int, get_str, require_keys
+from appliance.format.crypto import Encryption
 from appliance.format.digest import Digest
 from appliance.format.directory import AssetEntry, ShardEntry, check_label, validate_directory
 from appliance.format.dtypes import DType, dtype_named
@@ -33,8 +37,9 @@ from appliance.format.validate import check_metadata, check_shape
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 FORMAT_NAME = "appliance.checkpoint"
-FORMAT_VERSION = 2  # what this writer writes
-READ_VERSIONS = (1, 2)  # what this reader accepts
+FORMAT_VERSION = 2  # what this writer writes for plain checkpoints
+ENCRYPTED_VERSION = 3  # what it writes for sealed checkpoints (``encryption`` present)
+READ_VERSIONS = (1, 2, 3)  # what this reader accepts
 # optional, omitted when empty (docs/design.md §4.5 directories, §5.3.1 lineage, §5.5 provenance)
 V2_FIELDS = ("assets", "shards", "index_metadata", "lineage", "provenance")
 POLICIES = ("fast", "compact")
@@ -109,6 +114,7 @@ class Manifest:
     provenance: Provenance | None = None  # v2: the vendor model-signing signature verified on import (§5.5)
     version: int = FORMAT_VERSION
     lineage: Lineage | None = None  # v2: release-signed base of a device-signed checkpoint (issue 10)
+    encryption: Encryption | None = None  # v3: frames sealed under this data key (docs/design.md §14)
 
     def __post_init__(self) -> None:
         validate_manifest(self, DEFAULT_LIMITS)
@@ -186,6 +192,8 @@ class Manifest:
             out["lineage"] = self.lineage.to_dict()
         if self.provenance is not None:
             out["provenance"] = self.provenance.to_dict()
+        if self.encryption is not None:
+            out["encryption"] = self.encryption.to_dict()
         return out
 
     def totals(self) -> dict[str, int]:
@@ -210,6 +218,8 @@ class Manifest:
         }
         version = obj.get("version") if isinstance(obj, dict) else None
         optional = frozenset(V2_FIELDS) if version == 2 else frozenset()
+        if version == ENCRYPTED_VERSION:
+            optional = frozenset((*V2_FIELDS, "encryption"))
         d = require_keys(obj, "manifest", keys | {"tensors", "bases", "metadata", "totals"}, optional)
         if d["format"] != FORMAT_NAME:
             raise ManifestError(f"not a checkpoint manifest (format {d['format']!r:.40})")
@@ -270,6 +280,7 @@ def _v2_fields(d: dict[str, Any], limits: Limits) -> dict[str, Any]:
         "index_metadata": index_metadata,
         "lineage": Lineage.from_dict(d["lineage"], limits) if "lineage" in d else None,
         "provenance": Provenance.from_dict(d["provenance"]) if "provenance" in d else None,
+        "encryption": Encryption.from_dict(d["encryption"]) if "encryption" in d else None,
     }
 
 
@@ -279,6 +290,8 @@ def validate_manifest(m: Manifest, limits: Limits) -> None:
         raise ManifestError(f"manifest.version {m.version} is not one of {READ_VERSIONS}")
     if m.version == 1 and (m.assets or m.shards or m.index_metadata or m.lineage or m.provenance):
         raise ManifestError("a format v1 manifest cannot hold assets, shards, index metadata, lineage or provenance")
+    if (m.version == ENCRYPTED_VERSION) != (m.encryption is not None):
+        raise ManifestError("a manifest holds an encryption field exactly when it is format v3")
     if len(canonical_bytes(dict(m.index_metadata))) > limits.metadata_max_bytes:
         raise LimitExceededError(f"manifest.index_metadata is larger than {limits.metadata_max_bytes} bytes")
     if not m.model or not m.model.isprintable():
@@ -349,4 +362,4 @@ def _validate_frame_graph(m: Manifest, limits: Limits) -> None:
             raise ManifestError(f"bases lists frame {base.digest.short()} that is not (only) a delta base")
 
 
-__all__ = ["FORMAT_VERSION", "AssetEntry", "FrameRef", "Manifest", "ShardEntry", "TensorEntry"]
+__all__ = ["ENCRYPTED_VERSION", "FORMAT_VERSION", "AssetEntry", "FrameRef", "Manifest", "ShardEntry", "TensorEntry"]

@@ -17,6 +17,11 @@ Errors: a stored frame failing its SHA-256 (or a decoder's own frame check) is `
 the checkpoint's fault; anything else the decoder or the device raises is ``HardwareError``
 (exit 70), which ``load_to_device`` answers by decoding the same checkpoint on the CPU.
 
+Sealed checkpoints (docs/design.md §14.5): each frame is read into the worker's own buffer, its
+stored SHA-256 checked, then AES-GCM-opened on the CPU straight into its place in the (pinned)
+staging buffer; the batch is laid out by payload sizes (stored size - 28), so the device sees
+exactly what it sees for a plain checkpoint. The data key never reaches the device.
+
 Runs on any torch device: on ``cpu`` with ``CpuBatchDecoder`` it is what the tests exercise; on
 ``cuda`` with ``NvcompBatchDecoder`` it is the Jetson path (checked by ``hil/``).
 """
@@ -28,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -36,11 +41,15 @@ import torch
 from appliance.codec import zstdframe
 from appliance.codec.frames import MAX_WINDOW
 from appliance.codec.gpu import BatchDecoder, FrameBatch, aligned_layout
+from appliance.crypto import FrameCipher
 from appliance.errors import ApplianceError, FrameError, HardwareError
+from appliance.format.crypto import SEAL_OVERHEAD
 from appliance.format.manifest import FrameRef
 from appliance.limits import MiB
 from appliance.storage import Storage
 from appliance.store.discovery import OpenCheckpoint
+from appliance.store.keys import cipher_for
+from appliance.store.sealed import aad_of
 from appliance.store.slot import SlotReader
 
 from .transforms import undo_transforms
@@ -50,9 +59,10 @@ BATCH_BYTES = 256 * MiB
 
 @dataclass(frozen=True)
 class Step:
-    frame: FrameRef
+    frame: FrameRef  # for a sealed frame: its record with ``size`` = the payload (opened) size
     tensor: str
     offset: int
+    sealed: FrameRef | None = None  # the sealed frame's own record (what is read and hashed)
 
 
 @dataclass
@@ -120,8 +130,12 @@ class _Stager:
     only after the batch that last used it has been decoded and synchronised.
     """
 
-    def __init__(self, reader: SlotReader, pin: bool, workers: int, capacity: int) -> None:
+    def __init__(
+        self, reader: SlotReader, pin: bool, workers: int, capacity: int, cipher: FrameCipher | None = None
+    ) -> None:
         self.reader = reader
+        self.cipher = cipher
+        self._local = threading.local()
         self.workers = workers
         self.seconds = 0.0
         self._lock = threading.Lock()
@@ -136,7 +150,7 @@ class _Stager:
             t0 = time.perf_counter()
             frame = batch[i].frame
             target = memoryview(host[offsets[i] : offsets[i] + frame.size])  # type: ignore[arg-type]
-            data = self.reader.read_frame(frame, target)  # SHA-256 checked here, before any decoder sees it
+            data = self._read(batch[i], target)
             if frame.codec.compressed:
                 zstdframe.check_frame(data, frame.raw_size, MAX_WINDOW)  # one standard frame, exact size
             elif frame.size != frame.raw_size:
@@ -147,6 +161,23 @@ class _Stager:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="gpu-stage") as pool:
             list(pool.map(one, range(len(batch))))
         return staging, offsets
+
+    def _read(self, step: Step, target: memoryview) -> memoryview:
+        """The step's payload in ``target``: SHA-256 checked before any decoder (or AES-GCM) sees it."""
+        if step.sealed is None or self.cipher is None:
+            return self.reader.read_frame(step.frame, target)
+        buf: bytearray | None = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < step.sealed.size:
+            buf = self._local.buf = bytearray(step.sealed.size)
+        stored = self.reader.read_frame(step.sealed, buf)
+        self.cipher.open_into(stored, aad_of(self.cipher, step.sealed), target, f"frame {step.sealed.digest.short()}")
+        return target
+
+
+def _sealed_steps(levels: list[list[Step]]) -> list[list[Step]]:
+    """Steps of a sealed checkpoint: staged (and decoded) by payload size, read by their sealed record."""
+    return [[replace(s, frame=replace(s.frame, size=s.frame.size - SEAL_OVERHEAD), sealed=s.frame) for s in level]
+            for level in levels]  # fmt: skip
 
 
 def restore_to_device(
@@ -163,11 +194,13 @@ def restore_to_device(
     manifest = opened.verified.manifest
     dest = {t.name: torch.empty(t.nbytes, dtype=torch.uint8, device=device) for t in manifest.tensors}
     stats = GpuRestoreStats(raw_bytes=manifest.raw_bytes)
-    plan = [batch for level in plan_levels(opened) for batch in batches(level, batch_bytes or BATCH_BYTES)]
+    cipher = cipher_for(storage, manifest.encryption)
+    levels = plan_levels(opened) if cipher is None else _sealed_steps(plan_levels(opened))
+    plan = [batch for level in levels for batch in batches(level, batch_bytes or BATCH_BYTES)]
     capacity = max((aligned_layout([s.frame.size for s in b])[1] for b in plan), default=1)
     start = time.perf_counter()
     reader = SlotReader(storage, opened.slot)
-    stager = _Stager(reader, device.type == "cuda", workers or os.cpu_count() or 1, capacity)
+    stager = _Stager(reader, device.type == "cuda", workers or os.cpu_count() or 1, capacity, cipher)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-next") as ahead:
         pending: Future[tuple[torch.Tensor, list[int]]] | None = (
             ahead.submit(stager.stage, plan[0], 0) if plan else None

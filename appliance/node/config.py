@@ -27,6 +27,7 @@ _PATHS = (
     "adapt_token_file",
 )  # fmt: skip
 CONTROL_SOCKET = "control.sock"
+DEVICE_FILE = "device.json"  # first boot's device identity, next to node.json (/etc/appliance)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class NodeConfig:
     header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
     crash_decay_s: float = 3600.0  # a GOOD slot serving this long without a crash forgets earlier crashes
     port_wait_s: float = 120.0  # boot waits this long, with backoff, for a service port held by someone else
+    # This node's device id (issue 10): "" = read DIR_OF_NODE_JSON/device.json, which first boot writes.
+    # Device-role signatures count only from the key bound to this id (appliance.node.identity).
+    device_id: str = ""
 
     def __post_init__(self) -> None:
         if ":" not in self.model:
@@ -177,6 +181,25 @@ def _check_caps(c: NodeConfig) -> None:
         )
 
 
+def _with_device_id(config: NodeConfig, identity: Path) -> NodeConfig:
+    """``config`` with its device id: node.json's own, else the identity file first boot wrote."""
+    from appliance.errors import DeviceIdentityError
+    from appliance.format.provisioning import DeviceIdentity, check_device_id
+
+    try:
+        if config.device_id:
+            return replace(config, device_id=check_device_id(config.device_id, "node.json device_id"))
+        try:
+            data = identity.read_bytes()[: DEFAULT_LIMITS.config_max_bytes]
+        except FileNotFoundError:
+            return config
+        obj = strict_loads(data, what=str(identity), max_bytes=DEFAULT_LIMITS.config_max_bytes, max_depth=4)
+        return replace(config, device_id=DeviceIdentity.from_dict(obj).device_id)
+    except (OSError, ApplianceError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DeviceIdentityError(f"this node's device id cannot be read: {problem}") from exc
+
+
 def load_config(path: str | Path) -> NodeConfig:
     path = Path(path)
     try:
@@ -192,5 +215,6 @@ def load_config(path: str | Path) -> NodeConfig:
     except ApplianceError as exc:
         raise ConfigError(f"node configuration {path} is damaged: {exc.problem}") from exc
     config = NodeConfig.from_dict(obj, base=path.parent.resolve())
+    config = _with_device_id(config, path.parent / DEVICE_FILE)
     config.trust_file()  # refuse a production trust store on the store partition before anything runs
     return config

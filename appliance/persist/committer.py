@@ -21,6 +21,7 @@ from appliance.format.handoff import Admit
 from appliance.format.plan import choose_target_slot
 from appliance.node.config import NodeConfig
 from appliance.node.floor import FloorUnreadableError, open_floor
+from appliance.node.identity import open_node_store
 from appliance.node.mounts import unavailable_slots
 from appliance.node.rundir import RunDir
 from appliance.persist.authentic import ControlReceipts, Receipts, check_receipt
@@ -29,7 +30,6 @@ from appliance.sources.export import OpenedExport, open_export, remove_durably
 from appliance.store.bootstate import SlotStates
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import scan, select
-from appliance.store.store import Store
 
 
 class Committer:
@@ -37,7 +37,7 @@ class Committer:
         self.config = config
         self.receipts = receipts or ControlReceipts(config.control_socket)
         self.events = events
-        self.store = Store.open(config.store, trust_path=config.trust_file())
+        self.store = open_node_store(config)
         self.states = SlotStates(self.store.storage, self.store.limits)
         self.store.good_provider = self.states.good_generations
         self.key = SigningKey.load(config.signing_key)

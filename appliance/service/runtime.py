@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from appliance.errors import ApplianceError, ServiceError, StorageError, UsageError
+from appliance.errors import ApplianceError, KeyUnavailableError, ServiceError, StorageError, UsageError
 from appliance.events import EventLog
-from appliance.format.handoff import Admit, Handoff, Phase, ServiceReport
+from appliance.format.handoff import KEY_FAULT, Admit, Handoff, Phase, ServiceReport
 from appliance.node.config import NodeConfig
+from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.service import export, loader
 from appliance.service.restore import Restored, restore_into_model
-from appliance.store.store import Store
 
 
 class NotAvailableError(Exception):
@@ -89,7 +89,7 @@ class ServiceRuntime:
             self._enter(Phase.LOADING)
             built = loader.build(self.config.model, self.config.model_init)
             self._enter(Phase.RESTORING)
-            store = Store.open(self.config.store, trust_path=self.config.trust_file())
+            store = open_node_store(self.config)
             restored = restore_into_model(store, self.handoff, built.model, self.config.restore_workers or None)
             self.model, self.restored = built.model, restored
             self._emit_restored(restored, built.init)
@@ -136,6 +136,8 @@ class ServiceRuntime:
     def _fail(self, exc: ApplianceError) -> None:
         failed_in = self.phase
         self.error = exc.to_dict() | {"phase": failed_in.value}
+        if isinstance(exc, KeyUnavailableError):  # the node's key provider, never the checkpoint (design §14.7)
+            self.error["node_fault"] = KEY_FAULT
         h = self.handoff
         where = {"slot": h.slot if h else "-", "generation": h.generation if h else 0}
         if failed_in is Phase.RESTORING:

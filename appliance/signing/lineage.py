@@ -10,7 +10,9 @@ import path (USB, S3, fleet) uses the same rules as boot and restore.
 Rules, per signing key:
 * unrestricted (role-less, v1 trust stores): may sign any checkpoint, as before roles existed;
 * ``release``: may sign checkpoints of the model ids it lists (else ``RoleError``, 45);
-* ``device``: may sign a checkpoint only if its ``lineage`` names this key's device id and
+* ``device``: only the key bound to *this node's* device id counts when the node knows it
+  (``TrustStore.device``; another device's key: ``ForeignDeviceKeyError``, 77); it may sign a
+  checkpoint only if its ``lineage`` names this key's device id and
   embeds a bundle that verifies with release (or unrestricted) keys alone, for the same model,
   an older generation, and the same tensor names, dtypes and shapes (else ``LineageError``, 44).
 At least ``threshold`` distinct signers must be authorised.
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.errors import ApplianceError, LineageError, RoleError
+from appliance.errors import ApplianceError, ForeignDeviceKeyError, LineageError, RoleError
 from appliance.format.digest import Digest
 from appliance.format.lineage import Lineage, layout_difference, layout_of
 from appliance.format.manifest import Manifest
@@ -76,6 +78,7 @@ def authorize(
         return Authorization(role, base)
     if not devices or release_only:
         _refuse_roles(manifest, entries, trust.threshold, release_only)
+    devices = _own_devices(manifest, devices, trust.device)
     base = _release_base(manifest, trust, limits)
     assert manifest.lineage is not None
     bound = [e for e in devices if e.device == manifest.lineage.device]
@@ -85,6 +88,20 @@ def authorize(
             f"device key(s) are bound to {sorted(str(e.device) for e in devices)!r:.160}"
         )
     return Authorization(DEVICE, base, manifest.lineage.device)
+
+
+def _own_devices(manifest: Manifest, devices: list[TrustedKey], own: str | None) -> list[TrustedKey]:
+    """The device keys bound to this node (all of them when the node's id is not known: library use)."""
+    if own is None:
+        return devices
+    mine = [e for e in devices if e.device == own]
+    if not mine:
+        others = sorted(str(e.device) for e in devices)
+        raise ForeignDeviceKeyError(
+            f"checkpoint generation {manifest.generation} is signed by the device key(s) of {others!r:.160}, "
+            f"not by this node's own device key ({own!r:.80}); a device key signs only for its own device"
+        )
+    return mine
 
 
 def _refuse_roles(manifest: Manifest, entries: list[TrustedKey], threshold: int, release_only: bool) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from appliance.errors import TrustStoreError
@@ -122,9 +122,17 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class TrustStore:
+    """Trusted keys, revoked key ids, threshold; ``device``: this node's own device id, when known.
+
+    ``device`` is not part of the file: the node sets it (``for_device``) from node.json or
+    ``/etc/appliance/device.json``, and then device-role signatures count only from keys bound
+    to that id (``appliance.signing.lineage``); another device's key is refused even if listed.
+    """
+
     keys: tuple[TrustedKey, ...] = ()
     revoked: frozenset[str] = frozenset()
     threshold: int = 1
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
@@ -163,7 +171,7 @@ class TrustStore:
         if self.get(key.keyid) is not None:
             return self
         entry = TrustedKey(key, comment, role, models, device)
-        return TrustStore((*self.keys, entry), self.revoked, self.threshold)
+        return replace(self, keys=(*self.keys, entry))
 
     def with_role(
         self, keyid: str, role: str | None, *, models: tuple[str, ...] = (), device: str | None = None
@@ -173,13 +181,22 @@ class TrustStore:
         if old is None:
             raise TrustStoreError(f"key {keyid[:12]} is not in the trust store")
         new = TrustedKey(old.public, old.comment, role, models, device)
-        return TrustStore(tuple(new if k.keyid == keyid else k for k in self.keys), self.revoked, self.threshold)
+        return replace(self, keys=tuple(new if k.keyid == keyid else k for k in self.keys))
 
     def revoke(self, keyid: str) -> TrustStore:
         keys = tuple(k for k in self.keys if k.keyid != keyid)
         if len(keys) == len(self.keys) and keyid not in self.revoked:
             raise TrustStoreError(f"key {keyid[:12]} is not in the trust store")
-        return TrustStore(keys, self.revoked | {keyid}, self.threshold)
+        return replace(self, keys=keys, revoked=self.revoked | {keyid})
+
+    def for_device(self, device: str | None) -> TrustStore:
+        """The same keys, as seen by the node whose device id is ``device``."""
+        return replace(self, device=device)
+
+    @property
+    def device_ids(self) -> frozenset[str]:
+        """The device ids the device-role keys are bound to."""
+        return frozenset(str(k.device) for k in self.keys if k.role == DEVICE)
 
     def to_dict(self) -> dict[str, Any]:
         if not self.has_roles:  # written as before roles existed: old readers keep reading it

@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
+from appliance.crypto import FrameCipher
 from appliance.errors import AssetError, AssetIntegrityError
 from appliance.format.digest import Digest
 from appliance.format.directory import AssetEntry, ShardEntry, check_label
@@ -32,10 +33,25 @@ from appliance.limits import DEFAULT_LIMITS
 from appliance.storage import Storage
 from appliance.store.discovery import OpenCheckpoint
 from appliance.store.encode import FrameJob
+from appliance.store.keys import cipher_for
 from appliance.store.restore import FrameDecoder
+from appliance.store.sealed import raw_matches
 from appliance.store.slot import SlotReader
 
 _U8 = dtype_named("uint8")
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def _file_hasher(cipher: FrameCipher | None, data: bytes = b"") -> _Hasher:
+    """SHA-256 of a whole asset file, or its keyed digest when the checkpoint is sealed."""
+    hasher: _Hasher = hashlib.sha256() if cipher is None else cipher.identity_hasher()
+    hasher.update(data)
+    return hasher
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,7 @@ class DirectoryParts:
 class AssetJobs:
     """Cuts assets into frame jobs (job.tensor = -1 - asset index) and hashes each whole file."""
 
-    def __init__(self, assets: tuple[AssetSource, ...], frame_size: int) -> None:
+    def __init__(self, assets: tuple[AssetSource, ...], frame_size: int, cipher: FrameCipher | None = None) -> None:
         for a in assets:
             check_label(a.path, "asset path")
             if a.size > DEFAULT_LIMITS.asset_max_bytes:
@@ -74,11 +90,12 @@ class AssetJobs:
             raise AssetError(f"assets total {total} bytes, above the cap of {DEFAULT_LIMITS.assets_max_total_bytes}")
         self.assets = assets
         self.frame_size = frame_size
+        self.cipher = cipher  # sealed checkpoints record a keyed digest of each file (design §14.4)
         self.digests: dict[int, Digest] = {}
 
     def jobs(self) -> Iterator[FrameJob]:
         for i, asset in enumerate(self.assets):
-            hasher = hashlib.sha256()
+            hasher = _file_hasher(self.cipher)
             with asset.reader() as f:
                 for fi, (_, size) in enumerate(frame_spans(asset.size, 1, self.frame_size)):
                     data = f.read(size)  # a private copy: what is hashed is what is stored
@@ -100,17 +117,18 @@ class AssetJobs:
 def read_asset(storage: Storage, opened: OpenCheckpoint, asset: AssetEntry) -> bytes:
     """The asset's bytes: each frame's stored and raw SHA-256 checked, then the whole file's."""
     manifest = opened.verified.manifest
-    decoder = FrameDecoder(SlotReader(storage, opened.slot), manifest.frame_index())
+    cipher = cipher_for(storage, manifest.encryption)
+    decoder = FrameDecoder(SlotReader(storage, opened.slot), manifest.frame_index(), cipher)
     out = np.empty(asset.size, dtype=np.uint8)
     offset = 0
     for frame in asset.frames:
         view = out[offset : offset + frame.raw_size]
         decoder.decode(frame, view)
-        if hashlib.sha256(view.data).hexdigest() != frame.raw_digest.hex:
-            raise AssetIntegrityError(f"asset {asset.path!r}: frame {frame.digest.short()} fails its raw SHA-256")
+        if not raw_matches(cipher, frame, view.data):
+            raise AssetIntegrityError(f"asset {asset.path!r}: frame {frame.digest.short()} fails its raw digest")
         offset += frame.raw_size
     data = out.tobytes()
-    if hashlib.sha256(data).hexdigest() != asset.digest.hex:
+    if _file_hasher(cipher, data).hexdigest() != asset.digest.hex:
         raise AssetIntegrityError(f"asset {asset.path!r} does not match its signed SHA-256")
     return data
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+from appliance.crypto import FrameCipher
 from appliance.errors import (
     ApplianceError,
     FrameMissingError,
@@ -39,9 +40,10 @@ from appliance.errors import (
 from appliance.format.canary import METADATA_KEY as CANARY_KEY
 from appliance.format.canary import Canary
 from appliance.format.commit import CommitRecord
+from appliance.format.crypto import may_share_frames
 from appliance.format.digest import Digest
 from appliance.format.lineage import Lineage
-from appliance.format.manifest import FrameRef, Manifest, TensorEntry
+from appliance.format.manifest import ENCRYPTED_VERSION, FORMAT_VERSION, FrameRef, Manifest, TensorEntry
 from appliance.format.plan import choose_target_slot, first_unused_generation
 from appliance.format.provenance import Provenance
 from appliance.format.statement import parse_bundle, parse_statement
@@ -114,6 +116,7 @@ class CommitRequest:
     directory: DirectoryParts = field(default_factory=DirectoryParts)  # assets, shards (model directories)
     provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
     allow_empty: bool = False  # a checkpoint without tensors (metadata only) is refused unless asked for
+    cipher: FrameCipher | None = None  # seal every frame under this data key (manifest v3, design §14)
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -318,11 +321,7 @@ def commit(
     _ensure_dirs(storage, target)
     batch = DurableBatch(storage)
     target_reader = SlotReader(storage, target)
-    encoder = FrameEncoder(request.options, None, None)
-    if parent is not None:
-        parent_manifest = parent.verified.manifest
-        supply = FrameSupply(target_reader, SlotReader(storage, parent.slot), parent_manifest.frame_index())
-        encoder = FrameEncoder(request.options, parent_manifest, supply)
+    encoder = _encoder(storage, request, parent, target_reader)
     placer = _FramePlacer(target_reader, batch)
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
     signers = [k.keyid for k in request.keys]
@@ -378,6 +377,18 @@ def commit(
     return result
 
 
+def _encoder(
+    storage: Storage, request: CommitRequest, parent: OpenCheckpoint | None, target: SlotReader
+) -> FrameEncoder:
+    """The frame encoder; it reuses and deltas against the parent only under the same data key (§14)."""
+    sealing = request.cipher.encryption if request.cipher is not None else None
+    if parent is None or not may_share_frames(parent.verified.manifest.encryption, sealing):
+        return FrameEncoder(request.options, None, None, request.cipher)
+    manifest = parent.verified.manifest
+    supply = FrameSupply(target, SlotReader(storage, parent.slot), manifest.frame_index())
+    return FrameEncoder(request.options, manifest, supply, request.cipher)
+
+
 def _encode_and_place(
     *,
     encoder: FrameEncoder,
@@ -393,7 +404,7 @@ def _encode_and_place(
 ) -> Manifest:
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     frames: dict[int, list[FrameRef]] = {}
-    assets = AssetJobs(request.directory.assets, request.options.frame_size)
+    assets = AssetJobs(request.directory.assets, request.options.frame_size, request.cipher)
     jobs = chain(tensor_jobs(sources, request.options.frame_size, entries), assets.jobs())
     for job, encoded in encode_all(encoder, jobs):
         placer.place(encoded)
@@ -406,6 +417,7 @@ def _encode_and_place(
     asset_entries = assets.entries(frames)
     direct = [f for t in tensors for f in t.frames] + [f for a in asset_entries for f in a.frames]
     bases = _base_closure(direct, parent)  # every one was obtained with its chain by a worker
+    encryption = request.cipher.encryption if request.cipher is not None else None
     return Manifest(
         model=request.model,
         generation=generation,
@@ -421,6 +433,8 @@ def _encode_and_place(
         shards=request.directory.shards,
         index_metadata=request.directory.index_metadata,
         provenance=request.provenance,
+        encryption=encryption,
+        version=ENCRYPTED_VERSION if encryption is not None else FORMAT_VERSION,
     )
 
 

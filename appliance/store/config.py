@@ -22,6 +22,13 @@ DEFAULT_KEEP = 2
 DEFAULT_DELTA_DEPTH = 8
 
 
+def _get_bool(d: dict[str, Any], key: str) -> bool:
+    value = d.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"store.json {key} must be true or false")
+    return value
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     model: str
@@ -32,6 +39,7 @@ class StoreConfig:
     trust: str = "trust.json"  # relative to the store root, or an absolute path
     zstd_level: int = 1
     vendors: str = "vendors.json"  # model-signing vendor trust (appliance.provenance); same path rule
+    encrypt: bool = False  # seal new commits under the keyring's active data key (docs/design.md §14)
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.isprintable() or len(self.model) > 256:
@@ -51,17 +59,21 @@ class StoreConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": CONFIG_FORMAT,
-            "version": CONFIG_VERSION,
-            "model": self.model,
-            "frame_size": self.frame_size,
-            "policy": self.policy,
-            "keep": self.keep,
-            "max_delta_depth": self.max_delta_depth,
-            "trust": self.trust,
-            "zstd_level": self.zstd_level,
-        } | ({"vendors": self.vendors} if self.vendors != "vendors.json" else {})
+        return (
+            {
+                "format": CONFIG_FORMAT,
+                "version": CONFIG_VERSION,
+                "model": self.model,
+                "frame_size": self.frame_size,
+                "policy": self.policy,
+                "keep": self.keep,
+                "max_delta_depth": self.max_delta_depth,
+                "trust": self.trust,
+                "zstd_level": self.zstd_level,
+            }
+            | ({"vendors": self.vendors} if self.vendors != "vendors.json" else {})
+            | ({"encrypt": True} if self.encrypt else {})
+        )
 
     @classmethod
     def from_dict(cls, obj: Any) -> StoreConfig:
@@ -76,7 +88,7 @@ class StoreConfig:
                 "max_delta_depth",
                 "trust",
             }
-            d = require_keys(obj, "store.json", keys, frozenset({"zstd_level", "vendors"}))
+            d = require_keys(obj, "store.json", keys, frozenset({"zstd_level", "vendors", "encrypt"}))
             if d["format"] != CONFIG_FORMAT or d["version"] != CONFIG_VERSION:
                 raise ConfigError("store.json is not a v1 store configuration")
             return cls(
@@ -88,6 +100,7 @@ class StoreConfig:
                 trust=get_str(d, "trust", "store", 4096),
                 zstd_level=get_int(d, "zstd_level", "store", 1, 19) if "zstd_level" in d else 1,
                 vendors=get_str(d, "vendors", "store", 4096) if "vendors" in d else "vendors.json",
+                encrypt=_get_bool(d, "encrypt"),
             )
         except ManifestError as exc:
             raise ConfigError(f"store.json is invalid: {exc.problem}") from exc

@@ -22,7 +22,6 @@ the GPU, where undoing the rotation is free) ``egN+zstd-lit`` (bf16: 1.51). Delt
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
@@ -34,6 +33,7 @@ import numpy as np
 
 from appliance.codec.frames import Scratch, decode_into, encode, encode_against_payload, payload_into, same_layout
 from appliance.codec.transform import U8
+from appliance.crypto import FrameCipher
 from appliance.errors import ApplianceError, FrameMissingError, ManifestError, StorageError, UsageError
 from appliance.format.codec_name import IDENTITY, LIT_LEVEL, CodecSpec
 from appliance.format.digest import Digest
@@ -41,6 +41,7 @@ from appliance.format.dtypes import DType, dtype_named
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import frame_spans
 from appliance.format.validate import check_shape, check_tensor_bytes, validate_tensor_name
+from appliance.store.sealed import open_frame, raw_identity, seal_encoded
 from appliance.store.slot import SlotReader
 
 DELTA_ACCEPT_FRACTION = 1 / 8
@@ -119,9 +120,24 @@ class FrameSupply:
 
 
 class FrameEncoder:
-    def __init__(self, options: EncodeOptions, parent: Manifest | None, supply: FrameSupply | None) -> None:
+    """Per-frame decisions of one commit; with a ``cipher`` every stored frame is sealed (§14).
+
+    Under a cipher, raw identities are keyed digests and every new frame's encoded bytes are
+    sealed after encoding (the size comparisons between codecs use the encoded sizes, which
+    sealing grows by the same 28 bytes). The parent must be sealed under the same data key
+    (``appliance.format.crypto.may_share_frames``); the commit passes no parent otherwise.
+    """
+
+    def __init__(
+        self,
+        options: EncodeOptions,
+        parent: Manifest | None,
+        supply: FrameSupply | None,
+        cipher: FrameCipher | None = None,
+    ) -> None:
         self.options = options
         self.supply = supply
+        self.cipher = cipher
         self.by_raw: dict[tuple[Digest, int], FrameRef] = {}
         self.by_position: dict[tuple[str, int], FrameRef] = {}
         if parent is not None:
@@ -153,7 +169,7 @@ class FrameEncoder:
         snapshot = raw.tobytes() if self.options.policy == "fast" else None  # hashed once, stored as is
         if snapshot is not None:
             raw = np.frombuffer(snapshot, np.uint8)
-        raw_digest = Digest(hashlib.sha256(raw.data).hexdigest())
+        raw_digest = raw_identity(self.cipher, raw.data)
         reused = self._reuse(raw_digest, raw.size, dtype)
         if reused is not None:
             return reused
@@ -165,9 +181,7 @@ class FrameEncoder:
             return delta
         if self._claim(full):
             return full
-        plain = EncodedFrame(
-            FrameRef(Digest.of(raw.data), raw.size, raw_digest, raw.size, IDENTITY), raw.tobytes(), "full"
-        )
+        plain = self._sealed(raw_digest, raw.size, IDENTITY, raw.tobytes(), "full")
         if self._claim(plain):
             return plain
         raise ManifestError(
@@ -219,9 +233,32 @@ class FrameEncoder:
         chain = self._obtain_chain(base)
         if chain is None:
             return None
-        stored, spec = self._delta_bytes(raw, dtype, [(f, d) for f, d, _ in chain])
-        ref = FrameRef(Digest.of(stored), len(stored), raw_digest, raw.size, spec, base.digest, base.depth + 1)
-        return EncodedFrame(ref, stored, "delta", tuple((f, d) for f, d, w in chain if w))
+        encoded, spec = self._delta_bytes(raw, dtype, [(f, d) for f, d, _ in chain])
+        extra = tuple((f, d) for f, d, w in chain if w)
+        return self._sealed(raw_digest, raw.size, spec, encoded, "delta", base=base, extra=extra)
+
+    def _sealed(
+        self,
+        raw_digest: Digest,
+        raw_size: int,
+        spec: CodecSpec,
+        encoded: bytes,
+        kind: str,
+        *,
+        base: FrameRef | None = None,
+        extra: tuple[tuple[FrameRef, bytes], ...] = (),
+    ) -> EncodedFrame:
+        """The frame record and stored bytes of ``encoded`` (sealed under the cipher, if any)."""
+        depth = base.depth + 1 if base is not None else 0
+        base_digest = base.digest if base is not None else None
+        draft = FrameRef(raw_digest, len(encoded), raw_digest, raw_size, spec, base_digest, depth)
+        stored = seal_encoded(self.cipher, draft, encoded)
+        ref = FrameRef(Digest.of(stored), len(stored), raw_digest, raw_size, spec, base_digest, depth)
+        return EncodedFrame(ref, stored, kind, extra)
+
+    def _opened(self, frame: FrameRef, stored: bytes) -> bytes | memoryview:
+        """A chain frame's encoded bytes (its stored bytes, opened when sealed)."""
+        return stored if self.cipher is None else open_frame(self.cipher, frame, stored, self._scratch())
 
     def _delta_bytes(self, raw: U8, dtype: DType, chain: list[tuple[FrameRef, bytes]]) -> tuple[bytes, CodecSpec]:
         """The delta of ``raw`` against the raw bytes ``chain`` (deepest base first) decodes to.
@@ -236,24 +273,26 @@ class FrameEncoder:
             parent = scratch.get("parent", raw.size)
             for level, (frame, data) in enumerate(chain):
                 target = parent if level == 0 else scratch.get("payload", raw.size)
-                payload_into(data, frame.codec, target)
+                payload_into(self._opened(frame, data), frame.codec, target)
                 if level:
                     np.bitwise_xor(parent, target, out=parent)
             return encode_against_payload(raw, spec, parent, scratch), spec
         base_raw = scratch.get("base", raw.size)
         for frame, data in chain:  # each xor frame applies onto the one below
-            decode_into(data, frame.codec, base_raw, scratch)
+            decode_into(self._opened(frame, data), frame.codec, base_raw, scratch)
         spec = self.options.zstd_spec(dtype.planes, xor=True)
         return encode(raw, spec, base_raw, scratch), spec
 
     def _full(self, dtype: DType, raw: U8, raw_digest: Digest, snapshot: bytes | None) -> EncodedFrame:
         spec = self.full_spec(dtype)
         if spec == IDENTITY and snapshot is not None:  # the stored bytes are the hashed raw bytes
-            return EncodedFrame(FrameRef(raw_digest, len(snapshot), raw_digest, raw.size, spec), snapshot, "full")
-        stored = encode(raw, spec, None, self._scratch())
-        if spec != IDENTITY and len(stored) >= raw.size:
-            spec, stored = IDENTITY, raw.tobytes()
-        return EncodedFrame(FrameRef(Digest.of(stored), len(stored), raw_digest, raw.size, spec), stored, "full")
+            if self.cipher is None:
+                return EncodedFrame(FrameRef(raw_digest, len(snapshot), raw_digest, raw.size, spec), snapshot, "full")
+            return self._sealed(raw_digest, raw.size, spec, snapshot, "full")
+        encoded = encode(raw, spec, None, self._scratch())
+        if spec != IDENTITY and len(encoded) >= raw.size:
+            spec, encoded = IDENTITY, raw.tobytes()
+        return self._sealed(raw_digest, raw.size, spec, encoded, "full")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from appliance.errors import TensorMismatchError
 from appliance.format.frame import FrameRef
 from appliance.storage import Storage
 from appliance.store.discovery import OpenCheckpoint
+from appliance.store.keys import cipher_for
 from appliance.store.restore import FrameDecoder, RestoreStats, check_raw, collect, run_all, worker_count
 from appliance.store.slot import SlotReader
 
@@ -46,7 +47,8 @@ def restore_selected(
             tasks.append((frame, view[offset : offset + frame.raw_size]))
             offset += frame.raw_size
         raw_bytes += entry.nbytes
-    decoder = FrameDecoder(SlotReader(storage, opened.slot), manifest.frame_index())
+    cipher = cipher_for(storage, manifest.encryption)
+    decoder = FrameDecoder(SlotReader(storage, opened.slot), manifest.frame_index(), cipher)
     n_workers = worker_count(workers, len(tasks))
     stats = RestoreStats(opened.generation, opened.slot, raw_bytes=raw_bytes, workers=n_workers)
 

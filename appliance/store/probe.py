@@ -24,12 +24,15 @@ import numpy as np
 from appliance.codec import gpu
 from appliance.codec.frames import Scratch, decode_into
 from appliance.codec.transform import U8
+from appliance.crypto import FrameCipher
 from appliance.format.manifest import FrameRef, Manifest
 from appliance.format.restore_time import CheckpointShape, DeviceRates
 from appliance.limits import MiB
 from appliance.storage import Storage
 from appliance.storage.mapping import PAGE
 from appliance.store import layout
+from appliance.store.keys import cipher_for
+from appliance.store.sealed import open_frame
 from appliance.store.slot import SlotReader
 
 SAMPLE_BYTES = 128 * MiB
@@ -115,8 +118,10 @@ def read_rates(storage: Storage, slot: str, frames: list[FrameRef], cores: int) 
     return warm, cold, cold_measured
 
 
-def decode_rates(storage: Storage, slot: str, frames: list[FrameRef]) -> dict[str, float]:
-    """Raw bytes/s on one core for every compressed codec among ``frames`` (stored bytes verified)."""
+def decode_rates(
+    storage: Storage, slot: str, frames: list[FrameRef], cipher: FrameCipher | None = None
+) -> dict[str, float]:
+    """Raw bytes/s on one core for every compressed codec among ``frames`` (stored bytes verified, opened)."""
     reader = SlotReader(storage, slot)
     rates: dict[str, float] = {}
     scratch = Scratch()
@@ -124,6 +129,8 @@ def decode_rates(storage: Storage, slot: str, frames: list[FrameRef]) -> dict[st
         if f.codec.name in rates or not (f.codec.compressed or f.codec.planes) or f.codec.xor:
             continue
         stored = bytes(reader.read_frame(f))
+        if cipher is not None:
+            stored = bytes(open_frame(cipher, f, stored, scratch))
         out = np.empty(f.raw_size, np.uint8)
         rates[f.codec.name] = _rate(_decoder(stored, f, out, scratch))
     return rates
@@ -148,7 +155,7 @@ def probe(storage: Storage, slot: str, manifest: Manifest, cores: int | None = N
         read_copy=warm,
         read_cold=cold,
         touch=touch_rate(),
-        decode=decode_rates(storage, slot, frames),
+        decode=decode_rates(storage, slot, frames, cipher_for(storage, manifest.encryption)),
         gpu_decoder=gpu.available().ok,
     )
     return ProbeResult(rates, cold_measured, sum(f.size for f in frames), time.perf_counter() - start)

@@ -28,7 +28,6 @@ zero-copy variant for ``fast`` checkpoints is ``appliance.store.zerocopy``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -39,8 +38,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from appliance.codec.frames import Scratch, decode_into
+from appliance.codec.frames import Scratch
 from appliance.codec.transform import U8
+from appliance.crypto import FrameCipher
 from appliance.errors import FrameError, TensorMismatchError
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef
@@ -49,6 +49,8 @@ from appliance.storage import Storage
 from appliance.storage.mapping import PrefetchStorage
 from appliance.store import layout
 from appliance.store.discovery import OpenCheckpoint
+from appliance.store.keys import cipher_for
+from appliance.store.sealed import decode_stored, raw_matches
 from appliance.store.slot import SlotReader
 
 Progress = Callable[[int], None]
@@ -140,11 +142,16 @@ class _Worker:
 
 
 class FrameDecoder:
-    """Decodes frames (and their delta chains) of one slot into destination slices."""
+    """Decodes frames (and their delta chains) of one slot into destination slices.
 
-    def __init__(self, reader: SlotReader, index: Mapping[Digest, FrameRef]) -> None:
+    ``cipher`` opens sealed frames (``cipher_for(storage, manifest.encryption)``; None: plain),
+    after their stored SHA-256 matched and before anything decodes them.
+    """
+
+    def __init__(self, reader: SlotReader, index: Mapping[Digest, FrameRef], cipher: FrameCipher | None) -> None:
         self.reader = reader
         self.index = index
+        self.cipher = cipher
         self._local = threading.local()
         self.workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -177,7 +184,7 @@ class FrameDecoder:
         t1 = time.perf_counter()
         self.reader.verify_frame(frame, stored)
         t2 = time.perf_counter()
-        decode_into(stored, frame.codec, out, w.scratch)
+        decode_stored(stored, frame, out, w.scratch, self.cipher)
         w.times.read += t1 - t0
         w.times.hash += t2 - t1
         w.times.decode += time.perf_counter() - t2
@@ -277,7 +284,7 @@ def restore_into(
     manifest = opened.verified.manifest
     views = {n: v for n, v in destination_views(opened, dest).items() if n not in skip}
     reader = SlotReader(storage, opened.slot)
-    decoder = FrameDecoder(reader, manifest.frame_index())
+    decoder = FrameDecoder(reader, manifest.frame_index(), cipher_for(storage, manifest.encryption))
     tasks = frame_tasks(opened, views)
     prefetcher = Prefetcher(storage, opened.slot, [task.frame for task in tasks])
     n_workers = worker_count(workers, len(tasks))
@@ -314,10 +321,10 @@ def restore_into(
 
 
 def check_raw(decoder: FrameDecoder, frame: FrameRef, out: U8) -> None:
-    """Deep mode: the decoded bytes match the manifest's raw SHA-256."""
+    """Deep mode: the decoded bytes match the manifest's raw identity (SHA-256, or the keyed digest)."""
     t0 = time.perf_counter()
-    if hashlib.sha256(out.data).hexdigest() != frame.raw_digest.hex:
-        raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw SHA-256")
+    if not raw_matches(decoder.cipher, frame, out.data):
+        raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw digest")
     decoder._worker().times.deep += time.perf_counter() - t0
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance.crypto import KekSource
 from appliance.errors import (
     ApplianceError,
     CheckpointNotFoundError,
@@ -40,6 +41,7 @@ from appliance.store.config import StoreConfig
 from appliance.store.discovery import OpenCheckpoint, Selection, open_checkpoint, scan, select
 from appliance.store.encode import EncodeOptions, TensorSource
 from appliance.store.gc import GcReport, collect_slot
+from appliance.store.keys import create_keyring, keys_for
 from appliance.store.lock import writer_lock
 from appliance.store.restore import Destination, RestoreStats, restore_into
 from appliance.store.slot import SlotReader
@@ -86,7 +88,10 @@ class Store:
     # --- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, root: str | Path, trusted: Sequence[PublicKey], config: StoreConfig) -> Store:
+    def init(
+        cls, root: str | Path, trusted: Sequence[PublicKey], config: StoreConfig, *, kek: KekSource | None = None
+    ) -> Store:
+        """A new store; with ``config.encrypt`` a keyring whose data key is wrapped under ``kek`` (§14)."""
         root = Path(root)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise StoreExistsError(f"{root} exists and is not an empty directory")
@@ -105,13 +110,29 @@ class Store:
             storage.fsync_dir(slot)
         if not Path(config.trust).is_absolute():
             write_durable(storage, config.trust, canonical_bytes(trust.to_dict()) + b"\n")
+        if config.encrypt:
+            if kek is None:
+                raise UsageError("an encrypted store needs a key-encryption key", remedy="pass --kek file:PATH")
+            create_keyring(storage, kek)
         write_durable(storage, layout.STORE_CONFIG, canonical_bytes(config.to_dict()) + b"\n")
         return cls.open(root)
 
     @classmethod
-    def open(cls, root: str | Path, trust_path: str | Path | None = None, limits: Limits = DEFAULT_LIMITS) -> Store:
+    def open(
+        cls,
+        root: str | Path,
+        trust_path: str | Path | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        kek: KekSource | None = None,
+        device_id: str | None = None,
+    ) -> Store:
+        """Open a store; ``kek`` overrides the KEK provider its keyring names (encrypted stores);
+        ``device_id``: this node's own id (device-role signatures count only from its key;
+        ``appliance.node.identity.open_node_store`` passes it)."""
         root = Path(root)
         storage = LocalStorage(root)
+        keys_for(storage).kek_override = kek
         try:
             config = StoreConfig.from_dict(_read_json(storage, layout.STORE_CONFIG, "store.json", limits))
         except FileNotFoundError as exc:
@@ -120,7 +141,7 @@ class Store:
             raise StoreNotFoundError(f"{root} cannot be opened: {exc.problem}") from exc
         path = Path(trust_path) if trust_path else Path(config.trust)
         path = path if path.is_absolute() else root / path
-        trust = cls._load_trust(path, limits)
+        trust = cls._load_trust(path, limits).for_device(device_id)
         return cls(
             storage,
             config,
@@ -144,7 +165,7 @@ class Store:
         with writer_lock(self.lock_path):
             storage = LocalStorage(self.trust_path.parent)
             write_durable(storage, self.trust_path.name, canonical_bytes(trust.to_dict()) + b"\n")
-        self.trust = trust
+        self.trust = trust if trust.device is not None else trust.for_device(self.trust.device)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -185,6 +206,7 @@ class Store:
                 directory=directory or DirectoryParts(),
                 provenance=provenance,
                 allow_empty=allow_empty,
+                cipher=keys_for(self.storage).active() if self.config.encrypt else None,
             )
             result = commit(self.storage, self.trust, sources, request, progress)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None) | pinned

@@ -16,7 +16,6 @@ A commit's own new checkpoint is never seen before its record (the commit point)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from appliance.crypto import FrameCipher
 from appliance.errors import ApplianceError, FrameError, StorageError
 from appliance.format.digest import Digest
 from appliance.format.manifest import FrameRef
@@ -32,7 +32,9 @@ from appliance.signing import TrustStore
 from appliance.storage import Storage
 from appliance.store import layout
 from appliance.store.discovery import open_checkpoint, scan
+from appliance.store.keys import cipher_for
 from appliance.store.restore import FrameDecoder
+from appliance.store.sealed import raw_matches
 from appliance.store.slot import SlotReader
 
 Progress = Callable[[int], None]
@@ -131,6 +133,7 @@ def verify_store(
                     cache.reader,
                     manifest.frame_index(),
                     [f for _, frames in manifest.content_frames() for f in frames],  # tensors and assets
+                    cipher_for(storage, manifest.encryption),
                 )
             entry.ok = True
         except (ApplianceError, StorageError) as exc:
@@ -172,10 +175,12 @@ def _hash_frames(cache: _SlotFrameCache, frames: list[FrameRef], progress: Progr
                 raise verdict
 
 
-def _decode_frames(reader: SlotReader, index: dict[Digest, FrameRef], frames: list[FrameRef]) -> None:
+def _decode_frames(
+    reader: SlotReader, index: dict[Digest, FrameRef], frames: list[FrameRef], cipher: FrameCipher | None
+) -> None:
     import numpy as np
 
-    decoder = FrameDecoder(reader, index)
+    decoder = FrameDecoder(reader, index, cipher)
     local = threading.local()
 
     def one(frame: FrameRef) -> None:
@@ -184,8 +189,8 @@ def _decode_frames(reader: SlotReader, index: dict[Digest, FrameRef], frames: li
             buf = local.buf = np.empty(frame.raw_size, np.uint8)
         out = buf[: frame.raw_size]
         decoder.decode(frame, out)
-        if hashlib.sha256(out.data).hexdigest() != frame.raw_digest.hex:
-            raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw SHA-256")
+        if not raw_matches(cipher, frame, out.data):
+            raise FrameError(f"frame {frame.digest.short()} decodes to bytes that fail its raw digest")
 
     with ThreadPoolExecutor(_workers(), thread_name_prefix="verify-deep") as pool:
         list(pool.map(one, {f.digest: f for f in frames}.values()))

@@ -36,6 +36,7 @@ from appliance.storage import Storage
 from appliance.storage.mapping import MappingStorage, Region, page_aligned
 from appliance.store import layout
 from appliance.store.discovery import OpenCheckpoint
+from appliance.store.keys import cipher_for
 from appliance.store.restore import (
     FrameDecoder,
     Prefetcher,
@@ -77,6 +78,9 @@ class _Mapper:
         if self.storage is None:
             return "storage cannot map"
         return None
+
+    def count_copy(self, reason: str) -> None:
+        self._count(reason, 0, 0.0, 0.0)
 
     def try_map(self, p: _Placement) -> bool:
         reason = self.why_not(p)
@@ -137,7 +141,8 @@ def restore_mapped(
             placements.append(_Placement(frame, regions[t.name], offset))
             offset += frame.raw_size
     placements.sort(key=lambda p: -p.frame.raw_size)
-    decoder = FrameDecoder(SlotReader(storage, opened.slot), manifest.frame_index())
+    cipher = cipher_for(storage, manifest.encryption)
+    decoder = FrameDecoder(SlotReader(storage, opened.slot), manifest.frame_index(), cipher)
     mapper = _Mapper(storage, opened.slot)
     prefetcher = Prefetcher(storage, opened.slot, [p.frame for p in placements])
     n_workers = worker_count(workers, len(placements))
@@ -147,7 +152,9 @@ def restore_mapped(
     def run(index: int) -> None:
         p = placements[index]
         prefetcher.ahead_of(index)
-        if mapper.try_map(p):
+        if cipher is not None:  # sealed bytes are never the tensor's bytes: decrypted into private memory
+            mapper.count_copy("sealed")
+        if cipher is None and mapper.try_map(p):
             if deep and p.frame.raw_digest != p.frame.digest:  # an id frame's bytes are its raw bytes
                 raise FrameError(f"frame {p.frame.digest.short()} is uncompressed but names another raw SHA-256")
         else:

@@ -53,7 +53,7 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "needle"),
     [
-        (["version"], 3, "not supported"),
+        (["version"], 4, "not supported"),
         (["version"], 0, "not supported"),
         (["version"], True, "not supported"),
         (["format"], "other", "not a checkpoint manifest"),

@@ -1,0 +1,196 @@
+"""Key-encryption-key providers: where the 32-byte KEK that wraps a store's data keys comes from.
+
+Owns: ``KekSource`` (the interface), ``FileKek`` (a file of mode 0400, development and nodes
+without secure storage), ``SystemdCredsKek`` (a ``systemd-creds`` credential, TPM2-sealed where
+a TPM exists, else under the host key ``/var/lib/systemd/credential.secret``; systemd >= 250,
+so never on JetPack 6's systemd 249), ``EntryPointKek`` (``pkg.mod:factory`` returning a
+``KekSource``: the OP-TEE/EKB provider on a Jetson, hil) and ``kek_source`` (descriptor ->
+source). The keyring names its KEK by the descriptor (``appliance.format.crypto.Keyring``).
+
+Every failure to obtain a KEK raises ``KeyUnavailableError`` (55): a node fault.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+from appliance.errors import KeyUnavailableError, UsageError
+from appliance.format.crypto import KEY_BYTES
+
+CREDENTIAL_NAME = "appliance-store-kek"
+SYSTEMD_CREDS_TIMEOUT_S = 30
+
+
+class KekSource(Protocol):
+    def kek(self) -> bytes:
+        """The 32-byte KEK; ``KeyUnavailableError`` when it cannot be obtained."""
+        ...
+
+    def descriptor(self) -> dict[str, str]:
+        """How the keyring names this source (JSON strings only)."""
+        ...
+
+
+class FileKek:
+    """A KEK in a regular file of mode 0400 (0440 for the ``appliance`` group); never readable by others."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def descriptor(self) -> dict[str, str]:
+        return {"provider": "file", "path": str(self.path)}
+
+    @classmethod
+    def create(cls, path: str | Path) -> FileKek:
+        """A new random KEK at ``path`` (refused if the file exists: a KEK is never overwritten)."""
+        target = Path(path)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        except FileExistsError:
+            raise UsageError(f"{target} exists; a key-encryption key is never overwritten") from None
+        except OSError as exc:
+            raise UsageError(f"cannot create {target}: {exc.strerror}") from exc
+        try:
+            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return cls(target)
+
+    def destroy(self) -> bool:
+        """Overwrite the KEK in place with random bytes, sync, unlink (on flash only best effort: design §14.6)."""
+        try:
+            size = self.path.stat().st_size
+            self.path.chmod(0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.write(fd, secrets.token_bytes(max(size, KEY_BYTES)))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.path.unlink()
+        except OSError:
+            return False
+        return True
+
+    def kek(self) -> bytes:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise KeyUnavailableError(f"KEK file {self.path} cannot be opened: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o037:
+                raise KeyUnavailableError(
+                    f"KEK file {self.path} has mode {oct(st.st_mode & 0o777)}: it must be a regular file "
+                    "readable by its owner (and at most the appliance group) only",
+                    remedy=f"chmod 0400 {self.path} (the key may have leaked: rotate it, `appliance key rotate-kek`)",
+                )
+            data = os.read(fd, KEY_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) != KEY_BYTES:
+            raise KeyUnavailableError(f"KEK file {self.path} holds {len(data)} bytes, not {KEY_BYTES}: damaged")
+        return data
+
+
+class SystemdCredsKek:
+    """A KEK kept as an encrypted ``systemd-creds`` credential file (decrypted per use, never stored plain)."""
+
+    def __init__(self, path: str | Path, name: str = CREDENTIAL_NAME) -> None:
+        self.path = Path(path)
+        self.name = name
+
+    def descriptor(self) -> dict[str, str]:
+        return {"provider": "systemd-creds", "path": str(self.path), "name": self.name}
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("systemd-creds") is not None
+
+    @classmethod
+    def create(cls, path: str | Path, name: str = CREDENTIAL_NAME, with_key: str = "auto") -> SystemdCredsKek:
+        """Seal a new random KEK with ``systemd-creds encrypt --with-key=WITH_KEY`` (``auto``: TPM2 if present)."""
+        target = Path(path)
+        if target.exists():
+            raise UsageError(f"{target} exists; a key-encryption key is never overwritten")
+        _run(["encrypt", f"--name={name}", f"--with-key={with_key}", "-", str(target)], secrets.token_bytes(KEY_BYTES))
+        return cls(target, name)
+
+    def kek(self) -> bytes:
+        if not self.path.is_file():
+            raise KeyUnavailableError(f"systemd credential {self.path} is missing")
+        data = _run(["decrypt", f"--name={self.name}", str(self.path), "-"], b"")
+        if len(data) != KEY_BYTES:
+            raise KeyUnavailableError(f"systemd credential {self.path} decrypts to {len(data)} bytes, not {KEY_BYTES}")
+        return data
+
+
+def _run(args: list[str], stdin: bytes) -> bytes:
+    exe = shutil.which("systemd-creds")
+    if exe is None:
+        raise KeyUnavailableError(
+            "systemd-creds is not installed (systemd >= 250)",
+            remedy="use the file or OP-TEE provider on this node (JetPack 6 ships systemd 249)",
+        )
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed executable, arguments built here
+            [exe, *args], input=stdin, capture_output=True, timeout=SYSTEMD_CREDS_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KeyUnavailableError(f"systemd-creds {args[0]} failed: {exc}") from exc
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise KeyUnavailableError(f"systemd-creds {args[0]} failed ({done.returncode}): {message[0]}")
+    return done.stdout
+
+
+class EntryPointKek:
+    """``pkg.module:factory`` returning a ``KekSource`` (the OP-TEE/EKB provider on a Jetson: hil)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def descriptor(self) -> dict[str, str]:
+        return {"provider": "entry-point", "name": self.name}
+
+    def kek(self) -> bytes:
+        module, _, attr = self.name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+            source: KekSource = factory()
+            return source.kek()
+        except KeyUnavailableError:
+            raise
+        except Exception as exc:
+            raise KeyUnavailableError(f"KEK provider {self.name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def kek_source(descriptor: dict[str, str]) -> KekSource:
+    provider = descriptor.get("provider")
+    if provider == "file" and "path" in descriptor:
+        return FileKek(descriptor["path"])
+    if provider == "systemd-creds" and "path" in descriptor:
+        return SystemdCredsKek(descriptor["path"], descriptor.get("name", CREDENTIAL_NAME))
+    if provider == "entry-point" and ":" in descriptor.get("name", ""):
+        return EntryPointKek(descriptor["name"])
+    raise KeyUnavailableError(f"the keyring names an unknown KEK provider {descriptor!r:.120}")
+
+
+def parse_kek_option(value: str) -> KekSource:
+    """CLI spelling: ``file:PATH``, ``systemd-creds:PATH``, ``entry-point:pkg.mod:factory`` (or a bare PATH)."""
+    provider, sep, rest = value.partition(":")
+    if sep and provider == "file":
+        return FileKek(rest)
+    if sep and provider == "systemd-creds":
+        return SystemdCredsKek(rest)
+    if sep and provider == "entry-point":
+        return EntryPointKek(rest)
+    return FileKek(value)
