@@ -352,7 +352,10 @@ def _service_stages(trial: Trial) -> dict[str, float]:
         out["process_start_s"] = t["loading"]
         out["model_build_s"] = t["restoring"] - t["loading"]
     if "restoring" in t and "restored" in t:
-        out["restore_s"] = t["restored"] - t["restoring"]
+        replay_from = t.get("replaying", t["restored"])  # the journal replay (issue 17), when there is one
+        out["restore_s"] = replay_from - t["restoring"]
+        if "replaying" in t:
+            out["replay_s"] = t["restored"] - t["replaying"]
     stats = (report.restore if report else None) or {}
     for stage, seconds in (stats.get("stage_seconds") or {}).items():
         if seconds:

@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.remote_commands",
     "appliance.cli.firstboot_commands",
     "appliance.cli.vendor_commands",
+    "appliance.cli.journal_commands",
     "appliance.cli.key_commands",
     "appliance.console.commands",  # the recovery console's verbs (`appliance tech`, `appliance console`)
 ]

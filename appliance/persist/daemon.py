@@ -147,8 +147,18 @@ class PersistDaemon:
             self.commit_backoff.succeeded()
             for older in exports[:i]:
                 remove_durably(older)  # superseded by the state just committed (or found unchanged)
+            if result is not None:
+                self._journal_checkpointed(result)
             return result
         return None
+
+    def _journal_checkpointed(self, result: CommitResult) -> None:
+        """Tell the service its journal may rotate (issue 17); a failure only delays the trim."""
+        body = {"slot": result.slot, "generation": result.generation}
+        try:
+            ControlClient(self.config.control_socket, 60.0).call("POST", "/v1/journal/checkpointed", body)
+        except ApplianceError as exc:
+            print(f"appliance persist: journal rotation not confirmed: {exc.problem}", file=sys.stderr)
 
     def _reject(self, path: Path, exc: ApplianceError) -> None:
         try:

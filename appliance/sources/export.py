@@ -52,6 +52,7 @@ def write_export(
     canary: Canary | None = None,
     source: dict[str, Any] | None = None,
     sequence: int | None = None,
+    journal: dict[str, Any] | None = None,
 ) -> tuple[Path, ExportInfo]:
     """Write ``tensors`` (a private snapshot: nobody may modify them meanwhile) into ``outbox``."""
     outbox = Path(outbox)
@@ -66,6 +67,7 @@ def write_export(
         pause_s=pause_s,
         canary=canary,
         source=source,
+        journal=journal,
     )
     path = outbox / export_name(sequence if sequence is not None else time.time_ns())
     export_safetensors(tensors, path, {HEADER_KEY: info.header_value()})

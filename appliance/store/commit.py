@@ -117,6 +117,9 @@ class CommitRequest:
     provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
     allow_empty: bool = False  # a checkpoint without tensors (metadata only) is refused unless asked for
     cipher: FrameCipher | None = None  # seal every frame under this data key (manifest v3, design §14)
+    # The lineage base instead of the parent (bundle, authorization, manifest): an import that
+    # re-seals a release-signed checkpoint descends from it, not from the local parent (§14.10).
+    lineage_base: tuple[bytes, Authorization, Manifest] | None = None
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -326,7 +329,9 @@ def commit(
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
     signers = [k.keyid for k in request.keys]
     lineage = lineage_for_commit(  # a device key signs only descendants of a release (issue 10)
-        signers, trust, (parent.bundle, parent.authorization, parent.verified.manifest) if parent else None
+        signers,
+        trust,
+        request.lineage_base or ((parent.bundle, parent.authorization, parent.verified.manifest) if parent else None),
     )
     try:
         manifest = _encode_and_place(

@@ -26,13 +26,14 @@ from appliance.errors import (
 )
 from appliance.format.canonical import canonical_bytes, strict_loads
 from appliance.format.commit import SLOT_NAMES
+from appliance.format.manifest import Manifest
 from appliance.format.pins import Pins
 from appliance.format.plan import choose_target_slot, next_generation, protected_slot
 from appliance.format.provenance import Provenance
 from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
-from appliance.signing import PublicKey, SigningKey, TrustStore, verify_bundle
+from appliance.signing import Authorization, PublicKey, SigningKey, TrustStore, verify_bundle
 from appliance.storage import LocalStorage, Storage, write_durable
 from appliance.store import layout
 from appliance.store.assets import DirectoryParts
@@ -182,6 +183,7 @@ class Store:
         directory: DirectoryParts | None = None,
         provenance: Provenance | None = None,
         allow_empty: bool = False,
+        lineage_base: tuple[bytes, Authorization, Manifest] | None = None,
     ) -> tuple[CommitResult, GcReport]:
         """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
         profile = self.device_profile()
@@ -207,6 +209,7 @@ class Store:
                 provenance=provenance,
                 allow_empty=allow_empty,
                 cipher=keys_for(self.storage).active() if self.config.encrypt else None,
+                lineage_base=lineage_base,
             )
             result = commit(self.storage, self.trust, sources, request, progress)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None) | pinned

@@ -21,6 +21,7 @@ from appliance.errors import (
     FrameAuthenticationError,
     FrameError,
     KeyUnavailableError,
+    UsageError,
     WrongKeyError,
 )
 from appliance.format.dtypes import DTYPES
@@ -76,8 +77,10 @@ def kek_path(tmp_path: Path) -> Path:
     return FileKek.create(tmp_path / "store.kek").path
 
 
-def make_store(tmp_path: Path, kek_path: Path, policy: str = "compact", name: str = "s") -> tuple[Store, SigningKey]:
-    key = SigningKey.generate()
+def make_store(
+    tmp_path: Path, kek_path: Path, policy: str = "compact", name: str = "s", key: SigningKey | None = None
+) -> tuple[Store, SigningKey]:
+    key = key or SigningKey.generate()
     config = StoreConfig(model="m", frame_size=16384, policy=policy, encrypt=True)
     return Store.init(tmp_path / name, [key.public], config, kek=FileKek(kek_path)), key
 
@@ -303,3 +306,47 @@ def test_a_systemd_creds_kek_seals_and_opens_the_store(tmp_path: Path) -> None:
     (tmp_path / "kek.cred").write_bytes(b"garbage")
     with pytest.raises(KeyUnavailableError, match="systemd-creds decrypt failed"):
         api.load(Store.open(tmp_path / "s"))
+
+
+def _export(store: Store, dest: Path) -> None:
+    from appliance.storage import LocalStorage
+    from appliance.transfer import export_checkpoints, select_for_export
+
+    dest.mkdir()
+    export_checkpoints(store, LocalStorage(dest), select_for_export(store, None))
+
+
+def test_export_carries_ciphertext_and_another_store_refuses_it_before_copying(tmp_path: Path, kek_path: Path) -> None:
+    from appliance.storage import LocalStorage
+    from appliance.transfer.reseal import import_sealed
+
+    store, key = make_store(tmp_path, kek_path)
+    store.commit(sources_from_dict(state(0)), [key])
+    _export(store, tmp_path / "stick")
+    assert plaintext_hits(tmp_path / "stick") == []
+    other = Store.init(tmp_path / "other", [key.public], StoreConfig(model="m", frame_size=16384, encrypt=True),
+                       kek=FileKek.create(tmp_path / "other.kek"))  # fmt: skip
+    with pytest.raises(WrongKeyError, match="does not hold"):
+        import_sealed(other, LocalStorage(tmp_path / "stick"), [key])
+    assert not list((tmp_path / "other").glob("[AB]/frames/*"))
+
+
+def test_import_of_a_plain_checkpoint_reseals_it_under_the_store_key(tmp_path: Path, kek_path: Path) -> None:
+    from appliance.storage import LocalStorage
+    from appliance.transfer.reseal import import_sealed
+
+    key = SigningKey.generate()
+    plain = Store.init(tmp_path / "plain", [key.public], StoreConfig(model="m", frame_size=16384))
+    plain.commit(sources_from_dict(state(0)), [key])
+    plain.commit(sources_from_dict(state(1)), [key])  # a delta chain in the source
+    _export(plain, tmp_path / "stick")
+    assert plaintext_hits(tmp_path / "stick")  # a plain export does show the pattern
+    store, _ = make_store(tmp_path, kek_path, key=key)
+    with pytest.raises(UsageError, match="re-sealed and re-signed"):
+        import_sealed(store, LocalStorage(tmp_path / "stick"), [])
+    done = import_sealed(store, LocalStorage(tmp_path / "stick"), [key])
+    assert done["mode"] == "re-sealed" and done["generation"] == done["source_generation"] + 1
+    opened = store.select().opened
+    assert opened.verified.manifest.encryption is not None
+    assert same_bytes(api.load(Store.open(tmp_path / "s")).tensors["w"], state(1)["w"])
+    assert plaintext_hits(tmp_path / "s") == []

@@ -1,0 +1,9 @@
+"""The adaptation journal (issue 17): durable, MACed records of every adaptation step, replayed at boot.
+
+Layer: below the model service, above training/node/events; the record format and the replay
+rules are pure (``appliance.format.journal``), files are behind ``files.JournalFiles``.
+"""
+
+from appliance.journal.journal import Journal, Recovery
+
+__all__ = ["Journal", "Recovery"]
