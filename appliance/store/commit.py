@@ -262,7 +262,7 @@ class _FramePlacer:
                 self._write(encoded.ref, encoded.stored)
         self.placed.add(encoded.ref.digest)
 
-    def _copy(self, ref: FrameRef, data: bytes) -> None:
+    def _copy(self, ref: FrameRef, data: bytes | bytearray) -> None:
         written = self._write(ref, data)
         if written:
             self.copied += 1
@@ -280,14 +280,14 @@ class _FramePlacer:
         if error is not None:
             raise error
 
-    def _write(self, ref: FrameRef, data: bytes) -> int:
+    def _write(self, ref: FrameRef, data: bytes | bytearray) -> int:
         if ref.digest in self.placed:
             return 0
         path = layout.frame_path(self.target.slot, ref.digest)
         existed = self.target.frame_size(ref.digest) is not None
         while len(self._pending) >= self.MAX_PENDING:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self.batch.add, path, data))
+        self._pending.append(self._pool.submit(self.batch.add, path, memoryview(data)))
         if not existed:
             self.created.append(path)
         self.written_bytes += len(data)

@@ -80,7 +80,7 @@ class EncodeOptions:
 @dataclass(frozen=True)
 class EncodedFrame:
     ref: FrameRef
-    stored: bytes | None  # bytes to write into the target slot, None if already there
+    stored: bytes | bytearray | None  # bytes to write into the target slot, None if already there
     kind: str  # "reused" | "delta" | "full"
     extra: tuple[tuple[FrameRef, bytes], ...] = ()  # chain frames copied into the target slot
 

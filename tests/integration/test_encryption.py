@@ -350,3 +350,35 @@ def test_import_of_a_plain_checkpoint_reseals_it_under_the_store_key(tmp_path: P
     assert opened.verified.manifest.encryption is not None
     assert same_bytes(api.load(Store.open(tmp_path / "s")).tensors["w"], state(1)["w"])
     assert plaintext_hits(tmp_path / "s") == []
+
+
+def test_replication_uploads_ciphertext_only_and_pulls_back_under_the_node_key(
+    tmp_path: Path, kek_path: Path, server: object
+) -> None:
+    """The bucket holds sealed frames and the clear bundle only; the node (keyring intact) pulls them back."""
+    import shutil
+
+    from appliance.events import EventLog
+    from appliance.remote.replicate import Replicator
+    from appliance.remote.state import StateDir
+    from tests.integration.test_remote import Node
+
+    key, head = SigningKey.generate(), SigningKey.generate()
+    node = Node(tmp_path, server, key, head)  # type: ignore[arg-type]
+    config = StoreConfig(model="test-model", frame_size=16384, encrypt=True)
+    node.store = Store.init(tmp_path / "sealed", [key.public], config, kek=FileKek(kek_path))
+    node.replicator = Replicator(
+        node.store, node.objects, device="node-1", keys=[head], state_dir=StateDir(str(tmp_path / "sealed-state")),
+        events=EventLog(tmp_path / "ev.jsonl", "replicate", journal=None), retry_base=0.01, retry_cap=0.05,
+    )  # fmt: skip
+    node.store.commit(sources_from_dict(state(0)), [key])
+    assert node.replicator.step()["action"] == "replicated"
+    assert list(node.bucket().rglob("*")) and plaintext_hits(node.bucket()) == []
+    for slot in "AB":  # both slots lost; the keyring (and the KEK) survive on the node
+        shutil.rmtree(tmp_path / "sealed" / slot)
+        (tmp_path / "sealed" / slot / "frames").mkdir(parents=True)
+        (tmp_path / "sealed" / slot / "checkpoints").mkdir()
+    node.store = Store.open(tmp_path / "sealed")
+    result = node.pull()
+    assert result.generation == 1
+    assert same_bytes(api.load(Store.open(tmp_path / "sealed")).tensors["w"], state(0)["w"])
