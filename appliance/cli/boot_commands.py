@@ -131,9 +131,12 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     run = RunDir(config.run_dir)
     # First sign of life, before torch is imported: a crash after this is attributable to this pid.
     run.write_report(ServiceReport(os.getpid(), Phase.STARTING, run.read_handoff(), _utc()))
+    from appliance.service.early import start_early_restore
+
+    early = start_early_restore(config, run)  # model_init meta: restore while torch loads (issue 16)
     from appliance.service.server import serve
 
-    return serve(config, started)
+    return serve(config, started, early)
 
 
 def cmd_persist(args: argparse.Namespace, out: Output) -> int:

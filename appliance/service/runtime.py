@@ -31,8 +31,9 @@ from appliance.node.config import NodeConfig
 from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.service import export, loader
+from appliance.service.early import EarlyRestore
 from appliance.service.journaling import ServiceJournal
-from appliance.service.restore import Restored, restore_into_model
+from appliance.service.restore import Restored, adopt_early, restore_into_model
 
 
 class NotAvailableError(Exception):
@@ -54,8 +55,10 @@ class ServiceRuntime:
         run: RunDir | None = None,
         events: EventLog | None = None,
         started: float | None = None,
+        early: EarlyRestore | None = None,
     ) -> None:
         self.config = config
+        self.early = early  # the restore started before torch was imported (model_init meta)
         self.run = run or RunDir(config.run_dir)
         self.events = events or EventLog(config.event_log, "service")
         self.model_lock = threading.Lock()
@@ -93,8 +96,7 @@ class ServiceRuntime:
             if self.config.journal_dir:
                 self.journal = ServiceJournal(self.config, self.events)  # key and directory: before any restore
             self._enter(Phase.RESTORING)
-            store = open_node_store(self.config)
-            restored = restore_into_model(store, self.handoff, built.model, self.config.restore_workers or None)
+            restored = self._restore(built, self.handoff)
             self._emit_restored(restored, built.init)
             if self.journal is not None:
                 self._enter(Phase.REPLAYING)
@@ -107,6 +109,16 @@ class ServiceRuntime:
             self._fail(exc)
         except Exception as exc:  # a model or library bug must still end in a report and an exit code
             self._fail(ServiceError(f"unexpected {type(exc).__name__} while {self.phase.value}: {exc}"))
+
+    def _restore(self, built: loader.BuiltModel, handoff: Handoff) -> Restored:
+        """The verified restore: the early one's buffers for a meta-built model, else in place."""
+        early, self.early = self.early, None
+        if early is not None and built.init == "meta" and early.handoff == handoff:
+            return adopt_early(early, built.model)
+        if early is not None:
+            early.discard()
+        store = open_node_store(self.config)
+        return restore_into_model(store, handoff, built.model, self.config.restore_workers or None)
 
     def _emit_restored(self, restored: Restored, model_init: str) -> None:
         stats = restored.stats.to_dict()

@@ -26,6 +26,7 @@ from appliance.node import kills
 from appliance.node.config import NodeConfig
 from appliance.service.app import create_app
 from appliance.service.control import ControlServer
+from appliance.service.early import EarlyRestore
 from appliance.service.limits import bounded_protocol, limit_logging
 from appliance.service.runtime import ServiceRuntime
 
@@ -69,9 +70,10 @@ def bind_waiting(config: NodeConfig, events: EventLog, sleep: Callable[[float], 
             delay = min(delay * 2, 5.0)
 
 
-def serve(config: NodeConfig, started: float | None = None) -> int:
-    """Run the service; ``started`` (monotonic) is when the process began, for the phase timings."""
-    runtime = ServiceRuntime(config, started=started)
+def serve(config: NodeConfig, started: float | None = None, early: EarlyRestore | None = None) -> int:
+    """Run the service; ``started`` (monotonic) is when the process began, for the phase timings;
+    ``early``: the verified restore already running (``service.early``, model_init meta)."""
+    runtime = ServiceRuntime(config, started=started, early=early)
     kills.record(config.run_dir)  # the guard tells an OOM kill from a crash by this counter
     try:
         sock = bind_waiting(config, runtime.events)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from appliance.node.rundir import RunDir
 from appliance.service import loader
 from appliance.service.app import create_app
 from appliance.service.control import ControlServer
+from appliance.service.early import start_early_restore
 from appliance.service.runtime import ServiceRuntime
 from appliance.sources.export import open_export
 from tests.integration.node_fixtures import handoff, node, with_changes
@@ -156,3 +158,72 @@ def test_an_unknown_model_init_is_a_config_error() -> None:
         NodeConfig(model_init="lazy")
     with pytest.raises(ConfigError, match="model_init"):
         loader.build("appliance.models.demo:build", "lazy")
+
+
+# --- issue 16: the verified restore started before torch is imported (model_init meta) ---------------
+
+
+def started_early(config: NodeConfig) -> tuple[ServiceRuntime, TestClient]:
+    """As ``appliance serve`` does it: the early restore first, then the runtime's bring-up."""
+    early = start_early_restore(config, RunDir(config.run_dir))
+    runtime = ServiceRuntime(config, early=early)
+    runtime.bring_up()
+    return runtime, TestClient(create_app(runtime), base_url="http://localhost")
+
+
+def test_the_early_restore_becomes_the_model_and_serves_exactly_the_checkpoint(node: NodeConfig) -> None:
+    """The meta-built model adopts the early restore's verified buffers (no copy); answers, adaptation
+    and the restore event are those of the in-place restore."""
+    handoff(node, Admit.SELF)
+    factory_runtime, factory_client = started(node)
+    expected = factory_client.post("/v1/infer", json=X).json()["outputs"]
+    assert factory_runtime.model is not None
+    trainable = {n: p.requires_grad for n, p in factory_runtime.model.named_parameters()}
+    meta = with_changes(node, model_init="meta")
+    early = start_early_restore(meta, RunDir(meta.run_dir))
+    assert early is not None
+    buffers = early.result().buffers
+    runtime = ServiceRuntime(meta, early=early)
+    runtime.bring_up()
+    client = TestClient(create_app(runtime), base_url="http://localhost")
+    assert runtime.phase is Phase.SERVING
+    assert client.post("/v1/infer", json=X).json()["outputs"] == expected
+    model = runtime.model
+    assert model is not None
+    for name, tensor in model.state_dict().items():
+        assert tensor.data_ptr() == buffers[name].ctypes.data, name  # the verified bytes, not a copy
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable  # a frozen backbone stays frozen
+    with control_of(runtime) as control:
+        control.require("POST", "/v1/adapt", {"inputs": X["inputs"], "targets": [[1.0, 2.0, 3.0, 4.0]]})
+    assert client.post("/v1/infer", json=X).json()["outputs"] != expected
+    finished = read_events(node.event_log, frozenset({"restore.finished"}))[-1]["fields"]
+    assert finished["model_init"] == "meta" and finished["raw_bytes"] > 0
+
+
+def test_a_rotten_frame_fails_the_early_restore_in_the_restoring_phase(node: NodeConfig) -> None:
+    """The checkpoint's fault stays the checkpoint's: FrameError, phase restoring, nothing served."""
+    handoff(node)
+    frames = sorted((Path(node.store) / "A" / "frames").iterdir(), key=lambda p: -p.stat().st_size)
+    data = bytearray(frames[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    frames[0].chmod(0o644)
+    frames[0].write_bytes(bytes(data))
+    runtime, client = started_early(with_changes(node, model_init="meta"))
+    assert runtime.phase is Phase.FAILED and runtime.error is not None
+    assert runtime.error["error"] == "FrameError" and runtime.error["phase"] == "restoring"
+    assert client.get("/ready").status_code == 503
+
+
+def test_another_architecture_is_the_models_fault_with_the_early_restore(node: NodeConfig) -> None:
+    handoff(node)
+    runtime, _ = started_early(with_changes(node, model="tests.integration.fixture_models:medium", model_init="meta"))
+    assert runtime.phase is Phase.FAILED and runtime.error is not None
+    assert runtime.error["error"] == "ModelFaultError" and runtime.error["phase"] == "restoring"
+    assert runtime.exit_code == 67
+
+
+def test_no_early_restore_unless_meta(node: NodeConfig) -> None:
+    handoff(node)
+    assert start_early_restore(node, RunDir(node.run_dir)) is None  # model_init factory: restore in place
+    RunDir(node.run_dir).clear_handoff()
+    assert start_early_restore(with_changes(node, model_init="meta"), RunDir(node.run_dir)) is None  # no handoff
