@@ -169,10 +169,11 @@ def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     for key in ("boot_cold_process", "boot_after_power_cut"):
         boot_ = result.get(key) or {}
         stages, wall = boot_.get("stages") or {}, boot_.get("wall_s_including_cli")
-        if wall is not None and "restore_s" in stages:
-            limit = stages["restore_s"] + 1.0
+        restore = (boot_.get("restore") or {}).get("seconds", stages.get("restore_s"))  # its own wall time
+        if wall is not None and restore is not None:
+            limit = restore + 1.0
             detail = (
-                f"{wall:.2f} s vs restore {stages['restore_s']:.2f} s + 1.0 "
+                f"{wall:.2f} s vs verified restore {restore:.2f} s + 1.0 "
                 f"(process start {stages.get('process_start_s', 0):.2f}, "
                 f"model build {stages.get('model_build_s', 0):.2f}, "
                 f"discover {stages.get('discover_s', 0):.2f}, canary {stages.get('canary_s', 0):.2f} s)"
