@@ -16,11 +16,13 @@ shared, loaded 2-core machine are smoke only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +44,8 @@ Y = [[1.0, -1.0, 0.5, 0.0] for _ in range(8)]
 
 def make_node(root: Path, journal: bool, group_ms: float = 10.0) -> NodeConfig:
     argv = ["node-init", str(root), *(["--journal"] if journal else [])]
-    assert cli(argv) == 0
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON result only
+        assert cli(argv) == 0
     config = load_config(root / "node.json")
     seed(config)
     entry = next(e for e in Store.open(config.store).log() if e.get("generation") == 1)
