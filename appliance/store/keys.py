@@ -14,9 +14,11 @@ an erased store -> ``CryptoErasedError`` (57).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 
 from appliance.crypto import FrameCipher, KekSource, kek_check, kek_source, new_data_key, unwrap_data_key, wrap_data_key
@@ -131,16 +133,35 @@ class StoreKeys:
         return self.cipher(self.keyring().active)
 
 
-_REGISTRY: weakref.WeakKeyDictionary[Storage, StoreKeys] = weakref.WeakKeyDictionary()
+# id(storage) -> (reference to the storage, its keys). Keyed by identity, not by value: storages
+# need not be hashable (dataclass wrappers) and two storages of one root keep separate caches.
+_REGISTRY: dict[int, tuple[Callable[[], object], StoreKeys]] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def keys_for(storage: Storage) -> StoreKeys:
-    """The ``StoreKeys`` of ``storage`` (one per storage object, created on first use)."""
+def _same(value: object) -> object:
+    return value
+
+
+def _forget(key: int, ref: object) -> None:
     with _REGISTRY_LOCK:
-        keys = _REGISTRY.get(storage)
-        if keys is None:
-            keys = _REGISTRY[storage] = StoreKeys(storage)
+        if key in _REGISTRY and _REGISTRY[key][0] is ref:
+            del _REGISTRY[key]
+
+
+def keys_for(storage: Storage) -> StoreKeys:
+    """The ``StoreKeys`` of ``storage`` (one per storage object, created on first use, dropped with it)."""
+    with _REGISTRY_LOCK:
+        entry = _REGISTRY.get(id(storage))
+        if entry is not None and entry[0]() is storage:
+            return entry[1]
+        keys = StoreKeys(storage)
+        ref: Callable[[], object]
+        try:
+            ref = weakref.ref(storage, functools.partial(_forget, id(storage)))
+        except TypeError:  # a storage without weak references is kept (and cached) for the process
+            ref = functools.partial(_same, storage)
+        _REGISTRY[id(storage)] = (ref, keys)
         return keys
 
 
