@@ -65,7 +65,10 @@ class UsageError(UserError):
 
 class KeyFileError(UserError):
     exit_code = 11
-    remedy = "pass a key file written by `appliance keygen` (private: PEM PKCS#8 Ed25519)"
+    remedy = (
+        "pass a key file written by `appliance keygen KEYFILE`: KEYFILE (private) to sign, KEYFILE.pub to "
+        "trust or verify; Ed25519 or ECDSA P-256"
+    )
 
 
 class KeyPermissionError(KeyFileError):
@@ -288,8 +291,8 @@ class AssetIntegrityError(IntegrityError):
 class VendorSignatureError(IntegrityError):
     exit_code = 47
     remedy = (
-        "do not import this directory: obtain the model again from the vendor, or (if it is legitimately "
-        "unsigned and the store does not require a signature) remove its model.sig"
+        "do not import this directory: its files or signature do not match what the vendor signed (altered, "
+        "damaged, or signed by a key this store does not trust); obtain the model again from the vendor"
     )
 
 

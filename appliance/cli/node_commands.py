@@ -24,6 +24,7 @@ from appliance.boot.supervisord_conf import SupervisordLayout, render
 from appliance.cli.boot_commands import add_config
 from appliance.cli.main import add_json
 from appliance.cli.output import Output
+from appliance.cli.store_commands import config_from_options
 from appliance.errors import StoreExistsError, UsageError
 from appliance.events import read_events
 from appliance.format import slotstate as ss
@@ -34,7 +35,7 @@ from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.signing import SigningKey
 from appliance.store.bootstate import SlotStates
-from appliance.store.config import DEFAULT_FRAME_SIZE, StoreConfig
+from appliance.store.config import DEFAULT_FRAME_SIZE
 from appliance.store.store import Store
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes
@@ -102,6 +103,7 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
         raise StoreExistsError(f"{root} already holds a node")
     if args.users and os.geteuid() != 0:
         raise UsageError("node-init --users needs root (it gives each directory its owner)")
+    store_config = config_from_options(model=args.model_id or args.model, frame_size=args.frame_size)  # before writes
     own = "supervisor" if args.users else "run"  # with users, supervisord's socket is boot's alone
     config = NodeConfig(
         store="store", model=args.model, run_dir="run", outbox="outbox", event_log="log/events.jsonl",
@@ -120,7 +122,7 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
     key = SigningKey.generate()
     key.save(absolute.signing_key)
     Path(absolute.signing_key).chmod(0o400)  # read by the persistence watchdog only, never rewritten
-    Store.init(absolute.store, [key.public], StoreConfig(model=args.model_id or args.model, frame_size=args.frame_size))
+    Store.init(absolute.store, [key.public], store_config)
     FileFloor(absolute.floor_file).raise_to(0)  # provisioned: from now on a missing floor file fails closed
     (root / "node.json").write_bytes(config.to_bytes())
     layout = SupervisordLayout(

@@ -75,6 +75,11 @@ class ImportedModel:
         self._handles.clear()
 
     @property
+    def dropped_header_keys(self) -> list[str]:
+        """Source header keys in appliance's namespace: not kept (they describe an earlier restore)."""
+        return sorted(k for k in self.metadata if k.startswith(HEADER_NAMESPACE))
+
+    @property
     def raw_bytes(self) -> int:
         return sum(math.prod(s.shape) * DTYPES[s.dtype].itemsize for s in self.sources)
 

@@ -340,8 +340,11 @@ class Store:
             limits=self.limits,
         )
 
-    def log(self) -> list[dict[str, Any]]:
-        """Every commit record in both slots, newest first, with what its manifest says."""
+    def log(self, *, tensors: bool = False) -> list[dict[str, Any]]:
+        """Every commit record in both slots, newest first, with what its manifest says.
+
+        ``tensors``: also each checkpoint's ``tensor_list`` ({name, dtype, shape} in manifest order).
+        """
         entries = []
         for outcome in scan(self.storage, self.limits).records:
             entry: dict[str, Any] = {"slot": outcome.slot, "generation": outcome.generation}
@@ -374,6 +377,10 @@ class Store:
                 frames=kinds,
                 metadata=dict(manifest.metadata),
             )
+            if tensors:
+                entry["tensor_list"] = [
+                    {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in manifest.tensors
+                ]
             if manifest.provenance is not None:
                 entry["provenance"] = manifest.provenance.to_dict() | {"summary": manifest.provenance.describe()}
             entries.append(entry)
