@@ -143,10 +143,13 @@ def _same(value: object) -> object:
     return value
 
 
-def _forget(key: int, ref: object) -> None:
-    with _REGISTRY_LOCK:
-        if key in _REGISTRY and _REGISTRY[key][0] is ref:
-            del _REGISTRY[key]
+def _forget(
+    registry: dict[int, tuple[Callable[[], object], StoreKeys]], lock: threading.Lock, key: int, ref: object
+) -> None:
+    """Weak-reference callback; gets its registry passed in (module globals are gone at interpreter exit)."""
+    with lock:
+        if key in registry and registry[key][0] is ref:
+            del registry[key]
 
 
 def keys_for(storage: Storage) -> StoreKeys:
@@ -158,7 +161,7 @@ def keys_for(storage: Storage) -> StoreKeys:
         keys = StoreKeys(storage)
         ref: Callable[[], object]
         try:
-            ref = weakref.ref(storage, functools.partial(_forget, id(storage)))
+            ref = weakref.ref(storage, functools.partial(_forget, _REGISTRY, _REGISTRY_LOCK, id(storage)))
         except TypeError:  # a storage without weak references is kept (and cached) for the process
             ref = functools.partial(_same, storage)
         _REGISTRY[id(storage)] = (ref, keys)
