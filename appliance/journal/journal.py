@@ -37,6 +37,7 @@ class Recovery:
     """What ``recover`` did: records replayed, time, where it ended, and every cut or stop."""
 
     replayed: int = 0
+    bytes: int = 0  # journal bytes of the replayed records
     seconds: float = 0.0
     last_index: int = 0
     cut: list[dict[str, Any]] = field(default_factory=list)
@@ -45,8 +46,9 @@ class Recovery:
     removed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"replayed": self.replayed, "seconds": round(self.seconds, 6), "last_index": self.last_index,
-                "cut": self.cut, "stopped": self.stopped, "retired": self.retired, "removed": self.removed}  # fmt: skip
+        return {"replayed": self.replayed, "bytes": self.bytes, "seconds": round(self.seconds, 6),
+                "last_index": self.last_index, "cut": self.cut, "stopped": self.stopped, "retired": self.retired,
+                "removed": self.removed}  # fmt: skip
 
 
 def _utc() -> str:
@@ -112,6 +114,7 @@ class Journal:
                         return r.index if applied else last
                     last = r.index
                     rec.replayed += 1
+                    rec.bytes += r.end - r.offset
         if w.stopped is not None:
             s = w.stopped
             rec.stopped = {"kind": s.kind, "segment": s.segment, "index": s.index, "detail": s.detail}
@@ -180,7 +183,7 @@ class Journal:
                 self.events.emit("journal.cut", segment=cut["segment"], offset=cut["offset"], bytes=cut["bytes"])
         if rec.stopped is not None:
             self.events.emit("journal.stopped", generation=generation, **rec.stopped)
-        self.events.emit("journal.replayed", generation=generation, records=rec.replayed,
+        self.events.emit("journal.replayed", generation=generation, records=rec.replayed, bytes=rec.bytes,
                          seconds=round(rec.seconds, 6), last_index=rec.last_index,
                          retired=len(rec.retired), removed=len(rec.removed))  # fmt: skip
 

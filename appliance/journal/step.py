@@ -11,6 +11,7 @@ replayed state is bit-identical on CPU (docs/design.md §15.5 says what holds on
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -63,10 +64,24 @@ def seeded(seed: int) -> Iterator[None]:
 def deterministic(threads: int) -> Iterator[None]:
     """Deterministic algorithms and ``threads`` intra-op threads for the block (restored after)."""
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    if old_threads != threads:
+        torch.set_num_threads(threads)
+    set_deterministic(True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(old_det)
-        torch.set_num_threads(old_threads)
+        set_deterministic(old_det)
+        if old_threads != threads:
+            torch.set_num_threads(old_threads)
+
+
+def set_deterministic(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode)`` without importing ``torch._inductor`` when nothing did.
+
+    The public call imports the inductor (8.8 s on the 2-core dev machine, at every boot) only to
+    set its own flag; without inductor loaded there is nothing compiled for that flag to affect.
+    """
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode)
+    else:
+        torch._C._set_deterministic_algorithms(mode)

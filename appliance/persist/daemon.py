@@ -26,6 +26,7 @@ from appliance.node.control_channel import ControlClient
 from appliance.node.notify import sd_notify, watchdog_interval
 from appliance.persist import outbox
 from appliance.persist.committer import Committer
+from appliance.persist.interval import persist_interval
 from appliance.sources.export import remove_durably
 from appliance.store.commit import CommitResult
 
@@ -85,7 +86,7 @@ class PersistDaemon:
         observer = Observer()
         observer.schedule(_Wake(self.wake), str(self.outbox), recursive=False)
         observer.start()
-        next_export = time.monotonic() + self.config.persist_interval
+        next_export = time.monotonic() + persist_interval(self.config)
         try:
             while not self.stop.is_set():
                 self.ping(force=True)
@@ -93,7 +94,7 @@ class PersistDaemon:
                 if time.monotonic() >= next_export:
                     ok = self.request_export()
                     now = time.monotonic()
-                    next_export = now + self.config.persist_interval if ok else self.export_backoff.until
+                    next_export = now + persist_interval(self.config) if ok else self.export_backoff.until
                 self.wake.wait(self._tick(next_export))
                 self.wake.clear()
         finally:

@@ -72,7 +72,7 @@ class ServiceJournal:
         def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any] | None:
             return loader.adapt(model, x, y)
 
-        torch.use_deterministic_algorithms(True)
+        steps.set_deterministic(True)
         return self.journal.recover(point, digest, restored.opened.generation, step,
                                     lambda: loader.adaptation_step(model))  # fmt: skip
 
