@@ -50,6 +50,7 @@ from appliance.store.bootstate import SlotStates
 from appliance.store.discovery import OpenCheckpoint, open_checkpoint, scan
 from appliance.store.keys import cipher_for
 from appliance.store.store import Store
+from appliance.store.warm import start_warming
 
 
 def _utc() -> str:
@@ -130,6 +131,7 @@ class BootRun:
                 self._fall_back(opened, f"{state.attempts - 1} boot attempts did not reach serving")
                 continue
             handoff = Handoff(self.outcome.boot_id, opened.slot, opened.generation, _digest(opened), Admit.BOOT, _utc())
+            start_warming(self.store.storage, opened)  # cold reads overlap the service's start (advisory)
             trial = run_trial(self.ctx, opened, handoff)
             if trial.ok:
                 return self._serve(opened, handoff, trial)

@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=NodeConfig.port)
     p.add_argument("--frame-size", type=int, default=DEFAULT_FRAME_SIZE)
     p.add_argument("--persist-interval", type=float, default=NodeConfig.persist_interval, metavar="S")
+    p.add_argument("--persist-nice", type=int, default=NodeConfig.persist_nice, help="watchdog niceness 0..19")
     p.add_argument("--max-boot-attempts", type=int, default=NodeConfig.max_boot_attempts)
     p.add_argument("--ready-timeout", type=float, default=NodeConfig.ready_timeout, metavar="S")
     p.add_argument(
@@ -117,7 +118,7 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
         signing_key="keys/device.key", floor_file="floor/floor.json" if args.users else "floor.json",
         supervisor_socket=f"{own}/supervisor.sock",
         port=args.port, persist_interval=args.persist_interval, max_boot_attempts=args.max_boot_attempts,
-        ready_timeout=args.ready_timeout, model_init=args.model_init,
+        ready_timeout=args.ready_timeout, model_init=args.model_init, persist_nice=args.persist_nice,
         journal_dir="journal" if args.journal else "",
     )  # fmt: skip
     absolute = config.resolved(root)

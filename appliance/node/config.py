@@ -49,6 +49,8 @@ class NodeConfig:
     persist_program: str = "persist"
     persist_interval: float = 300.0  # seconds between scheduled exports (node.json "auto": persist_auto)
     persist_auto: bool = False  # node.json persist_interval "auto": Young/Daly from measured costs (issue 17)
+    persist_keep_bytes: int = 8 << 30  # raw state the watchdog keeps between commits (0: none; store/lastcommit.py)
+    persist_nice: int = 10  # watchdog niceness 0..19; I/O best-effort level (nice+20)//5 (persist/priority.py)
     max_boot_attempts: int = 3
     ready_timeout: float = 600.0  # seconds a restore may take before the candidate is abandoned
     require_mounts: bool = False  # slots must be mount points (production); a bare directory is "unmounted"
@@ -89,6 +91,8 @@ class NodeConfig:
             raise ConfigError("max_boot_attempts must be 1..100")
         if self.persist_interval <= 0 or self.ready_timeout <= 0:
             raise ConfigError("persist_interval and ready_timeout must be positive")
+        if self.persist_keep_bytes < 0 or not 0 <= self.persist_nice <= 19:
+            raise ConfigError("persist_keep_bytes must be >= 0 and persist_nice 0..19")
         _check_caps(self)
         _check_journal(self)
         if self.model_init not in MODEL_INIT:

@@ -249,7 +249,10 @@ def _lazy_source(path: Path, handle: Any, name: str, stable: StableFile, span: t
     def load() -> U8:
         return stable.read(begin, end - begin)
 
-    return TensorSource(name, dtype.name, shape, load, recheck=stable.check)
+    def load_into(out: U8) -> None:
+        stable.read(begin, end - begin, out)
+
+    return TensorSource(name, dtype.name, shape, load, recheck=stable.check, load_into=load_into)
 
 
 def check_exportable(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:

@@ -97,13 +97,16 @@ class StableFile:
         if named is None:
             raise SourceChangedError(f"{self.path} was removed or renamed while it was committed")
 
-    def read(self, offset: int, size: int) -> U8:
-        """``size`` bytes at ``offset`` in a private buffer; a short read is a changed source."""
+    def read(self, offset: int, size: int, out: U8 | None = None) -> U8:
+        """``size`` bytes at ``offset`` in ``out`` or a new private buffer; a short read is a changed source."""
         if self.fd is None:
             raise SourceChangedError(f"{self.path} was closed before it was read")
         if offset < 0 or offset + size > self.identity.size:
             raise SourceFormatError(f"{self.path}: bytes {offset}..{offset + size} lie outside the file")
-        out = np.empty(size, dtype=np.uint8)
+        if out is None:
+            out = np.empty(size, dtype=np.uint8)
+        elif out.size != size or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"read of {size} bytes into a buffer of {out.size}")
         view = memoryview(out.data)
         done = 0
         while done < size:

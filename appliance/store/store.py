@@ -43,6 +43,7 @@ from appliance.store.discovery import OpenCheckpoint, Selection, open_checkpoint
 from appliance.store.encode import EncodeOptions, TensorSource
 from appliance.store.gc import GcReport, collect_slot
 from appliance.store.keys import create_keyring, keys_for
+from appliance.store.lastcommit import LastCommit
 from appliance.store.lock import writer_lock
 from appliance.store.restore import Destination, RestoreStats, restore_into
 from appliance.store.slot import SlotReader
@@ -184,8 +185,13 @@ class Store:
         provenance: Provenance | None = None,
         allow_empty: bool = False,
         lineage_base: tuple[bytes, Authorization, Manifest] | None = None,
+        last: LastCommit | None = None,
     ) -> tuple[CommitResult, GcReport]:
-        """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
+        """Commit ``sources`` (and, for a model directory, its assets and shard records).
+
+        ``last``: a long-lived committer's memory of its previous commit (``store.lastcommit``), so the
+        next one into the same slot neither re-reads nor re-verifies its parent; updated in place.
+        """
         profile = self.device_profile()
         options = EncodeOptions(
             policy=self.resolve_policy(policy or self.config.policy, profile),
@@ -211,7 +217,7 @@ class Store:
                 cipher=keys_for(self.storage).active() if self.config.encrypt else None,
                 lineage_base=lineage_base,
             )
-            result = commit(self.storage, self.trust, sources, request, progress)
+            result = commit(self.storage, self.trust, sources, request, progress, last=last)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None) | pinned
             gc = collect_slot(
                 self.storage, result.slot, self.trust, self.config.model, keep=self.config.keep, protect=protect
