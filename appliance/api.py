@@ -160,6 +160,8 @@ def save_directory(
     root = Path(str(getattr(store.storage, "root", ".")))
     provenance = check_source(Path(source), load_vendors(vendors_path(root, store.config.vendors)))
     model = open_model(source)
+    if model.dropped_header_keys:
+        log.warning("%s: dropped header keys in appliance's namespace: %s", source, model.dropped_header_keys)
     try:
         parts = directory_parts(model)
         result, _ = store.commit(
@@ -432,17 +434,25 @@ def _restore_zero_copy(
     return {t.name: tensor_from_region(t, regions[t.name]) for t in manifest.tensors}, stats
 
 
+_NAMES_REMEDY = (
+    "pass `names` that select tensors of this checkpoint: names or a predicate over them "
+    "(the checkpoint's names: `appliance log ROOT --tensors`, or Store.log(tensors=True))"
+)
+
+
 def _subset(opened: OpenCheckpoint, names: Collection[str] | Callable[[str], bool]) -> dict[str, torch.Tensor]:
     manifest = opened.verified.manifest
     if callable(names):
         chosen = {t.name for t in manifest.tensors if names(t.name)}
         if not chosen:
-            raise TensorMismatchError(f"no tensor of generation {opened.generation} matches the selection")
+            raise TensorMismatchError(
+                f"no tensor of generation {opened.generation} matches the selection (`names`)", remedy=_NAMES_REMEDY
+            )
     else:
         chosen = set(names)
         unknown = sorted(chosen - {t.name for t in manifest.tensors})
         if unknown:
-            raise TensorMismatchError(f"the checkpoint has no tensor(s) {unknown[:5]}")
+            raise TensorMismatchError(f"the checkpoint has no tensor(s) {unknown[:5]} (`names`)", remedy=_NAMES_REMEDY)
     return {t.name: allocate(t) for t in manifest.tensors if t.name in chosen}
 
 

@@ -65,7 +65,10 @@ class UsageError(UserError):
 
 class KeyFileError(UserError):
     exit_code = 11
-    remedy = "pass a key file written by `appliance keygen` (private: PEM PKCS#8 Ed25519)"
+    remedy = (
+        "pass a key file written by `appliance keygen KEYFILE`: KEYFILE (private) to sign, KEYFILE.pub to "
+        "trust or verify; Ed25519 or ECDSA P-256"
+    )
 
 
 class KeyPermissionError(KeyFileError):
@@ -288,8 +291,8 @@ class AssetIntegrityError(IntegrityError):
 class VendorSignatureError(IntegrityError):
     exit_code = 47
     remedy = (
-        "do not import this directory: obtain the model again from the vendor, or (if it is legitimately "
-        "unsigned and the store does not require a signature) remove its model.sig"
+        "do not import this directory: its files or signature do not match what the vendor signed (altered, "
+        "damaged, or signed by a key this store does not trust); obtain the model again from the vendor"
     )
 
 
@@ -468,6 +471,47 @@ class ConsoleAccessError(ApplianceError):
 class ActionRefusedError(ApplianceError):
     exit_code = 83
     remedy = "the action's preconditions are not met (see the problem); choose another target or fix the cause first"
+
+
+# --- adaptation journal (51-54): zero-loss adaptation (issue 17) -------------------------------
+# Raised by the model service around its journal of adaptation steps (appliance.journal).
+
+
+class JournalForgedError(IntegrityError):
+    """A journal record failed its MAC: someone without the journal key wrote it; replay stopped there."""
+
+    exit_code = 51
+    remedy = (
+        "the journal directory was written by someone without the journal key: the steps before the forged "
+        "record were replayed, the rest set aside under JOURNAL/retired/; check who can write the journal"
+    )
+
+
+class JournalKeyError(UserError):
+    """The journal MAC key is missing, damaged, or readable by others (same rules as the device key)."""
+
+    exit_code = 52
+    remedy = (
+        "create the journal key as the service's user (`appliance journal key --config node.json`; mode 0400, "
+        "owned by appliance-serve) or fix its mode and owner"
+    )
+
+
+class JournalIOError(StorageError):
+    """The journal could not be written or synced: the step is not acknowledged."""
+
+    exit_code = 53
+    remedy = "check the journal's storage (journal_dir in node.json); unacknowledged steps must be resent"
+
+
+class JournalFullError(StorageError):
+    """The journal reached twice its cap without a persist: adaptation waits instead of dropping records."""
+
+    exit_code = 54
+    remedy = (
+        "let the persistence watchdog commit a checkpoint (check `appliance report` and the persist log); "
+        "the journal rotates at the commit and adaptation resumes"
+    )
 
 
 class ActionDeniedError(ConsoleAccessError):

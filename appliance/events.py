@@ -130,6 +130,26 @@ _CATALOGUE = (
     EventType("state.unchanged", "090c66a51b014f17b2aec3ae35433547", 6,
               "state unchanged at step {step} ({reason}); nothing exported",
               "The service was asked for an export but its state did not change: no file, no new generation."),
+    EventType("journal.replayed", "47521d2270b74c29b10960c109300507", 6,
+              "journal replayed {records} steps onto generation {generation} in {seconds}s (last index {last_index})",
+              "After the verified restore the model service replayed the adaptation steps journaled since that "
+              "checkpoint; the state is the one the service held after its last acknowledged step."),
+    EventType("journal.cut", "54368696f40a47d08e4479227eba8a40", 4,
+              "journal segment {segment} cut at byte {offset} ({bytes} bytes of torn or corrupt tail set aside)",
+              "A power cut tore the last record(s) of a journal segment, or a record failed its checksum. Replay "
+              "stopped at the last good record; steps after it were never acknowledged (torn) or are damaged."),
+    EventType("journal.stopped", "2aa00d8c2e724bea99b7ce58da0c5009", 3,
+              "journal replay stopped at record {index} of {segment} ({kind}): {detail}",
+              "A journal record failed its MAC (forged: written without the journal key), belongs to another "
+              "lineage (foreign), or replayed differently (diverged). Replay stopped there; the rest is set aside "
+              "under JOURNAL/retired/ as evidence."),
+    EventType("journal.rotated", "284f328c8f7e4875a12fb944701b9f81", 6,
+              "journal trimmed to point {lineage}:{index} ({removed} segments removed, {bytes_left} bytes left)",
+              "A committed checkpoint covers these journal segments, so they are no longer needed."),
+    EventType("journal.cap_reached", "061164c566774457bc88fef01c4e4876", 4,
+              "journal holds {bytes} bytes (cap {max_bytes}): forcing a persist",
+              "The journal reached journal_max_bytes; the service exports its state so the watchdog commits a "
+              "checkpoint and the journal rotates. Nothing is dropped."),
     EventType("persist.unchanged", "9001d12ba6b142d18773a055bd13ec15", 6,
               "{file} equals generation {generation} (its parent); not committed again",
               "An export whose tensors equal the newest checkpoint's is removed instead of becoming an empty "

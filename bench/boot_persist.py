@@ -8,8 +8,14 @@
 Runs: node-init -> seed -> supervisord -> boot (cold process) -> N x (adapt, export, commit) under
 a steady inference load -> power cut -> supervisord -> boot again. Prints one JSON document:
 boot stages for both boots, per-export capture pause, commit time and bytes, and the request
-latency seen by a client while each persist ran (vs. before). Numbers depend on the machine and
-on what else runs on it; the JSON records cpu count and load average next to them.
+latency seen by a client while each persist ran (vs. at rest: median and p99), then the issue 16
+goal lines (stderr). Numbers depend on the machine and on what else runs on it; the JSON
+records cpu count and load average next to them.
+
+Issue 16 goals printed: (1) power-on to serving (the boot command's wall time, interpreter
+included) <= the service's verified restore + 1.0 s; (3) request latency while persists run
+within 10% of the at-rest median and p99 (all persist rounds pooled; at rest: --rest-s seconds
+before the first export); the delta persists' commit time against the first (full-state) one.
 """
 
 from __future__ import annotations
@@ -72,12 +78,17 @@ def boot(node: LocalNode, drop_caches: bool) -> dict[str, Any]:
     return outcome
 
 
-def persist_rounds(node: LocalNode, rounds: int) -> list[dict[str, Any]]:
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def persist_rounds(node: LocalNode, rounds: int, rest_s: float = 10.0) -> list[dict[str, Any]]:
     load = Load(node)
     load.thread.start()
-    time.sleep(2.0)
+    time.sleep(rest_s)
     baseline = [lat for _, lat in load.samples]
-    out = []
+    out: list[dict[str, Any]] = []
     x = _inputs(node)
     for _ in range(rounds):
         node.control_call("/v1/adapt", {"inputs": x, "targets": [[0.5, -0.5, 0.25, 0.0]]}, timeout=600)
@@ -100,12 +111,16 @@ def persist_rounds(node: LocalNode, rounds: int) -> list[dict[str, Any]]:
                 "requests_during": len(during),
                 "latency_max_during_s": round(max(during), 4) if during else None,
                 "latency_median_during_s": round(statistics.median(during), 4) if during else None,
+                "latency_p99_during_s": round(p99(during), 4) if during else None,
+                "latencies_during_s": [round(x, 5) for x in during],
             }
         )
     load.stop.set()
     load.thread.join(600)
     for r in out:
         r["latency_median_baseline_s"] = round(statistics.median(baseline), 4) if baseline else None
+        r["latency_p99_baseline_s"] = round(p99(baseline), 4) if baseline else None
+        r["requests_baseline"] = len(baseline)
     if load.errors:
         out.append({"failed_requests": load.errors})
     return out
@@ -118,10 +133,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before each boot (root)")
     parser.add_argument("--model-init", choices=("factory", "meta"), default="factory", help="node.json model_init")
+    parser.add_argument("--rest-s", type=float, default=10.0, help="seconds of requests at rest before the exports")
+    parser.add_argument("--persist-nice", type=int, default=10, help="node.json persist_nice (0: not lowered)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ap-bench-", dir="/tmp"))
     node = LocalNode.create(
-        work / "node", model=args.model, persist_interval=3600, ready_timeout=3600, model_init=args.model_init
+        work / "node",
+        model=args.model,
+        persist_interval=3600,
+        ready_timeout=3600,
+        model_init=args.model_init,
+        persist_nice=args.persist_nice,
     )
     result: dict[str, Any] = {"model": args.model, "model_init": args.model_init, "cpus": os.cpu_count()}
     result["loadavg_start"] = os.getloadavg()
@@ -129,7 +151,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result["seed"] = node.seed() | {"wall_s": round(time.perf_counter() - t0, 3)}
         result["boot_cold_process"] = boot(node, args.drop_caches)
-        result["persist"] = persist_rounds(node, args.exports)
+        result["persist"] = persist_rounds(node, args.exports, args.rest_s)
         node.power_cut()
         result["boot_after_power_cut"] = boot(node, args.drop_caches)
         result["loadavg_end"] = os.getloadavg()
@@ -137,6 +159,48 @@ def main() -> None:
         node.stop()
     json.dump(result, sys.stdout, indent=2, default=str)
     print()
+    for name, met, detail in goals(result):
+        print(f"[{'met ' if met else 'MISS'}] {name}: {detail}", file=sys.stderr)
+
+
+def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The issue 16 goal lines this run can judge."""
+    out = []
+    for key in ("boot_cold_process", "boot_after_power_cut"):
+        boot_ = result.get(key) or {}
+        stages, wall = boot_.get("stages") or {}, boot_.get("wall_s_including_cli")
+        if wall is not None and "restore_s" in stages:
+            limit = stages["restore_s"] + 1.0
+            detail = (
+                f"{wall:.2f} s vs restore {stages['restore_s']:.2f} s + 1.0 "
+                f"(process start {stages.get('process_start_s', 0):.2f}, "
+                f"model build {stages.get('model_build_s', 0):.2f}, "
+                f"discover {stages.get('discover_s', 0):.2f}, canary {stages.get('canary_s', 0):.2f} s)"
+            )
+            out.append((f"power-on to serving <= verified restore + 1.0 s ({key})", wall <= limit, detail))
+    rounds = [r for r in result.get("persist", []) if "latencies_during_s" in r]
+    during = [x for r in rounds for x in r["latencies_during_s"]]
+    if rounds and during and rounds[0]["latency_median_baseline_s"]:
+        rest_med, rest_p99 = rounds[0]["latency_median_baseline_s"], rounds[0]["latency_p99_baseline_s"]
+        med, tail = statistics.median(during), p99(during)
+        out.append(
+            (
+                "serving latency during a persist within 10% of at rest (median and p99)",
+                med <= 1.1 * rest_med and tail <= 1.1 * rest_p99,
+                f"median {med * 1e3:.1f} vs {rest_med * 1e3:.1f} ms, p99 {tail * 1e3:.1f} vs {rest_p99 * 1e3:.1f} ms "
+                f"({len(during)} requests during {len(rounds)} persists, {rounds[0]['requests_baseline']} at rest)",
+            )
+        )
+    if len(rounds) >= 2:
+        first, later = rounds[0]["commit_s"], statistics.median(r["commit_s"] for r in rounds[1:])
+        out.append(
+            (
+                "watchdog delta commit <= 50% of its first commit (informational: the first is also a delta)",
+                later <= 0.5 * first,
+                f"{later:.2f} vs {first:.2f} s; capture pause {max(r['export_pause_s'] for r in rounds):.3f} s",
+            )
+        )
+    return out
 
 
 if __name__ == "__main__":

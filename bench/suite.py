@@ -8,7 +8,10 @@ Then the fine-tuning series: ten commits with 1% of elements moved per step, app
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -59,7 +62,27 @@ class Suite:
         else:
             self.dataset("all-MiniLM-L6-v2", minilm)
         series = self.series(steps=4 if self.quick else 10, layers=1, vocab=4000 if self.quick else data.VOCAB)
-        return {"rows": self.rows, "series": series, "ceilings": self.ceilings, "skipped": self.skipped}
+        watchdog = self.watchdog_persist()
+        return {
+            "rows": self.rows,
+            "series": series,
+            "watchdog_persist": watchdog,
+            "ceilings": self.ceilings,
+            "skipped": self.skipped,
+        }
+
+    def watchdog_persist(self) -> dict[str, Any]:
+        """Issue 16 goal 2: the watchdog's delta persist against a full commit (``bench.persist_delta``)."""
+        layers, vocab, steps = (1, 8000, 3) if self.quick else (4, data.VOCAB, 4)
+        self.log(f"[watchdog persist] {layers} layer(s), vocab {vocab}, {steps} delta steps")
+        cmd = [sys.executable, "-m", "bench.persist_delta", "--layers", str(layers), "--vocab", str(vocab)]
+        cmd += ["--steps", str(steps), "--workdir", str(self.work)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.persist_delta failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+        result: dict[str, Any] = json.loads(proc.stdout)
+        self.log(f"  {result['goal']['detail']}")
+        return result
 
     def reference(self) -> None:
         self.log("measuring this machine: fsync'd write, SHA-256 ...")
@@ -179,6 +202,8 @@ class Suite:
         zero_copy = policy == "fast"
         e = estimate(shape_of(manifest, zero_copy=zero_copy), rates, cold=False)
         self.ceilings[f"{policy}_restore_bps"] = manifest.raw_bytes / e.expected
+        # `appliance report`'s prediction for the same checkpoint (warm, as the bench restores it)
+        self.ceilings[f"{policy}_predicted_s"] = {"expected": e.expected, "worst": e.worst, "bound": e.bound}
         self.ceilings[f"{policy}_probe"] = rates.to_dict()
 
     def add(

@@ -132,6 +132,7 @@ def goals(result: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
                     f"{r['persist_gbps']:.2f} vs target {target / 1e9:.2f} GB/s",
                 )
             )
+    out += issue16_goals(result)
     steps = series["steps"]
     if len(steps) > 2:
         raw = series["raw_bytes"]
@@ -146,6 +147,53 @@ def goals(result: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         out.append(
             ("delta commit time <= 10% of a full commit", frac <= 0.10, f"{frac * 100:.0f}% (median of steps 2+)")
         )
+    return out
+
+
+def issue16_goals(result: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """Issue 16's goals 2, 4 and 5 (goals 1 and 3 need a node: ``bench/boot_persist.py``, ``--node``)."""
+    rows, c = result["rows"], result["ceilings"]
+    ds = "llama-7b-shaped"
+    out: list[tuple[str, bool | None, str]] = []
+    watchdog = result.get("watchdog_persist")
+    if watchdog:
+        g = watchdog["goal"]
+        floor = watchdog["floor"]
+        detail = (
+            f"{g['detail']}; floor: SHA-256 of the changed frames {floor['sha256_of_changed_frames_s']:.2f} s "
+            f"({floor['changed_frames_share'] * 100:.0f}% of frames changed) + content check "
+            f"{floor['content_check_s']:.2f} s; CPU {watchdog['cpu_delta_over_full'] * 100:.0f}%"
+        )
+        out.append(("issue 16 (2): " + g["goal"], g["met"], detail))
+    compact, careful = _row(rows, ds, "appliance compact"), _row(rows, ds, "careful user: sha256sum + safetensors load")
+    zipnn = _row(rows, ds, "zipnn 0.5 (in memory, 2 threads)")
+    if compact and careful:
+        ratio = compact["raw_bytes"] / compact["stored_bytes"]
+        vs_zipnn = compact["restore_gbps"] / zipnn["restore_gbps"] if zipnn else None
+        met = compact["restore_gbps"] >= careful["restore_gbps"] and ratio >= 1.49 and (vs_zipnn or 0) >= 0.85
+        stages = (compact.get("restore_stats") or {}).get("stage_seconds") or {}
+        staged = ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if v)
+        out.append(
+            (
+                "issue 16 (4): CPU compact restore >= careful user, >= 0.85 of ZipNN, ratio >= 1.49",
+                met if zipnn else None,
+                f"{compact['restore_gbps']:.2f} vs careful {careful['restore_gbps']:.2f} GB/s, "
+                + (f"{vs_zipnn:.2f} of ZipNN's {zipnn['restore_gbps']:.2f} GB/s, " if zipnn else "ZipNN skipped, ")
+                + f"ratio {ratio:.3f}; stage CPU-s: {staged or '-'}",
+            )
+        )
+    for policy, system in (("compact", "appliance compact"), ("fast", "appliance fast (zero-copy)")):
+        predicted, row = c.get(f"{policy}_predicted_s"), _row(rows, ds, system)
+        if predicted and row:
+            measured = row["restore_seconds"]
+            out.append(
+                (
+                    f"issue 16 (5): `appliance report` bound holds ({system}: measured <= predicted worst)",
+                    measured <= predicted["worst"],
+                    f"measured {measured:.2f} s, predicted expected {predicted['expected']:.2f} s / "
+                    f"worst {predicted['worst']:.2f} s ({predicted['bound']}-bound)",
+                )
+            )
     return out
 
 

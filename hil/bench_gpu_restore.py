@@ -4,6 +4,11 @@ Run on the device:  python hil/bench_gpu_restore.py [--layers 32] [--policy comp
 Prints per-stage GB/s and total seconds for: CPU restore (private), CPU zero-copy (fast only),
 and the nvCOMP path (CPU cores verify, the GPU decodes). --layers 32 is Llama-2-7B (13.5 GB);
 the store needs ~1.1x that on disk. Without CUDA/nvCOMP the GPU line says why it was skipped.
+
+Issue 16 (the same lines as the CPU bench, ``python -m bench``, so a GPU run compares line by
+line): ``appliance report``'s prediction for each CPU path (goal 5: measured <= predicted worst),
+with the stage CPU-seconds (goal 4's explanation). The watchdog's delta persist (goal 2) runs
+separately: ``python3 -m bench.persist_delta`` (``hil/device_run.sh`` runs both).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import torch
 
 from appliance import api
 from appliance.codec.gpu import available
+from appliance.format.restore_time import estimate
 from appliance.signing import SigningKey
 from appliance.sources.tensors import sources_from_dict
 from appliance.store.config import StoreConfig
+from appliance.store.probe import probe, shape_of
 from appliance.store.store import Store
 
 HIDDEN, FFN, VOCAB = 4096, 11008, 32000
@@ -94,6 +101,16 @@ def main() -> None:
                 k: round(raw / v / 1e9, 2) if v else None for k, v in r["stage_seconds"].items()
             }
             print(f"{name:14s} total {r['seconds']:.2f} s = {r['gb_per_s']:.2f} GB/s verified; per stage GB/s {stages}")
+        opened = store.select().opened
+        manifest = opened.verified.manifest
+        rates = probe(store.storage, opened.slot, manifest).rates
+        for name in ("cpu private", "cpu zero-copy"):
+            if name in results:
+                e = estimate(shape_of(manifest, zero_copy=name == "cpu zero-copy"), rates, cold=False)
+                measured = results[name]["seconds"]
+                met = "met " if measured <= e.worst else "MISS"
+                print(f"[{met}] issue 16 (5): `appliance report` bound holds ({name}): measured {measured:.2f} s, "
+                      f"predicted expected {e.expected:.2f} s / worst {e.worst:.2f} s ({e.bound}-bound)")  # fmt: skip
         print(json.dumps(results, indent=1, default=str))
     finally:
         shutil.rmtree(work, ignore_errors=True)

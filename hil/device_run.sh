@@ -7,7 +7,10 @@
 # zstandard, cryptography, cffi, pycparser; see docs/performance.md "GPU"), installs them into
 # /tmp/site, then runs: the hil tests (bit-exact GPU restore, eg2 decode, damaged frames refused
 # before nvCOMP) and the restore benchmark (CPU private, CPU zero-copy, nvCOMP) for a
-# Llama-shaped bf16 state of LAYERS layers (32 = Llama-2-7B, 13.5 GB) under both policies.
+# Llama-shaped bf16 state of LAYERS layers (32 = Llama-2-7B, 13.5 GB) under both policies, each
+# with `appliance report`'s prediction next to the measured CPU restores (issue 16 goal 5), and
+# the persistence watchdog's delta persist against a full commit on the device's CPU
+# (`python3 -m bench.persist_delta`, issue 16 goal 2: the same lines as the CPU bench).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/hil}
@@ -26,3 +29,4 @@ timeout 240 python3 -m pytest -p no:cacheprovider -q -m hil hil/ -o addopts="" -
 for policy in compact fast; do
     timeout 300 python3 hil/bench_gpu_restore.py --layers "$LAYERS" --policy "$policy" --workdir /tmp 2>&1 | tee "$OUT/bench_${policy}_${LAYERS}.txt"
 done
+timeout 300 python3 -m bench.persist_delta --layers 4 --steps 3 --workdir /tmp 2>&1 | tee "$OUT/persist_delta_4.txt"

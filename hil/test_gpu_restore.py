@@ -98,3 +98,25 @@ def test_a_damaged_frame_never_reaches_nvcomp_and_the_older_checkpoint_is_served
     assert [(f.slot, f.generation, type(f.error).__name__) for f in loaded.failures] == [("B", 2, "FrameError")]
     for name, t in state.items():
         assert torch.equal(loaded.tensors[name].cpu(), t), name
+
+
+@pytest.mark.parametrize("policy", ["compact", "fast"])
+def test_sealed_checkpoints_decrypt_on_the_cpu_into_pinned_staging_and_decode_on_the_gpu(
+    tmp_path: Path, policy: str
+) -> None:
+    """Issue 18 (docs/design.md §14.5): a sealed store restores bit-exact through nvCOMP, full and delta."""
+    from appliance.crypto import FileKek
+
+    key = SigningKey.generate()
+    config = StoreConfig(model="m", policy=policy, frame_size=1 << 20, encrypt=True)
+    store = Store.init(tmp_path / "s", [key.public], config, kek=FileKek.create(tmp_path / "s.kek"))
+    state = _state()
+    store.commit(sources_from_dict(state), [key])
+    tuned = {k: v.clone() for k, v in state.items()}
+    tuned["w"].view(-1)[::101] += 0.001
+    store.commit(sources_from_dict(tuned), [key])
+    assert store.select().opened.verified.manifest.encryption is not None
+    loaded = api.load_to_device(store, "cuda")
+    assert loaded.stats.mode == "gpu"
+    for name, t in tuned.items():
+        assert torch.equal(loaded.tensors[name].cpu(), t), name

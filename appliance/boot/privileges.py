@@ -87,6 +87,13 @@ def render_tmpfiles(config: NodeConfig, node_root: str | None = None) -> str:
         ("# The device key: readable by the persistence watchdog only.",),
         ("z", key, "0400", PERSIST, GROUP),
     ]
+    if config.journal_dir:  # issue 17: the service writes its journal and alone reads its MAC key
+        rows += [
+            ("# The adaptation journal and its MAC key: the model service's alone (docs/design.md §7.3).",),
+            ("d", config.journal_dir, "0700", SERVE, SERVE),
+            ("Z", config.journal_dir, "-", SERVE, SERVE),
+            ("z", config.journal_key_file(), "0400", SERVE, SERVE),
+        ]
     lines = []
     for row in rows:
         if len(row) == 1:

@@ -50,6 +50,7 @@ from appliance.store.bootstate import SlotStates
 from appliance.store.discovery import OpenCheckpoint, open_checkpoint, scan
 from appliance.store.keys import cipher_for
 from appliance.store.store import Store
+from appliance.store.warm import start_warming
 
 
 def _utc() -> str:
@@ -130,6 +131,7 @@ class BootRun:
                 self._fall_back(opened, f"{state.attempts - 1} boot attempts did not reach serving")
                 continue
             handoff = Handoff(self.outcome.boot_id, opened.slot, opened.generation, _digest(opened), Admit.BOOT, _utc())
+            start_warming(self.store.storage, opened)  # cold reads overlap the service's start (advisory)
             trial = run_trial(self.ctx, opened, handoff)
             if trial.ok:
                 return self._serve(opened, handoff, trial)
@@ -352,7 +354,10 @@ def _service_stages(trial: Trial) -> dict[str, float]:
         out["process_start_s"] = t["loading"]
         out["model_build_s"] = t["restoring"] - t["loading"]
     if "restoring" in t and "restored" in t:
-        out["restore_s"] = t["restored"] - t["restoring"]
+        replay_from = t.get("replaying", t["restored"])  # the journal replay (issue 17), when there is one
+        out["restore_s"] = replay_from - t["restoring"]
+        if "replaying" in t:
+            out["replay_s"] = t["restored"] - t["replaying"]
     stats = (report.restore if report else None) or {}
     for stage, seconds in (stats.get("stage_seconds") or {}).items():
         if seconds:

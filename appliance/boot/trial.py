@@ -31,7 +31,8 @@ from appliance.node.rundir import RunDir
 from appliance.store.discovery import OpenCheckpoint
 
 BLAMELESS_PHASES = frozenset({Phase.STARTING.value, Phase.LOADING.value})
-MODEL_FAULT_CODES = frozenset({*range(10, 30), ServiceError.exit_code, 66, ModelFaultError.exit_code})
+MODEL_FAULT_CODES = frozenset({*range(10, 30), *range(51, 55), ServiceError.exit_code, 66, ModelFaultError.exit_code})
+# 51-54: the adaptation journal's key or storage failed — the node's fault, never the checkpoint's
 
 
 class ServiceProbe(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -138,8 +139,11 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
 def cmd_persist(args: argparse.Namespace, out: Output) -> int:
     from appliance.persist.committer import Committer
     from appliance.persist.daemon import PersistDaemon
+    from appliance.persist.priority import lower_priority
 
     config = load_config(args.config)
+    priority = lower_priority(config.persist_nice)  # before any thread exists: every thread inherits it
+    print(f"appliance persist: running at {priority.describe()}", file=sys.stderr, flush=True)
     events = EventLog(config.event_log, "persist")
     daemon = PersistDaemon(Committer(config, events), events)
     if not args.once:

@@ -6,7 +6,8 @@ calls the same functions as the CLI (``appliance.cli.main``), in process.
 Steps: keygen -> init -> commit (full) -> fine-tune 1% of weights -> commit (delta) ->
 corrupt one frame of the newest checkpoint -> verify (detects it) -> restore (falls back to
 the other slot, bit-exact) -> commit again (succeeds despite the damage) -> verify; then the
-supervised lifecycle (``appliance.cli.demo_supervised``).
+supervised lifecycle (``appliance.cli.demo_supervised``), then zero-loss adaptation
+(``appliance.cli.demo_journal``).
 """
 
 from __future__ import annotations
@@ -110,8 +111,12 @@ def run_demo(workdir: Path | None, out: Output) -> int:
 
     print("\n=== part 2: the supervised lifecycle (real supervisord, real model service, a power cut)", flush=True)
     supervised = run_supervised_demo(work)
-    out.note(f"\ndemo finished; store left in {root}, node in {work / 'node'}")
-    return 0 if same and supervised else 1
+    from appliance.cli.demo_journal import run_journal_demo
+
+    print("\n=== part 3: zero-loss adaptation (the adaptation journal and a power cut)", flush=True)
+    journaled = run_journal_demo(work)
+    out.note(f"\ndemo finished; store left in {root}, nodes in {work / 'node'} and {work / 'node-journal'}")
+    return 0 if same and supervised and journaled else 1
 
 
 def _largest_frame(directory: Path) -> Path:

@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.remote_commands",
     "appliance.cli.firstboot_commands",
     "appliance.cli.vendor_commands",
+    "appliance.cli.journal_commands",
     "appliance.cli.key_commands",
     "appliance.console.commands",  # the recovery console's verbs (`appliance tech`, `appliance console`)
 ]
@@ -134,7 +135,13 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="FILE.safetensors|DIR/",
         help="a file, or (trailing slash or existing directory) a complete model directory: shards, index, assets",
     )
-    p.add_argument("--tensors", action="append", metavar="GLOB", help="restore only matching tensors (repeatable)")
+    p.add_argument(
+        "--tensors",
+        action="append",
+        metavar="GLOB",
+        help="restore only tensors whose name matches (repeatable; shell-style glob, case-sensitive, `*` also "
+        "matches dots; `appliance log ROOT --tensors` lists the names)",
+    )
     p.add_argument(
         "--sign-model",
         type=Path,
@@ -151,8 +158,15 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     add_json(p)
     p.set_defaults(func=sc.cmd_restore)
 
+    p = sub.add_parser("log", help="list committed checkpoints, newest first")
+    add_root(p)
+    p.add_argument(
+        "--tensors", action="store_true", help="also list each checkpoint's tensors (names for restore --tensors)"
+    )
+    add_json(p)
+    p.set_defaults(func=sc.cmd_log)
+
     for name, func, text in (
-        ("log", sc.cmd_log, "list committed checkpoints, newest first"),
         ("status", sc.cmd_status, "slot health, newest valid checkpoint, next commit target"),
         ("gc", sc.cmd_gc, "apply retention and remove unreferenced frames and leftovers"),
     ):

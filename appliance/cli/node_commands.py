@@ -24,17 +24,19 @@ from appliance.boot.supervisord_conf import SupervisordLayout, render
 from appliance.cli.boot_commands import add_config
 from appliance.cli.main import add_json
 from appliance.cli.output import Output
+from appliance.cli.store_commands import config_from_options
 from appliance.errors import StoreExistsError, UsageError
 from appliance.events import read_events
 from appliance.format import slotstate as ss
 from appliance.format.commit import SLOT_NAMES
+from appliance.journal.keyfile import create_journal_key
 from appliance.node.config import MODEL_INIT, NodeConfig, load_config
 from appliance.node.floor import FileFloor, FloorUnreadableError, open_floor
 from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.signing import SigningKey
 from appliance.store.bootstate import SlotStates
-from appliance.store.config import DEFAULT_FRAME_SIZE, StoreConfig
+from appliance.store.config import DEFAULT_FRAME_SIZE
 from appliance.store.store import Store
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=NodeConfig.port)
     p.add_argument("--frame-size", type=int, default=DEFAULT_FRAME_SIZE)
     p.add_argument("--persist-interval", type=float, default=NodeConfig.persist_interval, metavar="S")
+    p.add_argument("--persist-nice", type=int, default=NodeConfig.persist_nice, help="watchdog niceness 0..19")
     p.add_argument("--max-boot-attempts", type=int, default=NodeConfig.max_boot_attempts)
     p.add_argument("--ready-timeout", type=float, default=NodeConfig.ready_timeout, metavar="S")
     p.add_argument(
@@ -73,6 +76,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--python", default=sys.executable, help="interpreter the programs run with (default: this one)")
     p.add_argument(
         "--console", metavar="HOST:PORT", help="also run the recovery console under supervisord on this address"
+    )
+    p.add_argument(
+        "--journal",
+        action="store_true",
+        help="journal every adaptation step before acknowledging it (DIR/journal, key DIR/keys/journal.key): "
+        "a power cut loses no acknowledged step",
     )
     add_json(p)
     p.set_defaults(func=cmd_node_init)
@@ -102,13 +111,15 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
         raise StoreExistsError(f"{root} already holds a node")
     if args.users and os.geteuid() != 0:
         raise UsageError("node-init --users needs root (it gives each directory its owner)")
+    store_config = config_from_options(model=args.model_id or args.model, frame_size=args.frame_size)  # before writes
     own = "supervisor" if args.users else "run"  # with users, supervisord's socket is boot's alone
     config = NodeConfig(
         store="store", model=args.model, run_dir="run", outbox="outbox", event_log="log/events.jsonl",
         signing_key="keys/device.key", floor_file="floor/floor.json" if args.users else "floor.json",
         supervisor_socket=f"{own}/supervisor.sock",
         port=args.port, persist_interval=args.persist_interval, max_boot_attempts=args.max_boot_attempts,
-        ready_timeout=args.ready_timeout, model_init=args.model_init,
+        ready_timeout=args.ready_timeout, model_init=args.model_init, persist_nice=args.persist_nice,
+        journal_dir="journal" if args.journal else "",
     )  # fmt: skip
     absolute = config.resolved(root)
     if len(absolute.supervisor_socket) > SOCKET_PATH_MAX:
@@ -120,8 +131,11 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
     key = SigningKey.generate()
     key.save(absolute.signing_key)
     Path(absolute.signing_key).chmod(0o400)  # read by the persistence watchdog only, never rewritten
-    Store.init(absolute.store, [key.public], StoreConfig(model=args.model_id or args.model, frame_size=args.frame_size))
+    Store.init(absolute.store, [key.public], store_config)
     FileFloor(absolute.floor_file).raise_to(0)  # provisioned: from now on a missing floor file fails closed
+    if args.journal:  # the service's user must own it: with --users tmpfiles hands it to appliance-serve
+        create_journal_key(absolute.journal_key_file())
+        Path(absolute.journal_dir).mkdir(mode=0o700, exist_ok=True)
     (root / "node.json").write_bytes(config.to_bytes())
     layout = SupervisordLayout(
         config=str(root / "node.json"),

@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"event log with boot restore times (default: $APPLIANCE_EVENT_LOG or {DEFAULT_EVENT_LOG})",
     )
     p.add_argument("--save-profile", action="store_true", help="save the measured rates for the auto policy")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="NODE.json",
+        help="also show the persist interval (persist_interval 'auto': chosen from this node's measured costs)",
+    )
     add_json(p)
     p.set_defaults(func=cmd_report)
 
@@ -110,6 +116,8 @@ def cmd_report(args: argparse.Namespace, out: Output) -> int:
     store = Store.open(args.root)
     events = args.events or Path(os.environ.get("APPLIANCE_EVENT_LOG", DEFAULT_EVENT_LOG))
     report = build_report(store, events)
+    if args.config is not None:
+        report["persist_interval"] = interval_report(args.config)
     if args.save_profile:
         from appliance.format.restore_time import DeviceRates
 
@@ -117,6 +125,49 @@ def cmd_report(args: argparse.Namespace, out: Output) -> int:
         report["profile_saved"] = True
     out.result(report, _text)
     return 0
+
+
+def interval_report(config_path: Path) -> dict[str, Any]:
+    """The persist interval this node uses, why, and what a failure then costs (issue 17)."""
+    from appliance.node.config import load_config
+    from appliance.persist.interval import chosen
+
+    config = load_config(config_path)
+    choice, inputs, sources = chosen(config)
+    interval = choice.interval_s if config.persist_auto else config.persist_interval
+    steps_lost = 0.0 if config.journal_dir else interval / 2.0 * inputs.steps_per_s
+    return {
+        "mode": "auto" if config.persist_auto else "fixed",
+        "interval_s": round(interval, 3),
+        "journal": bool(config.journal_dir),
+        "expected_acknowledged_steps_lost": round(steps_lost, 3),
+        "choice": choice.to_dict(),
+        "inputs": dict(inputs.__dict__),
+        "sources": sources,
+    }
+
+
+def _interval_text(p: dict[str, Any]) -> list[str]:
+    c = p["choice"]
+    head = f"persist interval: {p['mode']} {p['interval_s']:.1f} s"
+    if p["mode"] == "auto":
+        head += f" (bound: {c['bound']}; Young/Daly sqrt(2CM) = {c['young_daly_s']:.1f} s)"
+    lines = [head]
+    if p["journal"]:
+        lines.append(
+            f"  per failure: no acknowledged step lost (journal); replay at boot expected "
+            f"{c['expected_replay_s']:.2f} s, worst {c['worst_replay_s']:.2f} s; "
+            f"expected work redone {c['expected_work_lost_s']:.1f} s"
+        )
+    else:
+        lines.append(
+            f"  per failure (no journal): {p['expected_acknowledged_steps_lost']} acknowledged steps lost on average"
+        )
+    if c["over_budget"]:
+        lines.append("  the flash budget needs a longer interval than the replay/journal limits allow")
+    measured = sorted(k for k, v in p["sources"].items() if v == "measured")
+    lines.append(f"  measured: {', '.join(measured) or 'nothing yet (priors)'}")
+    return lines
 
 
 def _gbps(rate: float) -> str:
@@ -151,6 +202,8 @@ def _text(d: dict[str, Any]) -> str:
         lines += [f"  {o['ts']}  {o['slot']}/{o['generation']}  {o['seconds']} s" for o in d["observed"]]
     else:
         lines.append(f"no boot observed yet (no restore.finished events in {d['events']})")
+    if "persist_interval" in d:
+        lines += _interval_text(d["persist_interval"])
     if d.get("profile_saved"):
         lines.append("device profile saved: the auto policy now uses these rates")
     return "\n".join(lines)

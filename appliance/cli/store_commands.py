@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.cli.output import Output, human_bytes
 from appliance.crypto import FileKek, KekSource, SystemdCredsKek, parse_kek_option
-from appliance.errors import NoValidCheckpointError, UsageError
+from appliance.errors import ConfigError, NoValidCheckpointError, TensorMismatchError, UsageError
 from appliance.format.provenance import Provenance
 from appliance.signing import PublicKey, SigningKey, TrustStore
 
@@ -60,12 +60,33 @@ def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+OPTION_OF_FIELD = {"model": "--model", "frame_size": "--frame-size", "policy": "--policy", "keep": "--keep"}
+
+
+def config_from_options(**values: Any) -> StoreConfig:
+    """A ``StoreConfig`` from command-line values: a bad value is a ``UsageError`` naming its option.
+
+    (``StoreConfig`` itself raises ``ConfigError``, exit 18, whose remedy is about store.json:
+    right for a store on disk, wrong for an option the operator just typed.)
+    """
+    try:
+        return StoreConfig(**values)
+    except ConfigError as exc:
+        field = next((f for f in values if exc.problem.startswith((f"{f} ", f"{f}_"))), None)
+        if field is None:
+            raise
+        option = OPTION_OF_FIELD.get(field, f"--{field.replace('_', '-')}")
+        raise UsageError(
+            f"{option} {values[field]!r:.60}: {exc.problem}", remedy=f"correct {option} (see `appliance init --help`)"
+        ) from exc
+
+
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
-    keys = [PublicKey.load(p) for p in args.trust]
     encrypt = getattr(args, "encrypt", False)
-    config = StoreConfig(
+    config = config_from_options(
         model=args.model, frame_size=args.frame_size, policy=args.policy, keep=args.keep, encrypt=encrypt
     )
+    keys = [PublicKey.load(p) for p in args.trust]
     kek = _init_kek(args) if encrypt else None
     store = Store.init(args.root, keys, config, kek=kek)
     out.result(
@@ -167,6 +188,7 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
     finally:
         model.close()
     data = result.to_dict() | {"gc": gc.to_dict(), "assets": len(parts.assets), "shards": len(parts.shards)}
+    data["dropped_header_keys"] = model.dropped_header_keys  # said, never silent (README exit 25, design §4.5)
     if provenance is not None:
         data["provenance"] = provenance.to_dict() | {"summary": provenance.describe()}
     out.result(data, _commit_text)
@@ -184,13 +206,22 @@ def _commit_text(d: dict[str, Any]) -> str:
     ratio = d["raw_bytes"] / d["stored_bytes"] if d["stored_bytes"] else 0.0
     kinds = d["frame_kinds"]
     return (
-        f"committed generation {d['generation']} into slot {d['slot']} "
-        f"(parent {d['parent_generation'] or '-'}) in {d['seconds']:.2f} s\n"
-        f"  {human_bytes(d['raw_bytes'])} raw, {human_bytes(d['stored_bytes'])} stored (ratio {ratio:.2f}), "
-        f"{human_bytes(d['written_bytes'])} written\n"
-        f"  frames: {d['frames']} ({kinds['full']} full, {kinds['delta']} delta, {kinds['reused']} reused; "
-        f"{kinds['copied']} copied from the other slot)"
-    ) + (f"\n  vendor signature verified: {d['provenance']['summary']}" if "provenance" in d else "")
+        (
+            f"committed generation {d['generation']} into slot {d['slot']} "
+            f"(parent {d['parent_generation'] or '-'}) in {d['seconds']:.2f} s\n"
+            f"  {human_bytes(d['raw_bytes'])} raw, {human_bytes(d['stored_bytes'])} stored (ratio {ratio:.2f}), "
+            f"{human_bytes(d['written_bytes'])} written\n"
+            f"  frames: {d['frames']} ({kinds['full']} full, {kinds['delta']} delta, {kinds['reused']} reused; "
+            f"{kinds['copied']} copied from the other slot)"
+        )
+        + (f"\n  vendor signature verified: {d['provenance']['summary']}" if "provenance" in d else "")
+        + (
+            f"\n  note: dropped the source's header keys {', '.join(d['dropped_header_keys'])[:300]} (appliance's "
+            "namespace: they describe an earlier restore; restore writes its own)"
+            if d.get("dropped_header_keys")
+            else ""
+        )
+    )
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
@@ -253,6 +284,7 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     store = Store.open(args.root)
     target, as_dir = restore_target(args.out)
     check_restore_target(target, as_dir)
+    notes = _out_file_warnings(target) if not as_dir else []
     max_shard = model_dir.parse_size(args.max_shard_size) if args.max_shard_size else None
     if max_shard is not None and not as_dir:
         raise UsageError("--max-shard-size applies to a directory restore", remedy="end --out with a slash: DIR/")
@@ -260,14 +292,23 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     if args.sign_model:
         _check_sign_model(args.sign_model, as_dir)
     with out.progress(None, "restore") as progress:
-        loaded = api.load(
-            store,
-            generation=args.generation,
-            deep=args.deep,
-            progress=None if names else progress,
-            names=names,
-            assets=as_dir,
-        )
+        try:
+            loaded = api.load(
+                store,
+                generation=args.generation,
+                deep=args.deep,
+                progress=None if names else progress,
+                names=names,
+                assets=as_dir,
+            )
+        except TensorMismatchError as exc:  # without `into`, only the selection can mismatch
+            if names is None:
+                raise
+            raise UsageError(
+                f"--tensors {' '.join(args.tensors)!r:.200}: {exc.problem}",
+                remedy="check the patterns: shell-style globs matched against whole tensor names, case-sensitive, "
+                "`*` also matches dots (e.g. 'model.layers.0.*'); `appliance log ROOT --tensors` lists the names",
+            ) from exc
     assert loaded.manifest is not None
     ours = model_dir.appliance_header(loaded.generation, loaded.manifest_digest, loaded.metadata)
     written: dict[str, Any] = {}
@@ -287,11 +328,12 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
         "fell_back": loaded.fell_back,
         "failures": [f.describe() for f in loaded.failures],
         "metadata": loaded.metadata,
+        "warnings": notes + (_empty_restore_warning(loaded.generation) if not loaded.tensors and not names else []),
     } | ({"model_sig": signed.to_dict()} if signed else {})
 
     def text(d: dict[str, Any]) -> str:
         r = d["restore"]
-        lines = [f"  skipped {f}" for f in d["failures"]]
+        lines = [f"  skipped {f}" for f in d["failures"]] + [f"  warning: {w}" for w in d["warnings"]]
         lines.append(
             f"restored generation {r['generation']} from slot {r['slot']}: {human_bytes(r['raw_bytes'])} "
             f"verified in {r['seconds']:.3f} s ({r['gb_per_s']:.2f} GB/s) -> {d['out']}"
@@ -305,6 +347,27 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
 
     out.result(data, text)
     return WARNINGS if loaded.fell_back else 0
+
+
+def _out_file_warnings(target: Path) -> list[str]:
+    """What a file ``--out`` may not have meant: no ``.safetensors`` suffix, or a file it replaces."""
+    notes = []
+    if target.suffix != ".safetensors":
+        notes.append(
+            f"--out {target} has no .safetensors suffix: one safetensors FILE is written; "
+            "end --out with a slash (DIR/) to restore a whole model directory"
+        )
+    if target.exists():
+        notes.append(f"--out {target} existed and is replaced")
+    return notes
+
+
+def _empty_restore_warning(generation: int) -> list[str]:
+    """A restore that wrote no tensors: the checkpoint was committed empty on purpose (``--allow-empty``)."""
+    return [
+        f"generation {generation} holds no tensors (it was committed with --allow-empty); "
+        "`appliance log ROOT` lists the checkpoints, `--generation G` restores another"
+    ]
 
 
 def _check_sign_model(key_file: Path, as_dir: bool) -> None:
@@ -324,7 +387,7 @@ def _sign_restored(target: Path, key_file: Path) -> SignedDirectory:
 
 
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
-    entries = Store.open(args.root).log()
+    entries = Store.open(args.root).log(tensors=getattr(args, "tensors", False))
 
     def text(d: dict[str, Any]) -> str:
         lines = []
@@ -340,6 +403,7 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
             )
             if "provenance" in e:
                 lines.append(f"            vendor: {e['provenance']['summary']}")
+            lines.extend(f"            {t['name']}  {t['dtype']}{t['shape']}" for t in e.get("tensor_list", []))
         return "\n".join(lines) or "no checkpoints"
 
     out.result({"checkpoints": entries}, text)

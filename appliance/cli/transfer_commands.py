@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("src", type=Path, metavar="SRC", help="a directory written by `appliance export`")
     p.add_argument("--generation", type=int, metavar="N", help="import exactly this generation (default: newest)")
     p.add_argument("--config", type=Path, metavar="NODE.json", help="node configuration (its anti-rollback floor)")
+    p.add_argument(
+        "--key",
+        type=Path,
+        metavar="KEYFILE",
+        help="encrypted store: signs the re-sealed copy of a plain checkpoint (docs/design.md §14.10)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=cmd_import)
 
@@ -86,6 +92,17 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
         f"generation {plan.generation} of {plan.verified.manifest.model!r}, signed by "
         f"{', '.join(k[:12] for k in plan.verified.keyids)}: {len(plan.blobs)} blobs, {human_bytes(plan.total_bytes)}"
     )
+    if store.config.encrypt:  # ciphertext copied only under this store's key; plain checkpoints re-sealed
+        from appliance.signing import SigningKey
+        from appliance.transfer.reseal import import_sealed
+
+        keys = [SigningKey.load(args.key)] if args.key is not None else []
+        with out.progress(plan.verified.manifest.raw_bytes, "import") as progress:
+            sealed = import_sealed(store, source, keys, floor=floor, progress=progress, plan=plan)
+        out.result(
+            {"src": str(args.src), **sealed}, lambda d: f"imported into {d['slot']}/{d['generation']}: {d['mode']}"
+        )
+        return 0
     with out.progress(plan.total_bytes, "import") as progress:
         result = import_checkpoint(store, source, floor=floor, progress=progress, plan=plan)
     out.result({"src": str(args.src), **result.to_dict()}, _import_text)

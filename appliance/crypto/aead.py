@@ -75,13 +75,13 @@ class FrameCipher:
         """An incremental ``raw_digest`` (whole asset files): ``update`` then ``hexdigest``."""
         return hmac.new(self._identity, digestmod="sha256")
 
-    def seal(self, plain: Buffer, aad: bytes) -> bytes:
+    def seal(self, plain: Buffer, aad: bytes) -> bytearray:
         """``nonce || ciphertext || tag`` with a fresh random nonce (format.crypto's nonce policy)."""
         out = bytearray(NONCE_BYTES + len(plain) + TAG_BYTES)
         nonce = secrets.token_bytes(NONCE_BYTES)
         out[:NONCE_BYTES] = nonce
         self._aead.encrypt_into(nonce, plain, aad, memoryview(out)[NONCE_BYTES:])
-        return bytes(out)
+        return out  # a bytearray: converting to bytes would copy every sealed frame once more
 
     def open_into(self, stored: Buffer, aad: bytes, out: Buffer, what: str = "frame") -> None:
         """Authenticate and decrypt ``stored`` into ``out`` (exactly ``len(stored) - 28`` bytes)."""

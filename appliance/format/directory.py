@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,12 @@ SHARD_SUFFIX = ".safetensors"
 EMPTY_WEIGHT_MAP = "has an empty weight_map: it names no tensors, nothing would be committed"
 _FORBIDDEN_CHARS = {"\\", "\x00"}
 _SHARD_NAME = re.compile(r"[^/\\\x00]+\.safetensors")
+_NUMBERED = re.compile(r"(?P<prefix>.+)-(?P<i>[0-9]+)-of-(?P<n>[0-9]+)\.safetensors")  # transformers' shard names
+SINGLE_FILE = "model.safetensors"  # the weights file an index replaces; loaders prefer it over the index
+INDEX_REMEDY = (
+    "fix model.safetensors.index.json so that its weight_map names exactly the tensors the shards hold, "
+    "each in its shard, and every shard of the set (or save the model again, e.g. with save_pretrained)"
+)
 
 
 def check_label(value: object, what: str, limits: Limits = DEFAULT_LIMITS) -> str:
@@ -161,6 +167,77 @@ def index_defect(weight_map: Mapping[str, str], held: Mapping[str, str]) -> tupl
     if moved:
         return "weight_map puts tensors in shards that do not hold them", moved
     return None
+
+
+def left_out_shards(indexed: Iterable[str], present: Iterable[str], shown: int = 5) -> tuple[list[str], int]:
+    """Weight files an index leaves out: present beside it, or missing from its numbered set.
+
+    ``indexed`` are the shard files the ``weight_map`` names, ``present`` the ``*.safetensors``
+    files directly in the directory. Left out: ``model.safetensors`` when present (loaders would
+    read it and ignore the index); a present file numbered like an indexed shard
+    (``PREFIX-i-of-n.safetensors`` with PREFIX ``model`` or an indexed shard's) that the map does not name;
+    each number 1..n of an indexed set ``PREFIX-…-of-n`` the map does not name, present or not;
+    and an indexed shard numbered outside its own set (``-00000-of-``, ``-00004-of-00003``).
+    Files of another name (e.g. Mistral's ``consolidated*.safetensors``) are not this index's.
+    Returns (the first ``shown`` names, sorted; how many there are in all) — counted, never
+    enumerated, so an index claiming ``-of-99999999`` costs nothing.
+    """
+    named = set(indexed)
+    sets: dict[tuple[str, str], set[int]] = {}  # (prefix, n as written) -> indexed numbers
+    widths: dict[tuple[str, str], int] = {}
+    odd: set[str] = set()
+    for name in named:
+        m = _NUMBERED.fullmatch(name)
+        if m:
+            key, i = (m["prefix"], m["n"]), int(m["i"])
+            numbers = sets.setdefault(key, set())
+            widths[key] = len(m["i"])
+            if 1 <= i <= int(m["n"]):
+                numbers.add(i)
+            else:
+                odd.add(name)
+    prefixes = {SINGLE_FILE.removesuffix(SHARD_SUFFIX)} | {prefix for prefix, _ in sets}
+    extra = set(present) - named
+    odd |= {SINGLE_FILE} & extra
+    taken: set[tuple[str, str, int]] = set()  # a present, unindexed file fills its gap: listed once
+    for name in extra:
+        m = _NUMBERED.fullmatch(name)
+        if m is not None and m["prefix"] in prefixes:
+            odd.add(name)
+            if (m["prefix"], m["n"]) in sets and 1 <= int(m["i"]) <= int(m["n"]):
+                taken.add((m["prefix"], m["n"], int(m["i"])))
+    total = len(odd) + sum(int(n) - len(numbers) for (_, n), numbers in sets.items()) - len(taken)
+    gaps: list[str] = []
+    for (prefix, n), numbers in sorted(sets.items()):
+        i = 1
+        while len(gaps) < shown and i <= int(n):
+            if i not in numbers and (prefix, n, i) not in taken:
+                gaps.append(f"{prefix}-{i:0{widths[prefix, n]}d}-of-{n}.safetensors")
+            i += 1
+    return sorted(odd | set(gaps))[:shown], total
+
+
+def renumber_shards(files: Sequence[str]) -> list[str]:
+    """New names for the shards a restore writes (in order), so that their numbering is whole.
+
+    Each set ``PREFIX-i-of-n.safetensors`` becomes ``PREFIX-1-of-m`` .. ``PREFIX-m-of-m`` for the
+    m of its files written (same order and digit widths); other names are kept. A full, consistent
+    set maps to itself. Should two names collide, every shard is named
+    ``model-0000i-of-0000N.safetensors`` (transformers' spelling) instead.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for position, name in enumerate(files):
+        m = _NUMBERED.fullmatch(name)
+        if m is not None:
+            groups.setdefault((m["prefix"], m["n"]), []).append(position)
+    out = list(files)
+    for (prefix, n), positions in groups.items():
+        for i, position in enumerate(positions, start=1):
+            width = len(_NUMBERED.fullmatch(files[position])["i"])  # type: ignore[index]
+            out[position] = f"{prefix}-{i:0{width}d}-of-{len(positions):0{len(n)}d}.safetensors"
+    if len(set(out)) != len(out):
+        return [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
+    return out
 
 
 def validate_directory(

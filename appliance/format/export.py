@@ -23,6 +23,7 @@ from appliance.errors import ManifestError
 from appliance.format.canary import Canary
 from appliance.format.canonical import canonical_bytes, get_int, get_str, require_keys, strict_loads
 from appliance.format.digest import Digest
+from appliance.format.journal import Point
 
 EXPORT_FORMAT = "appliance.export"
 EXPORT_VERSION = 1
@@ -81,9 +82,10 @@ class ExportInfo:
     pause_s: float  # how long serving was paused to capture this state
     canary: Canary | None = None
     source: dict[str, Any] | None = None  # the checkpoint the service restored: slot, generation, digest
+    journal: dict[str, Any] | None = None  # the adaptation journal point this state includes (issue 17)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
             "model": self.model,
@@ -96,6 +98,9 @@ class ExportInfo:
             "canary": self.canary.to_dict() if self.canary else None,
             "source": self.source,
         }
+        if self.journal is not None:  # absent, not null: exports without a journal keep their v1 header
+            out["journal"] = self.journal
+        return out
 
     def header_value(self) -> str:
         return canonical_bytes(self.to_dict()).decode("utf-8")
@@ -105,7 +110,8 @@ class ExportInfo:
         if value is None:
             raise ManifestError(f"the file has no {HEADER_KEY!r} entry: it is not a state export")
         obj = strict_loads(value.encode("utf-8"), what="export header", max_bytes=4 << 20, max_depth=16)
-        d = require_keys(obj, "export header", set(cls("", 0, "", "0" * 64, 0, 0, 0.0).to_dict()))
+        keys = set(cls("", 0, "", "0" * 64, 0, 0, 0.0).to_dict())
+        d = require_keys(obj, "export header", keys, frozenset({"journal"}))
         if d["format"] != EXPORT_FORMAT or d["version"] != EXPORT_VERSION:
             raise ManifestError("not a v1 state export")
         pause = d["pause_s"]
@@ -123,6 +129,7 @@ class ExportInfo:
             pause_s=float(pause),
             canary=None if d["canary"] is None else Canary.from_dict(d["canary"]),
             source=d["source"],
+            journal=_journal_point(d.get("journal")),
         )
 
     def checkpoint_metadata(self) -> dict[str, Any]:
@@ -138,4 +145,11 @@ class ExportInfo:
             meta["canary"] = self.canary.to_dict()
         if self.source is not None:
             meta["derived_from"] = self.source
+        if self.journal is not None:
+            meta["journal"] = self.journal
         return meta
+
+
+def _journal_point(value: Any) -> dict[str, Any] | None:
+    point = Point.from_metadata({"journal": value})
+    return point.to_dict() if point else None

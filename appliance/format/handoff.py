@@ -40,7 +40,8 @@ class Phase(str, enum.Enum):
     STARTING = "starting"  # the process runs; heavy imports (torch) are still loading
     LOADING = "loading"  # building the model from its entry point
     RESTORING = "restoring"  # reading, hashing and decoding every frame
-    RESTORED = "restored"  # verified state in memory; answers only the canary
+    REPLAYING = "replaying"  # replaying the adaptation journal onto the restored state (issue 17)
+    RESTORED = "restored"  # verified state (and its journal replayed) in memory; answers only the canary
     SERVING = "serving"
     FAILED = "failed"
 

@@ -48,7 +48,10 @@ def check_metadata(
         item, depth, where = stack.pop()
         budget -= 1
         if depth > cap:
-            raise error(f"{where} is nested deeper than {cap} levels (the reader's cap for metadata)")
+            raise error(
+                f"{where} is nested deeper than {cap} levels, the reader's cap for metadata (the outermost object"
+                f" is level 1 and a value counts as a level of its own: at most {cap - 1} nested objects or lists)"
+            )
         if budget < 0:
             raise error(f"{what} holds more values than fit in {limits.metadata_max_bytes} bytes")
         if isinstance(item, Mapping):

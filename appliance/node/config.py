@@ -24,7 +24,7 @@ CONFIG_VERSION = 1
 MODEL_INIT = ("factory", "meta")  # how the service builds the model before the restore (service/loader.py)
 _PATHS = (
     "store", "run_dir", "outbox", "event_log", "signing_key", "floor_file", "supervisor_socket", "trust",
-    "adapt_token_file",
+    "adapt_token_file", "journal_dir", "journal_key",
 )  # fmt: skip
 CONTROL_SOCKET = "control.sock"
 DEVICE_FILE = "device.json"  # first boot's device identity, next to node.json (/etc/appliance)
@@ -47,7 +47,10 @@ class NodeConfig:
     port: int = 8470
     service_program: str = "model"  # supervisord program names
     persist_program: str = "persist"
-    persist_interval: float = 300.0  # seconds between scheduled exports
+    persist_interval: float = 300.0  # seconds between scheduled exports (node.json "auto": persist_auto)
+    persist_auto: bool = False  # node.json persist_interval "auto": Young/Daly from measured costs (issue 17)
+    persist_keep_bytes: int = 8 << 30  # raw state the watchdog keeps between commits (0: none; store/lastcommit.py)
+    persist_nice: int = 10  # watchdog niceness 0..19; I/O best-effort level (nice+20)//5 (persist/priority.py)
     max_boot_attempts: int = 3
     ready_timeout: float = 600.0  # seconds a restore may take before the candidate is abandoned
     require_mounts: bool = False  # slots must be mount points (production); a bare directory is "unmounted"
@@ -67,6 +70,14 @@ class NodeConfig:
     header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
     crash_decay_s: float = 3600.0  # a GOOD slot serving this long without a crash forgets earlier crashes
     port_wait_s: float = 120.0  # boot waits this long, with backoff, for a service port held by someone else
+    # --- adaptation journal (issue 17, docs/design.md §15): "" = no journal, a power cut loses unpersisted steps ---
+    journal_dir: str = ""  # segments of the journal (the service's user only, 0700)
+    journal_key: str = ""  # its MAC key (0400, the service's user); "" = journal.key beside signing_key
+    journal_group_commit_ms: float = 10.0  # the longest a step waits for its group's fsync (plus the fsync)
+    journal_max_bytes: int = 64 << 20  # at this size the service forces a persist; at twice it adaptation waits
+    adapt_threads: int = 1  # torch intra-op threads of every adaptation step (replay uses the same)
+    max_replay_s: float = 30.0  # persist_interval "auto" keeps the expected replay at boot below this
+    flash_budget_bytes_per_day: int = 0  # persist_interval "auto": bytes/day persists may write (0 = no bound)
     # This node's device id (issue 10): "" = read DIR_OF_NODE_JSON/device.json, which first boot writes.
     # Device-role signatures count only from the key bound to this id (appliance.node.identity).
     device_id: str = ""
@@ -82,7 +93,10 @@ class NodeConfig:
             raise ConfigError("max_boot_attempts must be 1..100")
         if self.persist_interval <= 0 or self.ready_timeout <= 0:
             raise ConfigError("persist_interval and ready_timeout must be positive")
+        if self.persist_keep_bytes < 0 or not 0 <= self.persist_nice <= 19:
+            raise ConfigError("persist_keep_bytes must be >= 0 and persist_nice 0..19")
         _check_caps(self)
+        _check_journal(self)
         if self.model_init not in MODEL_INIT:
             raise ConfigError(f"model_init must be one of {', '.join(MODEL_INIT)}, got {self.model_init!r:.40}")
 
@@ -113,6 +127,10 @@ class NodeConfig:
             )
         return self.trust
 
+    def journal_key_file(self) -> str:
+        """The journal MAC key: ``journal_key``, else ``journal.key`` beside the device signing key."""
+        return self.journal_key or str(Path(self.signing_key).parent / "journal.key")
+
     @property
     def control_socket(self) -> str:
         """The service's control channel: ``RUN/control.sock`` (mode 0660, group ``appliance``)."""
@@ -126,6 +144,8 @@ class NodeConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
+        if out.pop("persist_auto"):
+            out["persist_interval"] = "auto"
         return out
 
     @classmethod
@@ -138,6 +158,8 @@ class NodeConfig:
         if d["format"] != CONFIG_FORMAT or d["version"] != CONFIG_VERSION:
             raise ConfigError("node.json is not a v1 node configuration")
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        if values.get("persist_interval") == "auto":  # chosen at run time (appliance.persist.interval)
+            values["persist_interval"], values["persist_auto"] = 300.0, True
         for f in fields(cls):
             if f.name in values and not _type_ok(values[f.name], f.default):
                 raise ConfigError(f"node.json field {f.name} has the wrong type ({type(values[f.name]).__name__})")
@@ -181,6 +203,13 @@ def _check_caps(c: NodeConfig) -> None:
             "network_adapt needs adapt_token_file (a bearer token only adaptation clients know)",
             remedy="set adapt_token_file in node.json, or leave network_adapt false (the default)",
         )
+
+
+def _check_journal(c: NodeConfig) -> None:
+    if not (0 <= c.journal_group_commit_ms <= 1000 and 1 << 16 <= c.journal_max_bytes <= 1 << 40):
+        raise ConfigError("journal_group_commit_ms must be 0..1000 and journal_max_bytes 65536..2^40")
+    if not (1 <= c.adapt_threads <= 256 and c.max_replay_s > 0 and c.flash_budget_bytes_per_day >= 0):
+        raise ConfigError("adapt_threads must be 1..256, max_replay_s positive, flash_budget_bytes_per_day >= 0")
 
 
 def _with_device_id(config: NodeConfig, identity: Path) -> NodeConfig:

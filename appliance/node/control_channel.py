@@ -37,6 +37,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/status"): "persist",
     ("POST", "/v1/export"): "persist",
     ("GET", "/v1/receipt"): "persist",
+    ("POST", "/v1/journal/checkpointed"): "persist",
     ("POST", "/v1/adapt"): "adapt",
 }
 SERVICE_USER = "appliance-serve"

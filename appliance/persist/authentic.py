@@ -58,6 +58,8 @@ def check_receipt(name: str, info: ExportInfo, receipt: dict[str, Any] | None, h
         raise UnauthenticExportError(f"{name} differs from what the service wrote under that name (content digest)")
     if receipt.get("source") != info.source:
         raise UnauthenticExportError(f"{name} claims another source checkpoint than the service's receipt")
+    if receipt.get("journal") != info.journal:
+        raise UnauthenticExportError(f"{name} claims another journal point than the service's receipt")
     if handoff is None:
         raise UnauthenticExportError(f"{name}: no handoff names the checkpoint the service should serve")
     expected = {"slot": handoff.slot, "generation": handoff.generation, "manifest_digest": handoff.manifest_digest}

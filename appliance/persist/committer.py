@@ -4,10 +4,12 @@ Owns: ``Committer`` — when a commit may happen (the service serves a checkpoin
 no recovery mode, target slot mounted), and committing a validated export through
 ``Store.commit`` with the device key, the anti-rollback floor and ``good_provider`` set from
 the slot states, so the commit lands in the slot that does not hold the newest GOOD state.
-Every export the watchdog commits is first authenticated (``authentic``: the serving service's
-receipt, provenance against the handoff) and compared with its parent: an export whose tensors
-equal the newest checkpoint's is removed with a ``persist.unchanged`` event instead of becoming
-an empty generation. Does not own scanning the outbox or scheduling (``daemon``).
+The committer remembers the raw state of its last commit (``store.lastcommit``), so the next
+delta commit neither re-reads nor re-verifies its own parent. Every export the watchdog
+commits is first authenticated (``authentic``: the serving service's receipt, provenance
+against the handoff) and compared with its parent: an export whose tensors equal the newest
+checkpoint's is removed with a ``persist.unchanged`` event instead of becoming an empty
+generation. Does not own scanning the outbox or scheduling (``daemon``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from appliance.sources.export import OpenedExport, open_export, remove_durably
 from appliance.store.bootstate import SlotStates
 from appliance.store.commit import CommitResult
 from appliance.store.discovery import scan, select
+from appliance.store.lastcommit import LastCommit
 
 
 class Committer:
@@ -38,6 +41,7 @@ class Committer:
         self.receipts = receipts or ControlReceipts(config.control_socket)
         self.events = events
         self.store = open_node_store(config)
+        self.last = LastCommit(config.persist_keep_bytes)  # its own parent, never re-read or re-verified
         self.states = SlotStates(self.store.storage, self.store.limits)
         self.store.good_provider = self.states.good_generations
         self.key = SigningKey.load(config.signing_key)
@@ -92,7 +96,8 @@ class Committer:
         not vouch for it (``produced_here``: the caller wrote it itself in this process, e.g. ``seed``).
         Returns ``None`` when its tensors equal the parent's (nothing committed).
         """
-        opened = open_export(path)
+        opened = open_export(path, self.last)
+        committed = False
         try:
             if not produced_here:
                 check_receipt(path.name, opened.info, self.receipts.receipt(path.name), self.run.read_handoff())
@@ -104,8 +109,11 @@ class Committer:
                     result = self._commit(path, opened, progress)
             else:
                 result = self._commit(path, opened, progress)
+            committed = result is not None
         finally:
             opened.close()
+            if not committed:
+                self.last.discard_lent()
         remove_durably(path)
         return result
 
@@ -118,6 +126,7 @@ class Committer:
             opened.info.checkpoint_metadata(),
             floor=self.current_floor(),
             progress=progress,
+            last=self.last,
         )
         self.events.emit(
             "persist.committed",

@@ -26,6 +26,7 @@ from appliance.node.control_channel import ControlClient
 from appliance.node.notify import sd_notify, watchdog_interval
 from appliance.persist import outbox
 from appliance.persist.committer import Committer
+from appliance.persist.interval import persist_interval
 from appliance.sources.export import remove_durably
 from appliance.store.commit import CommitResult
 
@@ -85,7 +86,7 @@ class PersistDaemon:
         observer = Observer()
         observer.schedule(_Wake(self.wake), str(self.outbox), recursive=False)
         observer.start()
-        next_export = time.monotonic() + self.config.persist_interval
+        next_export = time.monotonic() + persist_interval(self.config)
         try:
             while not self.stop.is_set():
                 self.ping(force=True)
@@ -93,7 +94,7 @@ class PersistDaemon:
                 if time.monotonic() >= next_export:
                     ok = self.request_export()
                     now = time.monotonic()
-                    next_export = now + self.config.persist_interval if ok else self.export_backoff.until
+                    next_export = now + persist_interval(self.config) if ok else self.export_backoff.until
                 self.wake.wait(self._tick(next_export))
                 self.wake.clear()
         finally:
@@ -147,8 +148,18 @@ class PersistDaemon:
             self.commit_backoff.succeeded()
             for older in exports[:i]:
                 remove_durably(older)  # superseded by the state just committed (or found unchanged)
+            if result is not None:
+                self._journal_checkpointed(result)
             return result
         return None
+
+    def _journal_checkpointed(self, result: CommitResult) -> None:
+        """Tell the service its journal may rotate (issue 17); a failure only delays the trim."""
+        body = {"slot": result.slot, "generation": result.generation}
+        try:
+            ControlClient(self.config.control_socket, 60.0).call("POST", "/v1/journal/checkpointed", body)
+        except ApplianceError as exc:
+            print(f"appliance persist: journal rotation not confirmed: {exc.problem}", file=sys.stderr)
 
     def _reject(self, path: Path, exc: ApplianceError) -> None:
         try:

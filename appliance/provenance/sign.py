@@ -20,11 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import KeyFileError, UsageError
+from appliance.errors import KeyFileError, KeyPermissionError, UsageError
 from appliance.format.provenance import MODEL_SIG
 from appliance.provenance.vendors import key_sha256, load_ec_public_key
 from appliance.provenance.verify import library
 from appliance.signing.keys import ECDSA_P256, SigningKey
+
+SIGN_MODEL_KEY_REMEDY = (
+    "sign with an ECDSA P-256 private key (OpenSSF model-signing verifies ECDSA keys only): create one with "
+    "`appliance keygen KEYFILE --type ecdsa-p256`, or pass an existing PEM PKCS#8 P-256 key"
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +55,18 @@ class SignedDirectory:
 
 def check_signing_key(key_file: Path) -> SigningKey:
     """The ECDSA P-256 key in ``key_file``, with the library present; checked before anything is written."""
-    key = SigningKey.load(key_file)  # the same checks as any signing key (format, and type below)
+    try:
+        key = SigningKey.load(key_file)  # the same checks as any signing key (format, and type below)
+    except KeyPermissionError:
+        raise
+    except KeyFileError as exc:
+        needs = "model-signing needs an ECDSA P-256 private key (`appliance keygen KEYFILE --type ecdsa-p256`)"
+        remedy = f"{exc.remedy}; {needs}"
+        raise KeyFileError(exc.problem, remedy=remedy) from exc
     if key.type != ECDSA_P256:
         raise KeyFileError(
             f"{key_file} is an {key.type} key; OpenSSF model-signing verifies ECDSA keys only",
-            remedy="sign with an ECDSA P-256 key: appliance keygen KEYFILE --type ecdsa-p256",
+            remedy=SIGN_MODEL_KEY_REMEDY,
         )
     library()
     return key

@@ -18,19 +18,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from appliance.errors import ConfigError, LimitExceededError, SourceUnavailableError
+from appliance.errors import ConfigError, LimitExceededError, RemoteServerError, SourceUnavailableError
+from appliance.format.remote import backoff_delay
 from appliance.remote.config import Credentials, RemoteConfig
+from appliance.remote.multipart import upload_multipart
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
+BODY_RETRY_BASE, BODY_RETRY_CAP = 0.2, 5.0  # seconds: a download that broke off mid-body is fetched again
+_SERVER_CODES = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "Throttling",
+                 "ThrottlingException", "500", "502", "503", "504"}  # fmt: skip
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken"}
 _CONFIG_CODES = {"NoSuchBucket", "InvalidBucketName", "PermanentRedirect", "AuthorizationHeaderMalformed"}
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_MISSING_CODES = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
 
 
 class TokenBucket:
@@ -58,6 +64,12 @@ class TokenBucket:
             self.sleep(wait)
 
 
+def _status(exc: Exception) -> int:
+    response = getattr(exc, "response", None) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) if isinstance(response, dict) else 0
+    return int(status) if isinstance(status, int) else 0
+
+
 def _code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     err = response.get("Error", {}) if isinstance(response, dict) else {}
@@ -75,6 +87,9 @@ class ObjectStore:
         self.config, self.prefix, self.bucket = config, prefix.strip("/"), config.bucket
         self.limiter = TokenBucket(config.bandwidth_limit)
         self.requests = 0
+        self.multipart_uploads = 0
+        self.body_retries = 0
+        self.multipart_threshold, self.part_size = MULTIPART_THRESHOLD, MULTIPART_CHUNK  # tests may lower them
         self.client: Any = boto3.client(
             "s3",
             endpoint_url=config.endpoint,
@@ -96,7 +111,13 @@ class ObjectStore:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            IncompleteReadError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
 
         self.requests += 1
         try:
@@ -112,7 +133,16 @@ class ObjectStore:
                 ) from exc
             if code in _CONFIG_CODES:
                 raise ConfigError(f"the object store refused {what}: {code}", remedy="check remote.json") from exc
+            if code in _SERVER_CODES or _status(exc) >= 500:
+                raise RemoteServerError(
+                    f"the object store kept failing {what} with {code or _status(exc)} after "
+                    f"{self.config.max_attempts} attempt(s)"
+                ) from exc
             raise SourceUnavailableError(f"the object store failed {what}: {code or exc}") from exc
+        except (ReadTimeoutError, ResponseStreamingError, IncompleteReadError) as exc:
+            raise RemoteServerError(
+                f"the object store at {self.config.endpoint} stalled or broke off ({what}): {exc}"
+            ) from exc
         except (BotoCoreError, OSError) as exc:
             raise SourceUnavailableError(
                 f"the object store at {self.config.endpoint} is unreachable ({what}): {exc}"
@@ -121,24 +151,19 @@ class ObjectStore:
     # --- writes --------------------------------------------------------------------------------
 
     def put(self, name: str, data: bytes | memoryview) -> None:
-        """Upload ``data`` under ``name``; the server checks it against its MD5 (multipart above 16 MiB)."""
+        """Upload ``data`` under ``name``; the server checks its MD5 (per part above ``multipart_threshold``:
+        a resumable multipart upload, ``appliance.remote.multipart``)."""
         body = bytes(data)
         self.limiter.take(len(body))
         key = self.key(name)
-        if len(body) <= MULTIPART_THRESHOLD:
+        if len(body) <= self.multipart_threshold:
             md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
             self._call(
                 f"put {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentMD5=md5)
             )
             return
-        import io
-
-        from boto3.s3.transfer import TransferConfig
-
-        cfg = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=1
-        )
-        self._call(f"put {key}", lambda: self.client.upload_fileobj(io.BytesIO(body), self.bucket, key, Config=cfg))
+        self.multipart_uploads += 1
+        upload_multipart(self.client, self._call, self.bucket, key, body, part_size=self.part_size)
 
     def delete(self, name: str) -> None:
         key = self.key(name)
@@ -155,7 +180,11 @@ class ObjectStore:
         return int(head["ContentLength"])
 
     def get(self, name: str, max_size: int) -> bytes:
-        """The whole object, refusing (before reading it all) one larger than ``max_size``."""
+        """The whole object, refusing (before reading it all) one larger than ``max_size``.
+
+        A body that stalls or breaks off after the headers (the client's own retries end at the
+        headers) is fetched again, up to ``max_attempts`` times with backoff; then ``RemoteServerError``.
+        """
         key = self.key(name)
 
         def fetch() -> bytes:
@@ -167,7 +196,17 @@ class ObjectStore:
             data: bytes = obj["Body"].read(max_size + 1)
             return data
 
-        data: bytes = self._call(f"get {key}", fetch)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                data: bytes = self._call(f"get {key}", fetch)
+                break
+            except RemoteServerError:
+                if attempt >= self.config.max_attempts:
+                    raise
+                self.body_retries += 1
+                time.sleep(backoff_delay(attempt, base=BODY_RETRY_BASE, cap=BODY_RETRY_CAP, rand=random.random()))  # noqa: S311 - jitter
         if len(data) > max_size:
             raise LimitExceededError(f"{key} is larger than the cap of {max_size}")
         return data

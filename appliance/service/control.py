@@ -14,6 +14,8 @@ Routes (JSON over HTTP/1.1; ``curl --unix-socket RUN/control.sock http://localho
     GET  /v1/status   persist  the full health, with the handoff (boot id) the service restored
     POST /v1/export   persist  capture the state into the outbox -> receipt (file, content digest, source)
     GET  /v1/receipt?file=NAME persist  the receipt of an export this service process wrote, else 404
+    POST /v1/journal/checkpointed persist {"slot", "generation"}: trim the journal up to what that
+                      committed checkpoint covers (the service verifies the checkpoint itself)
     POST /v1/adapt    adapt    {"inputs", "targets"}: one online adaptation step
 """
 
@@ -109,6 +111,12 @@ class ControlServer:
         if route == "/v1/canary":
             inputs = self._parse(self.models.batch, body).inputs
             return 200, _answer(rt, rt.canary(inputs))
+        if route == "/v1/journal/checkpointed":
+            req = json.loads(body or b"{}")
+            slot, generation = req.get("slot"), req.get("generation")
+            if not isinstance(slot, str) or not isinstance(generation, int) or isinstance(generation, bool):
+                return 422, {"detail": "give the committed checkpoint's slot (string) and generation (integer)"}
+            return 200, rt.journal_checkpointed(slot, generation)
         if route == "/v1/adapt":
             req = self._parse(self.models.adaptation, body)
             return 200, rt.adapt(req.inputs, req.targets)

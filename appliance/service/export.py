@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,10 @@ class Snapshot:
     step: int
     canary: Canary | None
     pause_s: float
+    journal: dict[str, Any] | None = None  # the journal point this state includes (issue 17)
 
 
-def capture(model: nn.Module, lock: threading.Lock) -> Snapshot:
+def capture(model: nn.Module, lock: threading.Lock, at_capture: Callable[[], Any] | None = None) -> Snapshot:
     """A private CPU copy of ``model.state_dict()`` and its canary answer, taken atomically.
 
     The destination memory is allocated and touched *before* the lock is taken, so the pause is
@@ -51,8 +53,9 @@ def capture(model: nn.Module, lock: threading.Lock) -> Snapshot:
         canary = _canary(model)
         tensors = _copy_into(model.state_dict(), buffers)
         step = loader.adaptation_step(model)
+        point = at_capture() if at_capture is not None else None
         pause = time.perf_counter() - start
-    return Snapshot(tensors, step, canary, pause)
+    return Snapshot(tensors, step, canary, pause, point.to_dict() if point is not None else None)
 
 
 def require_finite(snapshot: Snapshot) -> None:
@@ -115,6 +118,7 @@ def write(snapshot: Snapshot, outbox: str | Path, model_entry: str, source: dict
         pause_s=snapshot.pause_s,
         canary=snapshot.canary,
         source=source,
+        journal=snapshot.journal,
     )
     return ExportResult(path, info, time.perf_counter() - start)
 

@@ -31,6 +31,7 @@ from appliance.node.config import NodeConfig
 from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.service import export, loader
+from appliance.service.journaling import ServiceJournal
 from appliance.service.restore import Restored, restore_into_model
 
 
@@ -71,6 +72,7 @@ class ServiceRuntime:
         self.receipts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # exports this process wrote
         self.changed = False  # adapted since the restore or the last export
         self._last_receipt: dict[str, Any] | None = None
+        self.journal: ServiceJournal | None = None  # with node.json journal_dir (issue 17)
 
     # --- bring-up ----------------------------------------------------------------------
 
@@ -88,11 +90,16 @@ class ServiceRuntime:
                 )
             self._enter(Phase.LOADING)
             built = loader.build(self.config.model, self.config.model_init)
+            if self.config.journal_dir:
+                self.journal = ServiceJournal(self.config, self.events)  # key and directory: before any restore
             self._enter(Phase.RESTORING)
             store = open_node_store(self.config)
             restored = restore_into_model(store, self.handoff, built.model, self.config.restore_workers or None)
-            self.model, self.restored = built.model, restored
             self._emit_restored(restored, built.init)
+            if self.journal is not None:
+                self._enter(Phase.REPLAYING)
+                self.changed = self.journal.recover(built.model, restored).replayed > 0
+            self.model, self.restored = built.model, restored
             self._enter(Phase.RESTORED)
             if self.handoff.admit is Admit.SELF:
                 self._serve("self")
@@ -170,7 +177,11 @@ class ServiceRuntime:
         return self._run(self._model_in(Phase.SERVING), inputs)
 
     def canary(self, inputs: list[Any]) -> list[Any]:
-        return self._run(self._model_in(Phase.RESTORED, Phase.SERVING), inputs)
+        model = self._model_in(Phase.RESTORED, Phase.SERVING)
+        before = self.journal.canary_before if self.journal else None
+        if before is not None and self.phase is Phase.RESTORED and inputs == before[0]:
+            return before[1]  # the checkpoint's canary, answered by the restored state before replay
+        return self._run(model, inputs)
 
     def admit(self, boot_id: str) -> None:
         self._model_in(Phase.RESTORED, Phase.SERVING)
@@ -182,6 +193,12 @@ class ServiceRuntime:
     def adapt(self, inputs: list[list[float]], targets: list[list[float]]) -> dict[str, Any]:
         model = self._model_in(Phase.SERVING)
         x, y = torch.tensor(inputs, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32)
+        if self.journal is not None:
+            self.changed = True
+            result = self.journal.step(model, self.model_lock, x, y, self._forced_persist)
+            if result is None:
+                raise UsageError("this model does not adapt online (it has no adapt() method)")
+            return result
         with self.model_lock:
             self.changed = True
             result = loader.adapt(model, x, y)
@@ -204,7 +221,7 @@ class ServiceRuntime:
                                  + ("the last export" if self._last_receipt else "the restore"))  # fmt: skip
                 return {"unchanged": True, "previous": self._last_receipt}
             try:
-                snapshot = export.capture(model, self.model_lock)
+                snapshot = export.capture(model, self.model_lock, self.journal.capture_point if self.journal else None)
                 export.require_finite(snapshot)
                 result = export.write(snapshot, self.config.outbox, self.config.model, self._source())
             except BaseException:
@@ -212,10 +229,27 @@ class ServiceRuntime:
                 raise
             data = result.to_dict()
             receipt = data | {"content_sha256": result.info.content_sha256, "source": self._source(),
-                              "boot_id": self.handoff.boot_id if self.handoff else None}  # fmt: skip
+                              "boot_id": self.handoff.boot_id if self.handoff else None,
+                              "journal": result.info.journal}  # fmt: skip
             self._remember(receipt)  # under the export lock: receipt() waits for an export in flight
         self.events.emit("state.exported", **data)
         return receipt
+
+    def _forced_persist(self) -> None:
+        """The journal reached its cap: export now, so the watchdog commits and the journal rotates."""
+        try:
+            self.export()
+        except (ApplianceError, NotAvailableError, OSError) as exc:
+            self.events.emit("persist.failed", file="(journal cap export)", error=type(exc).__name__,
+                             problem=getattr(exc, "problem", str(exc)), attempt=1, retry_in_s=0)  # fmt: skip
+            if self.journal is not None:
+                self.journal.forcing.clear()
+
+    def journal_checkpointed(self, slot: str, generation: int) -> dict[str, Any]:
+        """A checkpoint was committed (persist says so): trim what it covers, once verified here."""
+        if self.journal is None:
+            return {"removed": [], "reason": "no journal"}
+        return self.journal.checkpointed(slot, generation)
 
     def _remember(self, receipt: dict[str, Any]) -> None:
         self.receipts[receipt["file"]] = receipt

@@ -64,6 +64,15 @@ class _KeyType:
 
 _TYPES = {ED25519: _KeyType(ED25519, 32), ECDSA_P256: _KeyType(ECDSA_P256, 65)}
 KEY_TYPES = tuple(_TYPES)
+_PRIVATE_MARK, _PUBLIC_MARK = b"PRIVATE KEY-----", b"-----BEGIN PUBLIC KEY-----"
+PRIVATE_KEY_REMEDY = (
+    "pass the private key file written by `appliance keygen KEYFILE` (PEM PKCS#8, Ed25519 or ECDSA P-256; "
+    "not KEYFILE.pub); check the path"
+)
+PUBLIC_KEY_REMEDY = (
+    "pass the public key file KEYFILE.pub written by `appliance keygen KEYFILE` (PEM, Ed25519 or ECDSA P-256); "
+    "check the path"
+)
 
 
 def key_type_of(key: PublicObject | PrivateObject, source: str) -> str:
@@ -116,12 +125,20 @@ class PublicKey:
 
     @classmethod
     def from_pem(cls, data: bytes, source: str = "public key") -> PublicKey:
+        if _PRIVATE_MARK in data:
+            raise KeyFileError(
+                f"{source} is a private key; a public key is needed here (to trust or verify)",
+                remedy=f"pass the public key file {source}.pub (`appliance keygen` writes it beside the private key); "
+                "never hand out the private key",
+            )
         try:
             key = serialization.load_pem_public_key(data)
         except (ValueError, TypeError) as exc:
-            raise KeyFileError(f"{source} is not a PEM public key: {exc}") from exc
+            raise KeyFileError(f"{source} is not a PEM public key: {exc}", remedy=PUBLIC_KEY_REMEDY) from exc
         if not isinstance(key, (Ed25519PublicKey, ec.EllipticCurvePublicKey)):
-            raise KeyFileError(f"{source} is a {type(key).__name__}; signing keys are {', '.join(KEY_TYPES)}")
+            raise KeyFileError(
+                f"{source} is a {type(key).__name__}; signing keys are {', '.join(KEY_TYPES)}", remedy=PUBLIC_KEY_REMEDY
+            )
         return cls(_raw_public(key), key_type_of(key, source))
 
     @classmethod
@@ -186,12 +203,23 @@ class SigningKey:
 
     @classmethod
     def from_pem(cls, data: bytes, source: str = "private key") -> SigningKey:
+        if _only_public(data):
+            raise KeyFileError(
+                f"{source} is a public key; signing needs the private key",
+                remedy=f"pass the private key file ({source.removesuffix('.pub')} if `appliance keygen` wrote "
+                f"{source}); a public key only verifies",
+            )
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
-            raise KeyFileError(f"{source} is not an unencrypted PEM private key: {exc}") from exc
+            raise KeyFileError(
+                f"{source} is not an unencrypted PEM private key: {exc}", remedy=PRIVATE_KEY_REMEDY
+            ) from exc
         if not isinstance(key, (Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
-            raise KeyFileError(f"{source} is a {type(key).__name__}; signing keys are {', '.join(KEY_TYPES)}")
+            raise KeyFileError(
+                f"{source} is a {type(key).__name__}; signing keys are {', '.join(KEY_TYPES)}",
+                remedy=PRIVATE_KEY_REMEDY,
+            )
         key_type_of(key, source)
         return cls(key)
 
@@ -219,14 +247,21 @@ def check_private_key_stat(path: Path, st: os.stat_result, euid: int) -> None:
         )
 
 
+def _only_public(data: bytes) -> bool:
+    return _PUBLIC_MARK in data and _PRIVATE_MARK not in data
+
+
 def _read_key_file(path: Path, *, private: bool = False) -> bytes:
+    """The key file's bytes. A private key's mode and owner are checked on the opened file; a
+    public key given where a private one is needed is named as such (it holds no secret)."""
+    remedy = PRIVATE_KEY_REMEDY if private else PUBLIC_KEY_REMEDY
     try:
         with open(path, "rb") as f:
-            if private:
-                check_private_key_stat(path, os.fstat(f.fileno()), os.geteuid())
             data = f.read(KEY_FILE_MAX_BYTES + 1)
+            if private and not _only_public(data):
+                check_private_key_stat(path, os.fstat(f.fileno()), os.geteuid())
     except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}", remedy=remedy) from exc
     if len(data) > KEY_FILE_MAX_BYTES:
-        raise KeyFileError(f"{path} is too large to be a key file")
+        raise KeyFileError(f"{path} is too large to be a key file", remedy=remedy)
     return data

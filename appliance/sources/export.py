@@ -8,20 +8,25 @@ tensor bytes. Does not own the outbox (``appliance.persist``) or capturing state
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from appliance.codec.transform import U8
 from appliance.errors import ApplianceError, ExportFileError
 from appliance.format.canary import Canary
+from appliance.format.dtypes import DTYPES
 from appliance.format.export import HEADER_KEY, ContentHasher, ExportInfo, export_name
 from appliance.sources.safetensors_io import ImportedModel, export_safetensors, open_model
 from appliance.sources.tensors import byte_view, dtype_name
 from appliance.storage import LocalStorage
+from appliance.store.encode import TensorSource
+from appliance.store.lastcommit import LastCommit
 
 
 @dataclass
@@ -52,6 +57,7 @@ def write_export(
     canary: Canary | None = None,
     source: dict[str, Any] | None = None,
     sequence: int | None = None,
+    journal: dict[str, Any] | None = None,
 ) -> tuple[Path, ExportInfo]:
     """Write ``tensors`` (a private snapshot: nobody may modify them meanwhile) into ``outbox``."""
     outbox = Path(outbox)
@@ -66,14 +72,20 @@ def write_export(
         pause_s=pause_s,
         canary=canary,
         source=source,
+        journal=journal,
     )
     path = outbox / export_name(sequence if sequence is not None else time.time_ns())
     export_safetensors(tensors, path, {HEADER_KEY: info.header_value()})
     return path, info
 
 
-def open_export(path: str | Path) -> OpenedExport:
-    """Open and fully check an export; ``ExportFileError`` says why it must not be committed."""
+def open_export(path: str | Path, keep: LastCommit | None = None) -> OpenedExport:
+    """Open and fully check an export; ``ExportFileError`` says why it must not be committed.
+
+    ``keep`` (the persistence watchdog's ``LastCommit``): when the state fits its limit, every tensor
+    is read once, into buffers ``keep`` recycles, and the commit uses those bytes — the very bytes
+    the content digest was checked over — instead of reading the file again.
+    """
     path = Path(path)
     try:
         model = open_model(path)
@@ -81,7 +93,7 @@ def open_export(path: str | Path) -> OpenedExport:
         raise ExportFileError(f"{path.name} is not a readable safetensors file: {exc.problem}") from exc
     try:
         info = ExportInfo.from_header(model.metadata.get(HEADER_KEY))
-        _check_content(model, info)
+        _check_content(model, info, keep if keep is not None and model.raw_bytes <= keep.limit else None)
     except ApplianceError as exc:
         model.close()
         if isinstance(exc, ExportFileError):
@@ -90,17 +102,36 @@ def open_export(path: str | Path) -> OpenedExport:
     return OpenedExport(path, info, model)
 
 
-def _check_content(model: ImportedModel, info: ExportInfo) -> None:
+def _check_content(model: ImportedModel, info: ExportInfo, keep: LastCommit | None) -> None:
     if len(model.sources) != info.tensors or model.raw_bytes != info.raw_bytes:
         raise ExportFileError(
             f"export holds {len(model.sources)} tensors / {model.raw_bytes} bytes, "
             f"its header says {info.tensors} / {info.raw_bytes}"
         )
     hasher = ContentHasher()
+    loaded: dict[str, U8] = {}
     for source in sorted(model.sources, key=lambda s: s.name):
-        hasher.add(source.name, source.dtype, source.shape, source.load().data)
+        data = _read_once(source, keep) if keep is not None else source.load()
+        hasher.add(source.name, source.dtype, source.shape, data.data)
+        if keep is not None:
+            loaded[source.name] = data
     if hasher.hexdigest() != info.content_sha256:
         raise ExportFileError("export content does not match its content_sha256 (damaged or altered)")
+    if keep is not None:  # the commit takes the checked bytes, not a second read of the file
+        model.sources[:] = [replace(s, load=_loaded(loaded[s.name])) for s in model.sources]
+
+
+def _loaded(data: U8) -> Callable[[], U8]:
+    return lambda: data
+
+
+def _read_once(source: TensorSource, keep: LastCommit) -> U8:
+    data = keep.take(math.prod(source.shape) * DTYPES[source.dtype].itemsize)
+    if source.load_into is not None:
+        source.load_into(data)
+    else:
+        data[:] = source.load()
+    return data
 
 
 def remove_durably(path: Path) -> None:

@@ -29,11 +29,13 @@ from typing import Any, BinaryIO
 import torch
 
 from appliance.errors import AssetError, ManifestError, UsageError
-from appliance.format.directory import INDEX_NAME, ShardEntry, check_label
+from appliance.format.directory import INDEX_NAME, ShardEntry, check_label, renumber_shards
+from appliance.format.dtypes import DTYPES
 from appliance.format.manifest import Manifest
 from appliance.format.provenance import MODEL_SIG
 from appliance.limits import DEFAULT_LIMITS
 from appliance.sources.safetensors_io import ImportedModel, check_exportable, export_safetensors, inside
+from appliance.sources.tensors import dtype_name
 from appliance.store.assets import AssetSource, DirectoryParts
 
 SKIPPED_TOP = frozenset({".git", ".cache"})
@@ -130,10 +132,11 @@ def plan_shards(
 ) -> list[tuple[str, list[str], dict[str, str]]]:
     """(file name, tensor names, header) per shard: the recorded layout, or new shards of a size."""
     if max_shard_bytes is None and manifest.shards:
+        kept = [s for s in manifest.shards if any(n in tensors for n in s.tensors)]
+        names = renumber_shards([s.file for s in kept])  # a subset's shards: 1..m of m, not -of-<all>
         return [
-            (s.file, [n for n in s.tensors if n in tensors], dict(s.header_metadata))
-            for s in manifest.shards
-            if any(n in tensors for n in s.tensors)
+            (file, [n for n in s.tensors if n in tensors], dict(s.header_metadata))
+            for file, s in zip(names, kept, strict=True)
         ]
     header = merged_header(list(manifest.shards))
     groups: list[list[str]] = [[]]
@@ -197,9 +200,14 @@ def write_directory(
 def _write_index(
     temp: Path, plan: list[tuple[str, list[str], dict[str, str]]], tensors: Mapping[str, torch.Tensor], m: Manifest
 ) -> None:
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    metadata = dict(m.index_metadata) | {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())}
+    if "total_parameters" in metadata and set(tensors) != {t.name for t in m.tensors}:
+        # transformers records model.num_parameters(); for a subset the only true count is the written values'
+        metadata["total_parameters"] = sum(
+            t.numel() * DTYPES[dtype_name(t.dtype)].values_per_element for t in tensors.values()
+        )
     index = {
-        "metadata": dict(m.index_metadata) | {"total_size": total},
+        "metadata": metadata,
         "weight_map": {n: file for file, names, _ in plan for n in names},
     }
     (temp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -32,9 +32,11 @@ from appliance.format.directory import (
     EMPTY_WEIGHT_MAP,
     HEADER_NAMESPACE,
     INDEX_NAME,
+    INDEX_REMEDY,
     ShardEntry,
     index_defect,
     is_shard_name,
+    left_out_shards,
     source_header_metadata,
 )
 from appliance.format.dtypes import DTYPES, from_safetensors, safetensors_code
@@ -43,6 +45,10 @@ from appliance.sources.tensors import check_reserved_names, dtype_name
 from appliance.store.encode import TensorSource
 
 INDEX_MAX_BYTES = 64 * 1024 * 1024
+DTYPE_REMEDY = (
+    "the file may be valid, but its tensor's dtype is not one both safetensors and torch know (docs/design.md "
+    "§4.5 Dtypes): convert that tensor to a supported dtype (e.g. bfloat16 or an F8 type) and commit again"
+)
 NAMES_SHOWN = 5
 
 
@@ -67,6 +73,11 @@ class ImportedModel:
             if isinstance(handle, StableFile):
                 handle.close()
         self._handles.clear()
+
+    @property
+    def dropped_header_keys(self) -> list[str]:
+        """Source header keys in appliance's namespace: not kept (they describe an earlier restore)."""
+        return sorted(k for k in self.metadata if k.startswith(HEADER_NAMESPACE))
 
     @property
     def raw_bytes(self) -> int:
@@ -112,16 +123,21 @@ def read_index(index: Path) -> SourceIndex:
     try:
         obj = strict_loads(data, what=str(index), max_bytes=INDEX_MAX_BYTES, max_depth=8)
     except ApplianceError as exc:
-        raise SourceFormatError(f"{index} is not a valid safetensors index: {exc.problem}") from exc
+        problem = f"{index} is not a valid safetensors index: {exc.problem}"
+        raise SourceFormatError(problem, remedy=INDEX_REMEDY) from exc
     weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
     metadata = obj.get("metadata", {}) if isinstance(obj, dict) else None
     if not isinstance(weight_map, dict) or not isinstance(metadata, dict):
-        raise SourceFormatError(f"{index} is not a valid safetensors index: needs a weight_map object")
+        raise SourceFormatError(
+            f"{index} is not a valid safetensors index: needs a weight_map object", remedy=INDEX_REMEDY
+        )
     if not weight_map:
-        raise SourceFormatError(f"{index} {EMPTY_WEIGHT_MAP}")
+        raise SourceFormatError(f"{index} {EMPTY_WEIGHT_MAP}", remedy=INDEX_REMEDY)
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not is_shard_name(shard):
-            raise SourceFormatError(f"{index} maps tensor {name!r:.80} to an unsafe shard file {shard!r:.80}")
+            raise SourceFormatError(
+                f"{index} maps tensor {name!r:.80} to an unsafe shard file {shard!r:.80}", remedy=INDEX_REMEDY
+            )
     return SourceIndex(weight_map, metadata)
 
 
@@ -135,11 +151,15 @@ def shard_files(source: Path) -> tuple[list[Path], SourceIndex | None]:
     if index_path.exists() or index_path.is_symlink():
         index = read_index(inside(source, index_path))
         files = [source / n for n in sorted(set(index.weight_map.values()))]
-        missing = [f.name for f in files if not f.exists()]
+        missing = [f.name for f in files if not (f.exists() or f.is_symlink())]
         if missing:
-            raise SourceFormatError(f"{index_path} names shards that are missing: {', '.join(missing[:5])}")
+            raise SourceFormatError(
+                f"{index_path} names shards that are missing: {_listing(missing)}",
+                remedy="copy the missing shards into the directory (an interrupted download?) or " + INDEX_REMEDY,
+            )
         for f in files:
             inside(source, f)
+        check_left_out(source, index)
         return files, index
     files = sorted(p for p in source.iterdir() if p.name.endswith(".safetensors") and is_shard_name(p.name))
     if not files:
@@ -147,6 +167,30 @@ def shard_files(source: Path) -> tuple[list[Path], SourceIndex | None]:
     for f in files:
         inside(source, f)
     return files, None
+
+
+def check_left_out(source: Path, index: SourceIndex) -> None:
+    """No weight file of the index's set is left out of it (``left_out_shards``), naming their tensors."""
+    present = [p.name for p in source.iterdir() if is_shard_name(p.name)]
+    names, total = left_out_shards(index.weight_map.values(), present, NAMES_SHOWN)
+    if not total:
+        return
+    held = [f"{n} (holds {_listing(_tensor_names(source / n))})" if n in present else f"{n} (absent)" for n in names]
+    more = f" and {total - len(names)} more" if total > len(names) else ""
+    raise SourceFormatError(
+        f"{source / INDEX_NAME} leaves out weight files of its shard set, which would be lost or loaded "
+        f"instead of the index: {'; '.join(held)}{more}",
+        remedy=INDEX_REMEDY + "; remove a stray shard file that is not part of the model",
+    )
+
+
+def _tensor_names(path: Path) -> list[str]:
+    """The tensor names in a safetensors file's header (a message detail: [] if unreadable)."""
+    try:
+        with safe_open(str(inside(path.parent, path)), framework="pt") as handle:
+            return list(handle.keys())
+    except (ApplianceError, SafetensorError, OSError):
+        return []
 
 
 def open_model(source: str | Path) -> ImportedModel:
@@ -169,7 +213,10 @@ def open_model(source: str | Path) -> ImportedModel:
         model.shards.append(ShardEntry(path.name, tuple(names), source_header_metadata(header)))
         for name in names:
             if name in held:
-                raise SourceFormatError(f"tensor {name!r} appears in two shards: {held[name]} and {path.name}")
+                raise SourceFormatError(
+                    f"tensor {name!r} appears in two shards: {held[name]} and {path.name}",
+                    remedy="keep each tensor in one shard: remove the stray copy or save the model again",
+                )
             held[name] = path.name
             model.sources.append(_lazy_source(path, handle, name, stable, offsets[name]))
     if index is not None:
@@ -183,7 +230,7 @@ def check_index(path: Path, index: SourceIndex, held: Mapping[str, str]) -> None
     defect = index_defect(index.weight_map, held)
     if defect is not None:
         what, names = defect
-        raise SourceFormatError(f"{path}: {what}" + (f": {_listing(names)}" if names else ""))
+        raise SourceFormatError(f"{path}: {what}" + (f": {_listing(names)}" if names else ""), remedy=INDEX_REMEDY)
 
 
 def _lazy_source(path: Path, handle: Any, name: str, stable: StableFile, span: tuple[int, int]) -> TensorSource:
@@ -194,7 +241,7 @@ def _lazy_source(path: Path, handle: Any, name: str, stable: StableFile, span: t
     try:
         dtype, shape = from_safetensors(code, st_shape)
     except ValueError as exc:
-        raise SourceFormatError(f"{path}: tensor {name!r}: {exc}") from exc
+        raise SourceFormatError(f"{path}: tensor {name!r}: {exc}", remedy=DTYPE_REMEDY) from exc
     begin, end = span
     if end - begin != math.prod(shape) * dtype.itemsize:
         raise SourceFormatError(f"{path}: tensor {name!r} spans {end - begin} bytes, its dtype and shape need more")
@@ -202,7 +249,10 @@ def _lazy_source(path: Path, handle: Any, name: str, stable: StableFile, span: t
     def load() -> U8:
         return stable.read(begin, end - begin)
 
-    return TensorSource(name, dtype.name, shape, load, recheck=stable.check)
+    def load_into(out: U8) -> None:
+        stable.read(begin, end - begin, out)
+
+    return TensorSource(name, dtype.name, shape, load, recheck=stable.check, load_into=load_into)
 
 
 def check_exportable(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:

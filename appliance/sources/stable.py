@@ -54,7 +54,9 @@ class Identity:
             return f"was truncated from {self.size} to {other.size} bytes"
         if other.size > self.size:
             return f"grew from {self.size} to {other.size} bytes"
-        return "was rewritten in place (its modification time changed)"
+        if other.mtime_ns != self.mtime_ns:
+            return "was rewritten in place (its modification time changed)"
+        return "had its inode changed (unlinked, renamed over, or its mode or owner changed: its ctime moved)"
 
 
 class StableFile:
@@ -84,23 +86,27 @@ class StableFile:
         """Raise ``SourceChangedError`` if the file (or the name that led to it) changed since it was opened."""
         if self.fd is None:
             raise SourceChangedError(f"{self.path} was closed before the commit finished")
+        try:  # the name first: a file moved over it also changes the open inode's ctime (its link is gone)
+            named: Identity | None = Identity.of(self.path.stat())
+        except OSError:
+            named = None
         now = Identity.of(os.fstat(self.fd))
-        if now != self.identity:
-            raise SourceChangedError(f"{self.path} {self.identity.difference(now)} while it was committed")
-        try:
-            named = Identity.of(self.path.stat())
-        except OSError as exc:
-            raise SourceChangedError(f"{self.path} was removed or renamed while it was committed") from exc
-        if named != self.identity:
-            raise SourceChangedError(f"{self.path} {self.identity.difference(named)} while it was committed")
+        for seen in (named, now):
+            if seen is not None and seen != self.identity:
+                raise SourceChangedError(f"{self.path} {self.identity.difference(seen)} while it was committed")
+        if named is None:
+            raise SourceChangedError(f"{self.path} was removed or renamed while it was committed")
 
-    def read(self, offset: int, size: int) -> U8:
-        """``size`` bytes at ``offset`` in a private buffer; a short read is a changed source."""
+    def read(self, offset: int, size: int, out: U8 | None = None) -> U8:
+        """``size`` bytes at ``offset`` in ``out`` or a new private buffer; a short read is a changed source."""
         if self.fd is None:
             raise SourceChangedError(f"{self.path} was closed before it was read")
         if offset < 0 or offset + size > self.identity.size:
             raise SourceFormatError(f"{self.path}: bytes {offset}..{offset + size} lie outside the file")
-        out = np.empty(size, dtype=np.uint8)
+        if out is None:
+            out = np.empty(size, dtype=np.uint8)
+        elif out.size != size or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"read of {size} bytes into a buffer of {out.size}")
         view = memoryview(out.data)
         done = 0
         while done < size:

@@ -65,6 +65,7 @@ from appliance.store.encode import (
     encode_all,
     tensor_jobs,
 )
+from appliance.store.lastcommit import LastCommit, Recording
 from appliance.store.slot import SlotReader
 
 Progress = Callable[[int], None]
@@ -117,6 +118,9 @@ class CommitRequest:
     provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
     allow_empty: bool = False  # a checkpoint without tensors (metadata only) is refused unless asked for
     cipher: FrameCipher | None = None  # seal every frame under this data key (manifest v3, design §14)
+    # The lineage base instead of the parent (bundle, authorization, manifest): an import that
+    # re-seals a release-signed checkpoint descends from it, not from the local parent (§14.10).
+    lineage_base: tuple[bytes, Authorization, Manifest] | None = None
 
 
 def check_signing_keys(keys: Iterable[SigningKey], trust: TrustStore) -> None:
@@ -259,7 +263,7 @@ class _FramePlacer:
                 self._write(encoded.ref, encoded.stored)
         self.placed.add(encoded.ref.digest)
 
-    def _copy(self, ref: FrameRef, data: bytes) -> None:
+    def _copy(self, ref: FrameRef, data: bytes | bytearray) -> None:
         written = self._write(ref, data)
         if written:
             self.copied += 1
@@ -277,14 +281,14 @@ class _FramePlacer:
         if error is not None:
             raise error
 
-    def _write(self, ref: FrameRef, data: bytes) -> int:
+    def _write(self, ref: FrameRef, data: bytes | bytearray) -> int:
         if ref.digest in self.placed:
             return 0
         path = layout.frame_path(self.target.slot, ref.digest)
         existed = self.target.frame_size(ref.digest) is not None
         while len(self._pending) >= self.MAX_PENDING:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self.batch.add, path, data))
+        self._pending.append(self._pool.submit(self.batch.add, path, memoryview(data)))
         if not existed:
             self.created.append(path)
         self.written_bytes += len(data)
@@ -307,7 +311,10 @@ def commit(
     sources: Iterable[TensorSource],
     request: CommitRequest,
     progress: Progress | None = None,
+    *,
+    last: LastCommit | None = None,
 ) -> CommitResult:
+    """Commit ``sources`` as the next generation; ``last``: what this process committed before (``lastcommit``)."""
     start = time.perf_counter()
     check_signing_keys(request.keys, trust)
     metadata = check_metadata(request.metadata)
@@ -321,12 +328,15 @@ def commit(
     _ensure_dirs(storage, target)
     batch = DurableBatch(storage)
     target_reader = SlotReader(storage, target)
-    encoder = _encoder(storage, request, parent, target_reader)
+    last = last or LastCommit(limit=0)  # remembers nothing
+    encoder, recording = _encoder(storage, request, parent, target_reader, last)
     placer = _FramePlacer(target_reader, batch)
     result = CommitResult(target, generation, Digest.of(b""), parent.generation if parent else None)
     signers = [k.keyid for k in request.keys]
     lineage = lineage_for_commit(  # a device key signs only descendants of a release (issue 10)
-        signers, trust, (parent.bundle, parent.authorization, parent.verified.manifest) if parent else None
+        signers,
+        trust,
+        request.lineage_base or ((parent.bundle, parent.authorization, parent.verified.manifest) if parent else None),
     )
     try:
         manifest = _encode_and_place(
@@ -340,6 +350,7 @@ def commit(
             result=result,
             progress=progress,
             lineage=lineage,
+            recording=recording,
         )
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
@@ -362,10 +373,12 @@ def commit(
         placer.created.append(layout.record_path(target, generation))  # W4: un-committed first (G1 order)
         write_durable(storage, layout.record_path(target, generation), record_bytes)  # W2: the commit point
     except BaseException:
+        last.forget()  # what is on disk now is not what it remembered committing
         with contextlib.suppress(BaseException):
             placer.finish()  # no write may still be running while its file is removed
         _remove_created(storage, placer.created)  # W4
         raise
+    last.install(recording, target, manifest.digest())
     result.manifest_digest = manifest.digest()
     result.raw_bytes = manifest.raw_bytes
     result.stored_bytes = manifest.stored_bytes
@@ -378,15 +391,21 @@ def commit(
 
 
 def _encoder(
-    storage: Storage, request: CommitRequest, parent: OpenCheckpoint | None, target: SlotReader
-) -> FrameEncoder:
-    """The frame encoder; it reuses and deltas against the parent only under the same data key (§14)."""
+    storage: Storage, request: CommitRequest, parent: OpenCheckpoint | None, target: SlotReader, last: LastCommit
+) -> tuple[FrameEncoder, Recording | None]:
+    """The frame encoder and the recording of this commit for ``last``.
+
+    It reuses and deltas against the parent only under the same data key (§14), with ``last``'s
+    raw frames when they describe that parent in the target slot (``lastcommit``).
+    """
+    recording = last.recording()
     sealing = request.cipher.encryption if request.cipher is not None else None
     if parent is None or not may_share_frames(parent.verified.manifest.encryption, sealing):
-        return FrameEncoder(request.options, None, None, request.cipher)
+        return FrameEncoder(request.options, None, None, request.cipher), recording
     manifest = parent.verified.manifest
     supply = FrameSupply(target, SlotReader(storage, parent.slot), manifest.frame_index())
-    return FrameEncoder(request.options, manifest, supply, request.cipher)
+    remembered = last.for_parent(parent.slot, manifest.digest(), target.slot)
+    return FrameEncoder(request.options, manifest, supply, request.cipher, remembered), recording
 
 
 def _encode_and_place(
@@ -401,6 +420,7 @@ def _encode_and_place(
     result: CommitResult,
     progress: Progress | None,
     lineage: Lineage | None = None,
+    recording: Recording | None = None,
 ) -> Manifest:
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     frames: dict[int, list[FrameRef]] = {}
@@ -408,6 +428,8 @@ def _encode_and_place(
     jobs = chain(tensor_jobs(sources, request.options.frame_size, entries), assets.jobs())
     for job, encoded in encode_all(encoder, jobs):
         placer.place(encoded)
+        if recording is not None:
+            recording.add((job.name, job.index), encoded.ref, job.dtype.name, job.raw)
         frames.setdefault(job.tensor, []).append(encoded.ref)
         result.counts[encoded.kind] += 1
         result.frames += 1

@@ -41,6 +41,7 @@ from appliance.format.dtypes import DType, dtype_named
 from appliance.format.manifest import FrameRef, Manifest, TensorEntry
 from appliance.format.plan import frame_spans
 from appliance.format.validate import check_shape, check_tensor_bytes, validate_tensor_name
+from appliance.store.lastcommit import Position, Remembered, same_bytes
 from appliance.store.sealed import open_frame, raw_identity, seal_encoded
 from appliance.store.slot import SlotReader
 
@@ -53,6 +54,7 @@ class TensorSource:
 
     ``recheck`` (sources read from files) raises ``SourceChangedError`` if the source changed
     since it was opened; the commit calls it after the last frame is durable, before the bundle.
+    ``load_into`` (optional) reads the same bytes into a caller's buffer of exactly that size.
     """
 
     name: str
@@ -60,6 +62,7 @@ class TensorSource:
     shape: tuple[int, ...]
     load: Callable[[], U8]
     recheck: Callable[[], None] | None = None
+    load_into: Callable[[U8], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class EncodeOptions:
 @dataclass(frozen=True)
 class EncodedFrame:
     ref: FrameRef
-    stored: bytes | None  # bytes to write into the target slot, None if already there
+    stored: bytes | bytearray | None  # bytes to write into the target slot, None if already there
     kind: str  # "reused" | "delta" | "full"
     extra: tuple[tuple[FrameRef, bytes], ...] = ()  # chain frames copied into the target slot
 
@@ -126,6 +129,11 @@ class FrameEncoder:
     sealed after encoding (the size comparisons between codecs use the encoded sizes, which
     sealing grows by the same 28 bytes). The parent must be sealed under the same data key
     (``appliance.format.crypto.may_share_frames``); the commit passes no parent otherwise.
+
+    ``remembered`` (``lastcommit``): the parent's raw frames as the process that committed it into
+    the target slot kept them. Then an unchanged frame is found by comparing bytes (no hashing),
+    parent frames are known present in the target slot (no reads), and deltas XOR against the
+    remembered raw bytes (no decoding of the chain); the frames chosen are the same.
     """
 
     def __init__(
@@ -134,10 +142,12 @@ class FrameEncoder:
         parent: Manifest | None,
         supply: FrameSupply | None,
         cipher: FrameCipher | None = None,
+        remembered: Mapping[Position, Remembered] | None = None,
     ) -> None:
         self.options = options
         self.supply = supply
         self.cipher = cipher
+        self.remembered = remembered if supply is not None else None
         self.by_raw: dict[tuple[Digest, int], FrameRef] = {}
         self.by_position: dict[tuple[str, int], FrameRef] = {}
         if parent is not None:
@@ -166,6 +176,9 @@ class FrameEncoder:
 
     def encode_frame(self, name: str, index: int, dtype: DType, raw: U8) -> EncodedFrame:
         """Reuse, delta or full; a damaged parent frame only costs the optimisation."""
+        unchanged = self._unchanged(name, index, dtype, raw)
+        if unchanged is not None:
+            return unchanged
         snapshot = raw.tobytes() if self.options.policy == "fast" else None  # hashed once, stored as is
         if snapshot is not None:
             raw = np.frombuffer(snapshot, np.uint8)
@@ -193,10 +206,28 @@ class FrameEncoder:
         with self._records_lock:
             return self._records.setdefault(encoded.ref.digest, encoded.ref) == encoded.ref
 
+    def _unchanged(self, name: str, index: int, dtype: DType, raw: U8) -> EncodedFrame | None:
+        """The remembered parent frame at this position if its raw bytes equal ``raw`` (found before hashing)."""
+        known = self.remembered.get((name, index)) if self.remembered is not None else None
+        if known is None or known.dtype != dtype.name or not self._reusable(known.ref, dtype):
+            return None
+        return EncodedFrame(known.ref, None, "reused") if same_bytes(raw, known.raw) else None
+
+    def _reusable(self, ref: FrameRef, dtype: DType) -> bool:
+        if ref.codec.planes not in (0, dtype.planes):
+            return False
+        # Compaction re-encodes anything not written the way this policy writes a full frame;
+        # "fast" never reuses compressed frames (its point is zero-decode restores).
+        if self.options.full and ref.codec != self.full_spec(dtype):
+            return False
+        return not (self.options.policy == "fast" and ref.codec != IDENTITY)
+
     def _obtain_chain(self, ref: FrameRef) -> list[tuple[FrameRef, bytes, bool]] | None:
         if self.supply is None:
             return None
         supply = self.supply
+        if self.remembered is not None:  # committed into the target slot by this process: present, verified then
+            return [(f, b"", False) for f in supply.chain(ref)]
         try:
             return [(f, *supply.obtain(f)) for f in supply.chain(ref)]
         except (ApplianceError, StorageError):
@@ -204,13 +235,7 @@ class FrameEncoder:
 
     def _reuse(self, raw_digest: Digest, size: int, dtype: DType) -> EncodedFrame | None:
         ref = self.by_raw.get((raw_digest, size))
-        if ref is None or ref.codec.planes not in (0, dtype.planes):
-            return None
-        # Compaction re-encodes anything not written the way this policy writes a full frame;
-        # "fast" never reuses compressed frames (its point is zero-decode restores).
-        if self.options.full and ref.codec != self.full_spec(dtype):
-            return None
-        if self.options.policy == "fast" and ref.codec != IDENTITY:
+        if ref is None or not self._reusable(ref, dtype):
             return None
         chain = self._obtain_chain(ref)
         if chain is None:
@@ -230,8 +255,12 @@ class FrameEncoder:
             or base.codec.planes not in (0, dtype.planes)
         ):
             return None
+        known = self.remembered.get((name, index)) if self.remembered is not None else None
+        if known is not None and known.ref == base and self.supply is not None:
+            encoded, spec = self._delta_from_raw(raw, dtype, self.supply.chain(base), known.raw)
+            return self._sealed(raw_digest, raw.size, spec, encoded, "delta", base=base)
         chain = self._obtain_chain(base)
-        if chain is None:
+        if chain is None or self.remembered is not None:
             return None
         encoded, spec = self._delta_bytes(raw, dtype, [(f, d) for f, d, _ in chain])
         extra = tuple((f, d) for f, d, w in chain if w)
@@ -282,6 +311,14 @@ class FrameEncoder:
             decode_into(self._opened(frame, data), frame.codec, base_raw, scratch)
         spec = self.options.zstd_spec(dtype.planes, xor=True)
         return encode(raw, spec, base_raw, scratch), spec
+
+    def _delta_from_raw(self, raw: U8, dtype: DType, chain: list[FrameRef], base_raw: U8) -> tuple[bytes, CodecSpec]:
+        """The same encoded bytes as ``_delta_bytes`` when the parent's raw bytes are at hand: XOR,
+        rotation and grouping are bit permutations, so XOR-ing payloads equals XOR-ing raw bytes."""
+        layout = chain[0].codec
+        same = layout.planes == dtype.planes and all(same_layout(f.codec, layout) for f in chain)
+        spec = self.options.zstd_spec(dtype.planes, xor=True, exponent=same and layout.exponent)
+        return encode(raw, spec, base_raw, self._scratch()), spec
 
     def _full(self, dtype: DType, raw: U8, raw_digest: Digest, snapshot: bytes | None) -> EncodedFrame:
         spec = self.full_spec(dtype)

@@ -61,6 +61,6 @@ def raw_matches(cipher: FrameCipher | None, frame: FrameRef, raw: Buffer) -> boo
     return hmac.compare_digest(raw_identity(cipher, raw).hex, frame.raw_digest.hex)
 
 
-def seal_encoded(cipher: FrameCipher | None, frame: FrameRef, encoded: bytes) -> bytes:
+def seal_encoded(cipher: FrameCipher | None, frame: FrameRef, encoded: bytes) -> bytes | bytearray:
     """Stored bytes for ``encoded`` under ``frame``'s record (``frame.digest``/``size`` are not used)."""
     return encoded if cipher is None else cipher.seal(encoded, aad_of(cipher, frame))

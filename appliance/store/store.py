@@ -26,13 +26,14 @@ from appliance.errors import (
 )
 from appliance.format.canonical import canonical_bytes, strict_loads
 from appliance.format.commit import SLOT_NAMES
+from appliance.format.manifest import Manifest
 from appliance.format.pins import Pins
 from appliance.format.plan import choose_target_slot, next_generation, protected_slot
 from appliance.format.provenance import Provenance
 from appliance.format.restore_time import DeviceRates, choose_policy
 from appliance.format.statement import parse_bundle, parse_statement
 from appliance.limits import DEFAULT_LIMITS, Limits
-from appliance.signing import PublicKey, SigningKey, TrustStore, verify_bundle
+from appliance.signing import Authorization, PublicKey, SigningKey, TrustStore, verify_bundle
 from appliance.storage import LocalStorage, Storage, write_durable
 from appliance.store import layout
 from appliance.store.assets import DirectoryParts
@@ -42,6 +43,7 @@ from appliance.store.discovery import OpenCheckpoint, Selection, open_checkpoint
 from appliance.store.encode import EncodeOptions, TensorSource
 from appliance.store.gc import GcReport, collect_slot
 from appliance.store.keys import create_keyring, keys_for
+from appliance.store.lastcommit import LastCommit
 from appliance.store.lock import writer_lock
 from appliance.store.restore import Destination, RestoreStats, restore_into
 from appliance.store.slot import SlotReader
@@ -182,8 +184,14 @@ class Store:
         directory: DirectoryParts | None = None,
         provenance: Provenance | None = None,
         allow_empty: bool = False,
+        lineage_base: tuple[bytes, Authorization, Manifest] | None = None,
+        last: LastCommit | None = None,
     ) -> tuple[CommitResult, GcReport]:
-        """Commit ``sources`` (and, for a model directory, its assets and shard records)."""
+        """Commit ``sources`` (and, for a model directory, its assets and shard records).
+
+        ``last``: a long-lived committer's memory of its previous commit (``store.lastcommit``), so the
+        next one into the same slot neither re-reads nor re-verifies its parent; updated in place.
+        """
         profile = self.device_profile()
         options = EncodeOptions(
             policy=self.resolve_policy(policy or self.config.policy, profile),
@@ -207,8 +215,9 @@ class Store:
                 provenance=provenance,
                 allow_empty=allow_empty,
                 cipher=keys_for(self.storage).active() if self.config.encrypt else None,
+                lineage_base=lineage_base,
             )
-            result = commit(self.storage, self.trust, sources, request, progress)
+            result = commit(self.storage, self.trust, sources, request, progress, last=last)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None) | pinned
             gc = collect_slot(
                 self.storage, result.slot, self.trust, self.config.model, keep=self.config.keep, protect=protect
@@ -337,8 +346,11 @@ class Store:
             limits=self.limits,
         )
 
-    def log(self) -> list[dict[str, Any]]:
-        """Every commit record in both slots, newest first, with what its manifest says."""
+    def log(self, *, tensors: bool = False) -> list[dict[str, Any]]:
+        """Every commit record in both slots, newest first, with what its manifest says.
+
+        ``tensors``: also each checkpoint's ``tensor_list`` ({name, dtype, shape} in manifest order).
+        """
         entries = []
         for outcome in scan(self.storage, self.limits).records:
             entry: dict[str, Any] = {"slot": outcome.slot, "generation": outcome.generation}
@@ -371,6 +383,10 @@ class Store:
                 frames=kinds,
                 metadata=dict(manifest.metadata),
             )
+            if tensors:
+                entry["tensor_list"] = [
+                    {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in manifest.tensors
+                ]
             if manifest.provenance is not None:
                 entry["provenance"] = manifest.provenance.to_dict() | {"summary": manifest.provenance.describe()}
             entries.append(entry)

@@ -20,6 +20,7 @@ import torch
 
 from appliance import api
 from appliance.errors import NoValidCheckpointError
+from appliance.node.floor import GenerationFloor
 from appliance.signing import TrustStore
 from appliance.storage import Storage
 from appliance.store.config import StoreConfig
@@ -58,11 +59,17 @@ def store_boot(storage: Storage, config: StoreConfig, trust: TrustStore) -> Boot
     return BootOutcome(loaded.generation, loaded.slot, contents_digest(tensors))
 
 
-def supervisor_boot(storage: Storage, config: StoreConfig, trust: TrustStore) -> BootOutcome:
-    """The boot supervisor of issue 4 (``appliance boot``'s sequence) with an in-process service."""
+def supervisor_boot(
+    storage: Storage, config: StoreConfig, trust: TrustStore, floor: GenerationFloor | None = None
+) -> BootOutcome:
+    """The boot supervisor of issue 4 (``appliance boot``'s sequence) with an in-process service.
+
+    ``floor``: the node's anti-rollback floor store kept across boots; default a missing floor
+    file, which boot rebuilds from the slot states (``floor.missing``, docs/boot.md §4).
+    """
     from .supervisor import run_supervisor
 
-    outcome, restored = run_supervisor(storage, config, trust)
+    outcome, restored = run_supervisor(storage, config, trust, floor)
     if outcome.serving is None:
         assert outcome.exit_code == NoValidCheckpointError.exit_code, f"boot failed otherwise: {outcome.recovery}"
         return BootOutcome(None)

@@ -12,11 +12,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from appliance.crypto import KekSource
 from appliance.signing import SigningKey, TrustStore
 from appliance.storage import Storage
 from appliance.storage.recording import RecordingStorage
 from appliance.store.config import StoreConfig
 from appliance.store.encode import TensorSource
+from appliance.store.keys import create_keyring
 from appliance.store.store import Store
 
 FRAME = 4096
@@ -74,8 +76,11 @@ class History:
         return contents_digest({n: a.tobytes() for n, a in self.state(step).items()})
 
 
-def empty_store_storage() -> RecordingStorage:
-    """A recording storage holding an initialised, empty store (both slot trees durable)."""
+def empty_store_storage(kek: KekSource | None = None) -> RecordingStorage:
+    """A recording storage holding an initialised, empty store (both slot trees durable).
+
+    ``kek``: an encrypted store (its keyring written durably before the log starts).
+    """
     storage = RecordingStorage()
     for slot in ("A", "B"):
         storage.mkdir(slot)
@@ -83,12 +88,14 @@ def empty_store_storage() -> RecordingStorage:
         for sub in ("frames", "checkpoints"):
             storage.mkdir(f"{slot}/{sub}")
         storage.fsync_dir(slot)
+    if kek is not None:
+        create_keyring(storage, kek)
     storage.ops.clear()
     return storage
 
 
-def make_config(keep: int = 2) -> StoreConfig:
-    return StoreConfig(model=MODEL_ID, frame_size=FRAME, keep=keep)
+def make_config(keep: int = 2, encrypt: bool = False) -> StoreConfig:
+    return StoreConfig(model=MODEL_ID, frame_size=FRAME, keep=keep, encrypt=encrypt)
 
 
 def open_store(storage: Storage, trust: TrustStore, config: StoreConfig) -> Store:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.crypto import KekSource
 from appliance.format.manifest import FrameRef
 from appliance.format.slotstate import unknown
 from appliance.signing import SigningKey
@@ -34,11 +35,12 @@ BITFLIPS = 8  # bit flips per location, at spread offsets
 
 
 class Template:
-    def __init__(self, root: Path, signer: SigningKey, history: History) -> None:
+    def __init__(self, root: Path, signer: SigningKey, history: History, kek: KekSource | None = None) -> None:
         self.root = root
         self.signer = signer
         self.history = history
-        store = Store.init(root, [signer.public], StoreConfig(model=MODEL_ID, frame_size=FRAME))
+        config = StoreConfig(model=MODEL_ID, frame_size=FRAME, encrypt=kek is not None)
+        store = Store.init(root, [signer.public], config, kek=kek)
         for step in range(1, NEWEST + 1):
             store.commit(history.sources(step), [signer], {"step": step})
         opened = store.select().opened
@@ -48,7 +50,10 @@ class Template:
         index = manifest.frame_index()
         self.frame = next(f for t in manifest.tensors for f in t.frames if f.base is None)
         self.base: FrameRef = index[delta.base] if delta.base is not None else delta
-        self.other_frame = next(f for f in sorted(index.values(), key=lambda f: f.digest) if f != self.frame)
+        # a frame to swap in: neither damaged location itself (sealed stores' digests vary per run)
+        self.other_frame = next(
+            f for f in sorted(index.values(), key=lambda f: f.digest) if f not in (self.frame, self.base)
+        )
 
 
 def _region(data: bytes, key: bytes) -> tuple[int, int]:

@@ -33,14 +33,35 @@ from appliance.store.store import Store
 from appliance.store.verify import verify_store
 
 from . import counts
-from .boot import BOOT, BootOutcome, Expectation, check
+from .boot import BOOT, BootOutcome, Expectation, check, supervisor_boot
 from .crashstates import CrashState, build, optional_ops, torn_bytes
 from .model import MODEL_ID, History, Keys, empty_store_storage, make_config
+from .supervisor import run_supervisor
 
 pytestmark = pytest.mark.faults
 
 KEYS = Keys()
 HISTORY = History(seed=17)
+
+
+class NodeFloor:
+    """The node's anti-rollback floor store, kept across the machine's boots (docs/boot.md §4).
+
+    Stand-in for the secure-storage floor (OP-TEE / fTPM on a Jetson, ``FileFloor`` elsewhere):
+    provisioned at 0, raised only by boot, never lowered. It is not on the store's disk, so the
+    machine's power cuts do not hit it (the floor file's own damage cases are in
+    ``tests/unit/test_boot_sequence.py``).
+    """
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def read(self) -> int:
+        return self.value
+
+    def raise_to(self, value: int) -> int:
+        self.value = max(self.value, value)
+        return self.value
 
 
 @dataclass
@@ -54,8 +75,8 @@ class LastOp:
 
 
 class StoreMachine(RuleBasedStateMachine):
-    @initialize()
-    def start(self) -> None:
+    @initialize(floor_deleted=st.booleans())
+    def start(self, floor_deleted: bool = False) -> None:
         self.storage = empty_store_storage()
         self.keep = 2
         self.step = 0
@@ -64,6 +85,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.rotten: set[tuple[str, str]] = set()
         self.slot_of: dict[int, str] = {}
         self.last: LastOp | None = None
+        # The node's floor store, or None: its file deleted, so every boot rebuilds it from the slot states
+        self.floor: NodeFloor | None = None if floor_deleted else NodeFloor()
         counts.add("machine.examples")
 
     @property
@@ -190,9 +213,12 @@ class StoreMachine(RuleBasedStateMachine):
         """What the supervisor's walk yields on this image, read before it marks anything.
 
         Newest first, it yields the first generation that verifies (``verify_store``, independent
-        of boot) unless a slot state marks it BAD. A slot state names one candidate: trying or
-        refusing a newer generation of the slot first replaces the mark, so the generation is
-        then tried again (docs/boot.md §3); only the slot's newest generation keeps its mark.
+        of boot) unless a slot state marks it BAD or it is below the node's anti-rollback floor
+        (docs/boot.md §4: once both slots proved a generation, falling back below the older of
+        the two is a rollback, refused even when a frame rot left nothing else; recovery mode).
+        A slot state names one candidate: trying or refusing a newer generation of the slot
+        first replaces the mark, so the generation is then tried again (docs/boot.md §3); only
+        the slot's newest generation keeps its mark.
         """
         report = verify_store(self.storage, KEYS.trust, MODEL_ID)
         states = SlotStates(self.storage)
@@ -200,15 +226,28 @@ class StoreMachine(RuleBasedStateMachine):
         bootable = [
             c.generation
             for c in report.checkpoints
-            if c.ok and (c.generation < newest[c.slot] or not states.load(c.slot).refuses(c.generation))
+            if c.ok
+            and c.generation >= self._floor_now(states)
+            and (c.generation < newest[c.slot] or not states.load(c.slot).refuses(c.generation))
         ]
         return max(bootable, default=None)
 
+    def _floor_now(self, states: SlotStates) -> int:
+        """The floor boot reads: the node's store, or, when its file is gone, rebuilt from the slot
+        states (docs/boot.md §4: the older of the two slots' GOOD generations once both have one)."""
+        if self.floor is not None:
+            return self.floor.read()
+        good = [states.load(slot).good_generation for slot in "AB"]
+        return 0 if None in good else min(g for g in good if g is not None)
+
     def _boot(self) -> BootOutcome:
+        if BOOT is supervisor_boot:  # the node's floor persists across boots, as on a device
+            return supervisor_boot(self.storage, make_config(keep=self.keep), KEYS.trust, self.floor)
         return BOOT(self.storage, make_config(keep=self.keep), KEYS.trust)
 
     def _expected(self) -> int | None:
-        """Newest acknowledged generation still committed and not marked BAD by an earlier boot.
+        """Newest acknowledged generation still committed, not marked BAD by an earlier boot and not
+        below the anti-rollback floor.
 
         BAD marks are the boot supervisor's memory (issue 4): a checkpoint it fell back from
         while a frame was rotten stays BAD after a scrub heals the frame, until the slot's state
@@ -217,7 +256,8 @@ class StoreMachine(RuleBasedStateMachine):
         if self.acked is None:
             return None
         states = SlotStates(self.storage)
-        for generation in sorted((g for g in self.slot_of if g <= self.acked), reverse=True):
+        floor = self._floor_now(states)
+        for generation in sorted((g for g in self.slot_of if floor <= g <= self.acked), reverse=True):
             slot = self.slot_of[generation]
             if self.storage.size(layout.record_path(slot, generation)) is None:
                 continue  # collected by GC
@@ -235,7 +275,7 @@ class StoreMachine(RuleBasedStateMachine):
         if expected is not None:
             assert self.acked is not None and expected <= self.acked, f"gen {expected} is newer than acked"
             assert outcome.contents == self.contents[expected]
-        if not self.rotten:  # nothing is damaged: only a BAD mark may hide an acknowledged checkpoint
+        if not self.rotten:  # nothing is damaged: only a BAD mark or the floor may hide an acknowledged one
             assert floor is None or (expected is not None and expected >= floor), f"gen {floor} did not boot"
 
 
@@ -274,9 +314,13 @@ def _rot(machine: StoreMachine, slot: str, frame: str) -> None:
 
 
 def test_a_cut_between_a_scrubs_repairs_boots_the_checkpoint_healed_so_far() -> None:
-    """A cut after a scrub healed slot A but not yet B boots A's newest checkpoint: verified, though older than acked."""
+    """A cut after a scrub healed slot A but not yet B boots A's newest checkpoint: verified, though older than acked.
+
+    With the floor file deleted (rebuilt from the slot states at every boot): with the node's floor
+    kept (3 here) nothing below it boots and the node stays in recovery until a technician acts.
+    """
     machine = StoreMachine()
-    machine.start()
+    machine.start(floor_deleted=True)
     for _ in range(4):  # A holds generations 1 and 3, B holds 2 and 4
         machine.commit(False)
         machine.boot_yields_the_acknowledged_checkpoint()
@@ -296,9 +340,12 @@ def test_a_cut_between_a_scrubs_repairs_boots_the_checkpoint_healed_so_far() -> 
 
 
 def test_a_bad_mark_lasts_until_its_slot_moves_on_then_the_healed_acked_checkpoint_boots() -> None:
-    """Acked gen 3, BAD after rot, stays skipped after the heal until A is marked again; then it boots, not gen 1."""
+    """Acked gen 3, BAD after rot, stays skipped after the heal until A is marked again; then it boots, not gen 1.
+
+    With the floor file deleted (rebuilt from the slot states at every boot), so gen 1 may boot.
+    """
     machine = StoreMachine()
-    machine.start()
+    machine.start(floor_deleted=True)
     for _ in range(3):  # A holds generations 1 and 3, B holds 2
         machine.commit(False)
         machine.boot_yields_the_acknowledged_checkpoint()
@@ -316,18 +363,40 @@ def test_a_bad_mark_lasts_until_its_slot_moves_on_then_the_healed_acked_checkpoi
     assert machine._boot().generation == 3
 
 
+def test_rot_in_both_slots_never_rolls_back_below_the_floor_it_enters_recovery() -> None:
+    """Regression (stop 19, CI's draw): gens 1+3 in A, 2 in B, both newest rotten -> recovery, never gen 1.
+
+    Both slots proved a generation (A 3, B 2), so the floor is 2: gen 1 would be a rollback. The
+    old oracle ignored the floor and demanded gen 1; boot was right. A scrub heals the frames,
+    yet the BAD marks of the failed boot keep the node in recovery until a technician clears them.
+    """
+    machine = StoreMachine()
+    machine.start()
+    assert machine.floor is not None
+    for step in (
+        machine.commit,
+        machine.commit,
+        lambda _: machine.power_cut(Scripted(0, "cut")),
+        machine.commit,
+        machine.commit,
+    ):
+        step(False)  # the power cut hits the second commit before its first write: acked stays 1
+        machine.boot_yields_the_acknowledged_checkpoint()  # every step boots, as hypothesis' invariant does
+    assert (machine._boot().generation, machine.floor.read()) == (3, 2)
+    _rot(machine, "B", _frame_to_rot(machine, "B", [2], (1,)))
+    _rot(machine, "A", _frame_to_rot(machine, "A", [3], (1,)))
+    assert machine._walk_answer() is None and machine._boot().recovery
+    outcome, _ = run_supervisor(machine.storage, make_config(keep=machine.keep), KEYS.trust, machine.floor)
+    assert any("below the anti-rollback floor 2" in failure for failure in outcome.failures), outcome.failures
+    machine.scrub_heals()
+    machine.boot_yields_the_acknowledged_checkpoint()
+    assert machine._boot().recovery  # healed, but BAD marks are sticky
+
+
 StoreMachine.TestCase.settings = settings(
     max_examples=120, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-# Known open finding (stop 19, found by CI's random draw, reproduces on main): start, 2 commits, a
-# cut, 2 commits, then one rotted frame with an intact twin in each slot -> boot enters recovery
-# mode where the oracle's walk serves generation 1. Reproduce with
-# @reproduce_failure('6.170.27', b'AXicY2BwZHBkZGCAEswgLgOyCAuDIz+YZAQAQosDLA=='). Marked xfail (not
-# strict: a random draw may miss it) until boot or the oracle is fixed; the next session owns it.
-test_random_sequences_of_commit_gc_rot_scrub_and_power_cuts_keep_the_oracle = pytest.mark.xfail(
-    reason="open finding: boot enters recovery mode after rot in both slots where the walk serves gen 1",
-    strict=False,
-)(StoreMachine.TestCase)
+test_random_sequences_of_commit_gc_rot_scrub_and_power_cuts_keep_the_oracle = StoreMachine.TestCase
 
 
 class NightlyStoreMachine(StoreMachine):

@@ -7,9 +7,11 @@ real ``Store`` (commit with its GC, compaction, ``appliance gc``, scrub) on one 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from appliance.crypto import KekSource
 from appliance.storage.recording import Image, Op, RecordingStorage
 from appliance.store import layout
 from appliance.store.bootstate import SlotStates
@@ -50,11 +52,13 @@ class Recorded:
 class Recorder:
     """One store on recording storage, its history, and the generation -> contents map."""
 
-    def __init__(self, keys: Keys, history: History, config: StoreConfig | None = None) -> None:
+    def __init__(
+        self, keys: Keys, history: History, config: StoreConfig | None = None, kek: KekSource | None = None
+    ) -> None:
         self.keys = keys
         self.history = history
-        self.config = config or make_config()
-        self.storage = empty_store_storage()
+        self.config = config or make_config(encrypt=kek is not None)
+        self.storage = empty_store_storage(kek)
         self.step = 0
         self.contents: dict[int, str] = {}
 
@@ -128,10 +132,13 @@ PATHS = {  # parameter id -> write path; write_paths() records them in this orde
 }
 
 
-def write_paths(keys: Keys, history: History) -> dict[str, Recorded]:
-    """Every write path the store has today; each a separate crash-test subject."""
+def write_paths(keys: Keys, history: History, kek: KekSource | None = None) -> dict[str, Recorded]:
+    """Every write path the store has today; each a separate crash-test subject.
+
+    ``kek``: the same paths on an encrypted store (every frame sealed, docs/design.md §14).
+    """
     out: list[Recorded] = []
-    rec = Recorder(keys, history)
+    rec = Recorder(keys, history, kek=kek)
     out.append(rec.record(PATHS["first"], rec.commit))
     out.append(rec.record(PATHS["second"], rec.commit))
     out.append(rec.record(PATHS["delta"], rec.commit))
@@ -139,18 +146,18 @@ def write_paths(keys: Keys, history: History) -> dict[str, Recorded]:
     out.append(rec.record(PATHS["two-commits"], rec.commit, rec.commit))
     out.append(rec.record(PATHS["gc-keep2"], rec.commit))
 
-    lean = Recorder(keys, history, make_config(keep=1))
+    lean = Recorder(keys, history, make_config(keep=1, encrypt=kek is not None), kek)
     lean.commit()
     out.append(lean.record(PATHS["gc-keep1"], lean.commit, lean.commit))
     out.append(rec.record(PATHS["commit-then-gc"], rec.commit, lambda: _gc(rec, 1)))
 
-    rot = Recorder(keys, history)
+    rot = Recorder(keys, history, kek=kek)
     rot.commit()
     rot.commit()
     rot.rot_frame("A", 1)
     out.append(rot.record(PATHS["rotten-target"], rot.commit))
 
-    heal = Recorder(keys, history)
+    heal = Recorder(keys, history, kek=kek)
     for _ in range(3):
         heal.commit()
     heal.rot_frame("A", 3, shared=True)
@@ -167,5 +174,5 @@ def _scrub(rec: Recorder) -> None:
 
 
 def _gc(rec: Recorder, keep: int) -> None:
-    rec.config = make_config(keep=keep)
+    rec.config = dataclasses.replace(rec.config, keep=keep)
     rec.store.gc()

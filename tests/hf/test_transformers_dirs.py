@@ -153,3 +153,38 @@ def test_resharded_restore_loads_too(store: dict[str, str], tmp_path: Path, caps
     capsys.readouterr()
     assert len(list((tmp_path / "dst").glob("*.safetensors"))) > len(list((tmp_path / "src").glob("*.safetensors")))
     assert torch.equal(logits(auto.from_pretrained(tmp_path / "dst").eval()), logits(model))
+
+
+LAYER0 = {"gpt2": "transformer.h.0.*", "bert": "bert.encoder.layer.0.*", "llama-untied": "model.layers.0.*"}
+
+
+@pytest.mark.parametrize("name", list(LAYER0))
+def test_a_subset_restore_is_a_directory_transformers_loads_with_exactly_the_subset(
+    store: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """`--tensors` writes shards numbered 1..m of m and the subset's totals; from_pretrained reads every one."""
+    torch.manual_seed(0)
+    model, auto = MODELS[name]()
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    model.save_pretrained(src, max_shard_size="200KB")
+    cli("commit", store["root"], str(src), "--key", store["key"])
+    cli("restore", store["root"], "--out", f"{dst}/", "--tensors", LAYER0[name], "--tensors", "*.norm*")
+    capsys.readouterr()
+
+    index = json.loads((dst / INDEX_NAME).read_text())
+    files = sorted(p.name for p in dst.glob("*.safetensors"))
+    assert sorted(set(index["weight_map"].values())) == files
+    assert files == [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
+    written = {k: v for f in files for k, v in load_file(str(dst / f)).items()}
+    assert written.keys() == index["weight_map"].keys() and written
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in written.values())
+    if "total_parameters" in json.loads((src / INDEX_NAME).read_text())["metadata"]:
+        assert index["metadata"]["total_parameters"] == sum(t.numel() for t in written.values())
+
+    torch.manual_seed(12345)  # the tensors left out are initialised afresh, differently from the source
+    restored, info = auto.from_pretrained(dst, output_loading_info=True)
+    state, source = restored.state_dict(), model.state_dict()
+    for key, tensor in written.items():
+        assert torch.equal(state[key], tensor) and torch.equal(tensor, source[key]), key
+        assert key not in info["missing_keys"]
+    assert info["missing_keys"] and not info["unexpected_keys"]

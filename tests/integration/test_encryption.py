@@ -21,6 +21,7 @@ from appliance.errors import (
     FrameAuthenticationError,
     FrameError,
     KeyUnavailableError,
+    UsageError,
     WrongKeyError,
 )
 from appliance.format.dtypes import DTYPES
@@ -76,8 +77,10 @@ def kek_path(tmp_path: Path) -> Path:
     return FileKek.create(tmp_path / "store.kek").path
 
 
-def make_store(tmp_path: Path, kek_path: Path, policy: str = "compact", name: str = "s") -> tuple[Store, SigningKey]:
-    key = SigningKey.generate()
+def make_store(
+    tmp_path: Path, kek_path: Path, policy: str = "compact", name: str = "s", key: SigningKey | None = None
+) -> tuple[Store, SigningKey]:
+    key = key or SigningKey.generate()
     config = StoreConfig(model="m", frame_size=16384, policy=policy, encrypt=True)
     return Store.init(tmp_path / name, [key.public], config, kek=FileKek(kek_path)), key
 
@@ -303,3 +306,79 @@ def test_a_systemd_creds_kek_seals_and_opens_the_store(tmp_path: Path) -> None:
     (tmp_path / "kek.cred").write_bytes(b"garbage")
     with pytest.raises(KeyUnavailableError, match="systemd-creds decrypt failed"):
         api.load(Store.open(tmp_path / "s"))
+
+
+def _export(store: Store, dest: Path) -> None:
+    from appliance.storage import LocalStorage
+    from appliance.transfer import export_checkpoints, select_for_export
+
+    dest.mkdir()
+    export_checkpoints(store, LocalStorage(dest), select_for_export(store, None))
+
+
+def test_export_carries_ciphertext_and_another_store_refuses_it_before_copying(tmp_path: Path, kek_path: Path) -> None:
+    from appliance.storage import LocalStorage
+    from appliance.transfer.reseal import import_sealed
+
+    store, key = make_store(tmp_path, kek_path)
+    store.commit(sources_from_dict(state(0)), [key])
+    _export(store, tmp_path / "stick")
+    assert plaintext_hits(tmp_path / "stick") == []
+    other = Store.init(tmp_path / "other", [key.public], StoreConfig(model="m", frame_size=16384, encrypt=True),
+                       kek=FileKek.create(tmp_path / "other.kek"))  # fmt: skip
+    with pytest.raises(WrongKeyError, match="does not hold"):
+        import_sealed(other, LocalStorage(tmp_path / "stick"), [key])
+    assert not list((tmp_path / "other").glob("[AB]/frames/*"))
+
+
+def test_import_of_a_plain_checkpoint_reseals_it_under_the_store_key(tmp_path: Path, kek_path: Path) -> None:
+    from appliance.storage import LocalStorage
+    from appliance.transfer.reseal import import_sealed
+
+    key = SigningKey.generate()
+    plain = Store.init(tmp_path / "plain", [key.public], StoreConfig(model="m", frame_size=16384))
+    plain.commit(sources_from_dict(state(0)), [key])
+    plain.commit(sources_from_dict(state(1)), [key])  # a delta chain in the source
+    _export(plain, tmp_path / "stick")
+    assert plaintext_hits(tmp_path / "stick")  # a plain export does show the pattern
+    store, _ = make_store(tmp_path, kek_path, key=key)
+    with pytest.raises(UsageError, match="re-sealed and re-signed"):
+        import_sealed(store, LocalStorage(tmp_path / "stick"), [])
+    done = import_sealed(store, LocalStorage(tmp_path / "stick"), [key])
+    assert done["mode"] == "re-sealed" and done["generation"] == done["source_generation"] + 1
+    opened = store.select().opened
+    assert opened.verified.manifest.encryption is not None
+    assert same_bytes(api.load(Store.open(tmp_path / "s")).tensors["w"], state(1)["w"])
+    assert plaintext_hits(tmp_path / "s") == []
+
+
+def test_replication_uploads_ciphertext_only_and_pulls_back_under_the_node_key(
+    tmp_path: Path, kek_path: Path, server: object
+) -> None:
+    """The bucket holds sealed frames and the clear bundle only; the node (keyring intact) pulls them back."""
+    import shutil
+
+    from appliance.events import EventLog
+    from appliance.remote.replicate import Replicator
+    from appliance.remote.state import StateDir
+    from tests.integration.test_remote import Node
+
+    key, head = SigningKey.generate(), SigningKey.generate()
+    node = Node(tmp_path, server, key, head)  # type: ignore[arg-type]
+    config = StoreConfig(model="test-model", frame_size=16384, encrypt=True)
+    node.store = Store.init(tmp_path / "sealed", [key.public], config, kek=FileKek(kek_path))
+    node.replicator = Replicator(
+        node.store, node.objects, device="node-1", keys=[head], state_dir=StateDir(str(tmp_path / "sealed-state")),
+        events=EventLog(tmp_path / "ev.jsonl", "replicate", journal=None), retry_base=0.01, retry_cap=0.05,
+    )  # fmt: skip
+    node.store.commit(sources_from_dict(state(0)), [key])
+    assert node.replicator.step()["action"] == "replicated"
+    assert list(node.bucket().rglob("*")) and plaintext_hits(node.bucket()) == []
+    for slot in "AB":  # both slots lost; the keyring (and the KEK) survive on the node
+        shutil.rmtree(tmp_path / "sealed" / slot)
+        (tmp_path / "sealed" / slot / "frames").mkdir(parents=True)
+        (tmp_path / "sealed" / slot / "checkpoints").mkdir()
+    node.store = Store.open(tmp_path / "sealed")
+    result = node.pull()
+    assert result.generation == 1
+    assert same_bytes(api.load(Store.open(tmp_path / "sealed")).tensors["w"], state(0)["w"])

@@ -66,3 +66,25 @@ def test_kind9_a_damaged_frame_is_named_when_nothing_restores_never_both_slots_e
     assert "both slots are empty" not in message
     assert "SHA-256" in message  # the frame that failed is named
     assert "appliance verify" in caught.value.remedy
+
+
+def test_kind3_restoring_an_empty_checkpoint_warns_and_names_the_way_to_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """New-user trial: a plain restore of an explicitly empty newest checkpoint wrote nothing, silently."""
+    from safetensors.torch import save_file
+
+    key = SigningKey.generate()
+    (tmp_path / "k.pem").write_bytes(key.private_pem())
+    (tmp_path / "k.pem").chmod(0o600)
+    Store.init(tmp_path / "s", [key.public], StoreConfig(model="m"))
+    save_file({"w": torch.ones(4)}, str(tmp_path / "w.safetensors"))
+    save_file({}, str(tmp_path / "e.safetensors"))
+    for source, extra in (("w", []), ("e", ["--allow-empty"])):
+        assert main(["commit", str(tmp_path / "s"), str(tmp_path / f"{source}.safetensors"), "--key", str(tmp_path / "k.pem"), *extra]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["restore", str(tmp_path / "s"), "--out", str(tmp_path / "r.safetensors")]) == 0
+    said = capsys.readouterr().out
+    assert "warning: generation 2 holds no tensors" in said and "--generation G" in said, said
+    assert main(["restore", str(tmp_path / "s"), "--out", str(tmp_path / "r1.safetensors"), "--generation", "1", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["warnings"] == []

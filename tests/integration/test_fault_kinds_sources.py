@@ -42,6 +42,13 @@ def _store_files(store: Store) -> set[str]:
 
 def _mutate(path: Path, op: str, offset: int) -> None:
     size = path.stat().st_size
+    if op == "replace":  # `mv new.safetensors m.safetensors`: same size, another inode under the name
+        _write_model(path.with_suffix(".new"), 4, 8192, seed=3)
+        os.replace(path.with_suffix(".new"), path)
+        return
+    if op == "chmod":  # nothing but the inode's status changed
+        path.chmod(0o600)
+        return
     with path.open("r+b") as f:
         if op == "truncate":
             f.truncate(offset % size)
@@ -76,7 +83,16 @@ def store(tmp_path: Path) -> tuple[Store, SigningKey]:
     return Store.init(tmp_path / "store", [key.public], StoreConfig(model="m", frame_size=4096)), key
 
 
-@pytest.mark.parametrize("op", ["truncate", "grow", "rewrite"])
+SAYS = {
+    "truncate": "was truncated from",
+    "grow": "grew from",
+    "rewrite": "was rewritten in place",
+    "replace": "was replaced by another file",  # new-user trial: an mv was reported as a rewrite
+    "chmod": "had its inode changed",
+}
+
+
+@pytest.mark.parametrize("op", sorted(SAYS))
 def test_kind5_source_changed_during_commit_is_a_typed_error_and_leaves_nothing(
     store: tuple[Store, SigningKey], tmp_path: Path, op: str
 ) -> None:
@@ -91,6 +107,7 @@ def test_kind5_source_changed_during_commit_is_a_typed_error_and_leaves_nothing(
     with pytest.raises(SourceChangedError) as caught:
         _commit_with_change(s, key, path, op, offset=50_000, after=3)
     assert caught.value.exit_code == 20 and str(path) in caught.value.problem
+    assert SAYS[op] in caught.value.problem, caught.value.problem
     assert _store_files(s) == before  # partial frames removed
     assert s.select().opened.generation == first.generation and s.verify().all_ok
 

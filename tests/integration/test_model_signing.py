@@ -123,6 +123,7 @@ def test_an_altered_shard_is_refused_with_exit_47_like_model_signing_verify_and_
     code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
     assert code == VendorSignatureError.exit_code == 47
     assert out["error"] == "VendorSignatureError" and "model-00002-of-00002.safetensors" in out["problem"]
+    assert "obtain the model again" in out["remedy"] and "remove" not in out["remedy"]  # no bypass read into it
     assert run(capsys, "log", root)[1]["checkpoints"] == []
 
 
@@ -131,7 +132,7 @@ def test_a_signature_by_another_key_is_refused(env: dict[str, Path], capsys: pyt
     _, _, other_pub = ec_pair(tmp_path, "other", ec.SECP384R1())
     assert run(capsys, "vendor", root, "add", "other", "--key", str(other_pub))[0] == 0
     code, out = run(capsys, "commit", root, str(env["model"]), "--key", str(env["key"]))
-    assert code == 47 and "other:" in out["problem"]
+    assert code == 47 and "other:" in out["problem"] and "remove" not in out["remedy"]
 
 
 def test_a_signed_directory_is_refused_when_the_store_trusts_no_vendor_never_silently_dropped(

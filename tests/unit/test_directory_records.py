@@ -24,6 +24,8 @@ from appliance.format.directory import (
     check_header_metadata,
     check_label,
     index_defect,
+    left_out_shards,
+    renumber_shards,
     source_header_metadata,
 )
 from appliance.format.dtypes import BY_SAFETENSORS, DTYPES, from_safetensors, safetensors_code
@@ -151,6 +153,62 @@ def test_an_index_is_accepted_exactly_when_it_matches_the_shards(weight_map: dic
         assert names or what == EMPTY_WEIGHT_MAP
         for name in names:  # every named tensor really is one the two sides disagree on
             assert weight_map.get(name) != held.get(name)
+
+
+def _numbered(i: int, n: int) -> str:
+    return f"model-{i:05d}-of-{n:05d}.safetensors"
+
+
+@settings(max_examples=400)
+@given(
+    st.integers(1, 7).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.sets(st.integers(1, n + 2), min_size=1),  # indexed numbers (n+1, n+2: outside the set)
+            st.sets(st.integers(1, n + 2)),  # numbered files present beside the index
+            st.booleans(),  # model.safetensors present too
+            st.booleans(),  # consolidated.safetensors present too (another format's file)
+        )
+    )
+)
+@example((3, {1, 2}, {1, 2, 3}, False, False))  # the new-user trial: index omits the whole last shard
+@example((3, {1, 2}, {1, 2}, False, False))  # a subset restore's index before: -of-00003 with 2 shards
+@example((2, {1, 2}, {1, 2}, True, True))
+def test_an_index_leaves_out_no_file_of_its_shard_set(case: tuple[int, set[int], set[int], bool, bool]) -> None:
+    n, indexed, present, single, consolidated = case
+    indexed_names = [_numbered(i, n) for i in indexed]
+    files = [_numbered(i, n) for i in present | indexed] + ["model.safetensors"] * single
+    files += ["consolidated.safetensors"] * consolidated
+    expected = {_numbered(i, n) for i in range(1, n + 1) if i not in indexed}  # gaps, present or not
+    expected |= {_numbered(i, n) for i in indexed | present if i > n}  # outside the set, named or present
+    expected |= {"model.safetensors"} if single else set()  # loaders would prefer it to the index
+    names, total = left_out_shards(indexed_names, files)
+    assert total == len(expected) and names == sorted(expected)[:5]
+    assert "consolidated.safetensors" not in names
+
+
+@given(
+    st.integers(1, 6).flatmap(lambda n: st.lists(st.integers(1, n), unique=True).map(lambda kept: (n, sorted(kept))))
+)
+@example((3, [1, 2]))  # the trial's subset: -of-00003 with two shards written, before
+@example((3, [2]))
+def test_the_shards_a_restore_writes_are_numbered_whole(case: tuple[int, list[int]]) -> None:
+    n, kept = case
+    names = renumber_shards([_numbered(i, n) for i in kept] + ["extra.safetensors"])
+    assert names == [_numbered(i, len(kept)) for i in range(1, len(kept) + 1)] + ["extra.safetensors"]
+    assert left_out_shards(names, names) == ([], 0)
+    if len(kept) == n:  # a whole set keeps its recorded names
+        assert names[:-1] == [_numbered(i, n) for i in kept]
+
+
+def test_shard_names_that_would_collide_after_renumbering_get_fresh_names() -> None:
+    names = renumber_shards([_numbered(1, 2), _numbered(1, 3)])  # two sets of one file each: both 1-of-1
+    assert names == [_numbered(1, 2), _numbered(2, 2)] and left_out_shards(names, names) == ([], 0)
+
+
+def test_an_index_claiming_a_huge_shard_set_is_counted_not_enumerated() -> None:
+    names, total = left_out_shards(["model-1-of-99999999999.safetensors"], [])
+    assert total == 99999999998 and names[0] == "model-2-of-99999999999.safetensors" and len(names) == 5
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=12), max_size=8))

@@ -128,6 +128,7 @@ def test_kind4_metadata_nested_62_levels_commits_only_if_readers_accept_it(tmp_p
     with pytest.raises(UsageError, match="nested deeper") as caught:
         store.commit(_real(1), [KEY], _nested(limit + 1))
     assert caught.value.exit_code == 10 and _files(store) == before
+    assert f"at most {limit - 1} nested objects or lists" in caught.value.problem  # new-user trial: count unclear
 
 
 def test_kind4_twenty_thousand_levels_give_a_typed_error_not_recursion_error(tmp_path: Path) -> None:

@@ -1,0 +1,369 @@
+"""The adaptation journal's record format and the rules that decide which records replay.
+
+Owns: encoding and decoding one journal record (``encode_record`` / ``decode_at``), the segment
+header and step payloads, the segment file-name rule, and ``walk`` — given the segments found
+on disk and the journal point a restored checkpoint names, which records replay, in which
+order, and where (and why) the walk stops. Pure: no I/O, no torch; ``appliance.journal``
+does the files and the tensors.
+
+Record layout (little-endian; docs/design.md §15.1)::
+
+    off  size  field
+      0     4  magic  b"AJR1"
+      4     1  kind   1 = segment header, 2 = adaptation step
+      5     3  zero
+      8    16  lineage   (random id of one linear history of steps)
+     24     8  index     u64: header -> first step index of the segment; step -> its index
+     32     4  length    u32: payload bytes (<= MAX_PAYLOAD)
+     36     4  head_crc  CRC-32 of bytes 0..35 (a torn length is caught before it is trusted)
+     40     n  payload
+   40+n     4  crc       CRC-32 of bytes 0..40+n   (torn or bit-rotten record)
+   44+n    32  mac       HMAC-SHA256(journal key, bytes 0..40+n)  (a record nobody with the key wrote)
+
+A record is *torn* when the file ends inside it, *corrupt* when a checksum fails, *forged*
+when both checksums hold but the MAC does not (only someone without the key writes such a
+record on purpose: a storage attacker), and *foreign* when it is whole and authentic but
+belongs to another lineage or out of order (a record copied from another segment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.errors import ManifestError
+from appliance.format.canonical import canonical_bytes, get_int, get_str, require_keys, strict_loads
+
+MAGIC = b"AJR1"
+KIND_HEADER = 1
+KIND_STEP = 2
+HEAD = struct.Struct("<4sB3x16sQI")  # 36 bytes
+HEAD_SIZE = HEAD.size + 4
+TAIL_SIZE = 4 + 32
+OVERHEAD = HEAD_SIZE + TAIL_SIZE
+MAX_PAYLOAD = 64 << 20
+JOURNAL_FORMAT = "appliance.journal"
+JOURNAL_VERSION = 1
+SEGMENT_SUFFIX = ".ajl"
+_SEGMENT = re.compile(r"seg-(\d{20})-([0-9a-f]{32})\.ajl")
+
+
+def segment_name(first_index: int, lineage: bytes) -> str:
+    """File name of a segment; names sort by first index."""
+    return f"seg-{first_index:020d}-{lineage.hex()}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> tuple[int, bytes] | None:
+    m = _SEGMENT.fullmatch(name)
+    return (int(m[1]), bytes.fromhex(m[2])) if m else None
+
+
+def mac(key: bytes, data: bytes | memoryview) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def encode_record(key: bytes, kind: int, lineage: bytes, index: int, payload: bytes) -> bytes:
+    if len(lineage) != 16 or not 0 <= index < 2**63 or len(payload) > MAX_PAYLOAD:
+        raise ValueError("journal record: lineage must be 16 bytes, index 0..2^63-1, payload <= MAX_PAYLOAD")
+    head = HEAD.pack(MAGIC, kind, lineage, index, len(payload))
+    body = head + struct.pack("<I", zlib.crc32(head)) + payload
+    return body + struct.pack("<I", zlib.crc32(body)) + mac(key, body)
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: int
+    lineage: bytes
+    index: int
+    payload: bytes
+    offset: int  # where the record starts in its segment
+    end: int  # where the next one starts
+
+
+@dataclass(frozen=True)
+class Bad:
+    """Why decoding stopped at ``offset``: ``torn`` | ``corrupt`` | ``forged``."""
+
+    kind: str
+    offset: int
+    detail: str
+
+
+def decode_at(key: bytes, data: bytes | memoryview, offset: int) -> Record | Bad | None:  # noqa: PLR0911 (one return per outcome)
+    """The record at ``offset`` of a segment's bytes, why it is unusable, or ``None`` at the clean end."""
+    view = memoryview(data)
+    left = len(view) - offset
+    if left == 0:
+        return None
+    if left < HEAD_SIZE:
+        return Bad("torn", offset, f"{left} bytes at the end, shorter than a record head")
+    head = bytes(view[offset : offset + HEAD.size])
+    magic, kind, lineage, index, length = HEAD.unpack(head)
+    (head_crc,) = struct.unpack_from("<I", view, offset + HEAD.size)
+    if magic != MAGIC or zlib.crc32(head) != head_crc or kind not in (KIND_HEADER, KIND_STEP):
+        return Bad("corrupt", offset, "record head fails its checksum")
+    if length > MAX_PAYLOAD:
+        return Bad("corrupt", offset, f"record length {length} exceeds {MAX_PAYLOAD}")
+    end = offset + HEAD_SIZE + length + TAIL_SIZE
+    if end > len(view):
+        return Bad("torn", offset, f"record of {end - offset} bytes cut after {left}")
+    body = view[offset : offset + HEAD_SIZE + length]
+    (crc,) = struct.unpack_from("<I", view, offset + HEAD_SIZE + length)
+    if zlib.crc32(body) != crc:
+        return Bad("corrupt", offset, f"record {index} fails its checksum")
+    tag = bytes(view[end - 32 : end])
+    if not hmac.compare_digest(tag, mac(key, body)):
+        return Bad("forged", offset, f"record {index} fails its MAC (not written with this node's journal key)")
+    return Record(kind, lineage, index, bytes(view[offset + HEAD_SIZE : offset + HEAD_SIZE + length]), offset, end)
+
+
+# --- payloads ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Base:
+    """What a lineage continues from: a checkpoint's content (``lineage`` None) or another lineage's record."""
+
+    content_sha256: str | None  # the restored checkpoint's content digest
+    lineage: str | None = None  # hex of the parent lineage (a fork), else None
+    index: int = 0  # the parent's last record index included in the base state
+    generation: int = 0  # the restored checkpoint's generation (informational)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"content_sha256": self.content_sha256, "lineage": self.lineage, "index": self.index,
+                "generation": self.generation}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, obj: object) -> Base:
+        d = require_keys(obj, "journal base", {"content_sha256", "lineage", "index", "generation"})
+        digest, lineage = d["content_sha256"], d["lineage"]
+        if not isinstance(digest, str | None) or not isinstance(lineage, str | None):
+            raise ManifestError("journal base: content_sha256 and lineage must be strings or null")
+        return cls(digest, lineage, get_int(d, "index", "journal base", 0, 2**63 - 1),
+                   get_int(d, "generation", "journal base", 0, 2**63 - 1))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    base: Base
+    model: str
+    threads: int  # torch intra-op threads the steps ran with (replay uses the same)
+    created: str
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes({"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "base": self.base.to_dict(),
+                                "model": self.model, "threads": self.threads, "created": self.created})  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SegmentHeader:
+        obj = strict_loads(data, what="journal segment header", max_bytes=64 << 10, max_depth=4)
+        d = require_keys(obj, "journal segment header", {"format", "version", "base", "model", "threads", "created"})
+        if d["format"] != JOURNAL_FORMAT or d["version"] != JOURNAL_VERSION:
+            raise ManifestError("not a v1 journal segment")
+        return cls(Base.from_dict(d["base"]), get_str(d, "model", "journal", 512),
+                   get_int(d, "threads", "journal", 1, 4096), get_str(d, "created", "journal", 64))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TensorBlob:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StepPayload:
+    """One adaptation step: its tensors (inputs, targets), RNG seed and the result it produced."""
+
+    seed: int
+    step_before: int  # the model's adaptation step counter before the step
+    tensors: tuple[TensorBlob, ...]
+    result: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        meta, blobs, offset = [], [], 0
+        for t in self.tensors:
+            meta.append({"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "offset": offset,
+                         "nbytes": len(t.data)})  # fmt: skip
+            blobs.append(t.data)
+            offset += len(t.data)
+        head = canonical_bytes({"seed": self.seed, "step_before": self.step_before, "tensors": meta,
+                                "result": dict(self.result)})  # fmt: skip
+        return struct.pack("<I", len(head)) + head + b"".join(blobs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StepPayload:
+        if len(data) < 4:
+            raise ManifestError("journal step payload is too short")
+        (n,) = struct.unpack_from("<I", data, 0)
+        if 4 + n > len(data):
+            raise ManifestError("journal step payload head overruns the record")
+        obj = strict_loads(data[4 : 4 + n], what="journal step", max_bytes=1 << 20, max_depth=6)
+        d = require_keys(obj, "journal step", {"seed", "step_before", "tensors", "result"})
+        blob = data[4 + n :]
+        tensors = []
+        for t in d["tensors"] if isinstance(d["tensors"], list) else []:
+            e = require_keys(t, "journal tensor", {"name", "dtype", "shape", "offset", "nbytes"})
+            off, nb = get_int(e, "offset", "tensor", 0, len(blob)), get_int(e, "nbytes", "tensor", 0, len(blob))
+            if off + nb > len(blob) or not isinstance(e["shape"], list):
+                raise ManifestError("journal tensor overruns its record")
+            shape = tuple(int(s) for s in e["shape"])
+            tensors.append(TensorBlob(get_str(e, "name", "tensor", 64), get_str(e, "dtype", "tensor", 16), shape,
+                                      blob[off : off + nb]))  # fmt: skip
+        result = d["result"] if isinstance(d["result"], dict) else {}
+        return cls(get_int(d, "seed", "step", 0, 2**64 - 1), get_int(d, "step_before", "step", 0, 2**63 - 1),
+                   tuple(tensors), result)  # fmt: skip
+
+
+# --- which records replay ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment as read from disk: its header, its good records, and why reading stopped early."""
+
+    name: str
+    lineage: bytes
+    first_index: int
+    header: SegmentHeader | None
+    records: tuple[Record, ...]  # step records in file order, all MAC-verified
+    stop: Bad | None  # None: the file ended cleanly
+    size: int
+
+
+@dataclass(frozen=True)
+class Issue:
+    kind: str  # torn | corrupt | forged | foreign | gap | header
+    segment: str
+    index: int  # the first index that did not replay
+    offset: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Walk:
+    """The records to replay, in order, and what ended the walk."""
+
+    records: tuple[Record, ...]
+    used: tuple[str, ...]  # segment names on the walked chain
+    issues: tuple[Issue, ...]
+    stopped: Issue | None  # forged/foreign: replay stops here and says so
+    last_index: int  # index of the last record replayed (the start point if none)
+    lineage: bytes | None  # the lineage the walk ended in (None: none found)
+    cuts: tuple[tuple[str, int], ...]  # (segment, offset): bytes from here on are cut off (torn/corrupt tails)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A journal point: the records of ``lineage`` up to ``index`` are in a state (checkpoint metadata)."""
+
+    lineage: str
+    index: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lineage": self.lineage, "index": self.index}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> Point | None:
+        j = meta.get("journal")
+        if j is None:
+            return None
+        d = require_keys(j, "checkpoint journal point", {"lineage", "index"})
+        lineage = get_str(d, "lineage", "journal point", 32)
+        if not re.fullmatch(r"[0-9a-f]{32}", lineage):
+            raise ManifestError("checkpoint journal point: lineage must be 32 hex digits")
+        return cls(lineage, get_int(d, "index", "journal point", 0, 2**63 - 1))
+
+
+def walk(segments: Sequence[Segment], start: Point | None, content_sha256: str | None) -> Walk:
+    """The chain of records that continues the restored state (``start``, or its content digest).
+
+    Starting lineage: ``start.lineage`` when the checkpoint names a journal point, else a lineage
+    whose header base is that content digest (no parent). Within a lineage the records must run
+    ``index+1, index+2, ...``; at its end a child lineage whose base is (this lineage, last index)
+    continues the chain. A torn or corrupt record cuts its segment there (the walk goes on only
+    if a later segment continues exactly); a forged or foreign record stops the walk.
+    """
+    by_lineage: dict[bytes, list[Segment]] = {}
+    for seg in sorted(segments, key=lambda s: (s.first_index, s.name)):
+        by_lineage.setdefault(seg.lineage, []).append(seg)
+    issues: list[Issue] = []
+    for seg in segments:
+        if seg.header is None:
+            issues.append(Issue("header", seg.name, seg.first_index, 0, "segment header unreadable"))
+    lineage, index = _starting(by_lineage, start, content_sha256)
+    if lineage is None:
+        return Walk((), (), tuple(issues), None, start.index if start else 0, None, ())
+    out: list[Record] = []
+    used: list[str] = []
+    cuts: list[tuple[str, int]] = []
+    seen: set[bytes] = set()
+    current: bytes | None = lineage
+    while current is not None and current not in seen:
+        seen.add(current)
+        lineage = current
+        for seg in by_lineage.get(lineage, []):
+            if seg.header is None or (seg.records and seg.records[-1].index <= index):
+                continue  # unreadable header, or wholly covered by the start state
+            if seg.first_index > index + 1:
+                missing = f"records {index + 1}..{seg.first_index - 1} missing"
+                issues.append(Issue("gap", seg.name, index + 1, 0, missing))
+                return Walk(tuple(out), tuple(used), tuple(issues), None, index, lineage, tuple(cuts))
+            used.append(seg.name)
+            stop = _take(seg, lineage, index, out, issues)
+            index = out[-1].index if out else index
+            if stop is not None:
+                if stop.kind in ("forged", "foreign"):
+                    return Walk(tuple(out), tuple(used), tuple(issues), stop, index, lineage, tuple(cuts))
+                cuts.append((seg.name, stop.offset))
+        current = _child(by_lineage, lineage.hex(), index)
+    return Walk(tuple(out), tuple(used), tuple(issues), None, index, lineage, tuple(cuts))
+
+
+def _starting(by_lineage: Mapping[bytes, list[Segment]], start: Point | None, digest: str | None
+              ) -> tuple[bytes | None, int]:  # fmt: skip
+    if start is not None:
+        lineage = bytes.fromhex(start.lineage)
+        return (lineage if lineage in by_lineage else _child(by_lineage, start.lineage, start.index)), start.index
+    if digest is None:
+        return None, 0
+    roots = [(segs[0].header.created, lin) for lin, segs in by_lineage.items() if segs[0].header is not None
+             and segs[0].header.base.lineage is None and segs[0].header.base.content_sha256 == digest]  # fmt: skip
+    if not roots:
+        return None, 0
+    lineage = max(roots)[1]
+    return lineage, by_lineage[lineage][0].first_index - 1
+
+
+def _child(by_lineage: Mapping[bytes, list[Segment]], parent: str, index: int) -> bytes | None:
+    kids = [(segs[0].header.created, lin) for lin, segs in by_lineage.items() if segs[0].header is not None
+            and segs[0].header.base.lineage == parent and segs[0].header.base.index == index]  # fmt: skip
+    return max(kids)[1] if kids else None
+
+
+def _take(seg: Segment, lineage: bytes, index: int, out: list[Record], issues: list[Issue]) -> Issue | None:
+    """Append ``seg``'s records after ``index``; the issue that stopped it (None: all taken)."""
+    expect = index + 1
+    for rec in seg.records:
+        if rec.lineage == lineage and rec.index < expect:
+            continue  # already in the start state
+        if rec.lineage != lineage or rec.index != expect:
+            issue = Issue("foreign", seg.name, rec.index, rec.offset,
+                          f"record {rec.index} of lineage {rec.lineage.hex()[:8]} where {lineage.hex()[:8]} "
+                          f"record {expect} belongs")  # fmt: skip
+            issues.append(issue)
+            return issue
+        out.append(rec)
+        expect = rec.index + 1
+    if seg.stop is not None:
+        issue = Issue(seg.stop.kind, seg.name, expect, seg.stop.offset, seg.stop.detail)
+        issues.append(issue)
+        return issue
+    return None

@@ -1,0 +1,232 @@
+"""The model service's journal: recover (replay) at start, then record every step before its ack.
+
+Owns: ``Journal`` — ``recover`` (read every segment, ``walk`` from the restored checkpoint's
+journal point, replay the records through the service's own step function with the recorded
+seed and deterministic settings, check each replayed step's recorded result, cut torn or
+corrupt tails at the last good record, stop at a forged or foreign record, set aside what is
+not on the chain, then start a new lineage that continues exactly where replay ended), and
+the live side: ``append``/``wait`` (group commit), ``capture_point`` (rotation when a state is
+captured for a checkpoint), ``checkpointed`` (remove what a durable checkpoint covers), the cap.
+Does not own the record format (``appliance.format.journal``) or files (``files``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from appliance.errors import ApplianceError
+from appliance.events import EventLog
+from appliance.format.journal import Base, Point, Record, Segment, SegmentHeader, StepPayload, Walk, walk
+from appliance.journal import step as steps
+from appliance.journal.files import JournalFiles
+from appliance.journal.reader import read_segments
+from appliance.journal.writer import JournalWriter, LiveSegment
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], "dict[str, Any] | None"]  # the service's step, unseeded
+KEEP_RETIRED = 64
+
+
+@dataclass
+class Recovery:
+    """What ``recover`` did: records replayed, time, where it ended, and every cut or stop."""
+
+    replayed: int = 0
+    bytes: int = 0  # journal bytes of the replayed records
+    seconds: float = 0.0
+    last_index: int = 0
+    cut: list[dict[str, Any]] = field(default_factory=list)
+    stopped: dict[str, Any] | None = None
+    retired: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"replayed": self.replayed, "bytes": self.bytes, "seconds": round(self.seconds, 6),
+                "last_index": self.last_index, "cut": self.cut, "stopped": self.stopped, "retired": self.retired,
+                "removed": self.removed}  # fmt: skip
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Journal:
+    def __init__(
+        self,
+        files: JournalFiles,
+        key: bytes,
+        events: EventLog | None,
+        *,
+        model: str,
+        group_commit_s: float = 0.010,
+        max_bytes: int = 64 << 20,
+        threads: int = 1,
+    ) -> None:
+        self.files, self.key, self.events, self.model, self.threads = files, key, events, model, threads
+        self.group_commit_s, self.max_bytes = group_commit_s, max_bytes
+        self.writer: JournalWriter | None = None
+        self.recovery: Recovery | None = None
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    def recover(self, point: Point | None, content_sha256: str | None, generation: int, step: StepFn,
+                step_counter: Callable[[], int]) -> Recovery:  # fmt: skip
+        """Replay what continues the restored state, clean the directory, start the next lineage."""
+        t0 = time.perf_counter()
+        segments = read_segments(self.files, self.key)
+        w = walk(segments, point, content_sha256)
+        rec = Recovery(last_index=w.last_index)
+        by_name = {s.name: s for s in segments}
+        replayed_to = self._replay(w, by_name, step, step_counter, rec)
+        rec.last_index = replayed_to
+        rec.seconds = time.perf_counter() - t0
+        chain = self._tidy(w, segments, point, replayed_to, rec)
+        base_lineage = w.lineage.hex() if w.lineage is not None else (point.lineage if point else None)
+        base = Base(content_sha256, base_lineage, replayed_to, generation)
+        header = SegmentHeader(base, self.model, self.threads, _utc())
+        self.writer = JournalWriter(self.files, self.key, secrets.token_bytes(16), replayed_to + 1, header,
+                                    group_commit_s=self.group_commit_s, chain=chain)  # fmt: skip
+        self.recovery = rec
+        self._emit_recovery(rec, generation)
+        return rec
+
+    def _replay(self, w: Walk, by_name: dict[str, Segment], step: StepFn, step_counter: Callable[[], int],
+                rec: Recovery) -> int:  # fmt: skip
+        """Run the walk's records; returns the index of the last one replayed (stops at a divergence)."""
+        wanted = {(r.lineage, r.index) for r in w.records}
+        last = w.records[0].index - 1 if w.records else w.last_index
+        for name in w.used:
+            seg = by_name[name]
+            assert seg.header is not None
+            with steps.deterministic(seg.header.threads):
+                for r in seg.records:
+                    if (r.lineage, r.index) not in wanted:
+                        continue
+                    applied, problem = self._replay_one(r, step, step_counter)
+                    if problem:
+                        rec.stopped = {"kind": "diverged", "segment": name, "index": r.index, "detail": problem}
+                        self._set_aside_from(name, r.offset, "diverged", rec)
+                        return r.index if applied else last
+                    last = r.index
+                    rec.replayed += 1
+                    rec.bytes += r.end - r.offset
+        if w.stopped is not None:
+            s = w.stopped
+            rec.stopped = {"kind": s.kind, "segment": s.segment, "index": s.index, "detail": s.detail}
+            self._set_aside_from(s.segment, s.offset, s.kind, rec)
+        for name, offset in w.cuts:
+            self._set_aside_from(name, offset, "cut", rec)
+        return last
+
+    def _replay_one(self, r: Record, step: StepFn, step_counter: Callable[[], int]) -> tuple[bool, str]:
+        """(whether the step ran, why replay must stop here: "" if it need not)."""
+        try:
+            p = StepPayload.from_bytes(r.payload)
+            inputs, targets = steps.tensors_of(p)
+        except (ApplianceError, ValueError) as exc:
+            return False, f"record {r.index} cannot be decoded: {exc}"
+        before = step_counter()
+        if before != p.step_before:
+            return False, f"record {r.index} expects step {p.step_before} before it, the state is at {before}"
+        with steps.seeded(p.seed):
+            result = step(inputs, targets)
+        if dict(result or {}) != dict(p.result):
+            return True, f"record {r.index} replayed to {result}, recorded {dict(p.result)}: not deterministic"
+        return True, ""
+
+    def _set_aside_from(self, name: str, offset: int, label: str, rec: Recovery) -> None:
+        data = self.files.read(name)
+        if offset >= len(data):
+            return
+        self.files.set_aside(name, data[offset:], f"{label}-at-{offset}")
+        self.files.truncate(name, offset)
+        rec.cut.append({"segment": name, "offset": offset, "bytes": len(data) - offset, "kind": label})
+
+    def _tidy(self, w: Walk, segments: list[Segment], point: Point | None, last: int, rec: Recovery
+              ) -> list[LiveSegment]:  # fmt: skip
+        """Remove what the restored checkpoint covers, set aside what is not on the chain; the live chain."""
+        used = set(w.used)
+        chain: list[LiveSegment] = []
+        start = bytes.fromhex(point.lineage) if point else None
+        for seg in sorted(segments, key=lambda s: (s.first_index, s.name)):
+            if seg.name in used:
+                kept = [r for r in seg.records if r.index <= last or r.lineage != seg.lineage]
+                end = kept[-1].end if kept else (seg.records[0].offset if seg.records else seg.size)
+                chain.append(LiveSegment(seg.name, seg.lineage, seg.first_index,
+                                         kept[-1].index if kept else seg.first_index - 1, end))  # fmt: skip
+                continue
+            covered = point is not None and seg.lineage == start and bool(seg.records) \
+                and seg.records[-1].index <= point.index and seg.stop is None  # fmt: skip
+            if not covered:
+                self.files.set_aside(seg.name, self.files.read(seg.name), "retired")
+                rec.retired.append(seg.name)
+            else:
+                rec.removed.append(seg.name)
+            self.files.remove(seg.name)
+        self.files.sync_dir()
+        self._bound_retired()
+        return chain
+
+    def _bound_retired(self) -> None:
+        self.files.bound_retired(KEEP_RETIRED)
+
+    def _emit_recovery(self, rec: Recovery, generation: int) -> None:
+        if self.events is None:
+            return
+        for cut in rec.cut:
+            if cut["kind"] == "cut":
+                self.events.emit("journal.cut", segment=cut["segment"], offset=cut["offset"], bytes=cut["bytes"])
+        if rec.stopped is not None:
+            self.events.emit("journal.stopped", generation=generation, **rec.stopped)
+        self.events.emit("journal.replayed", generation=generation, records=rec.replayed, bytes=rec.bytes,
+                         seconds=round(rec.seconds, 6), last_index=rec.last_index,
+                         retired=len(rec.retired), removed=len(rec.removed))  # fmt: skip
+
+    # --- the live side ----------------------------------------------------------------------------
+
+    def _live(self) -> JournalWriter:
+        if self.writer is None:
+            raise RuntimeError("the journal is not recovered yet")
+        return self.writer
+
+    def append(self, p: StepPayload) -> int:
+        return self._live().append(p.to_bytes())
+
+    def wait(self, index: int) -> None:
+        self._live().wait(index)
+
+    def capture_point(self) -> Point:
+        """Called with the state captured (under the model lock): its point; later steps go to a new segment."""
+        w = self._live()
+        point = w.point
+        if w.current.last >= w.current.first:
+            w.rotate()
+        return point
+
+    def checkpointed(self, point: Point) -> list[str]:
+        removed = self._live().checkpointed(point)
+        if removed and self.events is not None:
+            self.events.emit("journal.rotated", lineage=point.lineage, index=point.index, removed=len(removed),
+                             bytes_left=self.total_bytes)  # fmt: skip
+        return removed
+
+    @property
+    def total_bytes(self) -> int:
+        return self.writer.total_bytes if self.writer else 0
+
+    @property
+    def over_cap(self) -> bool:
+        return self.total_bytes >= self.max_bytes
+
+    @property
+    def full(self) -> bool:
+        return self.total_bytes >= 2 * self.max_bytes
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
