@@ -395,7 +395,9 @@ def test_sealing_switched_on_for_new_commits_of_a_plain_store(
     key = SigningKey.generate()
     store = Store.init(tmp_path / "s", [key.public], StoreConfig(model="m", frame_size=16384))
     store.commit(sources_from_dict(state(0)), [key])
-    assert main(["key", str(tmp_path / "s"), "enable", "--kek", f"file:{tmp_path}/k.kek", "--create-kek", "--json"]) == 0
+    assert (
+        main(["key", str(tmp_path / "s"), "enable", "--kek", f"file:{tmp_path}/k.kek", "--create-kek", "--json"]) == 0
+    )
     status = json.loads(capsys.readouterr().out)
     assert status["encrypt_new_commits"] and status["kek"] == "available" and status["used_by"] == {"plain": ["A/1"]}
     reopened = Store.open(tmp_path / "s")
