@@ -143,6 +143,7 @@ def save_directory(
     policy: str | None = None,
     full: bool = False,
     progress: Progress | None = None,
+    new_layout: bool = False,
 ) -> CommitResult:
     """Commit a ``.safetensors`` file or a whole model directory, as ``appliance commit`` does.
 
@@ -150,10 +151,12 @@ def save_directory(
     file as an asset (docs/design.md §4.5); a vendor ``model.sig`` is verified against the
     store's vendor trust and recorded as provenance, as on the CLI (a store that requires one
     refuses an unsigned source). Source defects raise ``SourceFormatError``, ``AssetError``,
-    ``ReservedNameError`` or the provenance errors before anything is written.
+    ``ReservedNameError`` or the provenance errors before anything is written; a source whose
+    tensor names, dtypes or shapes differ from the store's newest checkpoint raises
+    ``ModelLayoutError`` unless ``new_layout`` (another architecture, a subset, a resized tensor).
     """
     from appliance.provenance import check_source, load_vendors, vendors_path
-    from appliance.sources.model_dir import directory_parts
+    from appliance.sources.model_dir import check_layout, directory_parts
     from appliance.sources.safetensors_io import open_model
 
     keys = [key] if isinstance(key, SigningKey) else list(key)
@@ -164,6 +167,7 @@ def save_directory(
         log.warning("%s: dropped header keys in appliance's namespace: %s", source, model.dropped_header_keys)
     try:
         parts = directory_parts(model)
+        check_layout(store, model, source, new_layout=new_layout)
         result, _ = store.commit(
             model.sources,
             keys,

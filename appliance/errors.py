@@ -173,6 +173,20 @@ class OlderCheckpointError(UserError):
     remedy = "nothing was changed; import a checkpoint newer than the node's (`appliance log ROOT`)"
 
 
+class ModelLayoutError(UserError):
+    """A model file or directory whose tensors differ from the store's newest checkpoint (issue 11).
+
+    Code 74: the 10-29 range is full; 74-76 were reserved for issue 11's gaps.
+    """
+
+    exit_code = 74
+    remedy = (
+        "nothing was committed: commit this model into its own store (`appliance init`), or, if the store's "
+        "model really changes (new architecture, resized vocabulary, a subset), commit with --new-layout "
+        "(API: new_layout=True)"
+    )
+
+
 # --- data is damaged, forged or not for this node --------------------------------------
 
 

@@ -213,6 +213,15 @@ _CATALOGUE = (
     EventType("console.action", "7e6d5c4b3a2948f7a6b5c4d3e2f1a0b9", 5,
               "technician {technician} ran {action}: {outcome}",
               "A technician action from the recovery console or its CLI verbs; the fields hold its parameters."),
+    EventType("console.action_request", "3c9aae1b8eea42edb81400707cac002f", 5,
+              "{backend} side accepted {action} for technician {technician} from uid {uid}",
+              "The privileged action channel accepted an authenticated, well-formed request (caller by SO_PEERCRED)."),
+    EventType("console.action_refused", "86f84990a3e64a739e90700850db46f5", 3,
+              "{backend} side refused a request from uid {uid}: {reason}",
+              "The privileged action channel refused a caller (wrong uid, forged or malformed request, rate limit)."),
+    EventType("console.usb_mount", "bbc2ed513d3443dea8d85a36e46bfcca", 5,
+              "USB helper {op} {device} for uid {uid} ({mode})",
+              "The root USB mount helper mounted or unmounted a stick (nosuid, nodev, noexec, private directory)."),
 )  # fmt: skip
 
 CATALOGUE: Mapping[str, EventType] = {e.name: e for e in _CATALOGUE}

@@ -93,6 +93,36 @@ stopsignal=TERM
 stopwaitsecs=10
 redirect_stderr=true
 stdout_logfile={log_dir}/console.log
+{privileged}"""
+
+# The console's privileged sides (production, ``users``): each action runs as the user that holds
+# its privilege; the console reaches them over unix sockets in the run dir (appliance/console/actiond.py).
+# The root USB mount helper is its own systemd unit (systemd/appliance-usbmount.service): supervisord's
+# unit forbids mounts.
+_PRIVILEGED = """
+[program:actions]
+; technician actions that need the device key or the store (rollback, import, scrub, slot marks)
+command={appliance} console actiond --config {config} --backend persist
+user=appliance-persist
+autostart=true
+autorestart=true
+startsecs=1
+stopsignal=TERM
+stopwaitsecs=60
+redirect_stderr=true
+stdout_logfile={log_dir}/actions.log
+
+[program:boot-actions]
+; technician actions that need supervisord or the floor (restart the service; read the floor)
+command={appliance} console actiond --config {config} --backend boot
+user=appliance-boot
+autostart=true
+autorestart=true
+startsecs=1
+stopsignal=TERM
+stopwaitsecs=60
+redirect_stderr=true
+stdout_logfile={log_dir}/boot-actions.log
 """
 
 
@@ -154,9 +184,13 @@ def _console(layout: SupervisordLayout) -> str:
         appliance=layout.appliance,
         config=layout.config,
         console_state=layout.console_state,
-        console_listen="".join(f" --listen {a}" for a in layout.console_listen),
+        console_listen="".join(f" --listen {a}" for a in layout.console_listen)
+        + (" --actions socket" if layout.users else ""),
         console_user=f"user={layout.console_user}\n" if layout.console_user else "",
         log_dir=layout.log_dir,
+        privileged=_PRIVILEGED.format(appliance=layout.appliance, config=layout.config, log_dir=layout.log_dir)
+        if layout.users
+        else "",
     )
 
 

@@ -116,6 +116,12 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--policy", choices=["compact", "fast", "auto"], help="override the store's policy")
     p.add_argument("--full", action="store_true", help="compaction: store every frame without a delta chain")
     p.add_argument("--allow-empty", action="store_true", help="commit even if the source holds no tensors")
+    p.add_argument(
+        "--new-layout",
+        action="store_true",
+        help="allow tensors (names, dtypes, shapes) that differ from the newest checkpoint's: the store's model "
+        "changes (another architecture, a subset, a resized tensor); refused otherwise (exit 74)",
+    )
     add_json(p)
     p.set_defaults(func=sc.cmd_commit)
 

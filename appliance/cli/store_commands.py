@@ -162,7 +162,7 @@ def _trust_text(d: dict[str, Any]) -> str:
 
 
 def cmd_commit(args: argparse.Namespace, out: Output) -> int:
-    from appliance.sources.model_dir import directory_parts
+    from appliance.sources.model_dir import check_layout, directory_parts
     from appliance.sources.safetensors_io import open_model
 
     store = Store.open(args.root)
@@ -172,6 +172,7 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
     model = open_model(args.source)
     try:
         parts = directory_parts(model)  # every source defect is refused before anything is written
+        check_layout(store, model, args.source, new_layout=args.new_layout)
         total = model.raw_bytes + sum(a.size for a in parts.assets)
         with out.progress(total, "commit") as progress:
             result, gc = store.commit(

@@ -32,7 +32,6 @@ from appliance.errors import ApplianceError, StorageError, UsageError
 from appliance.events import EventLog
 from appliance.format import console as rules
 from appliance.node.config import NodeConfig, load_config
-from appliance.node.floor import FloorUnreadableError, open_floor
 
 HERE = Path(__file__).parent
 FORM_MAX = 16 * 1024
@@ -93,10 +92,9 @@ class Console:
         return self.templates.TemplateResponse(request, name, ctx, status_code=status)
 
     def floor(self) -> int | None:
-        try:
-            return open_floor(self.config).read()
-        except FloorUnreadableError:
-            return None
+        from appliance.console.actiond import read_floor
+
+        return read_floor(self.config)
 
 
 async def read_form(request: Request) -> dict[str, str]:

@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = action("diagnostics", "write a diagnostics bundle (never keys or weights)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.tar.gz")
     p.set_defaults(func=cmd_tech)
+    p = action("diagnostics-usb", "write a diagnostics bundle onto a USB stick (mounted read-write for this only)")
+    p.add_argument("device", metavar="DEVICE")
+    p.set_defaults(func=cmd_tech)
 
     _register_console(sub)
 
@@ -85,7 +88,18 @@ def _register_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME", help="extra Host name to accept")
     p.add_argument("--tls", action="store_true", help="TLS on loopback too (always on for other addresses)")
     p.add_argument("--remote", type=Path, metavar="REMOTE.json", help="replicator config: adds replication metrics")
+    p.add_argument("--actions", choices=("auto", "socket", "local"), default="auto",
+                   help="how actions run: socket = the privileged sides' sockets (production), local = child "
+                   "processes of the console's own user (development); auto = socket when "
+                   "RUN/actions.sock exists")  # fmt: skip
     p.set_defaults(func=cmd_serve, json=False)
+    p = csub.add_parser("actiond", help="serve technician actions for the console (persist side or boot side)")
+    add_config(p)
+    p.add_argument("--backend", choices=("persist", "boot"), required=True)
+    p.set_defaults(func=cmd_actiond, json=False)
+    p = csub.add_parser("usbmount", help="the root USB mount helper (mounts sticks for the persist side only)")
+    add_config(p)
+    p.set_defaults(func=cmd_usbmount, json=False)
     p = csub.add_parser("passwd", help="provision or change a technician's password (argon2id)")
     add_config(p)
     _state(p)
@@ -135,6 +149,7 @@ def cmd_tech(args: argparse.Namespace, out: Output) -> int:
         "diagnostics": lambda: ops.diagnostics(config, who, args.out),
         "usb-list": ops.usb_list,
         "usb-scan": lambda: ops.usb_scan(config, args.device),
+        "diagnostics-usb": lambda: ops.diagnostics_usb(config, who, args.device),
     }
     name = args.tech_action
     if name == "import":
@@ -235,4 +250,20 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
 
     listen = [parse_listen(v) for v in (args.listen or [DEFAULT_LISTEN])]
     return serve(Path(args.config).resolve(), state_dir(args), listen, args.allow_host, force_tls=args.tls,
-                 remote=args.remote)  # fmt: skip
+                 remote=args.remote, actions=args.actions)  # fmt: skip
+
+
+def cmd_actiond(args: argparse.Namespace, out: Output) -> int:
+    from appliance.console.actiond import ActionServer
+
+    ActionServer(Path(args.config).resolve(), args.backend).serve_forever()
+    return 0
+
+
+def cmd_usbmount(args: argparse.Namespace, out: Output) -> int:
+    from appliance.console.usbmount import MountServer
+
+    if os.geteuid() != 0:
+        raise UsageError("the USB mount helper runs as root (supervisord program usbmount)")
+    MountServer(Path(args.config).resolve()).serve_forever()
+    return 0

@@ -13,6 +13,7 @@ production node this verb is invoked on the persistence side, see ``actions``).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -45,10 +46,18 @@ def _store(config: NodeConfig) -> Store:
 
 
 def _floor(config: NodeConfig) -> int:
+    """The floor, read directly or asked of the boot side (it alone may read the file on a node)."""
+    from appliance.console.actiond import read_floor
+
     try:
         return open_floor(config).read()
-    except FloorUnreadableError as exc:
-        raise ActionRefusedError(f"the anti-rollback floor is unreadable ({exc}); boot must rebuild it first") from exc
+    except (FloorUnreadableError, OSError) as exc:
+        floor = read_floor(config)
+        if floor is None:
+            raise ActionRefusedError(
+                f"the anti-rollback floor is unreadable ({exc}); boot must rebuild it first"
+            ) from exc
+        return floor
 
 
 def verify(config: NodeConfig, technician: str) -> dict[str, Any]:
@@ -189,8 +198,7 @@ def usb_scan(config: NodeConfig, device: str) -> dict[str, Any]:
     """Mount the stick read-only, list its checkpoints with the import decision for each, unmount."""
     from appliance.console import usb
 
-    stick = usb.find_stick(device)
-    with usb.mounted(stick) as root:
+    with usb.mounted_device(config.run_dir, device) as (stick, root):
         found = usb.scan(root, _import_store(config), _floor(config))
     return {"stick": stick.to_dict(), "checkpoints": [c.to_dict() for c in found]}
 
@@ -200,10 +208,10 @@ def usb_import(config: NodeConfig, technician: str, device: str, generation: int
     """Import one generation from a stick: verified before bulk copy, hashed as read, committed last."""
     from appliance.console import usb
 
-    stick = usb.find_stick(device)
     store, floor = _import_store(config), _floor(config)
+    stick = usb.Stick(device, "")
     try:
-        with usb.mounted(stick) as root:
+        with usb.mounted_device(config.run_dir, device) as (stick, root):
             found = {c.generation: c for c in usb.scan(root, store, floor)}
             plan = rules.plan_import(device, found.get(generation), generation)
             if not plan.allowed:
@@ -227,6 +235,48 @@ def usb_import(config: NodeConfig, technician: str, device: str, generation: int
     _log(config, technician, "import", summary, device=device, generation=generation, slot=result["slot"],
          stick=stick.serial or stick.label)  # fmt: skip
     return {"stick": stick.to_dict(), "imported": result, "plan": plan.to_dict(), "summary": summary}
+
+
+def diagnostics_usb(config: NodeConfig, technician: str, device: str) -> dict[str, Any]:
+    """Write a diagnostics bundle onto a stick: the explicit, separate action that mounts it read-write.
+
+    Imports always mount read-only; only this action asks for a read-write mount (still nosuid,
+    nodev, noexec), writes one new file ``appliance-diagnostics-<UTC time>.tar.gz`` at the stick's
+    top level (never overwriting one), flushes it and unmounts.
+    """
+    import tempfile
+    import time
+
+    from appliance.console import usb
+    from appliance.console.diagnostics import write_bundle
+
+    with tempfile.TemporaryDirectory(prefix="appliance-diag-") as tmp:
+        local = Path(tmp) / "bundle.tar.gz"
+        members = write_bundle(config, local)
+        name = f"appliance-diagnostics-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz"
+        try:
+            with usb.mounted_device(config.run_dir, device, write=True) as (stick, root):
+                _copy_durably(local, root / name)
+        except (ApplianceError, OSError) as exc:
+            problem = getattr(exc, "problem", None) or f"cannot write to the stick: {exc}"
+            _log(config, technician, "diagnostics-usb", f"refused: {problem}", device=device)
+            if isinstance(exc, ApplianceError):
+                raise
+            raise ActionRefusedError(f"the stick at {device} cannot take the bundle: {exc}") from exc
+    _log(config, technician, "diagnostics-usb", f"bundle {name} written to the stick", device=device, file=name,
+         stick=stick.serial or stick.label)  # fmt: skip
+    summary = f"diagnostics bundle {name} ({len(members)} files) written to the stick; it is unmounted"
+    return {"file": name, "members": members, "stick": stick.to_dict(), "summary": summary}
+
+
+def _copy_durably(src: Path, dst: Path) -> None:
+    """Copy ``src`` to the new file ``dst`` (never overwriting) and flush it to the medium."""
+    import shutil
+
+    with src.open("rb") as a, dst.open("xb") as b:
+        shutil.copyfileobj(a, b)
+        b.flush()
+        os.fsync(b.fileno())
 
 
 def _blobs(root: Path, store: Store, generation: int, floor: int) -> tuple[Any, ...]:

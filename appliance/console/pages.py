@@ -67,6 +67,12 @@ def plan_for(  # noqa: PLR0911 - one return per action
         return rollback_plan(con.config, generation), [str(generation)]
     if action == "import":
         return plan_import(con, params.get("device", ""), _int(params.get("generation")))
+    if action == "diagnostics-usb":
+        from appliance.console.usb import list_sticks
+
+        device = params.get("device", "")[:64]
+        plan = rules.plan_diagnostics_usb(device, device in {s.device for s in list_sticks()})
+        return plan, [device]
     return rules.ActionPlan(action, "Unknown action", "", refusal=f"unknown action {action[:40]!r}"), []
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from appliance.console import tls
+from appliance.console.actions import ActionChannel, CliChannel
 from appliance.console.app import ConsoleSettings, create_app
 from appliance.events import EventLog
 from appliance.format import console as rules
@@ -35,8 +36,19 @@ def allowed_hosts(listen: Sequence[tuple[str, int]], extra: Sequence[str]) -> tu
     return tuple(sorted(names))
 
 
+def channel_for(config_path: Path, actions: str) -> ActionChannel:
+    """The privileged sides' sockets in production (``socket``, or ``auto`` when ``RUN/actions.sock`` exists),
+    else child processes of the console's own user (a development node without users)."""
+    from appliance.console.actiond import SocketChannel, socket_path
+
+    use_socket = actions == "socket" or (
+        actions == "auto" and socket_path(load_config(config_path), "persist").exists()
+    )
+    return SocketChannel(config_path) if use_socket else CliChannel(config_path)
+
+
 def serve(config_path: Path, state_dir: Path, listen: Sequence[tuple[str, int]], extra_hosts: Sequence[str], *,
-          force_tls: bool = False, remote: Path | None = None) -> int:  # fmt: skip
+          force_tls: bool = False, remote: Path | None = None, actions: str = "auto") -> int:  # fmt: skip
     hosts = allowed_hosts(listen, extra_hosts)
 
     def tls_on(host: str) -> bool:
@@ -50,7 +62,7 @@ def serve(config_path: Path, state_dir: Path, listen: Sequence[tuple[str, int]],
     provisioned = config_path.parent / "technicians.json"
     settings = ConsoleSettings(config_path=config_path, state_dir=state_dir, allowed_hosts=hosts, tls=secure,
                                provisioned_technicians=provisioned, remote=remote)  # fmt: skip
-    app = create_app(settings)
+    app = create_app(settings, channel_for(config_path, actions))
     configs = []
     for host, port in listen:
         use_tls = tls_on(host)

@@ -10,12 +10,15 @@ and why it cannot be imported) and ``import_from`` (the portable-layout import,
 read, committed last). Mounting is done by this code, never from a udev rule; nothing on the
 stick is executed or used as a path.
 
-Needs root (mount); on a node it runs in the ``appliance tech`` process, not in the web console.
+Needs root (mount): as root (``appliance tech`` over SSH) it mounts itself; on a node the
+persistence side's ``appliance tech`` asks the root USB helper (``usbmount``) through
+``mounted_device``; the web console never mounts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -82,23 +85,33 @@ def _kernel_has(fstype: str) -> bool:
         return False
 
 
-def _mount_command(stick: Stick, target: Path) -> list[str]:
-    opts = ",".join(rules.MOUNT_OPTIONS)
+def _mount_command(stick: Stick, target: Path, write: bool = False, owner: tuple[int, int] | None = None) -> list[str]:
+    """The mount (or FUSE driver) command; ``write``: read-write (diagnostics), still nosuid,nodev,noexec;
+    ``owner``: (uid, gid) the files appear as (FAT/exFAT have no owners; the helper mounts for its caller)."""
+    base = [o for o in rules.MOUNT_OPTIONS if o != "ro"]
     if _kernel_has(stick.fstype):
-        return ["mount", "-t", stick.fstype, "-o", opts, stick.device, str(target)]
+        extra = ["rw" if write else "ro"]
+        if owner is not None and stick.fstype in ("vfat", "exfat"):
+            extra += [f"uid={owner[0]}", f"gid={owner[1]}", "fmask=0177", "dmask=0077"]
+        return ["mount", "-t", stick.fstype, "-o", ",".join([*extra, *base]), stick.device, str(target)]
     for driver in FUSE_DRIVERS.get(stick.fstype, []):
         if exe := shutil.which(driver):
-            return [exe, "-o", opts, stick.device, str(target)]
+            extra = ["rw+" if write and driver == "fusefat" else "rw" if write else "ro"]
+            if owner is not None:
+                extra.append("allow_other")  # reachable only through the caller's 0700 directory
+            return [exe, "-o", ",".join([*extra, *base]), stick.device, str(target)]
     raise ActionRefusedError(f"this node cannot read {stick.fstype} (no kernel or FUSE driver)")
 
 
 @contextlib.contextmanager
-def mounted(stick: Stick) -> Iterator[Path]:
-    """Mount read-only, nosuid, nodev, noexec in a fresh private directory; unmount and remove it after."""
+def mounted(stick: Stick, write: bool = False, target: Path | None = None,
+            owner: tuple[int, int] | None = None) -> Iterator[Path]:  # fmt: skip
+    """Mount read-only (``write``: read-write), nosuid, nodev, noexec in a fresh private directory (or the
+    empty directory ``target``); unmount and remove it after."""
     _check_signature(stick)
-    target = Path(tempfile.mkdtemp(prefix="appliance-usb-"))  # 0700, this process's own
+    target = target or Path(tempfile.mkdtemp(prefix="appliance-usb-"))  # 0700, this process's own
     try:
-        command = _mount_command(stick, target)  # fixed programs; the device is a udev-reported node
+        command = _mount_command(stick, target, write, owner)  # fixed programs; the device is a udev-reported node
         proc = subprocess.run(command, capture_output=True, text=True, timeout=MOUNT_TIMEOUT_S, check=False,  # noqa: S603
                               env=CLEAN_ENV)  # fmt: skip
         if proc.returncode != 0:
@@ -115,6 +128,21 @@ def mounted(stick: Stick) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             target.rmdir()
+
+
+@contextlib.contextmanager
+def mounted_device(run_dir: str, device: str, write: bool = False) -> Iterator[tuple[Stick, Path]]:
+    """The stick at ``device`` mounted for this process: directly as root (``appliance tech`` over SSH),
+    else through the root USB helper (``usbmount``: the persistence side on a node is not root)."""
+    if os.geteuid() == 0:
+        stick = find_stick(device)
+        with mounted(stick, write) as root:
+            yield stick, root
+        return
+    from appliance.console.usbmount import MountClient
+
+    with MountClient(run_dir).mounted(device, write) as (stick, root):
+        yield stick, root
 
 
 def _check_signature(stick: Stick) -> None:

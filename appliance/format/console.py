@@ -120,7 +120,7 @@ def needs_tls(address: str) -> bool:
 
 # --- technician actions -----------------------------------------------------------------------
 
-ACTIONS = ("verify", "scrub", "slot-reset", "rollback", "restart-service", "diagnostics", "import")
+ACTIONS = ("verify", "scrub", "slot-reset", "rollback", "restart-service", "diagnostics", "import", "diagnostics-usb")
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,23 @@ def plan_diagnostics() -> ActionPlan:
         "Writes one .tar.gz with the event log, slot and store status, verify and scrub results, the "
         "restore-time report, software versions and the appliance units' journal. It never contains "
         "keys or model weights. Nothing on the node changes.",
+    )
+
+
+def plan_diagnostics_usb(device: str, detected: bool) -> ActionPlan:
+    """Diagnostics onto a stick: the one action that mounts a stick read-write (imports never do)."""
+    title = "Write a diagnostics bundle to the USB stick"
+    if not detected:
+        return ActionPlan("diagnostics-usb", title, "", {"device": device},
+                          refusal="choose a detected stick on the USB page")  # fmt: skip
+    return ActionPlan(
+        "diagnostics-usb",
+        title,
+        f"The stick {device} is mounted read-write for this action only (nosuid, nodev, noexec), one new file "
+        "appliance-diagnostics-<time>.tar.gz is written at its top level (never replacing a file), flushed, and "
+        "the stick is unmounted. The bundle never contains keys or model weights. Nothing on the node changes. "
+        "A write-protected or full stick is refused and nothing is written.",
+        {"device": device},
     )
 
 

@@ -28,6 +28,7 @@ from appliance.format.journal import Point
 EXPORT_FORMAT = "appliance.export"
 EXPORT_VERSION = 1
 HEADER_KEY = "appliance.export"
+TRAINING_KEY = "appliance.training"  # checkpoint metadata: the training record (appliance.training)
 SUFFIX = ".safetensors"
 _NAME = re.compile(r"export-(\d{20})\.safetensors")
 
@@ -83,6 +84,7 @@ class ExportInfo:
     canary: Canary | None = None
     source: dict[str, Any] | None = None  # the checkpoint the service restored: slot, generation, digest
     journal: dict[str, Any] | None = None  # the adaptation journal point this state includes (issue 17)
+    training: dict[str, Any] | None = None  # the training record (appliance.training) of this state
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -100,6 +102,8 @@ class ExportInfo:
         }
         if self.journal is not None:  # absent, not null: exports without a journal keep their v1 header
             out["journal"] = self.journal
+        if self.training is not None:  # likewise
+            out["training"] = self.training
         return out
 
     def header_value(self) -> str:
@@ -111,7 +115,7 @@ class ExportInfo:
             raise ManifestError(f"the file has no {HEADER_KEY!r} entry: it is not a state export")
         obj = strict_loads(value.encode("utf-8"), what="export header", max_bytes=4 << 20, max_depth=16)
         keys = set(cls("", 0, "", "0" * 64, 0, 0, 0.0).to_dict())
-        d = require_keys(obj, "export header", keys, frozenset({"journal"}))
+        d = require_keys(obj, "export header", keys, frozenset({"journal", "training"}))
         if d["format"] != EXPORT_FORMAT or d["version"] != EXPORT_VERSION:
             raise ManifestError("not a v1 state export")
         pause = d["pause_s"]
@@ -130,6 +134,7 @@ class ExportInfo:
             canary=None if d["canary"] is None else Canary.from_dict(d["canary"]),
             source=d["source"],
             journal=_journal_point(d.get("journal")),
+            training=_training_record(d.get("training")),
         )
 
     def checkpoint_metadata(self) -> dict[str, Any]:
@@ -147,7 +152,20 @@ class ExportInfo:
             meta["derived_from"] = self.source
         if self.journal is not None:
             meta["journal"] = self.journal
+        if self.training is not None:
+            meta[TRAINING_KEY] = self.training
         return meta
+
+
+def _training_record(value: Any) -> dict[str, Any] | None:
+    """The export's training record: ``{"version": int, "state": {...}}`` (its skeleton is checked
+    against the tensors when ``appliance.training.load`` resumes the checkpoint)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"version", "state"} or not isinstance(value["state"], dict):
+        raise ManifestError("export header training must be an object with version and state")
+    get_int(value, "version", "export training", 1, 1 << 16)
+    return value
 
 
 def _journal_point(value: Any) -> dict[str, Any] | None:

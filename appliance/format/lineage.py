@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,3 +70,32 @@ def layout_difference(base: Layout, derived: Layout) -> str | None:
             (bd, bs), (dd, ds) = base[name], derived[name]
             return f"tensor {name!r:.80} is {dd}{list(ds)!r:.60}, the release base has {bd}{list(bs)!r:.60}"
     return None
+
+
+def describe_layout_change(parent: Layout, source: Layout, shown: int = 3) -> str | None:
+    """``None`` when ``source`` has the parent's tensor names, dtypes and shapes; else how it differs.
+
+    Used to refuse committing another architecture over a store's model (docs/design.md §4.5
+    "Layout rule"): counts of tensors added, removed and changed, each with up to ``shown`` names.
+    """
+    added, removed = sorted(source.keys() - parent.keys()), sorted(parent.keys() - source.keys())
+    changed = sorted(n for n in parent.keys() & source.keys() if parent[n] != source[n])
+    if not (added or removed or changed):
+        return None
+
+    def part(what: str, names: list[str], show: Callable[[str], str]) -> str:
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        return f"{len(names)} {what} ({', '.join(show(n) for n in names[:shown])}{more})"
+
+    def shape(layout: Layout, name: str) -> str:
+        dtype, dims = layout[name]
+        return f"{dtype}{list(dims)}"
+
+    parts = []
+    if added:
+        parts.append(part("added", added, lambda n: f"{n!r:.80}"))
+    if removed:
+        parts.append(part("removed", removed, lambda n: f"{n!r:.80}"))
+    if changed:
+        parts.append(part("changed", changed, lambda n: f"{n!r:.80}: {shape(parent, n)} -> {shape(source, n)}"))
+    return f"{len(source)} tensors vs the parent's {len(parent)}: " + "; ".join(parts)

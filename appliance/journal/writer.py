@@ -2,8 +2,9 @@
 
 Owns: ``JournalWriter`` — the current segment of one lineage, ``append`` (encode + write; the
 caller orders appends, the model service under its model lock), ``wait`` (block until the
-record is fsynced), the flusher thread that syncs pending records in groups (the first record
-of a group waits at most ``group_commit_s`` plus one ``fdatasync``), ``rotate`` (sync the
+record is fsynced), the flusher thread that syncs pending records in groups (a lone record is
+synced at once; records arriving while a sync runs, or several pending together, form a group
+whose first record waits at most ``group_commit_s`` plus one ``fdatasync``), ``rotate`` (sync the
 current segment, then start the next with its header durable before any record in it is
 acknowledged) and the chain of live segments that ``checkpointed`` trims.
 Does not own the record format (``appliance.format.journal``) or recovery (``journal``).
@@ -191,9 +192,12 @@ class JournalWriter:
                 if self._closed or self._error is not None:
                     return
                 since = self._pending_since or self.clock()
-            delay = since + self.group_commit_s - self.clock()
+                concurrent = self._next - 1 - self._synced >= 2
+            # A lone record is synced at once (its latency is one fsync); when several clients are
+            # appending, the group waits up to group_commit_s from its first record to share one sync.
+            delay = since + self.group_commit_s - self.clock() if concurrent else 0.0
             if delay > 0:
-                time.sleep(delay)  # gather the group: records appended meanwhile share this sync
+                time.sleep(delay)
             try:
                 with self._io:
                     self._sync_current()

@@ -81,6 +81,10 @@ class NodeConfig:
     # This node's device id (issue 10): "" = read DIR_OF_NODE_JSON/device.json, which first boot writes.
     # Device-role signatures count only from the key bound to this id (appliance.node.identity).
     device_id: str = ""
+    # The recovery console's privileged action channel (appliance/console/actiond.py): callers it serves.
+    console_users: tuple[str, ...] = ("appliance-console",)
+    # May read the service's Prometheus metrics on the control socket (GET /v1/metrics), besides control_users.
+    metrics_users: tuple[str, ...] = ("appliance-console",)
 
     def __post_init__(self) -> None:
         if ":" not in self.model:

@@ -15,6 +15,8 @@ Roles (docs/design.md "Threat model"):
 * ``boot`` — the pre-admission canary and admission: root, the service's own user, ``control_users``.
 * ``persist`` — exports and their receipts, status: same set as ``boot``.
 * ``adapt`` — online adaptation: root, the service's own user and ``adapt_users`` only (default none).
+* ``metrics`` — Prometheus metrics (``GET /v1/metrics``): the ``boot`` set and ``metrics_users``
+  (default ``appliance-console``); never on the network listener.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/receipt"): "persist",
     ("POST", "/v1/journal/checkpointed"): "persist",
     ("POST", "/v1/adapt"): "adapt",
+    ("GET", "/v1/metrics"): "metrics",
 }
 SERVICE_USER = "appliance-serve"
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -75,16 +78,20 @@ class Policy:
     control: frozenset[int]
     adapt: frozenset[int]
     own: int
+    metrics: frozenset[int] = frozenset()
 
     @classmethod
-    def from_names(cls, control_users: Iterable[str], adapt_users: Iterable[str]) -> Policy:
-        return cls(uids(control_users), uids(adapt_users), os.geteuid())
+    def from_names(cls, control_users: Iterable[str], adapt_users: Iterable[str],
+                   metrics_users: Iterable[str] = ()) -> Policy:  # fmt: skip
+        return cls(uids(control_users), uids(adapt_users), os.geteuid(), uids(metrics_users))
 
     def allows(self, peer: Peer, role: str) -> bool:
         if peer.uid in (0, self.own):
             return True
         if role == "adapt":
             return peer.uid in self.adapt
+        if role == "metrics":
+            return peer.uid in self.control | self.metrics
         return peer.uid in self.control
 
 

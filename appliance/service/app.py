@@ -30,6 +30,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from appliance.errors import ApplianceError, ConfigError
 from appliance.service.limits import BodyLimit, request_models
+from appliance.service.metrics import CountRequests
 from appliance.service.runtime import NotAvailableError, ServiceRuntime
 
 
@@ -39,6 +40,7 @@ def create_app(runtime: ServiceRuntime) -> FastAPI:
     app = FastAPI(title="appliance model service", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))
+    app.add_middleware(CountRequests, metrics=runtime.metrics)  # outermost: refusals are counted too
 
     @app.exception_handler(NotAvailableError)
     async def not_available(_: Request, exc: NotAvailableError) -> JSONResponse:

@@ -17,6 +17,7 @@ Routes (JSON over HTTP/1.1; ``curl --unix-socket RUN/control.sock http://localho
     POST /v1/journal/checkpointed persist {"slot", "generation"}: trim the journal up to what that
                       committed checkpoint covers (the service verifies the checkpoint itself)
     POST /v1/adapt    adapt    {"inputs", "targets"}: one online adaptation step
+    GET  /v1/metrics  metrics  Prometheus text (appliance.service.metrics); never on the network listener
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from appliance.service.limits import request_models
 from appliance.service.runtime import NotAvailableError, ServiceRuntime
 
 GROUP = "appliance"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -53,7 +55,8 @@ class ControlServer:
     def __init__(self, runtime: ServiceRuntime, path: str | None = None) -> None:
         self.runtime = runtime
         self.path = Path(path or runtime.config.control_socket)
-        self.policy = Policy.from_names(runtime.config.control_users, runtime.config.adapt_users)
+        self.policy = Policy.from_names(runtime.config.control_users, runtime.config.adapt_users,
+                                        runtime.config.metrics_users)  # fmt: skip
         self.models = request_models(runtime.config)
         self._refused: dict[tuple[int, str], float] = {}
         self._server: _Server | None = None
@@ -100,6 +103,8 @@ class ControlServer:
         rt = self.runtime
         if route == "/v1/status":
             return 200, rt.health()
+        if route == "/v1/metrics":
+            return 200, rt.metrics.render()  # bytes: sent as Prometheus text
         if route == "/v1/receipt":
             receipt = rt.receipt((query.get("file") or [""])[0])
             return (200, receipt) if receipt else (404, {"detail": "this service process wrote no such export"})
@@ -199,9 +204,10 @@ def _handler(control: ControlServer) -> type[BaseHTTPRequestHandler]:
             return self.rfile.read(int(length))
 
         def _send(self, status: int, answer: Any) -> None:
-            data = json.dumps(answer, default=str, allow_nan=False).encode("utf-8")
+            text = isinstance(answer, bytes)  # Prometheus text (GET /v1/metrics)
+            data = answer if text else json.dumps(answer, default=str, allow_nan=False).encode("utf-8")
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", METRICS_TYPE if text else "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

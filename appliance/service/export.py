@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from appliance import training
 from appliance.errors import CanaryInputError, ExportFileError, ManifestError
 from appliance.format.canary import Canary
 from appliance.format.export import ExportInfo
@@ -38,10 +39,15 @@ class Snapshot:
     canary: Canary | None
     pause_s: float
     journal: dict[str, Any] | None = None  # the journal point this state includes (issue 17)
+    training: dict[str, Any] | None = None  # its training record (appliance.training.served_record)
 
 
 def capture(model: nn.Module, lock: threading.Lock, at_capture: Callable[[], Any] | None = None) -> Snapshot:
-    """A private CPU copy of ``model.state_dict()`` and its canary answer, taken atomically.
+    """A private CPU copy of the model's training state and its canary answer, taken atomically.
+
+    The state is ``appliance.training.get_state_dict(model, rng=False)``: ``model.state_dict()``
+    under its own names, with the training record that makes the persisted checkpoint one
+    ``appliance.training.load`` resumes (``served_record``).
 
     The destination memory is allocated and touched *before* the lock is taken, so the pause is
     a forward pass of the canary input plus a plain memory copy, not page faults (for a 1 GB
@@ -51,11 +57,12 @@ def capture(model: nn.Module, lock: threading.Lock, at_capture: Callable[[], Any
     with lock:
         start = time.perf_counter()
         canary = _canary(model)
-        tensors = _copy_into(model.state_dict(), buffers)
+        tensors = _copy_into(training.get_state_dict(model, rng=False)["model"], buffers)
         step = loader.adaptation_step(model)
         point = at_capture() if at_capture is not None else None
         pause = time.perf_counter() - start
-    return Snapshot(tensors, step, canary, pause, point.to_dict() if point is not None else None)
+    record = training.served_record(tensors)  # persisted as a training checkpoint: training.load resumes it
+    return Snapshot(tensors, step, canary, pause, point.to_dict() if point is not None else None, record)
 
 
 def require_finite(snapshot: Snapshot) -> None:
@@ -119,6 +126,7 @@ def write(snapshot: Snapshot, outbox: str | Path, model_entry: str, source: dict
         canary=snapshot.canary,
         source=source,
         journal=snapshot.journal,
+        training=snapshot.training,
     )
     return ExportResult(path, info, time.perf_counter() - start)
 

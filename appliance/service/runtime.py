@@ -61,6 +61,9 @@ class ServiceRuntime:
         self.early = early  # the restore started before torch was imported (model_init meta)
         self.run = run or RunDir(config.run_dir)
         self.events = events or EventLog(config.event_log, "service")
+        from appliance.service.metrics import ServiceMetrics
+
+        self.metrics = ServiceMetrics(self)  # served on the control channel only (GET /v1/metrics)
         self.model_lock = threading.Lock()
         self.export_lock = threading.Lock()
         self.model: nn.Module | None = None

@@ -58,6 +58,7 @@ def write_export(
     source: dict[str, Any] | None = None,
     sequence: int | None = None,
     journal: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> tuple[Path, ExportInfo]:
     """Write ``tensors`` (a private snapshot: nobody may modify them meanwhile) into ``outbox``."""
     outbox = Path(outbox)
@@ -73,6 +74,7 @@ def write_export(
         canary=canary,
         source=source,
         journal=journal,
+        training=training,
     )
     path = outbox / export_name(sequence if sequence is not None else time.time_ns())
     export_safetensors(tensors, path, {HEADER_KEY: info.header_value()})

@@ -28,15 +28,17 @@ from typing import Any, BinaryIO
 
 import torch
 
-from appliance.errors import AssetError, ManifestError, UsageError
+from appliance.errors import AssetError, ManifestError, ModelLayoutError, NoValidCheckpointError, UsageError
 from appliance.format.directory import INDEX_NAME, ShardEntry, check_label, renumber_shards
 from appliance.format.dtypes import DTYPES
+from appliance.format.lineage import describe_layout_change, layout_of
 from appliance.format.manifest import Manifest
 from appliance.format.provenance import MODEL_SIG
 from appliance.limits import DEFAULT_LIMITS
 from appliance.sources.safetensors_io import ImportedModel, check_exportable, export_safetensors, inside
 from appliance.sources.tensors import dtype_name
 from appliance.store.assets import AssetSource, DirectoryParts
+from appliance.store.store import Store
 
 SKIPPED_TOP = frozenset({".git", ".cache"})
 DEFAULT_HEADER = {"format": "pt"}  # what safetensors.torch and transformers write; loaders require it
@@ -89,6 +91,31 @@ def directory_parts(model: ImportedModel) -> DirectoryParts:
     # signed ones (re-sharded, appliance header keys), so a restore writes its own model.sig.
     skip = frozenset({INDEX_NAME, MODEL_SIG, *(f.name for f in model.files)})
     return DirectoryParts(scan_assets(model.root, skip), tuple(model.shards), dict(model.index_metadata))
+
+
+def check_layout(store: Store, model: ImportedModel, source: str | Path, *, new_layout: bool = False) -> None:
+    """The layout rule (docs/design.md §4.5): a model file or directory committed into a store
+    has the tensor names, dtypes and shapes of its newest valid checkpoint, unless ``new_layout``.
+
+    Raises ``ModelLayoutError`` (74) naming what differs, before anything is written. A store
+    with no valid checkpoint, or whose newest one holds no tensors, takes any; a source with no
+    tensors is its own explicit case (``--allow-empty``).
+    """
+    if new_layout or not model.sources:  # an empty commit is explicit already (--allow-empty)
+        return
+    try:
+        opened = store.select().opened
+    except NoValidCheckpointError:
+        return
+    parent = opened.verified.manifest
+    if not parent.tensors:
+        return
+    change = describe_layout_change(layout_of(parent.tensors), {s.name: (s.dtype, s.shape) for s in model.sources})
+    if change is not None:
+        raise ModelLayoutError(
+            f"{source} is not the store's model: its tensors differ from generation {opened.generation} "
+            f"(model {store.config.model!r}): {change}"
+        )
 
 
 # --- restore -------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ an erased store -> ``CryptoErasedError`` (57).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 
 from appliance.crypto import FrameCipher, KekSource, kek_check, kek_source, new_data_key, unwrap_data_key, wrap_data_key
@@ -131,16 +133,38 @@ class StoreKeys:
         return self.cipher(self.keyring().active)
 
 
-_REGISTRY: weakref.WeakKeyDictionary[Storage, StoreKeys] = weakref.WeakKeyDictionary()
+# id(storage) -> (reference to the storage, its keys). Keyed by identity, not by value: storages
+# need not be hashable (dataclass wrappers) and two storages of one root keep separate caches.
+_REGISTRY: dict[int, tuple[Callable[[], object], StoreKeys]] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
+def _same(value: object) -> object:
+    return value
+
+
+def _forget(
+    registry: dict[int, tuple[Callable[[], object], StoreKeys]], lock: threading.Lock, key: int, ref: object
+) -> None:
+    """Weak-reference callback; gets its registry passed in (module globals are gone at interpreter exit)."""
+    with lock:
+        if key in registry and registry[key][0] is ref:
+            del registry[key]
+
+
 def keys_for(storage: Storage) -> StoreKeys:
-    """The ``StoreKeys`` of ``storage`` (one per storage object, created on first use)."""
+    """The ``StoreKeys`` of ``storage`` (one per storage object, created on first use, dropped with it)."""
     with _REGISTRY_LOCK:
-        keys = _REGISTRY.get(storage)
-        if keys is None:
-            keys = _REGISTRY[storage] = StoreKeys(storage)
+        entry = _REGISTRY.get(id(storage))
+        if entry is not None and entry[0]() is storage:
+            return entry[1]
+        keys = StoreKeys(storage)
+        ref: Callable[[], object]
+        try:
+            ref = weakref.ref(storage, functools.partial(_forget, _REGISTRY, _REGISTRY_LOCK, id(storage)))
+        except TypeError:  # a storage without weak references is kept (and cached) for the process
+            ref = functools.partial(_same, storage)
+        _REGISTRY[id(storage)] = (ref, keys)
         return keys
 
 

@@ -17,8 +17,8 @@ below the service and models. Vocabulary follows ``torch.distributed.checkpoint`
 store; ``flatten`` / ``unflatten`` turn it into named tensors + a JSON skeleton and back.
 """
 
-from appliance.training.checkpoint import METADATA_KEY, TrainingCheckpoint, load, save
-from appliance.training.flatten import flatten, unflatten
+from appliance.training.checkpoint import METADATA_KEY, TrainingCheckpoint, load, save, served_record
+from appliance.training.flatten import flatten, model_skeleton, unflatten
 from appliance.training.state import (
     Stateful,
     get_state_dict,
@@ -37,9 +37,11 @@ __all__ = [
     "get_state_dict",
     "load",
     "load_optimizer_state_dict",
+    "model_skeleton",
     "optimizer_state_dict",
     "rng_state",
     "save",
+    "served_record",
     "set_rng_state",
     "set_state_dict",
     "unflatten",

@@ -8,7 +8,7 @@ ordinary checkpoint (verified, delta-compressed, restorable by ``appliance resto
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +17,27 @@ from torch import nn
 
 from appliance import api
 from appliance.errors import ManifestError, UsageError
+from appliance.format.export import TRAINING_KEY
 from appliance.signing import SigningKey
 from appliance.store.commit import CommitResult
 from appliance.store.store import Store
-from appliance.training.flatten import flatten, unflatten
+from appliance.training.flatten import flatten, model_skeleton, unflatten
 from appliance.training.state import Optimizers, Stateful, get_state_dict, set_state_dict
 
-METADATA_KEY = "appliance.training"
+METADATA_KEY = TRAINING_KEY  # "appliance.training"
 SKELETON_VERSION = 1
+
+
+def served_record(names: Iterable[str]) -> dict[str, Any]:
+    """The training record of a served model's state, ``get_state_dict(model, rng=False)``.
+
+    The serving process (``appliance.service``) exports ``model.state_dict()`` under its own
+    names; this record in the checkpoint's metadata (``METADATA_KEY``) makes the persisted
+    checkpoint a training checkpoint that ``load`` resumes, while boot still restores it into
+    ``model.state_dict()`` by name. A model keeps its adaptation state (optimizer moments,
+    step) in parameters and buffers (``appliance.service.loader``), so this is all of it.
+    """
+    return {"version": SKELETON_VERSION, "state": model_skeleton(names)}
 
 
 @dataclass(frozen=True)

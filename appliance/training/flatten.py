@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -50,6 +50,18 @@ def flatten(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str
     skeleton = _encode(state, (), tensors)
     assert isinstance(skeleton, dict)
     return tensors, skeleton
+
+
+def model_skeleton(names: Iterable[str]) -> dict[str, Any]:
+    """The skeleton of ``{"model": state_dict}`` whose tensors keep their ``state_dict()`` names.
+
+    ``unflatten(state_dict, model_skeleton(state_dict))`` is ``{"model": state_dict}``; a
+    checkpoint named so is at once a plain model checkpoint and a training one.
+    """
+    names = list(names)
+    if all(not n.startswith("$") for n in names):
+        return {"model": {n: {TENSOR: n} for n in names}}
+    return {"model": {DICT: [[n, {TENSOR: n}] for n in names]}}
 
 
 def unflatten(tensors: Mapping[str, torch.Tensor], skeleton: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class Browser:
     def __init__(self, base: str) -> None:
         self.base = base
         self.jar = http.cookiejar.CookieJar()
+        self.last_location: str | None = None  # Location of the last redirect answered to a POST
 
         class NoRedirect(urllib.request.HTTPRedirectHandler):
             def redirect_request(self, *a: object, **k: object) -> None:
@@ -67,6 +68,7 @@ class Browser:
             with self.opener.open(req, timeout=60) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
+            self.last_location = e.headers.get("Location")
             return e.code, e.read().decode()
 
     def login(self, name: str, password: str) -> int:

@@ -148,3 +148,55 @@ def test_stick_removed_mid_import_commits_nothing(node: Node, stick: Stick) -> N
     assert "SourceUnavailableError" in proc.stdout or "FrameError" in proc.stdout, proc.stdout
     assert generations(node) == [1, 2, 3]
     assert Store.open(node.config.store).verify().all_ok
+
+
+# fusefat's experimental writer leaves FAT[1] = 0x8000 (fsck.vfat finds the volume clean); mtools' strict
+# check wants 0xffff there, so the tests read the stick back with that check off.
+MTOOLS_ENV = {"PATH": "/usr/bin:/bin", "MTOOLS_SKIP_CHECK": "1"}
+
+
+def _mdir(image: Path) -> list[str]:
+    out = subprocess.run(["mdir", "-b", "-i", str(image), "::/"], capture_output=True, text=True, check=False,
+                         env=MTOOLS_ENV).stdout  # fmt: skip
+    return [line.strip().lstrip(":/") for line in out.splitlines() if line.strip()]
+
+
+def test_diagnostics_are_written_to_a_stick_by_the_explicit_read_write_action(node: Node, tmp_path: Path) -> None:
+    """Item 4: the stick an import mounts read-only takes a diagnostics bundle only through its own action."""
+    import tarfile
+
+    image = tmp_path / "writable.img"
+    sticks.make_fat_image(image, None)
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    try:
+        dev = sticks.umockdev_file(tmp_path / "writable.umockdev", loop)
+        code, doc, err = sticks.tech(dev, node.config_path, "diagnostics-usb", loop)
+        assert code == 0, (doc, err)
+        name = str(doc["file"])
+        assert name.startswith("appliance-diagnostics-") and name.endswith(".tar.gz")
+        assert "appliance-usb-" not in Path("/proc/self/mountinfo").read_text(), "the stick stays mounted"
+    finally:
+        sticks.detach(loop)
+    assert name in " ".join(_mdir(image)), _mdir(image)
+    out = tmp_path / "bundle.tar.gz"
+    subprocess.run(["mcopy", "-i", str(image), f"::/{name}", str(out)], check=True, capture_output=True, env=MTOOLS_ENV)
+    fsck = subprocess.run(["fsck.vfat", "-n", str(image)], capture_output=True, text=True, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # the file system the technician takes away is sound
+    with tarfile.open(out) as tar:
+        members = tar.getnames()
+        blob = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
+    assert members and not any(m.endswith((".key", ".safetensors")) for m in members)
+    assert b"PRIVATE KEY" not in blob
+    event = read_events(node.config.event_log, frozenset({"console.action"}))[-1]
+    assert event["fields"]["action"] == "diagnostics-usb" and event["fields"]["technician"] == "erin"
+
+
+def test_a_write_protected_stick_refuses_diagnostics_clearly(node: Node, stick: Stick) -> None:
+    """The import stick (a read-only loop device, like a stick with its lock switch on) cannot take the bundle."""
+    before = _mdir(stick.image)
+    code, doc, _ = sticks.tech(stick.device_file, node.config_path, "diagnostics-usb", stick.loop)
+    assert code in (69, 83), doc
+    assert "cannot" in str(doc["problem"]) and stick.loop in str(doc["problem"])
+    assert _mdir(stick.image) == before
+    assert "appliance-usb-" not in Path("/proc/self/mountinfo").read_text()

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from appliance.crypto import KekSource
 from appliance.errors import ManifestError
 from appliance.format.canonical import canonical_bytes
 from appliance.format.commit import CommitRecord
@@ -39,11 +40,12 @@ from .model import FRAME, MODEL_ID, History
 class Victim:
     """A store at ``root`` with ``commits`` honest generations (odd in slot A, even in slot B)."""
 
-    def __init__(self, root: Path, history: History, commits: int = 3) -> None:
+    def __init__(self, root: Path, history: History, commits: int = 3, kek: KekSource | None = None) -> None:
         self.root = root
         self.history = history
         self.signer = SigningKey.generate()
-        self.store = Store.init(root, [self.signer.public], StoreConfig(model=MODEL_ID, frame_size=FRAME))
+        config = StoreConfig(model=MODEL_ID, frame_size=FRAME, encrypt=kek is not None)  # kek: an encrypted store
+        self.store = Store.init(root, [self.signer.public], config, kek=kek)
         for step in range(1, commits + 1):
             self.store.commit(history.sources(step), [self.signer], {"step": step})
         self.newest = commits

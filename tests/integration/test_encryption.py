@@ -382,3 +382,48 @@ def test_replication_uploads_ciphertext_only_and_pulls_back_under_the_node_key(
     result = node.pull()
     assert result.generation == 1
     assert same_bytes(api.load(Store.open(tmp_path / "sealed")).tensors["w"], state(0)["w"])
+
+
+def test_sealing_switched_on_for_new_commits_of_a_plain_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`appliance key ROOT enable`: later commits are sealed and share no frame with the plain parent."""
+    import json
+
+    from appliance.cli.main import main
+
+    key = SigningKey.generate()
+    store = Store.init(tmp_path / "s", [key.public], StoreConfig(model="m", frame_size=16384))
+    store.commit(sources_from_dict(state(0)), [key])
+    assert (
+        main(["key", str(tmp_path / "s"), "enable", "--kek", f"file:{tmp_path}/k.kek", "--create-kek", "--json"]) == 0
+    )
+    status = json.loads(capsys.readouterr().out)
+    assert status["encrypt_new_commits"] and status["kek"] == "available" and status["used_by"] == {"plain": ["A/1"]}
+    reopened = Store.open(tmp_path / "s")
+    result, _ = reopened.commit(sources_from_dict(state(0)), [key])  # same content: still re-encoded, sealed
+    assert result.counts["reused"] == 0 and result.counts["delta"] == 0
+    sealed = reopened.select().opened
+    assert sealed.generation == 2 and sealed.verified.manifest.encryption is not None
+    assert same_bytes(api.load(Store.open(tmp_path / "s")).tensors["w"], state(0)["w"])
+    assert same_bytes(api.load(Store.open(tmp_path / "s"), generation=1).tensors["w"], state(0)["w"])
+    assert plaintext_hits(tmp_path / "s" / "B") == []  # slot A still holds the plain generation 1 until GC
+
+
+def test_the_gpu_pipeline_restores_sealed_delta_chains_exactly_on_the_cpu_device(
+    tmp_path: Path, kek_path: Path
+) -> None:
+    """Staging by payload size, decrypt into the staging buffer, level-ordered xor: the committed bytes."""
+    from appliance.codec.gpu import CpuBatchDecoder
+    from appliance.gpu.restore import plan_levels, restore_to_device
+
+    store, key = make_store(tmp_path, kek_path)
+    first = {"w": torch.randn(96, 512, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)}
+    store.commit(sources_from_dict(first), [key])
+    tuned = {"w": first["w"].clone()}
+    tuned["w"].view(-1)[::97] += 0.01
+    store.commit(sources_from_dict(tuned), [key])
+    opened = store.select().opened
+    assert len(plan_levels(opened)) == 2 and opened.verified.manifest.encryption is not None
+    dest, stats = restore_to_device(store.storage, opened, "cpu", CpuBatchDecoder(), batch_bytes=30_000)
+    assert bytes(dest["w"].numpy()) == bytes(tuned["w"].view(torch.uint8).numpy()) and stats.batches > 2

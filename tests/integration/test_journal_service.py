@@ -13,6 +13,7 @@ from appliance.events import read_events
 from appliance.format.canary import Canary, check
 from appliance.format.handoff import Admit, Phase
 from appliance.node.config import NodeConfig
+from appliance.node.control_channel import ControlClient
 from appliance.persist.committer import Committer
 from appliance.service import loader
 from appliance.service.runtime import ServiceRuntime
@@ -144,3 +145,43 @@ def test_journal_check_exits_51_on_a_forged_record(jnode: NodeConfig, tmp_path: 
     with open(seg, "ab") as f:
         f.write(encode_record(os.urandom(32), KIND_STEP, bytes.fromhex(seg.stem.split("-")[2]), 3, b"x"))
     assert main(["journal", "check", "--config", str(config)]) == JournalForgedError.exit_code
+
+
+def test_persist_tells_the_service_over_the_control_channel_and_the_journal_rotates(jnode: NodeConfig) -> None:
+    """The watchdog's commit hook: POST /v1/journal/checkpointed (role persist) trims what the commit covers."""
+    from appliance.persist.daemon import PersistDaemon
+    from appliance.service.control import ControlServer
+
+    serving_good(jnode)
+    live = _up(jnode)
+    server = ControlServer(live)
+    server.start()
+    try:
+        _adapt(live, range(1, 5))
+        live.export()
+        daemon = PersistDaemon(Committer(jnode, live.events), live.events)
+        result = daemon.process()  # commits the export, then calls the service's journal route
+        assert result is not None
+        rotated = read_events(jnode.event_log, frozenset({"journal.rotated"}))
+        assert rotated and rotated[-1]["fields"]["index"] == 4 and rotated[-1]["fields"]["removed"] >= 1
+        status, body = ControlClient(jnode.control_socket).call("POST", "/v1/journal/checkpointed", {"slot": 1})
+        assert status == 422
+    finally:
+        server.stop()
+
+
+def test_reaching_the_cap_forces_a_persist_with_the_journal_point(jnode: NodeConfig) -> None:
+    import time
+
+    handoff(jnode, Admit.SELF)
+    live = _up(with_changes(jnode, journal_max_bytes=1 << 16))
+    i = 0
+    while not read_events(jnode.event_log, frozenset({"journal.cap_reached"})):
+        i += 1
+        _adapt(live, range(i, i + 1))
+    deadline = time.monotonic() + 60
+    while not list(Path(jnode.outbox).glob("export-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    exported = read_events(jnode.event_log, frozenset({"state.exported"}))
+    assert exported and list(Path(jnode.outbox).glob("export-*")), "the cap forced an export for the watchdog"
+    assert live._last_receipt is not None and live._last_receipt["journal"]["index"] >= 60

@@ -202,3 +202,25 @@ def test_served_model_answers_as_the_service_user(node: LocalNode) -> None:
     assert status == 200, body
     with socket.create_connection(("127.0.0.1", node.config.port), timeout=5):
         pass
+
+
+_METRICS = (
+    "import http.client,socket,sys\n"
+    "class C(http.client.HTTPConnection):\n"
+    "    def connect(self):\n"
+    "        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])\n"
+    "c = C('localhost', timeout=10)\n"
+    "try:\n"
+    "    c.request('GET', '/v1/metrics'); print(c.getresponse().status)\n"
+    "except OSError as e:\n"
+    "    print('errno', e.errno)\n"
+)
+
+
+def test_service_metrics_need_the_metrics_role(node: LocalNode) -> None:
+    """Metrics live on the control socket (design §7.1.1): the console's user may read them, others may not."""
+    sock = node.config.control_socket
+    assert _as("appliance-console", ["/usr/bin/python3", "-c", _METRICS, sock]).stdout.strip() == "200"
+    assert _as("appliance-persist", ["/usr/bin/python3", "-c", _METRICS, sock]).stdout.strip() == "200"
+    assert _as("appliance-replicate", ["/usr/bin/python3", "-c", _METRICS, sock]).stdout.strip() == "403"
+    assert _as(INTRUDER, ["/usr/bin/python3", "-c", _METRICS, sock]).stdout.strip().startswith("errno")

@@ -115,4 +115,6 @@ def test_the_trial_subset_is_renumbered_and_recounted_and_commits_back(tmp_path:
     check_self_consistent(out, {"model.layers.0.mlp.weight", "model.layers.0.norm.weight"})
     assert json.loads((out / INDEX_NAME).read_text())["metadata"]["total_parameters"] == 8 * 8 + 8
     code, result = run(capsys, "commit", str(root), str(out), "--key", str(key))
+    assert code == 74 and "2 tensors vs the parent's 6" in result["problem"]  # a subset is not the store's model
+    code, result = run(capsys, "commit", str(root), str(out), "--key", str(key), "--new-layout")
     assert code == 0 and result["shards"] == 1 and result["assets"] == 1

@@ -280,3 +280,50 @@ def test_loading_into_another_model_is_refused_naming_the_tensors_and_nothing_is
         training.load(store, other)
     assert "argument `model`" in caught.value.remedy
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+def test_the_served_demo_model_persists_through_the_training_api_and_resumes_bit_exactly(store: Store, key: SigningKey, tmp_path: Path) -> None:  # fmt: skip
+    """The service's export path (capture -> outbox file -> the watchdog's commit) persists the
+    built-in model as a training checkpoint: `training.load` resumes it, and 3 served steps +
+    resume + 3 steps equal 6 uninterrupted ones bit for bit; boot's by-name restore still fits."""
+    import threading
+
+    from appliance.models import demo
+    from appliance.service import export
+    from appliance.sources.export import open_export
+
+    def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(100 + i)
+        return torch.randn(8, 16, generator=g), torch.randn(8, 4, generator=g)
+
+    straight = demo.build()
+    full = [straight.adapt(*batch(i))["loss"] for i in range(6)]
+    served = demo.build()
+    losses = [served.adapt(*batch(i))["loss"] for i in range(3)]
+    written = export.write(export.capture(served, threading.Lock()), tmp_path / "outbox", "appliance.models.demo:build", None)  # fmt: skip
+    opened = open_export(written.path)
+    try:  # what appliance.persist.committer does with an authentic export
+        store.commit(opened.model.sources, [key], opened.info.checkpoint_metadata())
+    finally:
+        opened.close()
+    meta = api.load(store).metadata
+    assert meta[training.METADATA_KEY] == training.served_record(served.state_dict())
+    assert meta["step"] == 3
+    resumed = demo.build()
+    assert training.load(store, resumed).generation == 1 and resumed.adaptation_step() == 3
+    losses += [resumed.adapt(*batch(i))["loss"] for i in range(3, 6)]
+    assert losses == full
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    booted = demo.build()  # boot restores by state_dict() name, as before: the names did not change
+    api.load(store, into=booted.state_dict())
+    assert all(torch.equal(t, served.state_dict()[n]) for n, t in booted.state_dict().items())
+
+
+def test_a_served_state_record_round_trips_any_state_dict_names() -> None:
+    state = {"a.weight": torch.ones(2), "$odd": torch.zeros(1), "b.step": torch.tensor(3)}
+    for names in (["a.weight", "b.step"], list(state)):
+        part = {n: state[n] for n in names}
+        rebuilt = training.unflatten(part, training.served_record(part)["state"])
+        assert rebuilt.keys() == {"model"} and list(rebuilt["model"]) == names
+        assert all(rebuilt["model"][n] is part[n] for n in names)

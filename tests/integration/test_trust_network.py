@@ -158,3 +158,30 @@ def _still_open(s: socket.socket) -> bool:
     finally:
         s.setblocking(True)
     return not (data == b"" or data.startswith(b"HTTP/1.1 503"))
+
+
+def _control_get(node: LocalNode, route: str) -> tuple[int, str]:
+    from appliance.node.control_channel import _UnixConnection
+
+    conn = _UnixConnection(node.config.control_socket, 10.0)
+    try:
+        conn.request("GET", route, headers={"Host": "localhost"})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_metrics_are_served_on_the_control_channel_never_on_the_network(served: tuple[LocalNode, str]) -> None:
+    """A remote peer learns no request volumes, phase or timings: /metrics is not a network route (design §7.1.1)."""
+    node, _ = served
+    assert raw_http(addr(node), get("/metrics"))[0] == 404
+    assert raw_http(addr(node), post("/v1/infer", X))[0] == 200
+    assert raw_http(addr(node), get("/health", host="evil.example"))[0] == 400
+    status, text = _control_get(node, "/v1/metrics")
+    assert status == 200, text
+    assert 'appliance_service_requests_total{route="/v1/infer",status="200"}' in text
+    assert 'appliance_service_requests_total{route="other",status="404"}' in text  # /metrics: no label growth
+    assert 'appliance_service_requests_total{route="/health",status="400"}' in text  # refusals are counted
+    assert 'appliance_service_phase{phase="serving"} 1.0' in text
+    assert "appliance_service_generation 1.0" in text and 'appliance_service_restore_seconds{stage="total"}' in text
