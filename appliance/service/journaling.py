@@ -72,7 +72,7 @@ class ServiceJournal:
         def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any] | None:
             return loader.adapt(model, x, y)
 
-        steps.set_deterministic(True)
+        # replay scopes deterministic mode per segment (journal.py); setting it here leaked it process-wide
         return self.journal.recover(point, digest, restored.opened.generation, step,
                                     lambda: loader.adaptation_step(model))  # fmt: skip
 

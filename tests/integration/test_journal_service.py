@@ -58,6 +58,18 @@ def test_a_killed_service_comes_back_with_every_acknowledged_step(jnode: NodeCon
     assert replayed["records"] == 7 and replayed["generation"] == 1
 
 
+def test_replay_leaves_the_process_deterministic_mode_as_it_found_it(jnode: NodeConfig) -> None:
+    """Regression: recovery set torch deterministic mode process-wide, so later float4 ``torch.empty`` failed."""
+    handoff(jnode, Admit.SELF)
+    live = _up(jnode)
+    _adapt(live, range(1, 3))
+    before = torch.are_deterministic_algorithms_enabled()
+    again = _up(jnode)
+    assert again.model is not None and loader.adaptation_step(again.model) == 2
+    assert torch.are_deterministic_algorithms_enabled() is before
+    torch.empty(2, dtype=torch.float4_e2m1fn_x2)  # what the leaked mode broke in the round-trip tests
+
+
 def test_boot_canary_after_replay_is_the_checkpoints_answer_on_the_restored_state(jnode: NodeConfig) -> None:
     handoff(jnode, Admit.SELF)
     live = _up(jnode)
