@@ -67,7 +67,8 @@ ANALYZE_GOAL = 4.0
 
 
 def _service_units() -> list[Path]:
-    return sorted(SYSTEMD.glob("*.service"))
+    """Every shipped service: the node's (systemd/) and the first-boot ones (bootstrap/systemd/)."""
+    return sorted([*SYSTEMD.glob("*.service"), *(SYSTEMD.parent / "bootstrap" / "systemd").glob("*.service")])
 
 
 def test_tmpfiles_conf_is_the_rendered_rules() -> None:
