@@ -272,6 +272,38 @@ def _req(action: str, *args: str, technician: str = TECH) -> str:
     return json.dumps({"v": 1, "action": action, "args": list(args), "technician": technician})
 
 
+def test_a_technician_rolls_back_in_chromium_through_the_privileged_sides(
+    node: LocalNode, privileged: tuple[str, Procs, str]
+) -> None:
+    """The same route a technician meets: Debian's Chromium, the console as its user, the device key's owner."""
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian's chromium is not installed (bootstrap/deps.d)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (Python API only)")
+    base, procs, _ = privileged
+    for _ in range(2):
+        _commit_as_persist(node)
+    before = _generations(node)
+    target = before[-2]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        pg = browser.new_context(base_url=base).new_page()
+        pg.goto("/login")
+        pg.fill("input[name=name]", TECH)
+        pg.fill("input[name=password]", PASSWORD)
+        pg.click("button[type=submit]")
+        pg.goto("/slots")
+        pg.click(f"a[href='/actions/rollback?generation={target}']")
+        pg.click("button.danger")
+        pg.wait_for_selector("p.ok, p.error", timeout=600_000)
+        page = pg.content()
+        browser.close()
+    assert f"generation {target} re-committed" in page, page[-3000:] + procs.tail()
+    after = _generations(node)
+    new = Store.open(node.config.store).select(after[-1]).opened.verified.manifest
+    assert after[-1] == before[-1] + 1 and new.metadata.get("rolled_back_from") == target
+    assert node.wait_serving(120)["generation"] == after[-1]
+
+
 def test_other_uids_are_refused_by_the_privileged_sides(node: LocalNode, privileged: tuple[str, Procs, str]) -> None:
     run = Path(node.config.run_dir)
     before = _generations(node)
