@@ -5,13 +5,14 @@ this package applies them with ``cryptography`` (``aead``) and obtains KEKs from
 Reading and writing the keyring belongs to the store (``appliance.store.keys``).
 """
 
-from appliance.crypto.aead import FrameCipher, kek_check, new_data_key, unwrap_data_key, wrap_data_key
+from appliance.crypto.aead import FrameCipher, JournalSeal, kek_check, new_data_key, unwrap_data_key, wrap_data_key
 from appliance.crypto.kek import EntryPointKek, FileKek, KekSource, SystemdCredsKek, kek_source, parse_kek_option
 
 __all__ = [
     "EntryPointKek",
     "FileKek",
     "FrameCipher",
+    "JournalSeal",
     "KekSource",
     "SystemdCredsKek",
     "kek_check",

@@ -1,6 +1,7 @@
 """AES-256-GCM sealing of frames and data keys, and the keyed frame identity (HMAC-SHA256).
 
-Owns: ``FrameCipher`` (one data key: seal/open a frame, its keyed raw digest), ``new_data_key``,
+Owns: ``FrameCipher`` (one data key: seal/open a frame, its keyed raw digest), ``JournalSeal``
+(the same data key's separate sealing key for the adaptation journal's step payloads), ``new_data_key``,
 ``wrap_data_key``/``unwrap_data_key`` (under a KEK) and ``kek_check``. The rules (labels,
 associated data, layout, nonce policy) are ``appliance.format.crypto``; this module only applies
 them with ``cryptography`` (OpenSSL: AES-NI/VAES, measured 9 GB/s per core here).
@@ -24,6 +25,7 @@ from appliance.format.crypto import (
     KEY_BYTES,
     KEY_ID_BYTES,
     LABEL_IDENTITY,
+    LABEL_JOURNAL_SEAL,
     LABEL_KEK_CHECK,
     LABEL_KEY_ID,
     LABEL_SEAL,
@@ -77,29 +79,63 @@ class FrameCipher:
 
     def seal(self, plain: Buffer, aad: bytes) -> bytearray:
         """``nonce || ciphertext || tag`` with a fresh random nonce (format.crypto's nonce policy)."""
-        out = bytearray(NONCE_BYTES + len(plain) + TAG_BYTES)
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        out[:NONCE_BYTES] = nonce
-        self._aead.encrypt_into(nonce, plain, aad, memoryview(out)[NONCE_BYTES:])
-        return out  # a bytearray: converting to bytes would copy every sealed frame once more
+        return _seal(self._aead, plain, aad)  # a bytearray: converting to bytes would copy every frame once more
 
     def open_into(self, stored: Buffer, aad: bytes, out: Buffer, what: str = "frame") -> None:
         """Authenticate and decrypt ``stored`` into ``out`` (exactly ``len(stored) - 28`` bytes)."""
-        if len(stored) < SEAL_OVERHEAD or len(out) != len(stored) - SEAL_OVERHEAD:
-            raise FrameError(f"{what}: sealed frame of {len(stored)} bytes does not fit its record")
-        view = memoryview(stored)
-        try:
-            self._aead.decrypt_into(view[:NONCE_BYTES], view[NONCE_BYTES:], aad, out)
-        except InvalidTag:
-            raise FrameAuthenticationError(
-                f"{what} fails AES-GCM authentication under data key {self.key_id[:12]} although its SHA-256 "
-                "matched: it was not sealed by this store for this record"
-            ) from None
+        _open_into(self._aead, self.key_id, stored, aad, out, what=what)
 
     def open(self, stored: Buffer, aad: bytes, what: str = "frame") -> bytes:
         out = bytearray(max(len(stored) - SEAL_OVERHEAD, 0))
         self.open_into(stored, aad, out, what)
         return bytes(out)
+
+
+class JournalSeal:
+    """A data key's sealing of journal step payloads, under its own derived key (frames never share it).
+
+    Shapes: ``seal(plain, aad)`` -> ``nonce(12) || ciphertext || tag(16)``; ``open`` the reverse,
+    ``FrameAuthenticationError`` (58) when the payload was not sealed under this key for this
+    ``aad`` (the record's lineage and index, ``appliance.format.journal.step_aad``).
+    """
+
+    __slots__ = ("_aead", "key_id")
+
+    def __init__(self, cipher: FrameCipher) -> None:
+        self.key_id = cipher.key_id
+        self._aead = AESGCM(_derive(cipher.data_key, LABEL_JOURNAL_SEAL))
+
+    def __repr__(self) -> str:
+        return f"JournalSeal(key_id={self.key_id[:12]})"
+
+    def seal(self, plain: Buffer, aad: bytes) -> bytes:
+        return bytes(_seal(self._aead, plain, aad))
+
+    def open(self, stored: Buffer, aad: bytes, what: str = "journal record") -> bytes:
+        out = bytearray(max(len(stored) - SEAL_OVERHEAD, 0))
+        _open_into(self._aead, self.key_id, stored, aad, out, what=what)
+        return bytes(out)
+
+
+def _seal(aead: AESGCM, plain: Buffer, aad: bytes) -> bytearray:
+    out = bytearray(NONCE_BYTES + len(plain) + TAG_BYTES)
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    out[:NONCE_BYTES] = nonce
+    aead.encrypt_into(nonce, plain, aad, memoryview(out)[NONCE_BYTES:])
+    return out
+
+
+def _open_into(aead: AESGCM, key_id: str, stored: Buffer, aad: bytes, out: Buffer, *, what: str) -> None:
+    if len(stored) < SEAL_OVERHEAD or len(out) != len(stored) - SEAL_OVERHEAD:
+        raise FrameError(f"{what}: sealed payload of {len(stored)} bytes does not fit its record")
+    view = memoryview(stored)
+    try:
+        aead.decrypt_into(view[:NONCE_BYTES], view[NONCE_BYTES:], aad, out)
+    except InvalidTag:
+        raise FrameAuthenticationError(
+            f"{what} fails AES-GCM authentication under data key {key_id[:12]} although its checksum "
+            "matched: it was not sealed by this store for this record"
+        ) from None
 
 
 def new_data_key() -> FrameCipher:

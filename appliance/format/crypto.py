@@ -13,6 +13,7 @@ Key hierarchy::
     data key (32 random bytes per store; a new one per data-key rotation) ◄┘
      ├─ HKDF-SHA256(info=LABEL_SEAL)      -> frame sealing key (AES-256-GCM)
      ├─ HKDF-SHA256(info=LABEL_IDENTITY)  -> frame identity key (HMAC-SHA256 of raw bytes)
+     ├─ HKDF-SHA256(info=LABEL_JOURNAL_SEAL) -> journal sealing key (AES-256-GCM, step payloads)
      └─ HKDF-SHA256(info=LABEL_KEY_ID)    -> key id (first 16 bytes, hex): names the key, binds it
 
 Sealed frame (the *stored* bytes, whose SHA-256 names the file)::
@@ -49,6 +50,7 @@ LABEL_KEY_ID = b"appliance/v1 key-id"
 LABEL_WRAP = b"appliance/v1 data-key-wrap"
 LABEL_KEK_CHECK = b"appliance/v1 kek-check"
 LABEL_FRAME_AAD = b"appliance/v1 frame"
+LABEL_JOURNAL_SEAL = b"appliance/v1 journal-seal"  # the adaptation journal's step payloads (§15.1)
 KEYRING_FORMAT = "appliance.keyring"
 KEYRING_VERSION = 1
 MAX_KEYS = 64  # data keys a keyring may hold at once (rotations not yet compacted away)

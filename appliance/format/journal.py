@@ -20,6 +20,11 @@ Record layout (little-endian; docs/design.md §15.1)::
    40+n     4  crc       CRC-32 of bytes 0..40+n   (torn or bit-rotten record)
    44+n    32  mac       HMAC-SHA256(journal key, bytes 0..40+n)  (a record nobody with the key wrote)
 
+A segment whose header names a ``seal`` (version 2: the store is encrypted, docs/design.md §14)
+holds its step payloads sealed: ``nonce(12) || AES-256-GCM(payload) || tag(16)`` under that data
+key's journal sealing key, associated data ``step_aad(lineage, index)``; version 1 headers (no
+``seal``) stay readable and their payloads clear.
+
 A record is *torn* when the file ends inside it, *corrupt* when a checksum fails, *forged*
 when both checksums hold but the MAC does not (only someone without the key writes such a
 record on purpose: a storage attacker), and *foreign* when it is whole and authentic but
@@ -49,7 +54,9 @@ TAIL_SIZE = 4 + 32
 OVERHEAD = HEAD_SIZE + TAIL_SIZE
 MAX_PAYLOAD = 64 << 20
 JOURNAL_FORMAT = "appliance.journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 1  # clear step payloads
+JOURNAL_VERSION_SEALED = 2  # the header names the data key that seals every step payload
+STEP_AAD = b"appliance/v1 journal-step"
 SEGMENT_SUFFIX = ".ajl"
 _SEGMENT = re.compile(r"seg-(\d{20})-([0-9a-f]{32})\.ajl")
 
@@ -62,6 +69,11 @@ def segment_name(first_index: int, lineage: bytes) -> str:
 def parse_segment_name(name: str) -> tuple[int, bytes] | None:
     m = _SEGMENT.fullmatch(name)
     return (int(m[1]), bytes.fromhex(m[2])) if m else None
+
+
+def step_aad(lineage: bytes, index: int) -> bytes:
+    """Associated data of a sealed step payload: binds it to its lineage and index (no splicing)."""
+    return STEP_AAD + b"\x00" + lineage + struct.pack("<Q", index)
 
 
 def mac(key: bytes, data: bytes | memoryview) -> bytes:
@@ -155,19 +167,28 @@ class SegmentHeader:
     model: str
     threads: int  # torch intra-op threads the steps ran with (replay uses the same)
     created: str
+    seal: str | None = None  # key id of the data key sealing the step payloads (version 2), else clear
 
     def to_bytes(self) -> bytes:
-        return canonical_bytes({"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "base": self.base.to_dict(),
-                                "model": self.model, "threads": self.threads, "created": self.created})  # fmt: skip
+        d = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "base": self.base.to_dict(), "model": self.model,
+             "threads": self.threads, "created": self.created}  # fmt: skip
+        if self.seal is not None:
+            d |= {"version": JOURNAL_VERSION_SEALED, "seal": self.seal}
+        return canonical_bytes(d)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SegmentHeader:
         obj = strict_loads(data, what="journal segment header", max_bytes=64 << 10, max_depth=4)
-        d = require_keys(obj, "journal segment header", {"format", "version", "base", "model", "threads", "created"})
-        if d["format"] != JOURNAL_FORMAT or d["version"] != JOURNAL_VERSION:
-            raise ManifestError("not a v1 journal segment")
+        version = obj.get("version") if isinstance(obj, dict) else None
+        keys = {"format", "version", "base", "model", "threads", "created"}
+        d = require_keys(obj, "journal segment header", keys | {"seal"} if version == JOURNAL_VERSION_SEALED else keys)
+        if d["format"] != JOURNAL_FORMAT or d["version"] not in (JOURNAL_VERSION, JOURNAL_VERSION_SEALED):
+            raise ManifestError("not a v1 or v2 journal segment")
+        seal = get_str(d, "seal", "journal", 64) if "seal" in d else None
+        if seal is not None and not re.fullmatch(r"[0-9a-f]{32}", seal):
+            raise ManifestError("journal segment header: seal must be a data key id (32 hex digits)")
         return cls(Base.from_dict(d["base"]), get_str(d, "model", "journal", 512),
-                   get_int(d, "threads", "journal", 1, 4096), get_str(d, "created", "journal", 64))  # fmt: skip
+                   get_int(d, "threads", "journal", 1, 4096), get_str(d, "created", "journal", 64), seal)  # fmt: skip
 
 
 @dataclass(frozen=True)

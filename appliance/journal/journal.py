@@ -22,13 +22,18 @@ import torch
 
 from appliance.errors import ApplianceError
 from appliance.events import EventLog
-from appliance.format.journal import Base, Point, Record, Segment, SegmentHeader, StepPayload, Walk, walk
+from appliance.format.journal import Base, Point, Record, Segment, SegmentHeader, StepPayload, Walk, step_aad, walk
 from appliance.journal import step as steps
 from appliance.journal.files import JournalFiles
 from appliance.journal.reader import read_segments
+from appliance.journal.sealing import Sealing
 from appliance.journal.writer import JournalWriter, LiveSegment
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], "dict[str, Any] | None"]  # the service's step, unseeded
+Opener = Callable[[bytes, bytes], bytes]  # (sealed payload, associated data) -> payload
+CLEAR_IN_SEALED = (
+    "a clear segment in an encrypted node's journal is not replayed (anyone who read the disk can write one)"
+)
 KEEP_RETIRED = 64
 
 
@@ -66,8 +71,10 @@ class Journal:
         group_commit_s: float = 0.010,
         max_bytes: int = 64 << 20,
         threads: int = 1,
+        sealing: Sealing | None = None,
     ) -> None:
         self.files, self.key, self.events, self.model, self.threads = files, key, events, model, threads
+        self.sealing = sealing  # an encrypted store: step payloads sealed under its data key
         self.group_commit_s, self.max_bytes = group_commit_s, max_bytes
         self.writer: JournalWriter | None = None
         self.recovery: Recovery | None = None
@@ -88,9 +95,11 @@ class Journal:
         chain = self._tidy(w, segments, point, replayed_to, rec)
         base_lineage = w.lineage.hex() if w.lineage is not None else (point.lineage if point else None)
         base = Base(content_sha256, base_lineage, replayed_to, generation)
-        header = SegmentHeader(base, self.model, self.threads, _utc())
+        active = self.sealing.active if self.sealing is not None else None
+        header = SegmentHeader(base, self.model, self.threads, _utc(), active.key_id if active else None)
         self.writer = JournalWriter(self.files, self.key, secrets.token_bytes(16), replayed_to + 1, header,
-                                    group_commit_s=self.group_commit_s, chain=chain)  # fmt: skip
+                                    group_commit_s=self.group_commit_s, chain=chain,
+                                    seal=active.seal if active else None)  # fmt: skip
         self.recovery = rec
         self._emit_recovery(rec, generation)
         return rec
@@ -103,14 +112,17 @@ class Journal:
         for name in w.used:
             seg = by_name[name]
             assert seg.header is not None
+            opener, refusal = self._opener(seg.header)
             with steps.deterministic(seg.header.threads):
                 for r in seg.records:
                     if (r.lineage, r.index) not in wanted:
                         continue
-                    applied, problem = self._replay_one(r, step, step_counter)
+                    applied, problem = (False, f"record {r.index}: {refusal}") if refusal else \
+                        self._replay_one(r, step, step_counter, opener)  # fmt: skip
                     if problem:
-                        rec.stopped = {"kind": "diverged", "segment": name, "index": r.index, "detail": problem}
-                        self._set_aside_from(name, r.offset, "diverged", rec)
+                        kind = "refused" if refusal else "diverged"
+                        rec.stopped = {"kind": kind, "segment": name, "index": r.index, "detail": problem}
+                        self._set_aside_from(name, r.offset, kind, rec)
                         return r.index if applied else last
                     last = r.index
                     rec.replayed += 1
@@ -123,10 +135,25 @@ class Journal:
             self._set_aside_from(name, offset, "cut", rec)
         return last
 
-    def _replay_one(self, r: Record, step: StepFn, step_counter: Callable[[], int]) -> tuple[bool, str]:
+    def _opener(self, header: SegmentHeader) -> tuple[Opener | None, str]:
+        """How a segment's payloads open, or why none of its records may replay (design §15.1)."""
+        if header.seal is None:
+            if self.sealing is not None:  # the MAC key is readable off the disk: only a sealed record is authentic
+                return None, CLEAR_IN_SEALED
+            return None, ""
+        if self.sealing is None:
+            return None, f"sealed under data key {header.seal[:12]}, but the store is not encrypted"
+        seal = self.sealing.opener(header.seal)
+        if seal is None:
+            return None, f"sealed under data key {header.seal[:12]}, which the store's keyring no longer holds"
+        return seal.open, ""
+
+    def _replay_one(self, r: Record, step: StepFn, step_counter: Callable[[], int], opener: Opener | None
+                    ) -> tuple[bool, str]:  # fmt: skip
         """(whether the step ran, why replay must stop here: "" if it need not)."""
         try:
-            p = StepPayload.from_bytes(r.payload)
+            payload = r.payload if opener is None else opener(r.payload, step_aad(r.lineage, r.index))
+            p = StepPayload.from_bytes(payload)
             inputs, targets = steps.tensors_of(p)
         except (ApplianceError, ValueError) as exc:
             return False, f"record {r.index} cannot be decoded: {exc}"

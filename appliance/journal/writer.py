@@ -26,6 +26,7 @@ from appliance.format.journal import (
     SegmentHeader,
     encode_record,
     segment_name,
+    step_aad,
 )
 from appliance.journal.files import JournalFiles
 
@@ -51,8 +52,9 @@ class JournalWriter:
         group_commit_s: float = 0.010,
         chain: list[LiveSegment] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        seal: Callable[[bytes, bytes], bytes] | None = None,
     ) -> None:
-        self.files, self.key, self.lineage = files, key, lineage
+        self.files, self.key, self.lineage, self.seal = files, key, lineage, seal
         self.header, self.group_commit_s, self.clock = header, group_commit_s, clock
         self.chain: list[LiveSegment] = list(chain or [])
         self._next = next_index
@@ -86,6 +88,8 @@ class JournalWriter:
         """Write one step record (not yet durable); returns its index. Callers serialise appends."""
         self._raise_if_broken()
         index = self._next
+        if self.seal is not None:  # the header names the key (an encrypted store, design §15.1)
+            payload = self.seal(payload, step_aad(self.lineage, index))
         data = encode_record(self.key, KIND_STEP, self.lineage, index, payload)
         try:
             self.files.append(self.current.name, data)

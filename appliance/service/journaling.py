@@ -25,11 +25,13 @@ from appliance.errors import ApplianceError, JournalFullError, JournalKeyError
 from appliance.events import EventLog
 from appliance.format.canary import Canary
 from appliance.format.journal import Point
+from appliance.journal import sealing
 from appliance.journal import step as steps
 from appliance.journal.files import LocalJournalFiles
 from appliance.journal.journal import Journal, Recovery
 from appliance.journal.keyfile import create_journal_key, load_journal_key
 from appliance.node.config import NodeConfig
+from appliance.node.identity import open_node_store
 from appliance.service import loader
 from appliance.service.restore import Restored
 from appliance.sources.export import tensors_digest
@@ -72,6 +74,8 @@ class ServiceJournal:
         def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any] | None:
             return loader.adapt(model, x, y)
 
+        # an encrypted store seals the journal under its data key (design §15.1); known only now, restored
+        self.journal.sealing = sealing.for_store(open_node_store(self.config))
         # replay scopes deterministic mode per segment (journal.py); setting it here leaked it process-wide
         return self.journal.recover(point, digest, restored.opened.generation, step,
                                     lambda: loader.adaptation_step(model))  # fmt: skip

@@ -159,10 +159,28 @@ def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
             f"({len(saved_groups)} parameter group(s) saved, {len(current)} given)",
             remedy="build the optimizer over the same parameters and groups (argument `optimizers`) as when saved",
         )
+    _check_optimizer_kind(optimizer, saved_groups)
     # Optimizer.load_state_dict pairs saved and current parameters by position within each group.
     groups = [{**g, "params": ids} for g, ids in zip(saved_groups, current, strict=True)]
     state = {index[n]: v for n, v in saved["state"].items()}
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _check_optimizer_kind(optimizer: torch.optim.Optimizer, saved_groups: Sequence[Mapping[str, Any]]) -> None:
+    """``TensorMismatchError`` when the saved groups' hyperparameters belong to another kind of optimizer.
+
+    torch's own ``load_state_dict`` takes AdamW state into SGD without a word and fails at the next
+    ``step()`` (or silently trains with the wrong state). One side having keys the other lacks is
+    a torch version that added a hyperparameter; both sides having their own is another optimizer.
+    """
+    for number, (saved, now) in enumerate(zip(saved_groups, optimizer.param_groups, strict=False)):
+        only_saved, only_now = set(saved) - set(now) - {"params"}, set(now) - set(saved) - {"params"}
+        if only_saved and only_now:
+            raise TensorMismatchError(
+                f"optimizer state is of another kind of optimizer than {type(optimizer).__name__}: parameter group "
+                f"{number} was saved with {sorted(only_saved)[:5]} and the given optimizer has {sorted(only_now)[:5]}",
+                remedy="build the same optimizer class as when saved (argument `optimizers`)",
+            )
 
 
 def rng_state(generators: Mapping[str, torch.Generator], *, include_global: bool = True) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def stick_image(node: LocalNode) -> Iterator[tuple[Path, str]]:
         store = Store.open(store_copy, trust_path=node.config.trust_file())
         loaded = api.load(store)
         changed = {k: (v + 1).to(v.dtype) if v.is_floating_point() else v for k, v in loaded.tensors.items()}
-        for _ in range(7):  # newer than anything the node will have by then (two commits and a rollback first)
+        for _ in range(10):  # newer than anything the node has by then (two rollbacks, each after two commits)
             key = SigningKey.from_pem(Path(node.config.signing_key).read_bytes(), "device key")  # root reads it
             result = api.save(store, changed, key, dict(loaded.metadata))
         layout = work / "layout"
@@ -222,6 +222,42 @@ def test_console_user_rolls_back_through_the_persist_and_boot_sides(
     console_uid = pwd.getpwnam("appliance-console").pw_uid
     assert any(e["event"] == "console.action_request" and e["fields"]["uid"] == console_uid for e in rollbacks)
     assert any(e["fields"].get("action") == "restart-service" and e["fields"]["technician"] == TECH for e in actions)
+
+
+def test_a_technician_rolls_back_in_chromium_through_the_privileged_sides(
+    node: LocalNode, privileged: tuple[str, Procs, str]
+) -> None:
+    """The same route a technician meets: Debian's Chromium, the console as its user, the device key's owner."""
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian's chromium is not installed (bootstrap/deps.d)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (Python API only)")
+    base, procs, _ = privileged
+    for _ in range(2):
+        _commit_as_persist(node)
+    before = _generations(node)
+    target = before[-2]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        pg = browser.new_context(base_url=base).new_page()
+        pg.goto("/login")
+        pg.fill("input[name=name]", TECH)
+        pg.fill("input[name=password]", PASSWORD)
+        pg.click("button[type=submit]")
+        pg.goto("/slots")
+        pg.click(f"a[href='/actions/rollback?generation={target}']")
+        pg.click("button.danger")
+        pg.wait_for_selector("p.ok, p.error", timeout=600_000)
+        page = pg.content()
+        browser.close()
+    assert f"generation {target} re-committed" in page, page[-3000:] + procs.tail()
+    assert "serving again" in page, page[-6000:] + procs.tail()
+    after = _generations(node)
+    new = Store.open(node.config.store).select(after[-1]).opened.verified.manifest
+    assert after[-1] == before[-1] + 1 and new.metadata.get("rolled_back_from") == target
+    try:
+        assert node.wait_serving(120)["generation"] == after[-1]
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n{page[-6000:]}\n{procs.tail()}") from exc
 
 
 def test_console_user_imports_a_stick_through_the_root_helper(

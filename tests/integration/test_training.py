@@ -148,6 +148,39 @@ def test_loading_into_an_optimizer_over_other_parameters_is_refused_before_anyth
         training.load(store, model)
 
 
+KINDS: dict[str, Any] = {
+    "SGD": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+    "Adam": torch.optim.Adam,
+    "RMSprop": torch.optim.RMSprop,
+    "Adagrad": torch.optim.Adagrad,
+    "Adadelta": torch.optim.Adadelta,
+}
+
+
+@pytest.mark.parametrize("saved_kind", sorted(KINDS))
+@pytest.mark.parametrize("given_kind", sorted(KINDS))
+def test_loading_state_of_another_optimizer_kind_is_refused_before_anything_changes(
+    store: Store, key: SigningKey, saved_kind: str, given_kind: str
+) -> None:
+    """Regression (new-user trial): AdamW state went into SGD silently and failed at the next step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    saved = KINDS[saved_kind](model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    saved.step()
+    training.save(store, key, model, saved, rng=False)
+    given = KINDS[given_kind](model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = repr(given.state_dict())  # Adagrad starts with state of its own
+    if saved_kind == given_kind:
+        training.load(store, model, given, rng=False)
+        given.step()  # the loaded state is usable
+        return
+    with pytest.raises(TensorMismatchError, match=f"another kind of optimizer than {given_kind}"):
+        training.load(store, model, given, rng=False)
+    assert repr(given.state_dict()) == fresh and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_a_plain_checkpoint_is_not_mistaken_for_training_state(store: Store, key: SigningKey) -> None:
     api.save(store, weights(), key)
     with pytest.raises(ManifestError, match="not a training checkpoint"):

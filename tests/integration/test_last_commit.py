@@ -30,7 +30,7 @@ from appliance.store.encode import TensorSource
 from appliance.store.lastcommit import LastCommit, same_bytes
 from appliance.store.store import Store
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration  # torch and real stores: tests/unit stays torch-free (Python 3.10 smoke)
 
 FRAME = 8192
 
