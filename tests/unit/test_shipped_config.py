@@ -134,3 +134,46 @@ def test_shipped_units_meet_the_systemd_analyze_goal() -> None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd; bootstrap/deps.d/20-privileges.sh)")
     scores = {path.name: _analyze(path) for path in _service_units()}
     assert scores and all(score <= ANALYZE_GOAL for score in scores.values()), scores
+
+
+def _sysusers_members() -> dict[str, set[str]]:
+    """user -> the groups ``m USER GROUP`` lines of the shipped sysusers.d add it to."""
+    members: dict[str, set[str]] = {}
+    for line in (SYSTEMD / "sysusers.d" / "appliance.conf").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] == "m":
+            members.setdefault(fields[1], set()).add(fields[2])
+    return members
+
+
+def test_unit_users_hold_every_group_the_tmpfiles_rules_grant_them() -> None:
+    """Regression (VM tier): ``User=appliance-boot`` + ``Group=appliance`` left out the user's own group.
+
+    systemd sets Group= and the groups that *list* the user as a member (initgroups), never the
+    user's primary group by name; boot then could not reach supervisord's socket directory or the
+    floor directory (both group ``appliance-boot``) and never served under a real systemd.
+    """
+    from appliance.boot.privileges import USERS, render_tmpfiles
+
+    granted = {line.split()[4] for line in render_tmpfiles(NodeConfig()).splitlines()
+               if line and not line.startswith("#") and len(line.split()) > 4}  # fmt: skip
+    members = _sysusers_members()
+    for path in _service_units():
+        service = unit(path.name)["Service"] if path.parent == SYSTEMD else None
+        if service is None or service.get("User", "root") not in USERS:
+            continue
+        user = service["User"]
+        groups = {service.get("Group", user), *service.get("SupplementaryGroups", "").split(), *members.get(user, ())}
+        missing = {g for g in granted if g == user} - groups
+        assert not missing, f"{path.name}: runs as {user} without group(s) {missing} that its paths are granted to"
+
+
+def test_supervisor_unit_lets_every_program_write_what_it_owns() -> None:
+    """ProtectSystem=strict: every directory a supervisord program writes is in ReadWritePaths."""
+    from appliance.boot.privileges import STATE_DIRS
+
+    config = NodeConfig()
+    writable = set(unit("appliance-supervisor.service")["Service"]["ReadWritePaths"].split())
+    needed = {*STATE_DIRS.values(), config.outbox, config.run_dir, config.store,
+              str(Path(config.floor_file).parent), str(Path(config.event_log).parent)}  # fmt: skip
+    assert needed <= writable, sorted(needed - writable)
