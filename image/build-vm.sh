@@ -42,9 +42,10 @@ t0=$(date +%s)
 # 1. base rootfs (cached by suite + packages)
 key=$(printf '%s %s v1' "$SUITE" "$PACKAGES" | sha256sum | cut -c1-16)
 BASE="$CACHE/base-$SUITE-$key.tar"
-if [ ! -s "$BASE" ]; then
+if [ ! -f "$BASE" ]; then
     log "mmdebstrap $SUITE ($PACKAGES) -> $BASE"
-    mmdebstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$BASE.tmp" >&2
+    rm -rf "$BASE.tmp" "$BASE"  # a directory left by an older run of this script
+    mmdebstrap --variant=minbase --format=tar --include="$PACKAGES" "$SUITE" "$BASE.tmp" >&2  # ".tmp": say the format
     mv "$BASE.tmp" "$BASE"
 fi
 

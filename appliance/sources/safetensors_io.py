@@ -270,6 +270,17 @@ def check_exportable(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str,
         raise UsageError(f"safetensors header metadata must map strings to strings: {bad[:3]}")
 
 
+def process_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def export_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str]) -> Path:
     """Write ``tensors`` to ``path`` atomically (temp file, fsync, rename, fsync directory)."""
     path = Path(path)
@@ -279,6 +290,9 @@ def export_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, me
         save_file({n: t.contiguous() for n, t in tensors.items()}, str(temp), metadata=dict(metadata))
         fd = os.open(temp, os.O_RDONLY)
         try:
+            # safetensors creates its file 0600 whatever the umask; an export is read by the persistence
+            # watchdog's user (group appliance, docs/design.md §7.2), so the process umask decides, as for open()
+            os.fchmod(fd, 0o666 & ~process_umask())
             os.fsync(fd)
         finally:
             os.close(fd)

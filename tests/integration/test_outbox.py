@@ -175,3 +175,17 @@ def test_daemon_rescans_on_start_and_feeds_the_systemd_watchdog(
             d.wake.set()
             loop.join(30)
     assert not loop.is_alive()
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o077, 0o022])
+def test_an_export_gets_the_mode_the_process_umask_gives_not_safetensors_0600(tmp_path: Path, umask: int) -> None:
+    """Regression (VM tier): safetensors writes 0600, so the watchdog's user could read no export."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path, _ = write_export({"w": torch.ones(3)}, tmp_path, model="m", step=1, pause_s=0.0, sequence=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

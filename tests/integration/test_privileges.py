@@ -224,3 +224,41 @@ def test_service_metrics_need_the_metrics_role(node: LocalNode) -> None:
     assert _as("appliance-persist", ["/usr/bin/python3", "-c", _METRICS, sock]).stdout.strip() == "200"
     assert _as("appliance-replicate", ["/usr/bin/python3", "-c", _METRICS, sock]).stdout.strip() == "403"
     assert _as(INTRUDER, ["/usr/bin/python3", "-c", _METRICS, sock]).stdout.strip().startswith("errno")
+
+
+def test_the_watchdog_commits_an_export_the_service_wrote_as_its_own_user(node: LocalNode) -> None:
+    """Regression (VM tier): safetensors creates its files 0600, so persist could read no export.
+
+    The service (``appliance-serve``) adapts and exports; the watchdog (``appliance-persist``, group
+    ``appliance``) must read the file, check its receipt and commit it, not quarantine it.
+    """
+    import http.client
+    import json
+    import time
+
+    from appliance.events import read_events
+
+    class Unix(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(node.config.control_socket)
+
+    def post(route: str, body: object) -> dict[str, object]:
+        conn = Unix("localhost", timeout=120)
+        conn.request("POST", route, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = json.loads(resp.read())
+        assert resp.status == 200, data
+        return data  # type: ignore[no-any-return]
+
+    post("/v1/adapt", {"inputs": [[0.1] * 16] * 4, "targets": [[0.2] * 4] * 4})  # root holds every role
+    name = str(post("/v1/export", {})["file"])
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        seen = read_events(node.config.event_log, frozenset({"persist.committed", "outbox.rejected"}))
+        mine = [e for e in seen if e["fields"].get("file") == name]
+        assert not any(e["event"] == "outbox.rejected" for e in mine), f"the watchdog refused the export: {mine}"
+        if mine:
+            return
+        time.sleep(1)
+    raise AssertionError(f"no commit of {name} within 180 s")

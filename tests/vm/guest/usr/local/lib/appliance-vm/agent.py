@@ -3,13 +3,17 @@
 Lines: ``VMAGENT <what> key=value ...``. It reports: start (guest uptime), serving (generation,
 slot, manifest digest, uptime), each persist.committed event, a deep verify of the store after
 serving, failed units, and journald's copy of boot.serving with its MESSAGE_ID and APPLIANCE_*
-fields. It keeps the model changing (POST /v1/adapt) so every persist commits new state.
+fields. It keeps the model changing (POST /v1/adapt) so every persist commits new state. It asks
+the service over its control socket as root (the network listener exposes neither the handoff
+nor adaptation, design §7.1.1).
 Scenario knobs come from the kernel command line: ``vmtest.hang_persist=1`` freezes the
 persistence watchdog (SIGSTOP) after the first commit, to prove systemd's WatchdogSec restarts it.
 """
 
+import http.client
 import json
 import os
+import socket
 import random
 import signal
 import subprocess
@@ -18,7 +22,7 @@ import urllib.request
 
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 EVENTS = "/var/log/appliance/events.jsonl"
-SERVICE = "http://127.0.0.1:8470"
+CONTROL = "/run/appliance/control.sock"
 BOOT_SERVING_ID = "443baed6af794a5a92b953b482a774b0"
 OUT = open("/dev/ttyS1", "w", buffering=1)  # noqa: SIM115
 
@@ -33,19 +37,30 @@ def uptime():
         return float(f.read().split()[0])
 
 
+class _Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(CONTROL)
+
+
 def call(path, body=None, timeout=5):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(SERVICE + path, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    conn = _Unix("localhost", timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request("GET" if body is None else "POST", path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
         return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
 
 
 def ready():
     try:
-        status, body = call("/ready", timeout=2)
+        status, body = call("/v1/status", timeout=2)
     except Exception:
         return None
-    return body if status == 200 else None
+    return body if status == 200 and isinstance(body, dict) and body.get("phase") == "serving" else None
 
 
 def run(*argv, timeout=300):
@@ -123,6 +138,7 @@ def main():
     hung = False
     rng = random.Random(os.getpid())
     adapt_ok = True
+    diagnosed = False
     last_status = time.monotonic()
     while True:
         for e in events.new():
@@ -133,6 +149,13 @@ def main():
                     os.kill(pid, signal.SIGSTOP)
                     hung = True
                     say(f"persist-frozen pid={pid} uptime={uptime():.2f}")
+            elif e.get("event") == "outbox.rejected" and not diagnosed:
+                diagnosed = True  # once: the outbox's and the persist user's view, to explain the refusal
+                say(f"event name=outbox.rejected problem={fields.get('problem')!r:.600}")
+                for argv in (("ls", "-lan", "/var/lib/appliance-outbox"), ("id", "appliance-persist"),
+                             ("getfacl", "-n", "/var/lib/appliance-outbox"), ("pgrep", "-a", "-u", "appliance-serve")):
+                    code, out = run(*argv)
+                    say(f"diag {' '.join(argv)} rc={code} " + out.replace(chr(10), ' | ')[:600])
             else:
                 brief = " ".join(f"{k}={v}" for k, v in sorted(fields.items()) if not isinstance(v, (dict, list)))
                 say(f"event name={e.get('event')} {brief.replace(chr(10), ' ')[:300]}")
