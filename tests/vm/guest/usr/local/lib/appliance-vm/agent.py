@@ -13,12 +13,11 @@ persistence watchdog (SIGSTOP) after the first commit, to prove systemd's Watchd
 import http.client
 import json
 import os
-import socket
 import random
 import signal
+import socket
 import subprocess
 import time
-import urllib.request
 
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 EVENTS = "/var/log/appliance/events.jsonl"
@@ -152,10 +151,14 @@ def main():
             elif e.get("event") == "outbox.rejected" and not diagnosed:
                 diagnosed = True  # once: the outbox's and the persist user's view, to explain the refusal
                 say(f"event name=outbox.rejected problem={fields.get('problem')!r:.600}")
-                for argv in (("ls", "-lan", "/var/lib/appliance-outbox"), ("id", "appliance-persist"),
-                             ("getfacl", "-n", "/var/lib/appliance-outbox"), ("pgrep", "-a", "-u", "appliance-serve")):
+                for argv in (
+                    ("ls", "-lan", "/var/lib/appliance-outbox"),
+                    ("id", "appliance-persist"),
+                    ("getfacl", "-n", "/var/lib/appliance-outbox"),
+                    ("pgrep", "-a", "-u", "appliance-serve"),
+                ):
                     code, out = run(*argv)
-                    say(f"diag {' '.join(argv)} rc={code} " + out.replace(chr(10), ' | ')[:600])
+                    say(f"diag {' '.join(argv)} rc={code} " + out.replace(chr(10), " | ")[:600])
             else:
                 brief = " ".join(f"{k}={v}" for k, v in sorted(fields.items()) if not isinstance(v, (dict, list)))
                 say(f"event name={e.get('event')} {brief.replace(chr(10), ' ')[:300]}")
