@@ -18,6 +18,7 @@ Invariants (docs/design.md §6):
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -157,11 +158,12 @@ def check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_sources(sources: list[TensorSource], *, allow_empty: bool) -> None:
     """Every structural rule on the tensor table, before a byte is written (input errors, never 34)."""
-    if not sources and not allow_empty:
+    if not allow_empty and not any(math.prod(s.shape) for s in sources):
         raise UsageError(
-            "the checkpoint would hold no tensors",
+            "the checkpoint would hold no tensors" if not sources else
+            f"the checkpoint would hold no tensor data: all {len(sources)} tensor(s) have zero elements",
             remedy="commit the model's tensors; pass allow_empty=True (--allow-empty) only to store metadata alone",
-        )
+        )  # fmt: skip
     check_tensor_count(len(sources), UsageError)
     check_unique([s.name for s in sources], UsageError)
     for src in sources:

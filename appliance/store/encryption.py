@@ -138,7 +138,7 @@ def rotate_data_key(store: Store, signers: Sequence[SigningKey]) -> dict[str, An
         full=True,
         directory=parts,
         provenance=manifest.provenance,
-        allow_empty=not manifest.tensors,
+        allow_empty=not any(t.numel for t in manifest.tensors),
     )
     retired = retire_unused(store)
     return {"commit": result.to_dict(), "retired_keys": retired, **status(store)}

@@ -67,7 +67,8 @@ def collect_slot(
         except ApplianceError:
             continue
         valid.append(outcome.generation)
-        if opened.verified.manifest.tensors:
+        manifest = opened.verified.manifest
+        if any(t.numel for t in manifest.tensors) or manifest.assets:  # data, not only zero-element tensors
             with_tensors.append(outcome.generation)
     names = reader.checkpoint_names()
     if not valid:  # G2: with nothing verifiable (e.g. a wrong trust store) delete no checkpoint
@@ -77,7 +78,7 @@ def collect_slot(
     cutoff = min(retained)
     committed = {g for g, k, _ in names if k == "commit"}
     keep_gens = {g for g in committed if g >= cutoff} | set(retained) | (protect & set(valid))
-    keep_gens |= set(with_tensors[:1])  # G3: the newest checkpoint with tensors is never collected
+    keep_gens |= set(with_tensors[:1])  # G3: the newest checkpoint with tensor data is never collected
     report.kept = sorted(keep_gens, reverse=True)
     _drop_checkpoints(storage, slot, names, keep_gens, report)
     _drop_leftovers(storage, slot, report)

@@ -120,7 +120,7 @@ def import_sealed(
         progress=progress,
         directory=parts,
         provenance=manifest.provenance,
-        allow_empty=not manifest.tensors,
+        allow_empty=not any(t.numel for t in manifest.tensors),
         lineage_base=(plan.bundle_bytes, plan.verified.authorization, manifest),
     )
     return {"mode": "re-sealed", "source_generation": plan.generation, **commit.to_dict()}

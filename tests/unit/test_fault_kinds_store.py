@@ -76,6 +76,34 @@ def test_kind3_metadata_only_commits_never_evict_the_real_model(tmp_path: Path) 
     assert opened.generation == real.generation and len(opened.verified.manifest.tensors) == 1
 
 
+def _zero(shape: tuple[int, ...], name: str = "z") -> TensorSource:
+    return TensorSource(name, "float32", shape, lambda: np.empty(0, dtype=np.uint8))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shapes=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=3).filter(lambda d: 0 in d),
+                       min_size=1, max_size=3))  # fmt: skip
+def test_kind3_checkpoints_whose_tensors_all_have_zero_elements_are_refused(
+    tmp_path_factory: pytest.TempPathFactory, shapes: list[list[int]]
+) -> None:
+    """Regression (new-user trial): one ``torch.zeros(0)`` counted as "with tensors" and evicted the model."""
+    store = _store(tmp_path_factory.mktemp("z"))
+    sources = [_zero(tuple(shape), f"z{i}") for i, shape in enumerate(shapes)]
+    with pytest.raises(UsageError, match="no tensor data") as caught:
+        store.commit(sources, [KEY])
+    assert caught.value.exit_code == 10 and store.log() == []
+
+
+def test_kind3_zero_element_commits_never_evict_the_real_model(tmp_path: Path) -> None:
+    """The trial's input: keep=1, a real model, then four checkpoints of one zero-element tensor."""
+    store = _store(tmp_path, keep=1)
+    real, _ = store.commit(_real(), [KEY])
+    for _ in range(4):
+        store.commit([_zero((0,))], [KEY], allow_empty=True)
+    store.gc()
+    assert store.select(real.generation).opened.verified.manifest.tensors[0].name == "w"
+
+
 def test_kind3_retention_keeps_pinned_and_newest_with_tensors(tmp_path: Path) -> None:
     store = _store(tmp_path, keep=1)
     factory, _ = store.commit(_real(1), [KEY])
