@@ -36,6 +36,7 @@ from appliance.format.manifest import Manifest
 from appliance.format.provenance import MODEL_SIG
 from appliance.limits import DEFAULT_LIMITS
 from appliance.sources.safetensors_io import ImportedModel, check_exportable, export_safetensors, inside
+from appliance.sources.stable import identity_guard
 from appliance.sources.tensors import dtype_name
 from appliance.store.assets import AssetSource, DirectoryParts
 from appliance.store.store import Store
@@ -69,17 +70,22 @@ def _asset(root: Path, path: Path, rel: str) -> AssetSource:
     except ManifestError as exc:
         raise AssetError(f"{path}: its path cannot be stored: {exc}") from exc
     target = inside(root, path, AssetError)
-    info = target.stat()
-    if info.st_size > DEFAULT_LIMITS.asset_max_bytes:
-        raise AssetError(f"{path} is {info.st_size} bytes, above the cap of {DEFAULT_LIMITS.asset_max_bytes} per asset")
+    try:
+        seen, recheck = identity_guard(target)  # never a mixture of two versions of a file (design §6.2.1)
+        mode = target.stat().st_mode
+    except OSError as exc:
+        raise AssetError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if seen.size > DEFAULT_LIMITS.asset_max_bytes:
+        raise AssetError(f"{path} is {seen.size} bytes, above the cap of {DEFAULT_LIMITS.asset_max_bytes} per asset")
 
     def reader() -> BinaryIO:
+        recheck()  # still the file listed (AssetJobs checks again after reading it)
         try:
             return open(target, "rb")
         except OSError as exc:
             raise AssetError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
-    return AssetSource(rel, info.st_size, reader, executable=bool(info.st_mode & stat.S_IXUSR))
+    return AssetSource(rel, seen.size, reader, executable=bool(mode & stat.S_IXUSR), recheck=recheck)
 
 
 def directory_parts(model: ImportedModel) -> DirectoryParts:

@@ -1,6 +1,7 @@
 """Reading source files that may change under a commit: ``pread`` into buffers, identity re-checks.
 
-Owns: ``StableFile`` — a source file (a safetensors shard, an asset) opened once and read with
+Owns: ``identity_guard`` (the same rule for files read with ordinary reads: assets) and
+``StableFile`` — a source file (a safetensors shard, an asset) opened once and read with
 ``pread`` into private buffers, never memory-mapped: a file truncated while it is read gives a
 short read and a typed ``SourceChangedError``, never a ``SIGBUS`` that kills the process
 (issue 12, kind 5). Does not own parsing (``safetensors_io``) or committing.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,30 @@ class StableFile:
             done += got
         self.check()
         return out
+
+
+def identity_guard(path: Path) -> tuple[Identity, Callable[[], None]]:
+    """``path``'s settled identity now, and a check that it still names exactly that file.
+
+    For files read with ordinary reads (assets): the check raises ``SourceChangedError`` (20)
+    when the path was removed or renamed, or the file it names differs in any identity field.
+    Raises ``OSError`` when ``path`` cannot be stat'ed now.
+    """
+    st = path.stat()
+    if time.time_ns() - st.st_ctime_ns < SETTLE_S * 1e9:
+        time.sleep(SETTLE_S)
+        st = path.stat()
+    seen = Identity.of(st)
+
+    def check() -> None:
+        try:
+            now = Identity.of(path.stat())
+        except OSError:
+            raise SourceChangedError(f"{path} was removed or renamed while it was committed") from None
+        if now != seen:
+            raise SourceChangedError(f"{path} {seen.difference(now)} while it was committed")
+
+    return seen, check
 
 
 def safetensors_offsets(stable: StableFile) -> dict[str, tuple[int, int]]:

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 
 from appliance.crypto import FrameCipher
-from appliance.errors import AssetError, AssetIntegrityError
+from appliance.errors import AssetError, AssetIntegrityError, SourceChangedError
 from appliance.format.digest import Digest
 from appliance.format.directory import AssetEntry, ShardEntry, check_label
 from appliance.format.dtypes import dtype_named
@@ -66,6 +66,7 @@ class AssetSource:
     size: int
     reader: Callable[[], BinaryIO]
     executable: bool = False
+    recheck: Callable[[], None] | None = None  # ``SourceChangedError`` if the file is not the one listed
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,20 @@ class AssetJobs:
                 for fi, (_, size) in enumerate(frame_spans(asset.size, 1, self.frame_size)):
                     data = f.read(size)  # a private copy: what is hashed is what is stored
                     if len(data) != size:
-                        raise AssetError(f"asset {asset.path!r} shrank while it was committed")
+                        raise SourceChangedError(f"asset {asset.path!r} shrank while it was committed")
                     hasher.update(data)
                     yield FrameJob(-1 - i, fi, asset_key(asset.path), _U8, np.frombuffer(data, dtype=np.uint8))
                 if f.read(1):
-                    raise AssetError(f"asset {asset.path!r} grew while it was committed")
+                    raise SourceChangedError(f"asset {asset.path!r} grew while it was committed")
+            if asset.recheck is not None:
+                asset.recheck()  # rewritten in place at the same size: only its identity tells
             self.digests[i] = Digest(hasher.hexdigest())
+
+    def recheck(self) -> None:
+        """Every asset is still the file that was read (the commit asks once more before the bundle)."""
+        for asset in self.assets:
+            if asset.recheck is not None:
+                asset.recheck()
 
     def entries(self, frames: Mapping[int, list[FrameRef]]) -> tuple[AssetEntry, ...]:
         return tuple(

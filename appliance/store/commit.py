@@ -54,7 +54,7 @@ from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import Authorization, SigningKey, TrustStore, authorize, lineage_for_commit, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
 from appliance.store import layout
-from appliance.store.assets import AssetJobs, DirectoryParts
+from appliance.store.assets import AssetJobs, AssetSource, DirectoryParts
 from appliance.store.discovery import OpenCheckpoint, Scan, open_checkpoint, scan, select
 from appliance.store.encode import (
     EncodedFrame,
@@ -170,13 +170,13 @@ def check_sources(sources: list[TensorSource], *, allow_empty: bool) -> None:
         check_source(src)
 
 
-def _recheck_sources(sources: list[TensorSource]) -> None:
-    """Every file-backed source is still the file that was opened (``SourceChangedError`` if not)."""
+def _recheck_sources(sources: list[TensorSource], assets: Iterable[AssetSource] = ()) -> None:
+    """Every file-backed source and asset is still the file that was read (``SourceChangedError`` if not)."""
     seen: set[Callable[[], None]] = set()
-    for src in sources:
-        if src.recheck is not None and src.recheck not in seen:
-            seen.add(src.recheck)
-            src.recheck()
+    for recheck in chain((s.recheck for s in sources), (a.recheck for a in assets)):
+        if recheck is not None and recheck not in seen:
+            seen.add(recheck)
+            recheck()
 
 
 def _reader_accepts(bundle: bytes) -> None:
@@ -356,7 +356,7 @@ def commit(
         )
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
-        _recheck_sources(sources)  # never a mixture of two versions of a source file
+        _recheck_sources(sources, request.directory.assets)  # never a mixture of two versions of a file
         _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
         result.authorization = authorize(manifest, signers, trust)  # refuse now what boot would refuse
         bundle = sign_manifest(manifest, request.keys)

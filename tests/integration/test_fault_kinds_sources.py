@@ -175,3 +175,60 @@ def test_kind5_property_a_source_mutated_at_random_offsets_never_commits_a_mixtu
     with pytest.raises(SourceChangedError):
         _commit_with_change(s, key, path, op, offset, after)
     assert _store_files(s) == before
+
+
+def _mutate_asset(path: Path, op: str, offset: int) -> None:
+    if op == "replace":
+        path.with_suffix(".new").write_bytes(b"B" * path.stat().st_size)
+        os.replace(path.with_suffix(".new"), path)
+    elif op == "chmod":
+        path.chmod(0o600)
+    else:
+        with path.open("r+b") as f:
+            size = path.stat().st_size
+            if op == "truncate":
+                f.truncate(offset % size)
+            elif op == "grow":
+                f.seek(0, os.SEEK_END)
+                f.write(b"B" * (1 + offset % 4096))
+            else:  # rewritten in place at the same size, the new-user trial's case
+                f.seek(offset % size)
+                f.write(b"B" * min(4096, size - offset % size))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(sorted(SAYS)), offset=st.integers(0, 10**7), after=st.integers(1, 20))  # 20 frames
+def test_kind5_property_an_asset_changed_during_commit_is_never_stored_as_a_mixture(
+    tmp_path_factory: pytest.TempPathFactory, op: str, offset: int, after: int
+) -> None:
+    """Regression (new-user trial): tokenizer.json rewritten in place during `commit` was stored half old, half new.
+
+    The model directory holds one shard (4 frames) and a 64 KiB asset (16 frames); the asset is
+    changed after a random number of frames, before, during or after its own frames are read.
+    """
+    from appliance.sources.model_dir import directory_parts
+
+    tmp = tmp_path_factory.mktemp("asset")
+    key = SigningKey.generate()
+    s = Store.init(tmp / "store", [key.public], StoreConfig(model="m", frame_size=4096))
+    model_dir = tmp / "model"
+    model_dir.mkdir()
+    _write_model(model_dir / "model.safetensors", 1, 4096)
+    asset = model_dir / "tokenizer.json"
+    asset.write_bytes(b"A" * 65536)
+    model = open_model(model_dir)
+    calls = [0]
+
+    def progress(_: int) -> None:
+        calls[0] += 1
+        if calls[0] == after:
+            _mutate_asset(asset, op, offset)
+
+    before = _store_files(s)
+    try:
+        with pytest.raises(SourceChangedError) as caught:
+            s.commit(model.sources, [key], progress=progress, directory=directory_parts(model))
+    finally:
+        model.close()
+    assert caught.value.exit_code == 20 and "tokenizer.json" in caught.value.problem
+    assert _store_files(s) == before
