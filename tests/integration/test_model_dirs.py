@@ -329,15 +329,15 @@ def test_the_api_honours_a_store_that_requires_a_vendor_signature(
 
 @pytest.mark.parametrize(("declared", "actual"), [(100, 60), (60, 100)])
 def test_an_asset_that_changes_size_during_the_commit_is_an_error_and_nothing_is_committed(store: Store, key: SigningKey, declared: int, actual: int) -> None:  # fmt: skip
-    """Assets are read, never mapped: a file truncated (or grown) meanwhile is an AssetError, not a SIGBUS."""
+    """Assets are read, never mapped: a file truncated (or grown) meanwhile is a changed source (20), not a SIGBUS."""
     import io
 
-    from appliance.errors import AssetError
+    from appliance.errors import SourceChangedError
     from appliance.sources.tensors import sources_from_dict
     from appliance.store.assets import AssetSource, DirectoryParts
 
     parts = DirectoryParts((AssetSource("config.json", declared, lambda: io.BytesIO(b"x" * actual)),))
-    with pytest.raises(AssetError, match="while it was committed"):
+    with pytest.raises(SourceChangedError, match="while it was committed"):
         store.commit(sources_from_dict(state()), [key], directory=parts)
     root = Path(str(store.storage.root))  # type: ignore[attr-defined]
     assert list((root / "A" / "checkpoints").iterdir()) == [] and list((root / "A" / "frames").iterdir()) == []
