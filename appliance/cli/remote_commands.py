@@ -96,6 +96,7 @@ def cmd_remote(args: argparse.Namespace, out: Output) -> int:
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
+    from appliance.remote.metrics import read_metrics
     from appliance.remote.pull import fetch_head
     from appliance.remote.s3 import ObjectStore
     from appliance.remote.state import StateDir
@@ -110,6 +111,7 @@ def _status(args: argparse.Namespace, out: Output) -> int:
     data: dict[str, Any] = {"device": remote.device, "endpoint": remote.endpoint, "bucket": remote.bucket,
                             "prefix": remote.device_prefix, "newest_local": newest, **state.to_dict()}  # fmt: skip
     data["pending"] = newest is not None and (state.replicated is None or state.replicated.generation < newest)
+    data["metrics"] = read_metrics(state_dir.path, state, newest)
     try:
         objects = ObjectStore(remote, remote.device_prefix)
         head = fetch_head(objects, _head_keys(remote), kind="device", name=remote.device,
