@@ -25,7 +25,7 @@ SUBDIRS = {  # DIR/<name>/*.conf -> installed directory
 }
 # -> /etc/appliance (conffiles: local edits survive upgrades); supervisord-*.conf are optional program
 # fragments (e.g. replication) that an operator includes from supervisord.conf when the node uses them
-CONFIG = {"supervisord.conf", "node.json", "supervisord-replicate.conf"}
+CONFIG = {"supervisord.conf", "node.json", "supervisord-replicate.conf", "supervisord-channel.conf"}
 
 
 def destination(rel: Path) -> str | None:

@@ -14,6 +14,8 @@ The plan (docs/design.md §7.2):
 * ``appliance-persist`` (persistence watchdog): the only reader of the device key (0400); owns and
   writes the store (its primary group is ``appliance``, so what it writes stays readable by the
   service); reads and empties the outbox.
+* ``appliance-persist`` also runs the fleet channel program (``appliance channel follow --watch``):
+  an import writes the store, and persist is its only writer; its state is ``/var/lib/appliance-channel``.
 * ``appliance-boot`` (boot and guard): owns the run dir, the boot lock and the floor; writes each
   slot's ``state.json`` (an ACL on the slot roots); the only user that reaches supervisord.
 * supervisord stays root (it starts each program as its user) with a minimal capability set.
@@ -30,6 +32,8 @@ SERVE, PERSIST, BOOT = "appliance-serve", "appliance-persist", "appliance-boot"
 CONSOLE, REPLICATE = "appliance-console", "appliance-replicate"  # their programs: issues 14, 13
 USERS = (SERVE, PERSIST, BOOT, CONSOLE, REPLICATE)
 STATE_DIRS = {CONSOLE: "/var/lib/appliance-console", REPLICATE: "/var/lib/appliance-replicate"}
+# The fleet channel program runs as the store's writer (persist); its own state: channel heads seen.
+CHANNEL_STATE = "/var/lib/appliance-channel"
 
 _HEADER = """\
 # Install: /usr/lib/tmpfiles.d/appliance.conf (rendered by appliance.boot.privileges; do not edit).
@@ -84,6 +88,7 @@ def render_tmpfiles(config: NodeConfig, node_root: str | None = None) -> str:
         ("a+", f"{config.store}/B", "-", "-", "-", "-", f"u:{BOOT}:rwx"),
         ("# State of the recovery console and of replication: each its own user's.",),
         *(("d", path, "0700", user, user) for user, path in STATE_DIRS.items() if node_root is None),
+        *((("d", CHANNEL_STATE, "0700", PERSIST, GROUP),) if node_root is None else ()),
         ("# The device key: readable by the persistence watchdog only.",),
         ("z", key, "0400", PERSIST, GROUP),
     ]

@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("action", choices=["follow"], help="follow: import the channel's newest release if new")
     _common(p)
     p.add_argument("--watch", action="store_true", help="poll every poll_interval seconds until stopped")
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="where the channel heads seen are kept (default: remote.json's state_dir)")  # fmt: skip
+    p.add_argument("--if-configured", action="store_true",
+                   help="exit 0 at once when remote.json is absent or names no channel (supervisord)")  # fmt: skip
     p.set_defaults(func=cmd_channel)
 
     p = sub.add_parser("remote", help="the object-store replica: status, pull")
@@ -96,6 +100,7 @@ def cmd_remote(args: argparse.Namespace, out: Output) -> int:
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
+    from appliance.remote.metrics import read_metrics
     from appliance.remote.pull import fetch_head
     from appliance.remote.s3 import ObjectStore
     from appliance.remote.state import StateDir
@@ -110,6 +115,7 @@ def _status(args: argparse.Namespace, out: Output) -> int:
     data: dict[str, Any] = {"device": remote.device, "endpoint": remote.endpoint, "bucket": remote.bucket,
                             "prefix": remote.device_prefix, "newest_local": newest, **state.to_dict()}  # fmt: skip
     data["pending"] = newest is not None and (state.replicated is None or state.replicated.generation < newest)
+    data["metrics"] = read_metrics(state_dir.path, state, newest)
     try:
         objects = ObjectStore(remote, remote.device_prefix)
         head = fetch_head(objects, _head_keys(remote), kind="device", name=remote.device,
@@ -185,25 +191,30 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_channel(args: argparse.Namespace, out: Output) -> int:
-    from appliance.node.floor import open_floor
     from appliance.remote.channel import follow
     from appliance.remote.s3 import ObjectStore
     from appliance.remote.state import StateDir
 
+    if args.if_configured and (not args.remote.exists() or not load_remote(args.remote).channel):
+        out.result(
+            {"channel": None, "imported": False}, lambda _: "no channel configured in remote.json: nothing to do"
+        )
+        return 0
     node, remote, store = _open(args)
     if not remote.channel:
         raise ConfigError("remote.json names no channel", remedy="set channel (the fleet channel's name)")
     objects = ObjectStore(remote, remote.channel_prefix())
     pinned = [PublicKey.load(p) for p in remote.channel_trust]  # legacy pin; the trust store decides
     events = EventLog(node.event_log, "channel")
+    state_dir = StateDir(args.state_dir or remote.state_dir)
     stop = threading.Event()
     if args.watch:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     while True:
         try:
-            result = follow(store, objects, channel=remote.channel, pinned=pinned,
-                            state_dir=StateDir(remote.state_dir), floor=open_floor(node).read())  # fmt: skip
+            result = follow(store, objects, channel=remote.channel, pinned=pinned, state_dir=state_dir,
+                            floor=_floor(node))  # fmt: skip
             if result["imported"]:
                 events.emit(
                     "remote.restored", site=objects.prefix, **{k: v for k, v in result.items() if k != "channel"}
@@ -224,3 +235,14 @@ def cmd_channel(args: argparse.Namespace, out: Output) -> int:
             return 0
         if stop.wait(remote.poll_interval):
             return 0
+
+
+def _floor(node: NodeConfig) -> int:
+    """The anti-rollback floor; 0 when this user may not read it (the supervisord program runs as
+    appliance-persist, and the floor is boot's alone): boot refuses a checkpoint below the floor anyway."""
+    from appliance.node.floor import FloorUnreadableError, open_floor
+
+    try:
+        return open_floor(node).read()
+    except FloorUnreadableError:
+        return 0

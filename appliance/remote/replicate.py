@@ -27,6 +27,7 @@ from appliance.format.digest import Digest
 from appliance.format.portable import BundleName, blob_key, required_blobs
 from appliance.format.remote import HEAD_KEY, HeadRecord, backoff_delay
 from appliance.remote.head import sign_head
+from appliance.remote.metrics import ReplicateMetrics
 from appliance.remote.s3 import ObjectStore
 from appliance.remote.state import Replicated, ReplicationState, StateDir
 from appliance.signing import SigningKey
@@ -109,9 +110,18 @@ class Replicator:
         self.store, self.objects, self.device, self.keys = store, objects, device, tuple(keys)
         self.state_dir, self.events = state_dir, events
         self.retry_base, self.retry_cap, self.clock, self.rand = retry_base, retry_cap, clock, rand
+        self.metrics = ReplicateMetrics(state_dir.path)
 
     def step(self) -> dict[str, Any]:
-        """One pass: replicate the newest valid checkpoint if it is newer than the replica."""
+        """One pass, then the metrics textfile is refreshed from the durable queue."""
+        newest: list[int] = []
+        outcome = self._step(newest)
+        self.metrics.update(self.state_dir.load(self.device), newest[0] if newest else None)
+        self.metrics.write()
+        return outcome
+
+    def _step(self, newest: list[int]) -> dict[str, Any]:
+        """Replicate the newest valid checkpoint if it is newer than the replica."""
         state = self.state_dir.load(self.device)
         now = self.clock()
         if state.next_attempt_at is not None and now < state.next_attempt_at:
@@ -120,9 +130,10 @@ class Replicator:
             opened = self.store.select().opened
         except NoValidCheckpointError:
             return {"action": "idle", "reason": "no valid checkpoint"}
+        newest.append(opened.generation)
         if state.replicated is not None and state.replicated.generation >= opened.generation:
             return {"action": "up-to-date", "generation": state.replicated.generation}
-        state = replace(state, pending_generation=opened.generation)
+        state = replace(state, pending_generation=opened.generation, retries=state.retries + (state.attempts > 0))
         self.state_dir.save(state)
         try:
             report = upload_checkpoint(
@@ -137,9 +148,10 @@ class Replicator:
             replicated=done, pending_generation=None, attempts=0, last_error=None, next_attempt_at=None,
             uploads=state.uploads + 1, blobs_uploaded=state.blobs_uploaded + report.uploaded,
             blobs_skipped=state.blobs_skipped + report.skipped,
-            bytes_uploaded=state.bytes_uploaded + report.bytes_uploaded,
+            bytes_uploaded=state.bytes_uploaded + report.bytes_uploaded, last_success_at=self.clock(),
         )  # fmt: skip
         self.state_dir.save(state)
+        self.metrics.duration.observe(report.seconds)
         self.state_dir.raise_seen(self.objects.prefix, opened.generation)
         self.events.emit("remote.replicated", device=self.device, **report.to_dict())
         return {"action": "replicated", **report.to_dict()}

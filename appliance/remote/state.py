@@ -44,6 +44,8 @@ class ReplicationState:
     blobs_skipped: int = 0  # already in the bucket with their size
     bytes_uploaded: int = 0
     failures: int = 0
+    retries: int = 0  # attempts started while a previous one had failed
+    last_success_at: float | None = None  # wall-clock seconds of the last published head
     history: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # last 20 outcomes
 
     def to_dict(self) -> dict[str, Any]:

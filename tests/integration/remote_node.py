@@ -57,10 +57,13 @@ class Node:
     def save(self, state: dict[str, torch.Tensor]) -> None:
         api.save(self.store, state, self.key)
 
-    def pull(self, last_seen: int = 0, floor: int = 0) -> Any:
-        head = fetch_head(self.objects, [self.head_key.public], kind="device", name="node-1",
+    def pull_head(self, last_seen: int = 0, floor: int = 0) -> Any:
+        """What ``appliance remote status`` asks the bucket: the verified head."""
+        return fetch_head(self.objects, [self.head_key.public], kind="device", name="node-1",
                           model="test-model", last_seen=last_seen, floor=floor)  # fmt: skip
-        return pull_checkpoint(self.store, self.objects, head, floor=floor)
+
+    def pull(self, last_seen: int = 0, floor: int = 0) -> Any:
+        return pull_checkpoint(self.store, self.objects, self.pull_head(last_seen, floor), floor=floor)
 
     def bucket(self) -> Path:
         return self.server.bucket_dir() / self.config.device_prefix

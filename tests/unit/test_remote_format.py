@@ -87,3 +87,24 @@ def test_shipped_replicate_program_is_the_rendered_section() -> None:
     shipped = (Path(__file__).parents[2] / "systemd" / "supervisord-replicate.conf").read_text()
     assert shipped == render_program(production())
     assert "user=appliance-replicate" in shipped and "--remote /etc/appliance/remote.json" in shipped
+
+
+def test_shipped_channel_program_is_the_rendered_section_and_only_rendered_with_a_channel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from appliance.remote.supervisord import channel_section, production_channel, render_channel
+
+    shipped = (Path(__file__).parents[2] / "systemd" / "supervisord-channel.conf").read_text()
+    assert shipped == render_channel(production_channel())
+    assert "user=appliance-persist" in shipped and "--state-dir /var/lib/appliance-channel" in shipped
+    remote = tmp_path / "remote.json"
+    program = dataclasses.replace(production_channel(), remote=str(remote))
+    assert channel_section(program) == ""  # no remote.json
+    cfg = {"format": "appliance.remote", "version": 1, "endpoint": "http://127.0.0.1:9", "bucket": "bkt",
+           "device": "node-1", "credentials": str(tmp_path / "creds.json")}  # fmt: skip
+    remote.write_text(json.dumps(cfg))
+    assert channel_section(program) == ""  # a remote without a channel
+    remote.write_text(json.dumps({**cfg, "channel": "stable"}))
+    assert channel_section(program).startswith("[program:channel]")
