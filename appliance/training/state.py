@@ -99,11 +99,17 @@ def set_state_dict(
             f"the checkpoint holds state for {len(saved_opts)} optimizer(s), {len(opts)} given",
             remedy="pass the same optimizers (argument `optimizers`) that were saved",
         )
-    _check_model_state(model, state["model"])  # before any tensor of the model is written
+    # Every argument is checked against the saved state before any object is touched: a refusal
+    # never leaves a half-resumed model or optimizer behind (new-user trial, 2026-12-05).
+    _check_model_state(model, state["model"])
+    plans = [_optimizer_plan(model, opt, saved) for opt, saved in zip(opts, saved_opts, strict=True)]
+    objects = _check_stateful(state.get("stateful", {}), stateful or {})
+    _check_generators(state.get("rng", {}), generators or {})
     model.load_state_dict(state["model"], strict=True)
-    for opt, saved in zip(opts, saved_opts, strict=True):
-        load_optimizer_state_dict(model, opt, saved)
-    _load_stateful(state.get("stateful", {}), stateful or {})
+    for opt, plan in zip(opts, plans, strict=True):
+        opt.load_state_dict(plan)
+    for name, obj in objects.items():
+        obj.load_state_dict(dict(state["stateful"][name]))
     if "rng" in state and (rng or generators):
         set_rng_state(state["rng"], generators or {}, include_global=rng)
     return {"position": state.get("position"), "extra": state.get("extra")}
@@ -144,6 +150,11 @@ def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) -> None:
     """Load ``saved`` (from ``optimizer_state_dict``) by parameter name, whatever the order within groups."""
+    optimizer.load_state_dict(_optimizer_plan(model, optimizer, saved))
+
+
+def _optimizer_plan(model: nn.Module, optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``optimizer.load_state_dict`` gets for ``saved``; ``TensorMismatchError`` if it does not fit."""
     names = _param_names(model, optimizer)
     index = {name: i for i, name in enumerate(names)}
     current = [[index[n] for n in names_of_group] for names_of_group in _group_names(optimizer, names)]
@@ -162,8 +173,7 @@ def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
     _check_optimizer_kind(optimizer, saved_groups)
     # Optimizer.load_state_dict pairs saved and current parameters by position within each group.
     groups = [{**g, "params": ids} for g, ids in zip(saved_groups, current, strict=True)]
-    state = {index[n]: v for n, v in saved["state"].items()}
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": {index[n]: v for n, v in saved["state"].items()}, "param_groups": groups}
 
 
 def _check_optimizer_kind(optimizer: torch.optim.Optimizer, saved_groups: Sequence[Mapping[str, Any]]) -> None:
@@ -277,14 +287,23 @@ def _stateful(name: str, obj: Any) -> Stateful:
     return obj  # type: ignore[no-any-return]
 
 
-def _load_stateful(saved: Mapping[str, Any], given: Mapping[str, Stateful]) -> None:
+def _check_stateful(saved: Mapping[str, Any], given: Mapping[str, Stateful]) -> dict[str, Stateful]:
     if set(saved) != set(given):
         raise TensorMismatchError(
             f"stateful objects differ: saved {sorted(saved)}, given {sorted(given)}",
             remedy="pass the same `stateful={name: obj}` objects that were saved",
         )
-    for name, obj in given.items():
-        _stateful(name, obj).load_state_dict(dict(saved[name]))
+    return {name: _stateful(name, obj) for name, obj in given.items()}
+
+
+def _check_generators(saved_rng: Mapping[str, Any], generators: Mapping[str, torch.Generator]) -> None:
+    saved_gens = saved_rng.get("generators", {})
+    missing = sorted(set(generators) - set(saved_gens))
+    if missing:
+        raise TensorMismatchError(
+            f"the checkpoint holds no state for generator(s) {missing[:5]} (it has {sorted(saved_gens)[:5]})",
+            remedy="pass the generators (argument `generators`) under the names they were saved with",
+        )
 
 
 def _check_model(model: object) -> None:

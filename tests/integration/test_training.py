@@ -360,3 +360,39 @@ def test_a_served_state_record_round_trips_any_state_dict_names() -> None:
         rebuilt = training.unflatten(part, training.served_record(part)["state"])
         assert rebuilt.keys() == {"model"} and list(rebuilt["model"]) == names
         assert all(rebuilt["model"][n] is part[n] for n in names)
+
+
+MISMATCHES = {
+    "stateful missing": lambda m, o, s: {"optimizers": o},
+    "stateful renamed": lambda m, o, s: {"optimizers": o, "stateful": {"other": s}},
+    "generator never saved": lambda m, o, s: {
+        "optimizers": o,
+        "stateful": {"sch": s},
+        "generators": {"g": torch.Generator()},
+    },  # fmt: skip
+    "optimizer kind": lambda m, o, s: {"optimizers": torch.optim.SGD(m.parameters(), lr=0.1), "stateful": {"sch": s}},
+    "optimizer count": lambda m, o, s: {"optimizers": (), "stateful": {"sch": s}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCHES))
+def test_a_refused_training_load_touches_no_object(store: Store, key: SigningKey, case: str) -> None:
+    """Regression (new-user trial): model and optimizer were set before a later argument was refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sch = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    sch.step()
+    training.save(store, key, model, opt, stateful={"sch": sch}, rng=False)
+    fresh = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.5)
+    fresh_sch = torch.optim.lr_scheduler.StepLR(fresh_opt, step_size=7)
+    args = MISMATCHES[case](fresh, fresh_opt, fresh_sch)
+    before = ({k: v.clone() for k, v in fresh.state_dict().items()}, repr(fresh_opt.state_dict()),
+              repr(fresh_sch.state_dict()))  # fmt: skip
+    with pytest.raises((TensorMismatchError, UsageError)):
+        training.load(store, fresh, rng=False, **args)
+    assert all(torch.equal(before[0][k], v) for k, v in fresh.state_dict().items()), case
+    assert repr(fresh_opt.state_dict()) == before[1] and repr(fresh_sch.state_dict()) == before[2], case
