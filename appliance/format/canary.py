@@ -104,6 +104,21 @@ def check(canary: Canary, output: object) -> CanaryResult:
     return CanaryResult(True, f"{len(want)} values within atol={canary.atol} rtol={canary.rtol}")
 
 
+def check_recordable(canary: Canary, max_rank: int) -> None:
+    """``ManifestError`` unless boot's canary request can carry ``canary`` and its answer can be compared.
+
+    Checked when a canary is recorded (seed, every export), not when one is read: the input is a
+    (nested) list of rank 1..``max_rank`` (the control channel's request cap), and every input and
+    expected number is finite (NaN or Infinity cannot be stored as canonical JSON nor compared).
+    """
+    rank = len(_shape(canary.input))
+    if not isinstance(canary.input, list) or not 1 <= rank <= max_rank:
+        raise ManifestError(f"the canary input must be a (nested) list of rank 1..{max_rank}, not rank {rank}")
+    for what, value in (("input", canary.input), ("expected output", canary.expected)):
+        if value is not None and not all(math.isfinite(x) for x in _flatten(value)):
+            raise ManifestError(f"the canary {what} holds NaN or Infinity")
+
+
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ManifestError(f"{what} must be a number")

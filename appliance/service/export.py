@@ -23,9 +23,10 @@ from torch import nn
 
 from appliance import training
 from appliance.errors import CanaryInputError, ExportFileError, ManifestError
-from appliance.format.canary import Canary
+from appliance.format.canary import Canary, check_recordable
 from appliance.format.export import ExportInfo
 from appliance.service import loader
+from appliance.service.limits import MAX_INPUT_RANK
 from appliance.sources.export import write_export
 
 CANARY_ATOL = 1e-5
@@ -106,7 +107,9 @@ def _canary(model: nn.Module) -> Canary | None:
             return None
         with torch.inference_mode():
             expected = model(inputs)
-        return Canary(input=inputs.tolist(), expected=expected.tolist(), atol=CANARY_ATOL, rtol=CANARY_RTOL)
+        canary = Canary(input=inputs.tolist(), expected=expected.tolist(), atol=CANARY_ATOL, rtol=CANARY_RTOL)
+        check_recordable(canary, MAX_INPUT_RANK)  # boot's canary request must be able to carry it
+        return canary
     except ManifestError as exc:
         raise CanaryInputError(f"the model's canary cannot be recorded: {exc.problem}") from exc
     except Exception as exc:  # the model's own code: any failure means it cannot take its canary input

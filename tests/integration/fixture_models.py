@@ -131,3 +131,48 @@ def hog() -> HogModel:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return HogModel(in_features=16, hidden=512, layers=3, out_features=4)
+
+
+class NanCanary(DemoModel):
+    """Answers its canary with NaN (new-user trial: seed exited 34, "damaged manifest")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * float("nan")
+
+
+class ScalarCanary(DemoModel):
+    """A 0-d canary input (new-user trial: seed exited 41, "quarantined export")."""
+
+    def canary_input(self) -> torch.Tensor:
+        return torch.tensor(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(1, 1).expand(1, 16))
+
+
+class Rank9Canary(DemoModel):
+    """A rank-9 canary input, beyond what boot's canary request carries (rank <= 8): seed accepted it."""
+
+    def canary_input(self) -> torch.Tensor:
+        return torch.zeros((1,) * 8 + (16,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, 16))
+
+
+def _demo_like(cls: type[DemoModel]) -> DemoModel:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return cls(in_features=16, hidden=64, layers=2, out_features=4)
+
+
+def nan_canary() -> DemoModel:
+    return _demo_like(NanCanary)
+
+
+def scalar_canary() -> DemoModel:
+    return _demo_like(ScalarCanary)
+
+
+def rank9_canary() -> DemoModel:
+    return _demo_like(Rank9Canary)

@@ -64,3 +64,18 @@ def test_kind1_seed_refuses_a_canary_the_model_cannot_take(tmp_path: Path) -> No
         seed(config)
     assert caught.value.exit_code == 19
     assert Store.open(config.store).log() == []  # nothing committed
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [("nan_canary", "NaN or Infinity"), ("scalar_canary", "rank 1..8, not rank 0"), ("rank9_canary", "not rank 9")],
+)
+def test_kind1_seed_refuses_a_canary_boot_could_not_check_with_the_canary_code(
+    tmp_path: Path, model: str, says: str
+) -> None:
+    """Regression (new-user trial): these exited 34 ("damaged manifest"), 41 (quarantine) or seeded at all."""
+    config = _node(tmp_path, model)
+    with pytest.raises(CanaryInputError, match=says) as caught:
+        seed(config)
+    assert caught.value.exit_code == 19
+    assert Store.open(config.store).log() == []
