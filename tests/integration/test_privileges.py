@@ -262,3 +262,14 @@ def test_the_watchdog_commits_an_export_the_service_wrote_as_its_own_user(node: 
             return
         time.sleep(1)
     raise AssertionError(f"no commit of {name} within 180 s")
+
+
+def test_boot_still_records_slot_states_after_tmpfiles_ran_again(node: LocalNode) -> None:
+    """Regression (VM tier): systemd-tmpfiles runs at every boot; its chmod of the slot roots reset the
+    ACL mask to r-x, so boot could no longer write state.json (attempts, GOOD, BAD) from the 2nd run on."""
+    for _ in range(2):
+        subprocess.run(["systemd-tmpfiles", "--create", str(node.root / "tmpfiles.conf")], check=True, timeout=60)
+    for slot in ("A", "B"):
+        probe = Path(node.config.store) / slot / ".probe"
+        assert _try("appliance-boot", f"open({str(probe)!r}, 'w').close(); os.unlink({str(probe)!r})") == "OK", slot
+        assert _try("appliance-serve", f"open({str(probe)!r}, 'w')") == "EACCES", slot
