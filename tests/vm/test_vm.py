@@ -54,6 +54,8 @@ def boot_and_serve(vm: Vm, before: int, metrics: dict[str, Any] | None = None) -
         metrics.setdefault("guest_uptime_at_serving_s", []).append(float(serving["uptime"]))
     verify = vm.wait("verify", before, BOOT_TIMEOUT)
     assert verify["rc"] == "0", vm.tail()
+    unrecorded = [line for line in vm.agent_lines()[before:] if "state not recorded" in line]
+    assert not unrecorded, unrecorded  # boot must be able to record attempts, GOOD and BAD (slot ACL mask)
     return serving
 
 
