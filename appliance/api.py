@@ -41,6 +41,7 @@ from appliance.errors import (
     HardwareError,
     IntegrityError,
     NoValidCheckpointError,
+    SourceChangedError,
     StorageError,
     TensorMismatchError,
     UsageError,
@@ -48,9 +49,10 @@ from appliance.errors import (
 from appliance.events import EventLog
 from appliance.format.directory import ShardEntry
 from appliance.format.manifest import Manifest
+from appliance.format.provenance import Provenance
 from appliance.signing import SigningKey
 from appliance.sources.destinations import plan_destinations, restore_into_tensors
-from appliance.sources.safetensors_io import check_header_keys
+from appliance.sources.safetensors_io import ImportedModel, check_header_keys
 from appliance.sources.tensors import (
     allocate,
     check_destination,
@@ -155,18 +157,13 @@ def save_directory(
     tensor names, dtypes or shapes differ from the store's newest checkpoint raises
     ``ModelLayoutError`` unless ``new_layout`` (another architecture, a subset, a resized tensor).
     """
-    from appliance.provenance import check_source, load_vendors, vendors_path
-    from appliance.sources.model_dir import check_layout, directory_parts
-    from appliance.sources.safetensors_io import open_model
+    from appliance.sources.model_dir import check_layout
 
     keys = [key] if isinstance(key, SigningKey) else list(key)
-    root = Path(str(getattr(store.storage, "root", ".")))
-    provenance = check_source(Path(source), load_vendors(vendors_path(root, store.config.vendors)))
-    model = open_model(source)
+    provenance, model, parts = open_for_commit(store, source)
     if model.dropped_header_keys:
         log.warning("%s: dropped header keys in appliance's namespace: %s", source, model.dropped_header_keys)
     try:
-        parts = directory_parts(model)
         check_layout(store, model, source, new_layout=new_layout)
         result, _ = store.commit(
             model.sources,
@@ -480,3 +477,32 @@ __all__ = [
     "save",
     "save_directory",
 ]
+
+
+def open_for_commit(store: Store, source: str | Path) -> tuple[Provenance | None, ImportedModel, DirectoryParts]:
+    """``source``'s vendor provenance (verified), the opened model and its directory parts.
+
+    A signed directory whose files change between the verification and the open raises
+    ``SourceChangedError`` (20): the commit's own re-checks then hold every file to what was
+    opened, so what is committed is what the vendor signed (new-user trial, 2026-12-05). The
+    caller closes the model.
+    """
+    from appliance.provenance import check_source, load_vendors, vendors_path
+    from appliance.sources.model_dir import directory_parts
+    from appliance.sources.safetensors_io import open_model
+    from appliance.sources.stable import tree_identities
+
+    path, root = Path(source), Path(str(getattr(store.storage, "root", ".")))
+    before = tree_identities(path) if path.is_dir() else {}
+    provenance = check_source(path, load_vendors(vendors_path(root, store.config.vendors)))
+    model = open_model(source)
+    try:
+        parts = directory_parts(model)
+        if provenance is not None and path.is_dir() and tree_identities(path) != before:
+            raise SourceChangedError(
+                f"{source} changed while its vendor signature was verified: the files read would not be the ones signed"
+            )
+    except BaseException:
+        model.close()
+        raise
+    return provenance, model, parts

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from appliance.cli.output import Output, human_bytes
 from appliance.crypto import FileKek, KekSource, SystemdCredsKek, parse_kek_option
 from appliance.errors import ConfigError, NoValidCheckpointError, TensorMismatchError, UsageError
-from appliance.format.provenance import Provenance
 from appliance.signing import PublicKey, SigningKey, TrustStore
 
 if TYPE_CHECKING:
@@ -162,16 +161,15 @@ def _trust_text(d: dict[str, Any]) -> str:
 
 
 def cmd_commit(args: argparse.Namespace, out: Output) -> int:
-    from appliance.sources.model_dir import check_layout, directory_parts
-    from appliance.sources.safetensors_io import open_model
+    from appliance.api import open_for_commit
+    from appliance.sources.model_dir import check_layout
 
     store = Store.open(args.root)
     key = SigningKey.load(args.key)
     meta = parse_meta(args.meta)
-    provenance = check_vendor_signature(args.root, store, args.source)
-    model = open_model(args.source)
+    # vendor signature verified, then opened; every source defect is refused before anything is written
+    provenance, model, parts = open_for_commit(store, args.source)
     try:
-        parts = directory_parts(model)  # every source defect is refused before anything is written
         check_layout(store, model, args.source, new_layout=args.new_layout)
         total = model.raw_bytes + sum(a.size for a in parts.assets)
         with out.progress(total, "commit") as progress:
@@ -194,13 +192,6 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
         data["provenance"] = provenance.to_dict() | {"summary": provenance.describe()}
     out.result(data, _commit_text)
     return 0
-
-
-def check_vendor_signature(root: Path, store: Store, source: Path) -> Provenance | None:
-    """The source's verified vendor provenance (``appliance.provenance``), before any tensor is read."""
-    from appliance.provenance import check_source, load_vendors, vendors_path
-
-    return check_source(source, load_vendors(vendors_path(Path(root), store.config.vendors)))
 
 
 def _commit_text(d: dict[str, Any]) -> str:

@@ -12,8 +12,9 @@ Rules: a directory with ``model.sig`` must verify against one of the store's ven
 ``VendorSignatureError`` (47) — also when the store trusts no vendor at all, since an
 unverifiable signature is not silently dropped. Without ``model.sig`` the import proceeds
 unsigned unless the store requires a vendor signature. The files are hashed by the library and
-then read again by the commit: the import directory must not change meanwhile (it is the
-operator's staging area, not an untrusted input channel; docs/design.md §7).
+then read again by the commit: ``appliance.api.open_for_commit`` records every file's identity
+before the verification and refuses the commit (``SourceChangedError``, 20) if any differs once
+the source is opened; the commit's own re-checks hold them from there to the bundle.
 """
 
 from __future__ import annotations

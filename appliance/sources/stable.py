@@ -19,6 +19,7 @@ lands in the same clock tick as the last one before the open.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -146,6 +147,27 @@ def identity_guard(path: Path) -> tuple[Identity, Callable[[], None]]:
             raise SourceChangedError(f"{path} {seen.difference(now)} while it was committed")
 
     return seen, check
+
+
+def tree_identities(root: Path) -> dict[str, Identity]:
+    """The identity of every regular file under ``root`` (symlinks followed, directories not entered
+    through links), settled as ``identity_guard`` settles one file. Compared before and after a
+    verification to prove the files verified are the files read (vendor signatures, design §5.5)."""
+
+    def snapshot() -> dict[str, Identity]:
+        out: dict[str, Identity] = {}
+        for here, _, files in os.walk(root):
+            for name in files:
+                path = Path(here) / name
+                with contextlib.suppress(OSError):  # vanished: absent from the map, so the maps differ
+                    out[str(path.relative_to(root))] = Identity.of(path.stat())
+        return out
+
+    first = snapshot()
+    if any(time.time_ns() - i.ctime_ns < SETTLE_S * 1e9 for i in first.values()):
+        time.sleep(SETTLE_S)
+        first = snapshot()
+    return first
 
 
 def safetensors_offsets(stable: StableFile) -> dict[str, tuple[int, int]]:

@@ -288,3 +288,29 @@ def test_sign_model_needs_an_ecdsa_key_and_a_directory(env: dict[str, Path], cap
     run(capsys, "keygen", str(ecdsa), "--type", "ecdsa-p256")
     code, out = run(capsys, "restore", root, "--out", str(tmp_path / "f.safetensors"), "--sign-model", str(ecdsa))
     assert code == 10 and "directory" in out["problem"]
+
+
+@pytest.mark.parametrize("changed", ["config.json", "model-00002-of-00002.safetensors"])
+def test_a_file_changed_after_the_vendor_check_is_never_committed_as_vendor_signed(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, changed: str
+) -> None:
+    """Attack (new-user trial): flip a signed file between the signature check and the read; the commit
+    said "vendor signature verified" over a config.json the vendor never signed."""
+    import appliance.provenance as provenance
+
+    root, model = str(env["root"]), env["model"]
+    run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
+    verified = provenance.check_source
+
+    def then_flip(source: Path, vendors: object) -> object:
+        result = verified(source, vendors)  # type: ignore[arg-type]
+        path = model / changed
+        data = bytearray(path.read_bytes())
+        data[-2] ^= 0x01  # same size, other bytes: only the identity tells
+        path.write_bytes(bytes(data))
+        return result
+
+    monkeypatch.setattr(provenance, "check_source", then_flip)
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 20 and out["error"] == "SourceChangedError" and "vendor signature" in out["problem"], out
+    assert run(capsys, "log", root)[1]["checkpoints"] == []
