@@ -140,8 +140,10 @@ def appliance_header(generation: int, manifest_digest: str, metadata: Mapping[st
     }
 
 
-def merged_header(shards: Sequence[ShardEntry]) -> dict[str, str]:
-    """One header for tensors of several shards: their keys, which must agree."""
+def merged_header(
+    shards: Sequence[ShardEntry], remedy: str = "restore as a directory (--out DIR/) to keep every shard's header"
+) -> dict[str, str]:
+    """One header for tensors of several shards: their keys, which must agree (``UsageError`` with ``remedy``)."""
     if not shards:
         return dict(DEFAULT_HEADER)
     merged: dict[str, str] = {}
@@ -150,7 +152,7 @@ def merged_header(shards: Sequence[ShardEntry]) -> dict[str, str]:
             if merged.setdefault(key, value) != value:
                 raise UsageError(
                     f"shards disagree on header metadata {key!r}; one file cannot keep both values",
-                    remedy="restore as a directory (--out DIR/) to keep every shard's header",
+                    remedy=remedy,
                 )
     return merged
 
@@ -171,7 +173,11 @@ def plan_shards(
             (file, [n for n in s.tensors if n in tensors], dict(s.header_metadata))
             for file, s in zip(names, kept, strict=True)
         ]
-    header = merged_header(list(manifest.shards))
+    header = merged_header(
+        list(manifest.shards),
+        remedy="restore without --max-shard-size: the recorded shards "
+        "keep their own headers (re-sharding needs shards whose headers agree)",
+    )
     groups: list[list[str]] = [[]]
     size = 0
     for name in (t.name for t in manifest.tensors if t.name in tensors):

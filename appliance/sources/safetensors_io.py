@@ -200,14 +200,20 @@ def open_model(source: str | Path) -> ImportedModel:
     model = ImportedModel([], {}, files, root=source if source.is_dir() else None)
     held: dict[str, str] = {}
     for path in files:
-        with _wrap(path):
-            stable = StableFile(path)  # tensor bytes are read with pread, never mmap (no SIGBUS)
-            model._handles.append(stable)
-            handle = safe_open(str(path), framework="pt")  # validates the structure
-            model._handles.append(handle)
-            header = dict(handle.metadata() or {})  # type: ignore[no-untyped-call]
-            names = list(handle.keys())  # type: ignore[no-untyped-call]
-            offsets = safetensors_offsets(stable)
+        stable: StableFile | None = None
+        try:
+            with _wrap(path):
+                stable = StableFile(path)  # tensor bytes are read with pread, never mmap (no SIGBUS)
+                model._handles.append(stable)
+                handle = safe_open(str(path), framework="pt")  # validates the structure
+                model._handles.append(handle)
+                header = dict(handle.metadata() or {})  # type: ignore[no-untyped-call]
+                names = list(handle.keys())  # type: ignore[no-untyped-call]
+                offsets = safetensors_offsets(stable)
+        except SourceFormatError:
+            if stable is not None:
+                stable.check()  # changed while it was opened: a changed source (20), not a malformed one (12)
+            raise
         check_reserved_names(names)
         model.metadata.update(header)
         model.shards.append(ShardEntry(path.name, tuple(names), source_header_metadata(header)))

@@ -232,3 +232,29 @@ def test_kind5_property_an_asset_changed_during_commit_is_never_stored_as_a_mixt
         model.close()
     assert caught.value.exit_code == 20 and "tokenizer.json" in caught.value.problem
     assert _store_files(s) == before
+
+
+@pytest.mark.parametrize("op", ["truncate", "grow"])
+def test_kind5_a_shard_changed_while_it_is_opened_is_a_changed_source_not_a_bad_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str
+) -> None:
+    """Regression (new-user trial): this exited 12 "not a valid safetensors file" with a remedy to fix the file."""
+    import appliance.sources.safetensors_io as io_mod
+
+    path = tmp_path / "m.safetensors"
+    _write_model(path, 2, 4096)
+    real = io_mod.safe_open
+
+    def changing(name: str, **kwargs: object) -> object:
+        with path.open("r+b") as f:
+            if op == "truncate":
+                f.truncate(100)
+            else:
+                f.seek(0, os.SEEK_END)
+                f.write(b"\0" * 8)
+        return real(name, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(io_mod, "safe_open", changing)
+    with pytest.raises(SourceChangedError) as caught:
+        open_model(path)
+    assert caught.value.exit_code == 20

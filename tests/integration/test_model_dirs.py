@@ -144,6 +144,11 @@ def test_shards_that_disagree_cannot_become_one_file(cli: dict[str, str], capsys
     assert run(capsys, "commit", cli["root"], str(src), "--key", cli["key"])[0] == 0
     code, out = run(capsys, "restore", cli["root"], "--out", str(tmp_path / "one.safetensors"))
     assert code == 10 and "'x'" in out["problem"] and not (tmp_path / "one.safetensors").exists()
+    assert "--out DIR/" in out["remedy"]
+    # new-user trial: re-sharding a directory said "restore as a directory", which the user had done
+    code, out = run(capsys, "restore", cli["root"], "--out", f"{tmp_path / 'dir'}/", "--max-shard-size", "1KB")
+    assert code == 10 and "without --max-shard-size" in out["remedy"] and "--out DIR/" not in out["remedy"]
+    assert run(capsys, "restore", cli["root"], "--out", f"{tmp_path / 'dir'}/")[0] == 0  # the recorded shards
 
 
 def test_tensors_pattern_restores_a_subset(cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
