@@ -253,8 +253,12 @@ class Store:
             return Pins.from_dict(_read_json(self.storage, layout.PINS, layout.PINS, self.limits))
         except FileNotFoundError:
             return Pins()
-        except ManifestError as exc:
-            raise ConfigError(f"{layout.PINS} is damaged: {exc.problem}") from exc
+        except (ManifestError, ConfigError) as exc:
+            raise ConfigError(
+                exc.problem if isinstance(exc, ConfigError) else f"{layout.PINS} is damaged: {exc.problem}",
+                remedy=f"move {layout.PINS} aside and pin again (`appliance pin ROOT GEN --label ...`); "
+                "retention and commits wait until the pins can be read",
+            ) from exc
 
     def pin(self, generation: int, label: str = "pinned") -> Pins:
         """Pin a committed, verifiable ``generation``: retention keeps it until it is unpinned."""
@@ -278,7 +282,9 @@ class Store:
         with writer_lock(self.lock_path):
             current = self.pins()
             if generation not in current.generations:
-                raise CheckpointNotFoundError(f"generation {generation} is not pinned")
+                raise CheckpointNotFoundError(
+                    f"generation {generation} is not pinned", remedy="list the pinned generations: `appliance pin ROOT`"
+                )
             pins = current.without(generation)
             write_durable(self.storage, layout.PINS, canonical_bytes(pins.to_dict()) + b"\n")
             return pins

@@ -346,3 +346,10 @@ def test_an_asset_that_changes_size_during_the_commit_is_an_error_and_nothing_is
         store.commit(sources_from_dict(state()), [key], directory=parts)
     root = Path(str(store.storage.root))  # type: ignore[attr-defined]
     assert list((root / "A" / "checkpoints").iterdir()) == [] and list((root / "A" / "frames").iterdir()) == []
+
+
+def test_meta_with_a_key_given_twice_is_refused_not_last_wins(cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
+    """New-user trial: `--meta '{"a":1,"a":2}'` was taken silently (index files refuse duplicate keys)."""
+    src = model_dir(tmp_path / "src", state())
+    code, out = run(capsys, "commit", cli["root"], str(src), "--key", cli["key"], "--meta", '{"a": 1, "a": 2}')
+    assert code == 10 and "'a' appears twice" in out["problem"]

@@ -268,3 +268,16 @@ def test_kind4_a_canary_no_boot_could_use_is_refused_at_commit(tmp_path: Path, c
     assert _files(store) == before
     ok, _ = store.commit(_real(), [KEY], {"canary": {"input": [[1.0]], "expected": [[2.0]]}})
     assert ok.generation == 1
+
+
+def test_pin_errors_name_the_pins_and_never_suggest_reinitialising(tmp_path: Path) -> None:
+    """New-user trial: a damaged pins.json said "re-initialise the store"; unpin of an unpinned one said `log`."""
+    store = _store(tmp_path)
+    real, _ = store.commit(_real(), [KEY])
+    with pytest.raises(CheckpointNotFoundError) as caught:
+        store.unpin(real.generation)
+    assert "appliance pin ROOT" in caught.value.remedy
+    (Path(store.storage.root) / layout.PINS).write_text("{not json")  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError) as damaged:
+        store.pins()
+    assert "pins.json aside" in damaged.value.remedy and "re-initialise" not in damaged.value.remedy
