@@ -150,8 +150,8 @@ class _Overlap:
             image[addr], owner[addr] = values, index
             if bool((image[addr] != values).any()):
                 raise AliasingConflictError(
-                    f"destination {m.name!r} maps several elements onto one memory location (an expanded "
-                    "tensor), but the checkpoint holds different values for them"
+                    f"destination {m.name!r} maps several elements onto one memory location (expanded or "
+                    "as_strided with overlapping strides), but the checkpoint holds different values for them"
                 )
             plan.append(addr)
         return plan

@@ -68,7 +68,10 @@ def _asset(root: Path, path: Path, rel: str) -> AssetSource:
     try:
         check_label(rel, "asset path")
     except ManifestError as exc:
-        raise AssetError(f"{path}: its path cannot be stored: {exc}") from exc
+        raise AssetError(
+            f"{path}: its path cannot be stored: {exc.problem}",
+            remedy="rename the file (UTF-8, NFC, no backslash or control characters) or move it out of the directory",
+        ) from exc
     target = inside(root, path, AssetError)
     try:
         seen, recheck = identity_guard(target)  # never a mixture of two versions of a file (design §6.2.1)

@@ -128,8 +128,9 @@ def read_index(index: Path) -> SourceIndex:
     weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
     metadata = obj.get("metadata", {}) if isinstance(obj, dict) else None
     if not isinstance(weight_map, dict) or not isinstance(metadata, dict):
+        wrong = "weight_map" if not isinstance(weight_map, dict) else "metadata"
         raise SourceFormatError(
-            f"{index} is not a valid safetensors index: needs a weight_map object", remedy=INDEX_REMEDY
+            f"{index} is not a valid safetensors index: its {wrong!r} must be a JSON object", remedy=INDEX_REMEDY
         )
     if not weight_map:
         raise SourceFormatError(f"{index} {EMPTY_WEIGHT_MAP}", remedy=INDEX_REMEDY)

@@ -353,3 +353,17 @@ def test_meta_with_a_key_given_twice_is_refused_not_last_wins(cli: dict[str, str
     src = model_dir(tmp_path / "src", state())
     code, out = run(capsys, "commit", cli["root"], str(src), "--key", cli["key"], "--meta", '{"a": 1, "a": 2}')
     assert code == 10 and "'a' appears twice" in out["problem"]
+
+
+def test_refusals_of_names_and_index_fields_say_what_to_change(cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
+    """New-user trial: an asset name refusal repeated the reader's "manifest is malformed" remedy; an index
+    whose `metadata` was wrong said it "needs a weight_map object"."""
+    src = model_dir(tmp_path / "src", state())
+    (src / "a\\b.txt").write_text("x")
+    code, out = run(capsys, "commit", cli["root"], str(src), "--key", cli["key"])
+    assert code == 26 and "rename the file" in out["remedy"] and "malformed" not in out["remedy"]
+    (src / "a\\b.txt").unlink()
+    index = json.loads((src / INDEX_NAME).read_text()) | {"metadata": 5}
+    (src / INDEX_NAME).write_text(json.dumps(index))
+    code, out = run(capsys, "commit", cli["root"], str(src), "--key", cli["key"])
+    assert code == 12 and "'metadata' must be a JSON object" in out["problem"]
