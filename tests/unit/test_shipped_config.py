@@ -170,10 +170,13 @@ def test_unit_users_hold_every_group_the_tmpfiles_rules_grant_them() -> None:
 
 def test_supervisor_unit_lets_every_program_write_what_it_owns() -> None:
     """ProtectSystem=strict: every directory a supervisord program writes is in ReadWritePaths."""
-    from appliance.boot.privileges import STATE_DIRS
+    from appliance.boot.privileges import render_tmpfiles
 
     config = NodeConfig()
     writable = set(unit("appliance-supervisor.service")["Service"]["ReadWritePaths"].split())
-    needed = {*STATE_DIRS.values(), config.outbox, config.run_dir, config.store,
+    # every directory the rules create under /var/lib (state of console, replication, channel, ...)
+    created = {line.split()[1] for line in render_tmpfiles(config).splitlines()
+               if line.startswith("d ") and line.split()[1].startswith("/var/lib/appliance-")}  # fmt: skip
+    needed = {*created, config.outbox, config.run_dir, config.store,
               str(Path(config.floor_file).parent), str(Path(config.event_log).parent)}  # fmt: skip
     assert needed <= writable, sorted(needed - writable)
