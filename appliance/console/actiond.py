@@ -34,7 +34,6 @@ import os
 import pwd
 import socket
 import socketserver
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +46,7 @@ from appliance.events import EventLog
 from appliance.format import actions as rules
 from appliance.node.config import NodeConfig, load_config
 from appliance.node.control_channel import Peer, uids
+from appliance.node.unixsocket import bind_unix
 
 GROUP = "appliance"
 SOCKETS = {"persist": "actions.sock", "boot": "boot-actions.sock", "mount": "usbmount.sock"}
@@ -64,28 +64,22 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def bind(path: Path, handler: Callable[[socket.socket], None]) -> _Server:
     """A unix socket at ``path`` (stale one replaced), 0660 group ``appliance`` (0600 without the group)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             handler(self.request)
 
-    old = os.umask(0o177)
-    try:
-        server = _Server(str(path), Handler)
+    def share(bound: Path) -> None:
+        try:
+            os.chown(bound, -1, grp.getgrnam(GROUP).gr_gid)
+            bound.chmod(0o660)
+        except (KeyError, PermissionError):
+            bound.chmod(0o600)  # a development machine without the group: owner only
+
+    try:  # bound privately, its mode set, then renamed into place (never a process-wide umask)
+        return bind_unix(path, lambda address: _Server(address, Handler), share)
     except OSError as exc:
         raise ActionChannelError(f"cannot create {path}: {exc.strerror or exc}") from exc
-    finally:
-        os.umask(old)
-    try:
-        os.chown(path, -1, grp.getgrnam(GROUP).gr_gid)
-        path.chmod(0o660)
-    except (KeyError, PermissionError):
-        pass  # a development machine without the group: owner only
-    return server
 
 
 def read_line(conn: socket.socket, limit: int = rules.MAX_REQUEST_BYTES) -> bytes:

@@ -27,7 +27,6 @@ import grp
 import json
 import os
 import socketserver
-import stat
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -39,6 +38,7 @@ from pydantic import ValidationError
 
 from appliance.errors import ApplianceError, ServiceError
 from appliance.node.control_channel import Peer, Policy, role_of
+from appliance.node.unixsocket import bind_unix
 from appliance.service.limits import request_models
 from appliance.service.runtime import NotAvailableError, ServiceRuntime
 
@@ -64,18 +64,10 @@ class ControlServer:
 
     def start(self) -> None:
         """Create the socket (replacing a stale one) and serve it from a daemon thread."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(self.path.lstat().st_mode):
-                self.path.unlink()
-        old = os.umask(0o177)  # no moment at which the socket is connectable by others
-        try:
-            server = _Server(str(self.path), _handler(self))
+        try:  # bound privately, its mode set, then renamed into place: never connectable by others before
+            server = bind_unix(self.path, lambda address: _Server(address, _handler(self)), _share_with_group)
         except OSError as exc:
             raise ServiceError(f"cannot create the control socket {self.path}: {exc.strerror or exc}") from exc
-        finally:
-            os.umask(old)
-        _share_with_group(self.path)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="control", daemon=True)
         self._thread.start()
