@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -487,7 +487,9 @@ def open_for_commit(store: Store, source: str | Path) -> tuple[Provenance | None
     opened, so what is committed is what the vendor signed (new-user trial, 2026-12-05). The
     caller closes the model.
     """
-    from appliance.provenance import check_source, load_vendors, vendors_path
+    from appliance.format.digest import Digest
+    from appliance.format.provenance import MODEL_SIG
+    from appliance.provenance import check_source, load_vendors, signed_file_digests, vendors_path
     from appliance.sources.model_dir import directory_parts
     from appliance.sources.safetensors_io import open_model
     from appliance.sources.stable import tree_identities
@@ -498,6 +500,11 @@ def open_for_commit(store: Store, source: str | Path) -> tuple[Provenance | None
     model = open_model(source)
     try:
         parts = directory_parts(model)
+        if provenance is not None and path.is_dir():  # every asset as read must be the file the vendor signed
+            signature = (path / MODEL_SIG).read_bytes()
+            if Digest.of(signature) != provenance.signature_sha256:
+                raise SourceChangedError(f"{source}/{MODEL_SIG} changed after it was verified")
+            parts = replace(parts, signed_sha256=signed_file_digests(signature))
         if provenance is not None and path.is_dir() and tree_identities(path) != before:
             raise SourceChangedError(
                 f"{source} changed while its vendor signature was verified: the files read would not be the ones signed"

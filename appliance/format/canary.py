@@ -111,10 +111,11 @@ def check_recordable(canary: Canary, max_rank: int) -> None:
     (nested) list of rank 1..``max_rank`` (the control channel's request cap), and every input and
     expected number is finite (NaN or Infinity cannot be stored as canonical JSON nor compared).
     """
-    rank = len(_shape(canary.input))
-    if not isinstance(canary.input, list) or not 1 <= rank <= max_rank:
-        raise ManifestError(f"the canary input must be a (nested) list of rank 1..{max_rank}, not rank {rank}")
-    for what, value in (("input", canary.input), ("expected output", canary.expected)):
+    for what, value in (("input", canary.input), ("answer", canary.expected)):
+        rank = len(_shape(value))
+        if value is not None and (not isinstance(value, list) or not 1 <= rank <= max_rank):
+            raise ManifestError(f"the canary {what} must be a (nested) list of rank 1..{max_rank}, not rank {rank}")
+    for what, value in (("input", canary.input), ("answer", canary.expected)):
         if value is not None and not all(math.isfinite(x) for x in _flatten(value)):
             raise ManifestError(f"the canary {what} holds NaN or Infinity")
 

@@ -10,7 +10,7 @@ Owns: the vendor trust (``vendors``), verifying a directory's ``model.sig`` with
 from appliance.format.provenance import MODEL_SIG
 from appliance.provenance.sign import SignedDirectory, sign_directory
 from appliance.provenance.vendors import Vendor, VendorTrust, load_vendors, save_vendors, vendors_path
-from appliance.provenance.verify import check_source, library, verify_directory
+from appliance.provenance.verify import check_source, library, signed_file_digests, verify_directory
 
 __all__ = [
     "MODEL_SIG",
@@ -22,6 +22,7 @@ __all__ = [
     "load_vendors",
     "save_vendors",
     "sign_directory",
+    "signed_file_digests",
     "vendors_path",
     "verify_directory",
 ]

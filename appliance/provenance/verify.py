@@ -132,6 +132,15 @@ def _read_signature(path: Path) -> bytes | None:
     return data
 
 
+def signed_file_digests(signature: bytes) -> dict[str, str]:
+    """``{relative path: sha256 hex}`` of every file a verified ``model.sig`` covers (its resources)."""
+    try:
+        statement = json.loads(base64.b64decode(json.loads(signature)["dsseEnvelope"]["payload"]))
+        return {str(r["name"]): str(r["digest"]).lower() for r in statement["predicate"]["resources"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VendorSignatureError(f"verified model.sig has an unexpected layout: {exc!r:.200}") from exc
+
+
 def _provenance(signature: bytes, vendor: Vendor, verifier: str) -> Provenance:
     """The record of a signature the library has just verified (its fields, read once more)."""
     try:

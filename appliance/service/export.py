@@ -107,11 +107,18 @@ def _canary(model: nn.Module) -> Canary | None:
             return None
         with torch.inference_mode():
             expected = model(inputs)
-        canary = Canary(input=inputs.tolist(), expected=expected.tolist(), atol=CANARY_ATOL, rtol=CANARY_RTOL)
+        answer = expected.tolist()
+        if not isinstance(answer, list):  # a 0-d answer: Canary itself would refuse it as not a list
+            raise ManifestError("the canary answer must be a (nested) list of rank 1..8, not rank 0")
+        canary = Canary(input=inputs.tolist(), expected=answer, atol=CANARY_ATOL, rtol=CANARY_RTOL)
         check_recordable(canary, MAX_INPUT_RANK)  # boot's canary request must be able to carry it
         return canary
     except ManifestError as exc:
-        raise CanaryInputError(f"the model's canary cannot be recorded: {exc.problem}") from exc
+        remedy = (
+            "make the model's forward() answer its canary input with a tensor of rank 1..8 of finite numbers"
+            if "answer" in exc.problem else None
+        )  # fmt: skip
+        raise CanaryInputError(f"the model's canary cannot be recorded: {exc.problem}", remedy=remedy) from exc
     except Exception as exc:  # the model's own code: any failure means it cannot take its canary input
         raise CanaryInputError(
             f"the model cannot take its own canary input ({type(exc).__name__}: {str(exc)[:300]})"

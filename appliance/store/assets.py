@@ -76,6 +76,7 @@ class DirectoryParts:
     assets: tuple[AssetSource, ...] = ()
     shards: tuple[ShardEntry, ...] = ()
     index_metadata: Mapping[str, Any] = field(default_factory=dict)
+    signed_sha256: Mapping[str, str] = field(default_factory=dict)  # a vendor's per-file digests (model.sig)
 
 
 class AssetJobs:
@@ -93,22 +94,34 @@ class AssetJobs:
         self.frame_size = frame_size
         self.cipher = cipher  # sealed checkpoints record a keyed digest of each file (design §14.4)
         self.digests: dict[int, Digest] = {}
+        self.signed: Mapping[str, str] = {}  # DirectoryParts.signed_sha256, set by the commit
 
     def jobs(self) -> Iterator[FrameJob]:
         for i, asset in enumerate(self.assets):
-            hasher = _file_hasher(self.cipher)
+            hasher, plain = _file_hasher(self.cipher), hashlib.sha256()
             with asset.reader() as f:
                 for fi, (_, size) in enumerate(frame_spans(asset.size, 1, self.frame_size)):
                     data = f.read(size)  # a private copy: what is hashed is what is stored
                     if len(data) != size:
                         raise SourceChangedError(f"asset {asset.path!r} shrank while it was committed")
                     hasher.update(data)
+                    plain.update(data)
                     yield FrameJob(-1 - i, fi, asset_key(asset.path), _U8, np.frombuffer(data, dtype=np.uint8))
                 if f.read(1):
                     raise SourceChangedError(f"asset {asset.path!r} grew while it was committed")
             if asset.recheck is not None:
                 asset.recheck()  # rewritten in place at the same size: only its identity tells
+                _second_read(asset, plain.hexdigest())  # written through a shared mapping: only its bytes tell
+            self._check_signed(asset, plain.hexdigest())
             self.digests[i] = Digest(hasher.hexdigest())
+
+    def _check_signed(self, asset: AssetSource, sha256: str) -> None:
+        signed = self.signed.get(asset.path)
+        if signed is not None and signed != sha256:
+            raise SourceChangedError(
+                f"asset {asset.path!r} as read is not the file its vendor signed (SHA-256 {sha256[:12]}, "
+                f"model.sig says {signed[:12]}): it changed after the signature was verified"
+            )
 
     def recheck(self) -> None:
         """Every asset is still the file that was read (the commit asks once more before the bundle)."""
@@ -121,6 +134,21 @@ class AssetJobs:
             AssetEntry(a.path, a.size, self.digests[i], tuple(frames.get(-1 - i, [])), a.executable)
             for i, a in enumerate(self.assets)
         )
+
+
+def _second_read(asset: AssetSource, sha256: str) -> None:
+    """``SourceChangedError`` unless the file now holds exactly the bytes the commit read.
+
+    Writes through a shared memory map leave size, mtime and ctime as they were once a page is
+    dirty, so the identity check cannot see them; assets are small (configs, tokenizers), so the
+    commit reads each once more and compares (design §6.2.1).
+    """
+    again = hashlib.sha256()
+    with asset.reader() as f:
+        while chunk := f.read(1 << 20):
+            again.update(chunk)
+    if again.hexdigest() != sha256:
+        raise SourceChangedError(f"asset {asset.path!r} changed while it was committed (a second read differs)")
 
 
 def read_asset(storage: Storage, opened: OpenCheckpoint, asset: AssetEntry) -> bytes:

@@ -427,6 +427,7 @@ def _encode_and_place(
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     frames: dict[int, list[FrameRef]] = {}
     assets = AssetJobs(request.directory.assets, request.options.frame_size, request.cipher)
+    assets.signed = request.directory.signed_sha256
     jobs = chain(tensor_jobs(sources, request.options.frame_size, entries), assets.jobs())
     for job, encoded in encode_all(encoder, jobs):
         placer.place(encoded)

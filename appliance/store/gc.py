@@ -68,7 +68,7 @@ def collect_slot(
             continue
         valid.append(outcome.generation)
         manifest = opened.verified.manifest
-        if any(t.numel for t in manifest.tensors) or manifest.assets:  # data, not only zero-element tensors
+        if any(t.numel for t in manifest.tensors):  # tensor data: not zero-element tensors, not assets alone
             with_tensors.append(outcome.generation)
     names = reader.checkpoint_names()
     if not valid:  # G2: with nothing verifiable (e.g. a wrong trust store) delete no checkpoint

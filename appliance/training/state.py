@@ -293,11 +293,26 @@ def _check_stateful(saved: Mapping[str, Any], given: Mapping[str, Stateful]) -> 
             f"stateful objects differ: saved {sorted(saved)}, given {sorted(given)}",
             remedy="pass the same `stateful={name: obj}` objects that were saved",
         )
-    return {name: _stateful(name, obj) for name, obj in given.items()}
+    objects = {name: _stateful(name, obj) for name, obj in given.items()}
+    for name, obj in objects.items():  # another kind of object (StepLR state into a LambdaLR) would half-load
+        mine, theirs = set(obj.state_dict()), set(saved[name]) if isinstance(saved[name], Mapping) else set()
+        if mine != theirs:
+            raise TensorMismatchError(
+                f"stateful[{name!r}] is a {type(obj).__name__} whose state has other fields than the saved one "
+                f"(saved only {sorted(map(str, theirs - mine))[:5]}, given only {sorted(map(str, mine - theirs))[:5]})",
+                remedy=f"pass the same kind of object as stateful[{name!r}] as when it was saved",
+            )
+    return objects
 
 
 def _check_generators(saved_rng: Mapping[str, Any], generators: Mapping[str, torch.Generator]) -> None:
     saved_gens = saved_rng.get("generators", {})
+    wrong = sorted(name for name, g in generators.items() if not isinstance(g, torch.Generator))
+    if wrong:
+        raise UsageError(
+            f"generators {wrong[:5]} are not torch.Generator objects",
+            remedy="pass torch.Generator objects in argument `generators` (numpy generators are not saved)",
+        )
     missing = sorted(set(generators) - set(saved_gens))
     if missing:
         raise TensorMismatchError(

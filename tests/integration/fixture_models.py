@@ -176,3 +176,25 @@ def scalar_canary() -> DemoModel:
 
 def rank9_canary() -> DemoModel:
     return _demo_like(Rank9Canary)
+
+
+class ScalarAnswer(DemoModel):
+    """Answers its canary with a 0-d tensor (second trial: seed exited 41, "quarantined export")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).sum()
+
+
+class Rank9Answer(DemoModel):
+    """Answers its canary with a rank-9 tensor (second trial: seeded)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).reshape((1,) * 7 + tuple(super().forward(x).shape))
+
+
+def scalar_answer() -> DemoModel:
+    return _demo_like(ScalarAnswer)
+
+
+def rank9_answer() -> DemoModel:
+    return _demo_like(Rank9Answer)

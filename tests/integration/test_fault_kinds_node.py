@@ -68,7 +68,13 @@ def test_kind1_seed_refuses_a_canary_the_model_cannot_take(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("model", "says"),
-    [("nan_canary", "NaN or Infinity"), ("scalar_canary", "rank 1..8, not rank 0"), ("rank9_canary", "not rank 9")],
+    [
+        ("nan_canary", "NaN or Infinity"),
+        ("scalar_canary", "rank 1..8, not rank 0"),
+        ("rank9_canary", "not rank 9"),
+        ("scalar_answer", "answer must be a .nested. list of rank 1..8, not rank 0"),
+        ("rank9_answer", "answer .* not rank 9"),
+    ],
 )
 def test_kind1_seed_refuses_a_canary_boot_could_not_check_with_the_canary_code(
     tmp_path: Path, model: str, says: str

@@ -314,3 +314,33 @@ def test_a_file_changed_after_the_vendor_check_is_never_committed_as_vendor_sign
     code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
     assert code == 20 and out["error"] == "SourceChangedError" and "vendor signature" in out["problem"], out
     assert run(capsys, "log", root)[1]["checkpoints"] == []
+
+
+def test_an_asset_flipped_through_a_shared_mapping_after_the_check_is_refused_against_the_signed_digest(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Second trial: a shared-mmap write leaves the file's identity as it was; the commit compares every
+    asset as read with the SHA-256 the vendor signed."""
+    import mmap
+    import time
+
+    import appliance.provenance as provenance
+
+    root, model = str(env["root"]), env["model"]
+    run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
+    config = model / "config.json"
+    with config.open("r+b") as f, mmap.mmap(f.fileno(), 0) as shared:
+        original = bytes(shared)
+        shared[:] = original  # dirty every page before the check: later writes leave the timestamps alone
+        time.sleep(0.1)
+        verified = provenance.check_source
+
+        def then_flip(source: Path, vendors: object) -> object:
+            result = verified(source, vendors)  # type: ignore[arg-type]
+            shared[:] = original.replace(b"tiny", b"huge")
+            return result
+
+        monkeypatch.setattr(provenance, "check_source", then_flip)
+        code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 20 and out["error"] == "SourceChangedError", out
+    assert run(capsys, "log", root)[1]["checkpoints"] == []

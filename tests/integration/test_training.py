@@ -372,6 +372,17 @@ MISMATCHES = {
     },  # fmt: skip
     "optimizer kind": lambda m, o, s: {"optimizers": torch.optim.SGD(m.parameters(), lr=0.1), "stateful": {"sch": s}},
     "optimizer count": lambda m, o, s: {"optimizers": (), "stateful": {"sch": s}},
+    # second trial: same names, other kinds of objects
+    "stateful grad scaler": lambda m, o, s: {"optimizers": o, "stateful": {"sch": torch.amp.GradScaler("cpu")}},
+    "stateful other scheduler": lambda m, o, s: {
+        "optimizers": o,
+        "stateful": {"sch": torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=3)},
+    },
+    "generator not torch": lambda m, o, s: {
+        "optimizers": o,
+        "stateful": {"sch": s},
+        "generators": {"g": np.random.default_rng(0)},
+    },  # fmt: skip
 }
 
 

@@ -281,3 +281,18 @@ def test_pin_errors_name_the_pins_and_never_suggest_reinitialising(tmp_path: Pat
     with pytest.raises(ConfigError) as damaged:
         store.pins()
     assert "pins.json aside" in damaged.value.remedy and "re-initialise" not in damaged.value.remedy
+
+
+def test_kind3_empty_assets_do_not_make_a_checkpoint_count_as_data(tmp_path: Path) -> None:
+    """Second trial: zero-element tensors plus an empty README, four times with keep=1, evicted the model."""
+    import io
+
+    from appliance.store.assets import AssetSource, DirectoryParts
+
+    store = _store(tmp_path, keep=1)
+    real, _ = store.commit(_real(), [KEY])
+    readme = DirectoryParts((AssetSource("README.md", 0, lambda: io.BytesIO(b"")),))
+    for _ in range(4):
+        store.commit([_zero((0,))], [KEY], allow_empty=True, directory=readme)
+    store.gc()
+    assert store.select(real.generation).opened.verified.manifest.tensors[0].name == "w"
