@@ -174,6 +174,7 @@ def save_directory(
             progress=progress,
             directory=parts,
             provenance=provenance,
+            reread=True,  # a source file written through a shared mapping leaves no identity trace
         )
     finally:
         model.close()

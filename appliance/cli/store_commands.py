@@ -193,6 +193,7 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
                 directory=parts,
                 provenance=provenance,
                 allow_empty=args.allow_empty,
+                reread=True,  # a source file written through a shared mapping leaves no identity trace
             )
     finally:
         model.close()

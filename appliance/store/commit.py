@@ -54,7 +54,7 @@ from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import Authorization, SigningKey, TrustStore, authorize, lineage_for_commit, sign_manifest
 from appliance.storage import DurableBatch, Storage, write_durable
 from appliance.store import layout
-from appliance.store.assets import AssetJobs, AssetSource, DirectoryParts
+from appliance.store.assets import AssetJobs, DirectoryParts
 from appliance.store.discovery import OpenCheckpoint, Scan, open_checkpoint, scan, select
 from appliance.store.encode import (
     EncodedFrame,
@@ -67,6 +67,7 @@ from appliance.store.encode import (
     tensor_jobs,
 )
 from appliance.store.lastcommit import LastCommit, Recording
+from appliance.store.reread import check_second_read
 from appliance.store.slot import SlotReader
 
 Progress = Callable[[int], None]
@@ -118,6 +119,7 @@ class CommitRequest:
     directory: DirectoryParts = field(default_factory=DirectoryParts)  # assets, shards (model directories)
     provenance: Provenance | None = None  # a vendor signature verified on import (manifest v2)
     allow_empty: bool = False  # a checkpoint without tensors (metadata only) is refused unless asked for
+    reread: bool = False  # read file-backed sources again and compare with the frames (store.reread)
     cipher: FrameCipher | None = None  # seal every frame under this data key (manifest v3, design §14)
     # The lineage base instead of the parent (bundle, authorization, manifest): an import that
     # re-seals a release-signed checkpoint descends from it, not from the local parent (§14.10).
@@ -170,13 +172,16 @@ def check_sources(sources: list[TensorSource], *, allow_empty: bool) -> None:
         check_source(src)
 
 
-def _recheck_sources(sources: list[TensorSource], assets: Iterable[AssetSource] = ()) -> None:
-    """Every file-backed source and asset is still the file that was read (``SourceChangedError`` if not)."""
+def _recheck_sources(sources: list[TensorSource], request: CommitRequest, manifest: Manifest) -> None:
+    """Every file-backed source and asset is still the file that was read (``SourceChangedError`` if not);
+    commits from files also read the tensors again (writes through a shared mapping leave no identity trace)."""
     seen: set[Callable[[], None]] = set()
-    for recheck in chain((s.recheck for s in sources), (a.recheck for a in assets)):
+    for recheck in chain((s.recheck for s in sources), (a.recheck for a in request.directory.assets)):
         if recheck is not None and recheck not in seen:
             seen.add(recheck)
             recheck()
+    if request.reread:
+        check_second_read(sources, manifest, request.cipher)
 
 
 def _reader_accepts(bundle: bytes) -> None:
@@ -356,7 +361,7 @@ def commit(
         )
         placer.finish()
         batch.sync()  # W1: frames and their directory are durable before anything names them
-        _recheck_sources(sources, request.directory.assets)  # never a mixture of two versions of a file
+        _recheck_sources(sources, request, manifest)  # never a mixture of two versions of a file
         _check_self_contained(target_reader, manifest)  # W3, checked: never acknowledge what cannot boot
         result.authorization = authorize(manifest, signers, trust)  # refuse now what boot would refuse
         bundle = sign_manifest(manifest, request.keys)

@@ -186,8 +186,12 @@ class Store:
         allow_empty: bool = False,
         lineage_base: tuple[bytes, Authorization, Manifest] | None = None,
         last: LastCommit | None = None,
+        reread: bool = False,
     ) -> tuple[CommitResult, GcReport]:
         """Commit ``sources`` (and, for a model directory, its assets and shard records).
+
+        ``reread``: read file-backed sources once more and compare with the frames (commits from
+        files someone else may hold mapped: ``appliance commit``, ``api.save_directory``).
 
         ``last``: a long-lived committer's memory of its previous commit (``store.lastcommit``), so the
         next one into the same slot neither re-reads nor re-verifies its parent; updated in place.
@@ -216,6 +220,7 @@ class Store:
                 allow_empty=allow_empty,
                 cipher=keys_for(self.storage).active() if self.config.encrypt else None,
                 lineage_base=lineage_base,
+                reread=reread,
             )
             result = commit(self.storage, self.trust, sources, request, progress, last=last)
             protect = frozenset(g for g in (good.get(result.slot),) if g is not None) | pinned
