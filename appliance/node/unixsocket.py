@@ -30,9 +30,11 @@ def bind_unix(path: Path, make: Callable[[str], S], share: Callable[[Path], None
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()
-    private = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))  # 0700: nobody else gets in
+    # 0700: nobody else gets in. Short names: the bound path must fit AF_UNIX's 108 bytes whenever
+    # the final one does (".bXXXXXXXX/s" is no longer than "control.sock").
+    private = Path(tempfile.mkdtemp(prefix=".b", dir=path.parent))
     try:
-        bound = private / path.name
+        bound = private / "s"
         server = make(str(bound))
         share(bound)
         bound.rename(path)

@@ -52,3 +52,14 @@ def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
     second = bind_unix(path, lambda a: _Server(a, socketserver.BaseRequestHandler), lambda p: p.chmod(0o600))
     second.server_close()
     assert stat.S_ISSOCK(path.lstat().st_mode)
+
+
+def test_a_socket_whose_final_path_fits_af_unix_binds_through_the_private_directory(tmp_path: Path) -> None:
+    """Regression (CI): the private directory lengthened the bound path past AF_UNIX's 108 bytes."""
+    base = tmp_path / ("d" * max(1, 107 - len(str(tmp_path)) - len("/control.sock") - 1))
+    base.mkdir()
+    path = base / "control.sock"
+    assert len(str(path)) <= 107
+    server = bind_unix(path, lambda a: _Server(a, socketserver.BaseRequestHandler), lambda p: p.chmod(0o600))
+    server.server_close()
+    assert stat.S_ISSOCK(path.lstat().st_mode)
