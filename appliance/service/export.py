@@ -68,7 +68,11 @@ def capture(model: nn.Module, lock: threading.Lock, at_capture: Callable[[], Any
 
 def require_finite(snapshot: Snapshot) -> None:
     """``ExportFileError`` naming the first floating-point tensor holding NaN or ±Infinity."""
-    for name, t in snapshot.tensors.items():
+    _require_finite(snapshot.tensors)
+
+
+def _require_finite(tensors: dict[str, torch.Tensor]) -> None:
+    for name, t in tensors.items():
         if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
             raise ExportFileError(
                 f"the served state is not finite: tensor {name!r:.200} holds NaN or Infinity; not exported",
@@ -114,6 +118,8 @@ def _canary(model: nn.Module) -> Canary | None:
         check_recordable(canary, MAX_INPUT_RANK)  # boot's canary request must be able to carry it
         return canary
     except ManifestError as exc:
+        if "NaN or Infinity" in exc.problem:  # a state damaged by adaptation is the cause, not the canary
+            _require_finite(dict(model.state_dict()))
         remedy = (
             "make the model's forward() answer its canary input with a tensor of rank 1..8 of finite numbers"
             if "answer" in exc.problem else None
