@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.cli.output import Output, human_bytes
 from appliance.crypto import FileKek, KekSource, SystemdCredsKek, parse_kek_option
 from appliance.errors import ConfigError, NoValidCheckpointError, TensorMismatchError, UsageError
+from appliance.format.canonical import refuse_duplicates
 from appliance.signing import PublicKey, SigningKey, TrustStore
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def parse_meta(value: str | None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read --meta file {value[1:]}: {exc}") from exc
     try:
-        meta = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        meta = json.loads(text, object_pairs_hook=refuse_duplicates)
     except RecursionError as exc:  # the parser recurses; ~1,000 levels exhaust it (commit's cap is far lower)
         raise UsageError(
             "--meta is nested too deeply to be metadata any reader accepts",
@@ -47,16 +48,6 @@ def parse_meta(value: str | None) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise UsageError("--meta must be a JSON object")
     return meta
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object with a key given twice is refused, as index files are (last-wins would be silent)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice")
-        out[key] = value
-    return out
 
 
 def cmd_keygen(args: argparse.Namespace, out: Output) -> int:

@@ -27,7 +27,8 @@ def canonical_bytes(value: Any) -> bytes:
         raise ManifestError(f"value cannot be canonical JSON: {exc}") from exc
 
 
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook: a key given twice is a ``ValueError`` (last-wins would be silent)."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
@@ -67,7 +68,7 @@ def strict_loads(
         raise error(f"{what} is {len(data)} bytes, above the cap of {max_bytes}")
     try:
         text = bytes(data).decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+        value = json.loads(text, object_pairs_hook=refuse_duplicates, parse_constant=_refuse_constant)
     except RecursionError as exc:
         raise error(f"{what} is nested too deeply") from exc
     except (UnicodeDecodeError, ValueError) as exc:

@@ -123,12 +123,6 @@ class AssetJobs:
                 f"model.sig says {signed[:12]}): it changed after the signature was verified"
             )
 
-    def recheck(self) -> None:
-        """Every asset is still the file that was read (the commit asks once more before the bundle)."""
-        for asset in self.assets:
-            if asset.recheck is not None:
-                asset.recheck()
-
     def entries(self, frames: Mapping[int, list[FrameRef]]) -> tuple[AssetEntry, ...]:
         return tuple(
             AssetEntry(a.path, a.size, self.digests[i], tuple(frames.get(-1 - i, [])), a.executable)

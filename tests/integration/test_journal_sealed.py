@@ -26,37 +26,19 @@ from appliance.format.journal import (
 from appliance.journal.keyfile import load_journal_key
 from appliance.node.config import NodeConfig
 from appliance.service import loader
-from appliance.service.runtime import ServiceRuntime
 from appliance.store.keys import read_keyring
 from appliance.store.store import Store
 from tests.integration.journal_helpers import batch, state_digest
-from tests.integration.node_fixtures import handoff, node, with_changes
+from tests.integration.node_fixtures import handoff, node
+from tests.integration.test_journal_service import _adapt, _up, jnode
 
 pytestmark = pytest.mark.integration
-__all__ = ["node"]
+__all__ = ["jnode", "node"]
 
 
 def _encrypt(config: NodeConfig, tmp_path: Path) -> None:
     kek = f"file:{tmp_path}/store.kek"
     assert main(["key", config.store, "enable", "--kek", kek, "--create-kek", "--json"]) == 0
-
-
-@pytest.fixture
-def jnode(node: NodeConfig, tmp_path: Path) -> NodeConfig:
-    return with_changes(node, journal_dir=str(tmp_path / "journal"))
-
-
-def _up(config: NodeConfig) -> ServiceRuntime:
-    rt = ServiceRuntime(config)
-    rt.bring_up()
-    assert rt.model is not None, rt.error
-    return rt
-
-
-def _adapt(rt: ServiceRuntime, steps: range) -> None:
-    for i in steps:
-        x, y = batch(i)
-        rt.adapt(x.tolist(), y.tolist())
 
 
 def _records(path: Path, key: bytes) -> list[Record]:
