@@ -6,8 +6,13 @@ checkpoint metadata a commit of the export carries. Does not own writing or read
 (``appliance.sources.export``) or committing it (``appliance.persist``).
 
 The content digest is SHA-256 over, for every tensor in name order: the length-prefixed name,
-dtype and shape, then the length-prefixed bytes. A truncated, bit-rotten or spliced export
-fails it and is quarantined instead of being signed into a checkpoint.
+dtype and shape, then the length-prefixed bytes (``content_chunk`` absent: the serial form every
+export had until issue 16). With ``content_chunk`` = C (the chunked form, written since), the
+bytes are replaced by the tensor's byte count and the SHA-256 of each of its C-byte pieces, cut
+as the store cuts frames (``format.plan.frame_spans``): the pieces hash on every core, and a
+commit into a store whose frames are C bytes records those very digests as its frames' raw
+digests instead of hashing the bytes a second time (docs/design.md §9.2). A truncated,
+bit-rotten or spliced export fails either form and is quarantined instead of being signed.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from appliance.format.canary import Canary
 from appliance.format.canonical import canonical_bytes, get_int, get_str, require_keys, strict_loads
 from appliance.format.digest import Digest
 from appliance.format.journal import Point
+from appliance.format.plan import frame_spans
 
 EXPORT_FORMAT = "appliance.export"
 EXPORT_VERSION = 1
+CONTENT_CHUNK = 4 << 20  # the chunked digest's piece size: the store's default frame size
 HEADER_KEY = "appliance.export"
 TRAINING_KEY = "appliance.training"  # checkpoint metadata: the training record (appliance.training)
 SUFFIX = ".safetensors"
@@ -65,6 +72,46 @@ class ContentHasher:
         return self._h.hexdigest()
 
 
+class ChunkedContentHasher:
+    """The chunked content digest (``content_chunk``); feed tensors in name order with their piece digests.
+
+    ``pieces``: the 32-byte SHA-256 of each span of ``chunk_spans(nbytes, itemsize, chunk)``, in order.
+    """
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        self._h = hashlib.sha256(b"appliance.content.chunked\x00" + struct.pack("<Q", chunk))
+        self._last: str | None = None
+
+    def add(self, name: str, dtype: str, shape: tuple[int, ...], nbytes: int, pieces: Iterable[bytes]) -> None:
+        if self._last is not None and name <= self._last:
+            raise ValueError("tensors must be hashed in strictly increasing name order")
+        self._last = name
+        for part in (name.encode("utf-8"), dtype.encode("ascii"), canonical_bytes(list(shape))):
+            self._h.update(struct.pack("<Q", len(part)) + part)
+        digests = list(pieces)
+        self._h.update(struct.pack("<QQ", nbytes, len(digests)))
+        for d in digests:
+            if len(d) != 32:
+                raise ValueError("a piece digest is 32 bytes")
+            self._h.update(d)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def chunk_spans(nbytes: int, itemsize: int, chunk: int) -> list[tuple[int, int]]:
+    """The (offset, size) pieces of one tensor's bytes under the chunked digest: the store's frame cut."""
+    return frame_spans(nbytes, itemsize, chunk)
+
+
+def check_content_chunk(value: Any) -> int:
+    """``content_chunk`` of a header: a multiple of 16 between 4 KiB and 64 MiB (a valid frame size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value % 16 or not 4096 <= value <= 64 << 20:
+        raise ManifestError("export header content_chunk must be a multiple of 16 between 4 KiB and 64 MiB")
+    return value
+
+
 def content_digest(items: Iterable[tuple[str, str, tuple[int, ...], bytes | memoryview]]) -> str:
     hasher = ContentHasher()
     for name, dtype, shape, data in sorted(items, key=lambda item: item[0]):
@@ -85,6 +132,7 @@ class ExportInfo:
     source: dict[str, Any] | None = None  # the checkpoint the service restored: slot, generation, digest
     journal: dict[str, Any] | None = None  # the adaptation journal point this state includes (issue 17)
     training: dict[str, Any] | None = None  # the training record (appliance.training) of this state
+    content_chunk: int | None = None  # None: the serial content digest; else the chunked one's piece size
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -104,6 +152,8 @@ class ExportInfo:
             out["journal"] = self.journal
         if self.training is not None:  # likewise
             out["training"] = self.training
+        if self.content_chunk is not None:  # likewise: absent means the serial digest
+            out["content_chunk"] = self.content_chunk
         return out
 
     def header_value(self) -> str:
@@ -115,7 +165,7 @@ class ExportInfo:
             raise ManifestError(f"the file has no {HEADER_KEY!r} entry: it is not a state export")
         obj = strict_loads(value.encode("utf-8"), what="export header", max_bytes=4 << 20, max_depth=16)
         keys = set(cls("", 0, "", "0" * 64, 0, 0, 0.0).to_dict())
-        d = require_keys(obj, "export header", keys, frozenset({"journal", "training"}))
+        d = require_keys(obj, "export header", keys, frozenset({"journal", "training", "content_chunk"}))
         if d["format"] != EXPORT_FORMAT or d["version"] != EXPORT_VERSION:
             raise ManifestError("not a v1 state export")
         pause = d["pause_s"]
@@ -135,6 +185,7 @@ class ExportInfo:
             source=d["source"],
             journal=_journal_point(d.get("journal")),
             training=_training_record(d.get("training")),
+            content_chunk=None if "content_chunk" not in d else check_content_chunk(d["content_chunk"]),
         )
 
     def checkpoint_metadata(self) -> dict[str, Any]:
@@ -146,6 +197,8 @@ class ExportInfo:
             "export_pause_s": round(self.pause_s, 6),
             "content_sha256": self.content_sha256,
         }
+        if self.content_chunk is not None:
+            meta["content_chunk"] = self.content_chunk
         if self.canary is not None:
             meta["canary"] = self.canary.to_dict()
         if self.source is not None:

@@ -155,8 +155,12 @@ class Manifest:
         raise KeyError(name)
 
     def digest(self) -> Digest:
-        """The manifest id: SHA-256 of its canonical JSON (what ``parent`` points at)."""
-        return Digest.of(canonical_bytes(self.to_dict()))
+        """The manifest id: SHA-256 of its canonical JSON (what ``parent`` points at); computed once per object."""
+        cached = self.__dict__.get("_digest")
+        if cached is None:  # frozen: nothing the digest covers can change after construction
+            cached = Digest.of(canonical_bytes(self.to_dict()))
+            object.__setattr__(self, "_digest", cached)
+        return cached
 
     # --- serialisation ---------------------------------------------------------------------
 

@@ -8,9 +8,12 @@ tensor bytes. Does not own the outbox (``appliance.persist``) or capturing state
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,15 @@ from appliance.codec.transform import U8
 from appliance.errors import ApplianceError, ExportFileError
 from appliance.format.canary import Canary
 from appliance.format.dtypes import DTYPES
-from appliance.format.export import HEADER_KEY, ContentHasher, ExportInfo, export_name
+from appliance.format.export import (
+    CONTENT_CHUNK,
+    HEADER_KEY,
+    ChunkedContentHasher,
+    ContentHasher,
+    ExportInfo,
+    chunk_spans,
+    export_name,
+)
 from appliance.sources.safetensors_io import ImportedModel, export_safetensors, open_model
 from appliance.sources.tensors import byte_view, dtype_name
 from appliance.storage import LocalStorage
@@ -39,12 +50,36 @@ class OpenedExport:
         self.model.close()
 
 
-def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    hasher = ContentHasher()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
-        hasher.add(name, dtype_name(t.dtype), tuple(t.shape), byte_view(t).data)
-    return hasher.hexdigest()
+Pieces = dict[tuple[int, int], str]  # (offset, size) of a piece of one tensor -> its SHA-256 (hex)
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor], *, chunk: int | None = None, workers: int = 1) -> str:
+    """The content digest of ``tensors``: serial (``chunk`` None) or chunked, its pieces on ``workers`` threads."""
+    if chunk is None:
+        hasher = ContentHasher()
+        for name in sorted(tensors):
+            t = tensors[name].detach().contiguous()
+            hasher.add(name, dtype_name(t.dtype), tuple(t.shape), byte_view(t).data)
+        return hasher.hexdigest()
+    chunked = ChunkedContentHasher(chunk)
+    with _pool(workers) as pool:
+        for name in sorted(tensors):
+            t = tensors[name].detach().contiguous()
+            data = byte_view(t)
+            pieces = _pieces(pool, data, t.element_size(), chunk).values()
+            chunked.add(name, dtype_name(t.dtype), tuple(t.shape), data.size, (bytes.fromhex(h) for h in pieces))
+    return chunked.hexdigest()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="content-digest")
+
+
+def _pieces(pool: ThreadPoolExecutor, data: U8, itemsize: int, chunk: int) -> Pieces:
+    """SHA-256 of each piece of one tensor's bytes (``hashlib`` releases the GIL: pieces hash in parallel)."""
+    spans = chunk_spans(data.size, itemsize, chunk)
+    digests = pool.map(lambda span: hashlib.sha256(data[span[0] : span[0] + span[1]].data).hexdigest(), spans)
+    return dict(zip(spans, digests, strict=True))
 
 
 def write_export(
@@ -59,15 +94,20 @@ def write_export(
     sequence: int | None = None,
     journal: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    content_chunk: int | None = CONTENT_CHUNK,
 ) -> tuple[Path, ExportInfo]:
-    """Write ``tensors`` (a private snapshot: nobody may modify them meanwhile) into ``outbox``."""
+    """Write ``tensors`` (a private snapshot: nobody may modify them meanwhile) into ``outbox``.
+
+    ``content_chunk``: the chunked content digest's piece size (``None``: the serial digest of
+    exports before issue 16, still read). Hashed on one thread: the service keeps serving.
+    """
     outbox = Path(outbox)
     outbox.mkdir(parents=True, exist_ok=True)
     info = ExportInfo(
         model=model,
         step=step,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        content_sha256=tensors_digest(tensors),
+        content_sha256=tensors_digest(tensors, chunk=content_chunk),
         tensors=len(tensors),
         raw_bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
         pause_s=pause_s,
@@ -75,18 +115,22 @@ def write_export(
         source=source,
         journal=journal,
         training=training,
+        content_chunk=content_chunk,
     )
     path = outbox / export_name(sequence if sequence is not None else time.time_ns())
     export_safetensors(tensors, path, {HEADER_KEY: info.header_value()})
     return path, info
 
 
-def open_export(path: str | Path, keep: LastCommit | None = None) -> OpenedExport:
+def open_export(path: str | Path, keep: LastCommit | None = None, *, workers: int | None = None) -> OpenedExport:
     """Open and fully check an export; ``ExportFileError`` says why it must not be committed.
 
     ``keep`` (the persistence watchdog's ``LastCommit``): when the state fits its limit, every tensor
     is read once, into buffers ``keep`` recycles, and the commit uses those bytes — the very bytes
-    the content digest was checked over — instead of reading the file again.
+    the content digest was checked over — instead of reading the file again. A chunked digest's
+    pieces then travel with those bytes (``TensorSource.raw_digests``): a commit whose frames are
+    the pieces records them instead of hashing the same private bytes again. Pieces hash on every
+    core (``workers``, default the CPU count).
     """
     path = Path(path)
     try:
@@ -95,7 +139,9 @@ def open_export(path: str | Path, keep: LastCommit | None = None) -> OpenedExpor
         raise ExportFileError(f"{path.name} is not a readable safetensors file: {exc.problem}") from exc
     try:
         info = ExportInfo.from_header(model.metadata.get(HEADER_KEY))
-        _check_content(model, info, keep if keep is not None and model.raw_bytes <= keep.limit else None)
+        kept = keep if keep is not None and model.raw_bytes <= keep.limit else None
+        with _pool(workers or os.cpu_count() or 1) as pool:
+            _check_content(model, info, kept, pool)
     except ApplianceError as exc:
         model.close()
         if isinstance(exc, ExportFileError):
@@ -104,23 +150,33 @@ def open_export(path: str | Path, keep: LastCommit | None = None) -> OpenedExpor
     return OpenedExport(path, info, model)
 
 
-def _check_content(model: ImportedModel, info: ExportInfo, keep: LastCommit | None) -> None:
+def _check_content(model: ImportedModel, info: ExportInfo, keep: LastCommit | None, pool: ThreadPoolExecutor) -> None:
     if len(model.sources) != info.tensors or model.raw_bytes != info.raw_bytes:
         raise ExportFileError(
             f"export holds {len(model.sources)} tensors / {model.raw_bytes} bytes, "
             f"its header says {info.tensors} / {info.raw_bytes}"
         )
-    hasher = ContentHasher()
-    loaded: dict[str, U8] = {}
+    chunk = info.content_chunk
+    hasher: ContentHasher | ChunkedContentHasher = ContentHasher() if chunk is None else ChunkedContentHasher(chunk)
+    loaded: dict[str, tuple[U8, Pieces | None]] = {}
     for source in sorted(model.sources, key=lambda s: s.name):
         data = _read_once(source, keep) if keep is not None else source.load()
-        hasher.add(source.name, source.dtype, source.shape, data.data)
+        pieces = None
+        if isinstance(hasher, ChunkedContentHasher):
+            pieces = _pieces(pool, data, DTYPES[source.dtype].itemsize, hasher.chunk)
+            hasher.add(source.name, source.dtype, source.shape, data.size, (bytes.fromhex(h) for h in pieces.values()))
+        else:
+            hasher.add(source.name, source.dtype, source.shape, data.data)
         if keep is not None:
-            loaded[source.name] = data
+            loaded[source.name] = (data, pieces)
     if hasher.hexdigest() != info.content_sha256:
         raise ExportFileError("export content does not match its content_sha256 (damaged or altered)")
-    if keep is not None:  # the commit takes the checked bytes, not a second read of the file
-        model.sources[:] = [replace(s, load=_loaded(loaded[s.name])) for s in model.sources]
+    if keep is not None:  # the commit takes the checked bytes (and their pieces), not a second read of the file
+        model.sources[:] = [_checked(s, *loaded[s.name]) for s in model.sources]
+
+
+def _checked(source: TensorSource, data: U8, pieces: Pieces | None) -> TensorSource:
+    return replace(source, load=_loaded(data), raw_digests=pieces)
 
 
 def _loaded(data: U8) -> Callable[[], U8]:

@@ -266,8 +266,10 @@ class _FramePlacer:
         if encoded.stored is not None and encoded.ref.digest not in self.placed:
             if encoded.kind == "reused":
                 self._copy(encoded.ref, encoded.stored)
-            elif not self._present_and_valid(encoded.ref):
-                self._write(encoded.ref, encoded.stored)
+            else:
+                size = self.target.frame_size(encoded.ref.digest)
+                if not self._present_and_valid(encoded.ref, size):
+                    self._write(encoded.ref, encoded.stored, existed=size is not None)
         self.placed.add(encoded.ref.digest)
 
     def _copy(self, ref: FrameRef, data: bytes | bytearray) -> None:
@@ -288,11 +290,12 @@ class _FramePlacer:
         if error is not None:
             raise error
 
-    def _write(self, ref: FrameRef, data: bytes | bytearray) -> int:
+    def _write(self, ref: FrameRef, data: bytes | bytearray, existed: bool | None = None) -> int:
         if ref.digest in self.placed:
             return 0
         path = layout.frame_path(self.target.slot, ref.digest)
-        existed = self.target.frame_size(ref.digest) is not None
+        if existed is None:
+            existed = self.target.frame_size(ref.digest) is not None
         while len(self._pending) >= self.MAX_PENDING:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(self.batch.add, path, memoryview(data)))
@@ -302,8 +305,8 @@ class _FramePlacer:
         self.placed.add(ref.digest)
         return len(data)
 
-    def _present_and_valid(self, ref: FrameRef) -> bool:
-        if self.target.frame_size(ref.digest) != ref.size:
+    def _present_and_valid(self, ref: FrameRef, size: int | None) -> bool:
+        if size != ref.size:
             return False
         try:
             self.target.read_frame(ref)

@@ -55,6 +55,10 @@ class TensorSource:
     ``recheck`` (sources read from files) raises ``SourceChangedError`` if the source changed
     since it was opened; the commit calls it after the last frame is durable, before the bundle.
     ``load_into`` (optional) reads the same bytes into a caller's buffer of exactly that size.
+    ``raw_digests`` (optional): SHA-256 (hex) of (offset, size) spans of exactly the bytes ``load``
+    returns, computed by the caller over that same private memory (the watchdog's content check,
+    ``sources.export``); a frame with exactly such a span takes it as its raw digest instead of
+    hashing the bytes again. Only for bytes nobody can change between that hash and the commit.
     """
 
     name: str
@@ -63,6 +67,7 @@ class TensorSource:
     load: Callable[[], U8]
     recheck: Callable[[], None] | None = None
     load_into: Callable[[U8], None] | None = None
+    raw_digests: Mapping[tuple[int, int], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,15 +179,19 @@ class FrameEncoder:
         exponent = self.options.exponent_grouping and dtype.kind == "float" and dtype.planes in (2, 4, 8)
         return self.options.zstd_spec(dtype.planes, exponent=exponent)
 
-    def encode_frame(self, name: str, index: int, dtype: DType, raw: U8) -> EncodedFrame:
-        """Reuse, delta or full; a damaged parent frame only costs the optimisation."""
+    def encode_frame(self, name: str, index: int, dtype: DType, raw: U8, known: str | None = None) -> EncodedFrame:
+        """Reuse, delta or full; a damaged parent frame only costs the optimisation.
+
+        ``known``: the SHA-256 (hex) of exactly ``raw``, computed by the caller over this same private
+        memory (``TensorSource.raw_digests``); used as the raw digest of a plain store's frame.
+        """
         unchanged = self._unchanged(name, index, dtype, raw)
         if unchanged is not None:
             return unchanged
         snapshot = raw.tobytes() if self.options.policy == "fast" else None  # hashed once, stored as is
         if snapshot is not None:
             raw = np.frombuffer(snapshot, np.uint8)
-        raw_digest = raw_identity(self.cipher, raw.data)
+        raw_digest = Digest(known) if known is not None and self.cipher is None else raw_identity(self.cipher, raw.data)
         reused = self._reuse(raw_digest, raw.size, dtype)
         if reused is not None:
             return reused
@@ -339,6 +348,7 @@ class FrameJob:
     name: str
     dtype: DType
     raw: U8
+    known: str | None = None  # SHA-256 of ``raw`` from the source's ``raw_digests``, if it has this span
 
 
 def check_source(src: TensorSource) -> tuple[str, DType, tuple[int, ...]]:
@@ -371,8 +381,9 @@ def tensor_jobs(
         data = src.load()
         if data.size != nbytes:
             raise UsageError(f"tensor {name!r} provides {data.size} bytes, its dtype and shape need {nbytes}")
+        known = src.raw_digests or {}
         for fi, (off, size) in enumerate(frame_spans(nbytes, dtype.itemsize, frame_size)):
-            yield FrameJob(ti, fi, name, dtype, data[off : off + size])
+            yield FrameJob(ti, fi, name, dtype, data[off : off + size], known.get((off, size)))
 
 
 def encode_all(
@@ -383,7 +394,7 @@ def encode_all(
     window: list[tuple[FrameJob, Future[EncodedFrame]]] = []
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="encode") as pool:
         for job in jobs:
-            window.append((job, pool.submit(encoder.encode_frame, job.name, job.index, job.dtype, job.raw)))
+            window.append((job, pool.submit(encoder.encode_frame, job.name, job.index, job.dtype, job.raw, job.known)))
             if len(window) >= 2 * n:
                 first, fut = window.pop(0)
                 yield first, fut.result()
