@@ -140,9 +140,9 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_persist(args: argparse.Namespace, out: Output) -> int:
+    from appliance.node.priority import lower_priority
     from appliance.persist.committer import Committer
     from appliance.persist.daemon import PersistDaemon
-    from appliance.persist.priority import lower_priority
 
     config = load_config(args.config)
     priority = lower_priority(config.persist_nice)  # before any thread exists: every thread inherits it

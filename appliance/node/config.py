@@ -50,7 +50,7 @@ class NodeConfig:
     persist_interval: float = 300.0  # seconds between scheduled exports (node.json "auto": persist_auto)
     persist_auto: bool = False  # node.json persist_interval "auto": Young/Daly from measured costs (issue 17)
     persist_keep_bytes: int = 8 << 30  # raw state the watchdog keeps between commits (0: none; store/lastcommit.py)
-    persist_nice: int = 10  # watchdog niceness 0..19; I/O best-effort level (nice+20)//5 (persist/priority.py)
+    persist_nice: int = 10  # watchdog niceness 0..19; I/O best-effort level (nice+20)//5 (node/priority.py)
     max_boot_attempts: int = 3
     ready_timeout: float = 600.0  # seconds a restore may take before the candidate is abandoned
     require_mounts: bool = False  # slots must be mount points (production); a bare directory is "unmounted"

@@ -1,8 +1,10 @@
 """Capturing the serving model's state with a short pause, then writing it to the outbox.
 
 Owns: ``capture`` (under the model lock: answer the canary input, clone every state tensor —
-the only time serving waits) and ``write`` (outside the lock: content digest, safetensors
-file, atomic rename into the outbox). Does not own committing (``appliance.persist``).
+the only time serving waits), ``write`` (outside the lock: content digest, safetensors file,
+atomic rename into the outbox) and ``Writer``, the one thread that writes exports at the
+watchdog's lowered CPU and I/O priority (``persist_nice``) so that serving keeps the cores
+(issue 16 goal 3). Does not own committing (``appliance.persist``).
 
 The pause is a memory copy of the state (plus one forward pass of the canary input), not a
 persist: hashing, compressing, signing and fsyncing happen in other threads and processes
@@ -14,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from appliance import training
 from appliance.errors import CanaryInputError, ExportFileError, ManifestError
 from appliance.format.canary import Canary, check_recordable
 from appliance.format.export import ExportInfo
+from appliance.node.priority import lower_priority
 from appliance.service import loader
 from appliance.service.limits import MAX_INPUT_RANK
 from appliance.sources.export import write_export
@@ -142,6 +146,36 @@ def write(snapshot: Snapshot, outbox: str | Path, model_entry: str, source: dict
         training=snapshot.training,
     )
     return ExportResult(path, info, time.perf_counter() - start)
+
+
+class Writer:
+    """Runs export writes on one dedicated thread at niceness ``nice`` (0: not lowered).
+
+    Dedicated because an unprivileged thread cannot raise its priority again: request threads
+    must never be the ones lowered. The thread is created on the first export.
+    """
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-write", initializer=self._lower)
+
+    def _lower(self) -> None:
+        if self.nice > 0:
+            lower_priority(self.nice)
+
+    def run(
+        self, snapshot: Snapshot, outbox: str | Path, model_entry: str, source: dict[str, Any] | None
+    ) -> ExportResult:
+        """``require_finite`` then ``write`` on the writer thread; their errors are raised here."""
+
+        def job() -> ExportResult:
+            require_finite(snapshot)
+            return write(snapshot, outbox, model_entry, source)
+
+        return self._pool.submit(job).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 @dataclass

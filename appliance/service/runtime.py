@@ -66,6 +66,7 @@ class ServiceRuntime:
         self.metrics = ServiceMetrics(self)  # served on the control channel only (GET /v1/metrics)
         self.model_lock = threading.Lock()
         self.export_lock = threading.Lock()
+        self.writer = export.Writer(config.persist_nice)  # export writes below serving priority (issue 16 goal 3)
         self.model: nn.Module | None = None
         self.phase = Phase.LOADING
         self.handoff: Handoff | None = None
@@ -237,8 +238,7 @@ class ServiceRuntime:
                 return {"unchanged": True, "previous": self._last_receipt}
             try:
                 snapshot = export.capture(model, self.model_lock, self.journal.capture_point if self.journal else None)
-                export.require_finite(snapshot)
-                result = export.write(snapshot, self.config.outbox, self.config.model, self._source())
+                result = self.writer.run(snapshot, self.config.outbox, self.config.model, self._source())
             except BaseException:
                 self.changed = True  # nothing was exported: the next request tries again
                 raise

@@ -10,14 +10,14 @@ import sys
 import pytest
 
 from appliance.node.config import NodeConfig
-from appliance.persist.priority import io_level_for
+from appliance.node.priority import io_level_for
 
 pytestmark = pytest.mark.unit
 
 CHILD = """
 import json, os, threading
 from concurrent.futures import ThreadPoolExecutor
-from appliance.persist.priority import io_priority, lower_priority
+from appliance.node.priority import io_priority, lower_priority
 p = lower_priority({nice})
 def report():
     return os.getpriority(os.PRIO_PROCESS, 0), io_priority()

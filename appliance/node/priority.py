@@ -1,12 +1,14 @@
-"""Running the persistence watchdog below the model service: CPU niceness and I/O priority.
+"""Running persist work below serving: CPU niceness and I/O priority of a thread.
 
 Owns: ``lower_priority`` — called once at the start of ``appliance persist``, before any thread
-exists (Linux keeps niceness and I/O priority per thread; threads inherit them from the thread
-that creates them, so every encoder and writer thread of a commit runs at the lowered
-priority). The watchdog and the service share one systemd unit (supervisord's children), so
-unit-level ``CPUWeight=``/``IOWeight=``/``Nice=`` cannot tell them apart; the watchdog lowers
-itself instead (supervisord has no per-program niceness). The capture pause is the service's
-and is not affected.
+exists, and by the model service's export-writer thread when it starts (Linux keeps niceness
+and I/O priority per thread; threads inherit them from the thread that creates them, so every
+encoder and writer thread of a commit, and the export's digest thread, run at the lowered
+priority; an unprivileged thread cannot raise it again, so lowered threads are dedicated ones).
+The watchdog and the service share one systemd unit (supervisord's children), so unit-level
+``CPUWeight=``/``IOWeight=``/``Nice=`` cannot tell them apart; each lowers its persist threads
+instead (supervisord has no per-program niceness). The capture pause is the service's serving
+priority and is not affected.
 
 I/O priority: best-effort class, level ``(nice + 20) // 5`` (the kernel's own mapping of CPU
 niceness to I/O niceness: nice 10 -> 6), via ``ioprio_set(2)``; honoured by the BFQ and
