@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from appliance.service import loader
 from appliance.service.limits import MAX_INPUT_RANK
 from appliance.sources.export import write_export
 
+T = TypeVar("T")
 CANARY_ATOL = 1e-5
 CANARY_RTOL = 1e-4
 
@@ -47,7 +48,12 @@ class Snapshot:
     training: dict[str, Any] | None = None  # its training record (appliance.training.served_record)
 
 
-def capture(model: nn.Module, lock: threading.Lock, at_capture: Callable[[], Any] | None = None) -> Snapshot:
+def capture(
+    model: nn.Module,
+    lock: threading.Lock,
+    at_capture: Callable[[], Any] | None = None,
+    buffers: dict[str, torch.Tensor] | None = None,
+) -> Snapshot:
     """A private CPU copy of the model's training state and its canary answer, taken atomically.
 
     The state is ``appliance.training.get_state_dict(model, rng=False)``: ``model.state_dict()``
@@ -57,8 +63,9 @@ def capture(model: nn.Module, lock: threading.Lock, at_capture: Callable[[], Any
     The destination memory is allocated and touched *before* the lock is taken, so the pause is
     a forward pass of the canary input plus a plain memory copy, not page faults (for a 1 GB
     state that halves the pause). If the state's layout changed meanwhile, it is cloned instead.
+    ``buffers``: that memory made by the caller (``touched_buffers`` on the lowered ``Writer``).
     """
-    buffers = {name: _touched(t) for name, t in model.state_dict().items()}
+    buffers = touched_buffers(model) if buffers is None else buffers
     with lock:
         start = time.perf_counter()
         canary = _canary(model)
@@ -83,6 +90,11 @@ def _require_finite(tensors: dict[str, torch.Tensor]) -> None:
                 remedy="the model's state was damaged by adaptation; reboot to the last committed checkpoint "
                 "(`appliance boot`) and check the adaptation inputs",
             )
+
+
+def touched_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU memory for a capture of ``model``'s state, pages faulted in (the ``Writer`` does this, lowered)."""
+    return {name: _touched(t) for name, t in model.state_dict().items()}
 
 
 def _touched(t: torch.Tensor) -> torch.Tensor:
@@ -162,6 +174,10 @@ class Writer:
     def _lower(self) -> None:
         if self.nice > 0:
             lower_priority(self.nice)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the writer thread (e.g. faulting in a capture's memory, ``touched_buffers``)."""
+        return self._pool.submit(fn).result()
 
     def run(
         self, snapshot: Snapshot, outbox: str | Path, model_entry: str, source: dict[str, Any] | None

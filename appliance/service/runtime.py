@@ -237,7 +237,9 @@ class ServiceRuntime:
                                  + ("the last export" if self._last_receipt else "the restore"))  # fmt: skip
                 return {"unchanged": True, "previous": self._last_receipt}
             try:
-                snapshot = export.capture(model, self.model_lock, self.journal.capture_point if self.journal else None)
+                buffers = self.writer.call(lambda: export.touched_buffers(model))  # page faults: lowered too
+                snapshot = export.capture(model, self.model_lock, self.journal.capture_point if self.journal else None,
+                                          buffers)  # fmt: skip
                 result = self.writer.run(snapshot, self.config.outbox, self.config.model, self._source())
             except BaseException:
                 self.changed = True  # nothing was exported: the next request tries again
