@@ -215,6 +215,16 @@ class ManifestError(IntegrityError):
     remedy = "this manifest or commit record is malformed; the checkpoint is not used"
 
 
+class CanaryNotRecordableError(ManifestError):
+    """A canary boot could not check: ``part`` ("input" | "answer") has a rank out of range or, with
+    ``nonfinite``, holds NaN or Infinity. Callers tell a damaged state from a bad canary by these
+    fields, never by the message text."""
+
+    def __init__(self, problem: str, *, part: str, nonfinite: bool, remedy: str | None = None) -> None:
+        super().__init__(problem, remedy=remedy)
+        self.part, self.nonfinite = part, nonfinite
+
+
 class FrameError(IntegrityError):
     exit_code = 35
     remedy = "run `appliance verify ROOT`; the other slot is used, `appliance scrub` repairs"

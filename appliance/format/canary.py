@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.errors import ManifestError
+from appliance.errors import CanaryNotRecordableError, ManifestError
 from appliance.format.canonical import canonical_bytes, require_keys
 from appliance.format.digest import Digest
 
@@ -105,7 +105,8 @@ def check(canary: Canary, output: object) -> CanaryResult:
 
 
 def check_recordable(canary: Canary, max_rank: int) -> None:
-    """``ManifestError`` unless boot's canary request can carry ``canary`` and its answer can be compared.
+    """``CanaryNotRecordableError`` (a ``ManifestError``) unless boot's canary request can carry
+    ``canary`` and its answer can be compared.
 
     Checked when a canary is recorded (seed, every export), not when one is read: the input is a
     (nested) list of rank 1..``max_rank`` (the control channel's request cap), and every input and
@@ -114,10 +115,14 @@ def check_recordable(canary: Canary, max_rank: int) -> None:
     for what, value in (("input", canary.input), ("answer", canary.expected)):
         rank = len(_shape(value))
         if value is not None and (not isinstance(value, list) or not 1 <= rank <= max_rank):
-            raise ManifestError(f"the canary {what} must be a (nested) list of rank 1..{max_rank}, not rank {rank}")
+            raise CanaryNotRecordableError(
+                f"the canary {what} must be a (nested) list of rank 1..{max_rank}, not rank {rank}",
+                part=what,
+                nonfinite=False,
+            )
     for what, value in (("input", canary.input), ("answer", canary.expected)):
         if value is not None and not all(math.isfinite(x) for x in _flatten(value)):
-            raise ManifestError(f"the canary {what} holds NaN or Infinity")
+            raise CanaryNotRecordableError(f"the canary {what} holds NaN or Infinity", part=what, nonfinite=True)
 
 
 def _number(value: object, what: str) -> float:

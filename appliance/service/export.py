@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from appliance import training
-from appliance.errors import CanaryInputError, ExportFileError, ManifestError
+from appliance.errors import CanaryInputError, CanaryNotRecordableError, ExportFileError, ManifestError
 from appliance.format.canary import Canary, check_recordable
 from appliance.format.export import ExportInfo
 from appliance.node.priority import lower_priority
@@ -131,11 +131,12 @@ def _canary(model: nn.Module) -> Canary | None:
         check_recordable(canary, MAX_INPUT_RANK)  # boot's canary request must be able to carry it
         return canary
     except ManifestError as exc:
-        if "NaN or Infinity" in exc.problem:  # a state damaged by adaptation is the cause, not the canary
+        part = exc.part if isinstance(exc, CanaryNotRecordableError) else None
+        if isinstance(exc, CanaryNotRecordableError) and exc.nonfinite:  # a damaged state is the cause, not the canary
             _require_finite(dict(model.state_dict()))
         remedy = (
             "make the model's forward() answer its canary input with a tensor of rank 1..8 of finite numbers"
-            if "answer" in exc.problem else None
+            if part == "answer" else None
         )  # fmt: skip
         raise CanaryInputError(f"the model's canary cannot be recorded: {exc.problem}", remedy=remedy) from exc
     except Exception as exc:  # the model's own code: any failure means it cannot take its canary input
