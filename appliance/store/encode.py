@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class TensorSource:
     load: Callable[[], U8]
     recheck: Callable[[], None] | None = None
     load_into: Callable[[U8], None] | None = None
-    raw_digests: Mapping[tuple[int, int], str] | None = None
+    raw_digests: Mapping[tuple[int, int], str] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
