@@ -220,6 +220,9 @@ class CanaryNotRecordableError(ManifestError):
     ``nonfinite``, holds NaN or Infinity. Callers tell a damaged state from a bad canary by these
     fields, never by the message text."""
 
+    exit_code = 59
+    remedy = "fix the model's canary_input(); a non-finite answer means the served state is damaged: restore a good one"
+
     def __init__(self, problem: str, *, part: str, nonfinite: bool, remedy: str | None = None) -> None:
         super().__init__(problem, remedy=remedy)
         self.part, self.nonfinite = part, nonfinite

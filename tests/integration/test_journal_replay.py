@@ -138,8 +138,33 @@ def _boot_from_state_5(d: Driver) -> str:
     return d.digest()
 
 
+class _SlowFirstSync(RecordingJournalFiles):
+    """Fault-injection seam: the first step record's fsync lasts until every client has appended
+    (at most 5 s), as a slow disk would make it; the writer must then share one sync among them.
+    Without the gate a loaded 2-core machine can serialise the clients and no group ever forms."""
+
+    def __init__(self, clients: int) -> None:
+        super().__init__()
+        self.clients, self.gated, self.changed = clients, False, threading.Condition()
+
+    def append(self, name: str, data: bytes) -> None:
+        with self.changed:
+            super().append(name, data)
+            self.changed.notify_all()
+
+    def sync(self, name: str) -> None:
+        if not self.gated and self._step_appends():
+            self.gated = True
+            with self.changed:
+                self.changed.wait_for(lambda: self._step_appends() >= self.clients, timeout=5.0)
+        super().sync(name)
+
+    def _step_appends(self) -> int:
+        return sum(op.kind == "append" and op.data[4] == KIND_STEP for op in self.ops)
+
+
 def test_group_commit_acknowledges_only_synced_records_and_shares_syncs(tmp_path: Path) -> None:
-    files = RecordingJournalFiles()
+    files = _SlowFirstSync(clients=4)
     d = Driver(files, KEY, group_commit_s=0.02)
     d.recover()
     acked: list[tuple[int, int]] = []
