@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ from appliance.sources.tensors import (
     torch_dtype,
 )
 from appliance.store.assets import DirectoryParts, read_assets
-from appliance.store.commit import CommitResult
+from appliance.store.commit import CommitResult, check_metadata
 from appliance.store.discovery import Failure, OpenCheckpoint
 from appliance.store.partial import restore_selected
 from appliance.store.restore import RestoreStats, Sink
@@ -160,6 +160,7 @@ def save_directory(
     from appliance.sources.model_dir import check_layout
 
     keys = [key] if isinstance(key, SigningKey) else list(key)
+    check_metadata(metadata or {})  # input errors (10) before the source's and the store's (e.g. the layout, 74)
     provenance, model, parts = open_for_commit(store, source)
     if model.dropped_header_keys:
         log.warning("%s: dropped header keys in appliance's namespace: %s", source, model.dropped_header_keys)
@@ -491,7 +492,7 @@ def open_for_commit(store: Store, source: str | Path) -> tuple[Provenance | None
     from appliance.format.digest import Digest
     from appliance.format.provenance import MODEL_SIG
     from appliance.provenance import check_source, load_vendors, signed_file_digests, vendors_path
-    from appliance.sources.model_dir import directory_parts
+    from appliance.sources.model_dir import directory_parts, signed_parts
     from appliance.sources.safetensors_io import open_model
     from appliance.sources.stable import tree_identities
 
@@ -505,7 +506,7 @@ def open_for_commit(store: Store, source: str | Path) -> tuple[Provenance | None
             signature = (path / MODEL_SIG).read_bytes()
             if Digest.of(signature) != provenance.signature_sha256:
                 raise SourceChangedError(f"{source}/{MODEL_SIG} changed after it was verified")
-            parts = replace(parts, signed_sha256=signed_file_digests(signature))
+            parts = signed_parts(parts, model, signed_file_digests(signature))
         if provenance is not None and path.is_dir() and tree_identities(path) != before:
             raise SourceChangedError(
                 f"{source} changed while its vendor signature was verified: the files read would not be the ones signed"

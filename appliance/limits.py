@@ -25,6 +25,7 @@ class Limits:
     config_max_bytes: int = 1 * MiB  # store.json, trust.json, slot state
     metadata_max_bytes: int = 4 * MiB  # the user's JSON metadata, canonical-encoded
     json_max_depth: int = 64
+    metadata_int_max_digits: int = 4300  # an integer in metadata: what every reader's JSON parser converts
     max_tensors: int = 1_000_000
     max_frames: int = 4_000_000
     max_tensor_dims: int = 64

@@ -16,6 +16,8 @@ from appliance.cli.output import Output, human_bytes
 from appliance.crypto import FileKek, KekSource, SystemdCredsKek, parse_kek_option
 from appliance.errors import ConfigError, NoValidCheckpointError, TensorMismatchError, UsageError
 from appliance.format.canonical import refuse_duplicates
+from appliance.format.validate import INT_REMEDY
+from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import PublicKey, SigningKey, TrustStore
 
 if TYPE_CHECKING:
@@ -26,6 +28,17 @@ from appliance.store.store import Store
 WARNINGS = 1
 
 
+class _LongIntegerError(Exception):
+    pass
+
+
+def _meta_int(digits: str) -> int:
+    """A JSON integer of --meta, refused in appliance's terms above the metadata cap (never Python's own)."""
+    if len(digits.lstrip("-")) > DEFAULT_LIMITS.metadata_int_max_digits:
+        raise _LongIntegerError(digits)
+    return int(digits)
+
+
 def parse_meta(value: str | None) -> dict[str, Any]:
     if not value:
         return {}
@@ -34,7 +47,13 @@ def parse_meta(value: str | None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read --meta file {value[1:]}: {exc}") from exc
     try:
-        meta = json.loads(text, object_pairs_hook=refuse_duplicates)
+        meta = json.loads(text, object_pairs_hook=refuse_duplicates, parse_int=_meta_int)
+    except _LongIntegerError as exc:
+        raise UsageError(
+            f"--meta holds an integer of {len(exc.args[0].lstrip('-'))} decimal digits ({exc.args[0][:12]}...); "
+            f"metadata integers have at most {DEFAULT_LIMITS.metadata_int_max_digits}",
+            remedy=INT_REMEDY,
+        ) from None
     except RecursionError as exc:  # the parser recurses; ~1,000 levels exhaust it (commit's cap is far lower)
         raise UsageError(
             "--meta is nested too deeply to be metadata any reader accepts",
@@ -164,10 +183,11 @@ def _trust_text(d: dict[str, Any]) -> str:
 def cmd_commit(args: argparse.Namespace, out: Output) -> int:
     from appliance.api import open_for_commit
     from appliance.sources.model_dir import check_layout
+    from appliance.store.commit import check_metadata
 
     store = Store.open(args.root)
     key = SigningKey.load(args.key)
-    meta = parse_meta(args.meta)
+    meta = check_metadata(parse_meta(args.meta))  # input errors (10) before the source's and the store's
     # vendor signature verified, then opened; every source defect is refused before anything is written
     provenance, model, parts = open_for_commit(store, args.source)
     try:

@@ -29,6 +29,30 @@ from appliance.limits import DEFAULT_LIMITS, Limits
 # at most json_max_depth - METADATA_DEPTH_OFFSET levels (counting itself and its scalars).
 METADATA_DEPTH_OFFSET = 2
 _SCALARS = (str, int, float, bool, type(None))
+INT_REMEDY = (
+    'store a number that long as a JSON string (quoted: "12345...") or as a tensor; metadata integers have at '
+    f"most {DEFAULT_LIMITS.metadata_int_max_digits} decimal digits (appliance/limits.py)"
+)
+
+
+def _too_many_digits(value: int, digits: int) -> bool:
+    """``abs(value)`` has more than ``digits`` decimal digits (never converted to text, which Python caps)."""
+    if value.bit_length() <= digits * 3:  # 2**(3d) < 10**d: surely within
+        return False
+    return bool(abs(value) >= 10**digits)
+
+
+def _check_scalar(item: object, where: str, error: type[ApplianceError], limits: Limits) -> None:
+    if isinstance(item, int) and _too_many_digits(item, limits.metadata_int_max_digits):
+        raise error(
+            f"{where} is an integer of more than {limits.metadata_int_max_digits} decimal digits, the cap for "
+            "an integer in metadata (every reader must be able to parse it back)",
+            remedy=INT_REMEDY,
+        )
+    if isinstance(item, float) and not math.isfinite(item):
+        raise error(f"{where} is {item}, which JSON cannot carry")
+    if not isinstance(item, _SCALARS):
+        raise error(f"{where} is a {type(item).__name__}, not a JSON value")
 
 
 def metadata_max_depth(limits: Limits = DEFAULT_LIMITS) -> int:
@@ -61,10 +85,8 @@ def check_metadata(
                 stack.append((value, depth + 1, f"{where}.{key[:40]}"))
         elif isinstance(item, list | tuple):
             stack.extend((value, depth + 1, f"{where}[{i}]") for i, value in enumerate(item))
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise error(f"{where} is {item}, which JSON cannot carry")
-        elif not isinstance(item, _SCALARS):
-            raise error(f"{where} is a {type(item).__name__}, not a JSON value")
+        else:
+            _check_scalar(item, where, error, limits)
     try:
         data = canonical_bytes(dict(metadata))
     except ApplianceError as exc:

@@ -127,9 +127,18 @@ def _canary(model: nn.Module) -> Canary | None:
             return None
         with torch.inference_mode():
             expected = model(inputs)
+        if not isinstance(expected, torch.Tensor):  # the output is the problem, not the input
+            raise CanaryInputError(
+                f"the model answered its canary input with a {type(expected).__name__}, not a tensor: "
+                "the canary records the model's output tensor",
+                remedy="make the model's forward() return a tensor (for a dict or a Hugging Face ModelOutput, "
+                "wrap the model so that forward() returns its logits, e.g. model(x).logits)",
+            )
         canary = Canary(input=inputs.tolist(), expected=expected.tolist(), atol=CANARY_ATOL, rtol=CANARY_RTOL)
         check_recordable(canary, MAX_INPUT_RANK)  # boot's canary request must be able to carry it
         return canary
+    except CanaryInputError:
+        raise
     except ManifestError as exc:
         part = exc.part if isinstance(exc, CanaryNotRecordableError) else None
         if isinstance(exc, CanaryNotRecordableError) and exc.nonfinite:  # a damaged state is the cause, not the canary

@@ -23,12 +23,20 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
-from appliance.errors import AssetError, ManifestError, ModelLayoutError, NoValidCheckpointError, UsageError
+from appliance.errors import (
+    AssetError,
+    ManifestError,
+    ModelLayoutError,
+    NoValidCheckpointError,
+    UsageError,
+    VendorSignatureError,
+)
 from appliance.format.directory import INDEX_NAME, ShardEntry, check_label, renumber_shards
 from appliance.format.dtypes import DTYPES
 from appliance.format.lineage import describe_layout_change, layout_of
@@ -39,6 +47,7 @@ from appliance.sources.safetensors_io import ImportedModel, check_exportable, ex
 from appliance.sources.stable import identity_guard
 from appliance.sources.tensors import dtype_name
 from appliance.store.assets import AssetSource, DirectoryParts
+from appliance.store.reread import SignedShard
 from appliance.store.store import Store
 
 SKIPPED_TOP = frozenset({".git", ".cache"})
@@ -100,6 +109,17 @@ def directory_parts(model: ImportedModel) -> DirectoryParts:
     # signed ones (re-sharded, appliance header keys), so a restore writes its own model.sig.
     skip = frozenset({INDEX_NAME, MODEL_SIG, *(f.name for f in model.files)})
     return DirectoryParts(scan_assets(model.root, skip), tuple(model.shards), dict(model.index_metadata))
+
+
+def signed_parts(parts: DirectoryParts, model: ImportedModel, signed: dict[str, str]) -> DirectoryParts:
+    """``parts`` with a verified ``model.sig``'s per-file digests: each asset is compared as read, and
+    each shard is read again whole before the bundle and compared (design §6.2.1). A shard that
+    ``model.sig`` does not list (the library covers every file, so never expected) is refused."""
+    unlisted = sorted(set(model.whole_file_reads) - set(signed))
+    if unlisted:
+        raise VendorSignatureError(f"model.sig does not list the shard {unlisted[0]!r}: it is not vendor-signed")
+    shards = tuple(SignedShard(f, signed[f], read) for f, read in sorted(model.whole_file_reads.items()))
+    return replace(parts, signed_sha256=signed, signed_shards=shards)
 
 
 def check_layout(store: Store, model: ImportedModel, source: str | Path, *, new_layout: bool = False) -> None:

@@ -14,6 +14,7 @@ map through the one table in ``appliance.format.dtypes``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from appliance.codec.transform import U8
-from appliance.errors import ApplianceError, ReservedNameError, SourceFormatError, UsageError
+from appliance.errors import (
+    ApplianceError,
+    ManifestError,
+    ReservedNameError,
+    SourceChangedError,
+    SourceFormatError,
+    UsageError,
+)
 from appliance.format.canonical import strict_loads
 from appliance.format.directory import (
     EMPTY_WEIGHT_MAP,
@@ -40,9 +48,11 @@ from appliance.format.directory import (
     source_header_metadata,
 )
 from appliance.format.dtypes import DTYPES, from_safetensors, safetensors_code
-from appliance.sources.stable import StableFile, safetensors_offsets
+from appliance.format.validate import validate_tensor_name
+from appliance.sources.stable import ShardHeader, StableFile, hash_whole_file, safetensors_offsets
 from appliance.sources.tensors import check_reserved_names, dtype_name
 from appliance.store.encode import TensorSource
+from appliance.store.reread import WholeFileRead
 
 INDEX_MAX_BYTES = 64 * 1024 * 1024
 DTYPE_REMEDY = (
@@ -66,6 +76,8 @@ class ImportedModel:
     shards: list[ShardEntry] = field(default_factory=list)
     index_metadata: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None  # the model directory (None for a single file)
+    # per shard file name: its SHA-256 as the commit uses it, re-reading every tensor (``hash_whole_file``)
+    whole_file_reads: dict[str, WholeFileRead] = field(default_factory=dict)
     _handles: list[Any] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
@@ -210,12 +222,14 @@ def open_model(source: str | Path) -> ImportedModel:
                 model._handles.append(handle)
                 header = dict(handle.metadata() or {})  # type: ignore[no-untyped-call]
                 names = list(handle.keys())  # type: ignore[no-untyped-call]
-                offsets = safetensors_offsets(stable)
+                shard = safetensors_offsets(stable)
+                _same_header(stable, shard, handle, header, names)
         except SourceFormatError:
             if stable is not None:
                 stable.check()  # changed while it was opened: a changed source (20), not a malformed one (12)
             raise
         check_reserved_names(names)
+        check_shard_header(path, header, names)
         model.metadata.update(header)
         model.shards.append(ShardEntry(path.name, tuple(names), source_header_metadata(header)))
         for name in names:
@@ -225,11 +239,46 @@ def open_model(source: str | Path) -> ImportedModel:
                     remedy="keep each tensor in one shard: remove the stray copy or save the model again",
                 )
             held[name] = path.name
-            model.sources.append(_lazy_source(path, handle, name, stable, offsets[name]))
+            model.sources.append(_lazy_source(path, handle, name, stable, shard.offsets[name]))
+        model.whole_file_reads[path.name] = functools.partial(hash_whole_file, stable, shard)
     if index is not None:
         check_index(source / INDEX_NAME, index, held)
         model.index_metadata = dict(index.metadata)
     return model
+
+
+def check_shard_header(path: Path, header: Mapping[str, str], names: list[str]) -> None:
+    """What the manifest cannot record exactly is refused naming the file and the fix (``SourceFormatError``):
+    a tensor name outside the label rules (§4.3 rule 1, e.g. not NFC) or an empty ``__metadata__`` key."""
+    for name in names:
+        try:
+            validate_tensor_name(name)
+        except ManifestError as exc:
+            raise SourceFormatError(
+                f"{path}: {exc.problem}",
+                remedy=f"rename the tensor in {path.name} (Unicode NFC, no control characters, backslashes or "
+                "'.'/'..'/empty path parts; e.g. unicodedata.normalize('NFC', name)) and save the file again",
+            ) from exc
+    if "" in header:
+        raise SourceFormatError(
+            f'{path}: its safetensors __metadata__ has an empty key ("": {header[""]!r:.40}); appliance keeps a '
+            "shard's header metadata exactly, but each key must be a non-empty string",
+            remedy=f"give that key a name or drop it: save {path.name} again with metadata that has no empty key "
+            "(e.g. safetensors' save_file(tensors, path, metadata=...))",
+        )
+
+
+def _same_header(stable: StableFile, shard: ShardHeader, handle: Any, header: Any, names: list[str]) -> None:
+    """The safetensors library (which validated the file) and our ``pread`` saw the same header: what
+    the commit records (names, dtypes, shapes, ``__metadata__``) is ``shard.raw``, the bytes a vendor
+    signature check hashes (design §6.2.1). A difference is a file written while it was opened."""
+    seen: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name in names:
+        info = handle.get_slice(name)
+        seen[name] = (info.get_dtype(), tuple(info.get_shape()))
+    if seen != shard.tensors or header != shard.metadata:
+        stable.check()
+        raise SourceChangedError(f"{stable.path} changed while it was opened (its header read twice differs)")
 
 
 def check_index(path: Path, index: SourceIndex, held: Mapping[str, str]) -> None:

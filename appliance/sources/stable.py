@@ -20,6 +20,7 @@ lands in the same clock tick as the last one before the open.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import struct
 import time
@@ -36,6 +37,7 @@ from appliance.format.canonical import strict_loads
 
 SETTLE_S = 0.05
 HEADER_MAX_BYTES = 100 * 1024 * 1024  # the safetensors library's own cap
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -170,22 +172,57 @@ def tree_identities(root: Path) -> dict[str, Identity]:
     return first
 
 
-def safetensors_offsets(stable: StableFile) -> dict[str, tuple[int, int]]:
+@dataclass(frozen=True)
+class ShardHeader:
+    """A safetensors file's header as ``pread`` read it: its bytes (length prefix included) and parse."""
+
+    raw: bytes  # the first 8 + N bytes of the file, exactly as read
+    offsets: dict[str, tuple[int, int]]  # absolute byte range of each tensor
+    tensors: dict[str, tuple[str, tuple[int, ...]]]  # safetensors dtype code and shape of each tensor
+    metadata: dict[str, Any]  # its ``__metadata__`` ({} if absent)
+
+
+def safetensors_offsets(stable: StableFile) -> ShardHeader:
     """Absolute byte ranges of every tensor of a safetensors file (its structure is checked elsewhere)."""
-    (length,) = struct.unpack("<Q", bytes(stable.read(0, 8)))
+    prefix = bytes(stable.read(0, 8))
+    (length,) = struct.unpack("<Q", prefix)
     if length > HEADER_MAX_BYTES or 8 + length > stable.identity.size:
         raise SourceFormatError(f"{stable.path}: safetensors header of {length} bytes does not fit the file")
+    raw = bytes(stable.read(8, length))
     try:
-        header: Any = strict_loads(
-            bytes(stable.read(8, length)), what=f"{stable.path} header", max_bytes=HEADER_MAX_BYTES, max_depth=8
-        )
+        header: Any = strict_loads(raw, what=f"{stable.path} header", max_bytes=HEADER_MAX_BYTES, max_depth=8)
+        base = 8 + length
+        offsets: dict[str, tuple[int, int]] = {}
+        tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            offsets[name] = (base + int(begin), base + int(end))
+            tensors[name] = (str(info["dtype"]), tuple(int(d) for d in info["shape"]))
+        metadata = dict(header.get("__metadata__") or {})
     except Exception as exc:
         raise SourceFormatError(f"{stable.path}: safetensors header is not valid JSON: {exc}") from exc
-    base = 8 + length
-    out: dict[str, tuple[int, int]] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        out[name] = (base + int(begin), base + int(end))
-    return out
+    return ShardHeader(prefix + raw, offsets, tensors, metadata)
+
+
+def hash_whole_file(stable: StableFile, header: ShardHeader, each: Callable[[str, U8], None]) -> str:
+    """SHA-256 of the file as the commit uses it: ``header.raw`` (read when it was opened) and every byte
+    after it read again now; each tensor's bytes of this read are handed to ``each`` in file order.
+
+    What ``each`` checks (the frames committed) and what is hashed (compared with a vendor's signed
+    digest) are therefore the same bytes (design §6.2.1)."""
+    digest = hashlib.sha256(header.raw)
+    pos, size = len(header.raw), stable.identity.size
+    for name, (begin, end) in sorted(header.offsets.items(), key=lambda item: item[1]):
+        if begin < pos:
+            raise SourceFormatError(f"{stable.path}: tensor {name!r} overlaps the bytes before it")
+        for gap in range(pos, begin, CHUNK):  # bytes no tensor holds (none in a file safetensors accepts)
+            digest.update(stable.read(gap, min(CHUNK, begin - gap)).data)
+        data = stable.read(begin, end - begin)
+        digest.update(data.data)
+        each(name, data)
+        pos = end
+    for rest in range(pos, size, CHUNK):
+        digest.update(stable.read(rest, min(CHUNK, size - rest)).data)
+    return digest.hexdigest()

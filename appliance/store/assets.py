@@ -34,6 +34,7 @@ from appliance.storage import Storage
 from appliance.store.discovery import OpenCheckpoint
 from appliance.store.encode import FrameJob
 from appliance.store.keys import cipher_for
+from appliance.store.reread import SignedShard
 from appliance.store.restore import FrameDecoder
 from appliance.store.sealed import raw_matches
 from appliance.store.slot import SlotReader
@@ -77,6 +78,7 @@ class DirectoryParts:
     shards: tuple[ShardEntry, ...] = ()
     index_metadata: Mapping[str, Any] = field(default_factory=dict)
     signed_sha256: Mapping[str, str] = field(default_factory=dict)  # a vendor's per-file digests (model.sig)
+    signed_shards: tuple[SignedShard, ...] = ()  # shards read again whole against those digests (reread)
 
 
 class AssetJobs:

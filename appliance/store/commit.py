@@ -144,7 +144,9 @@ def check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     except UsageError as exc:
         raise UsageError(
             exc.problem,
-            remedy="pass a JSON object (API argument `metadata`, CLI --meta) within the caps of appliance/limits.py; "
+            remedy=exc.remedy
+            if exc.remedy != UsageError.remedy  # a rule that says its own fix
+            else "pass a JSON object (API argument `metadata`, CLI --meta) within the caps of appliance/limits.py; "
             "NaN and infinities are not JSON; store large state as tensors (appliance.training flattens it)",
         ) from exc
     try:  # boot's health gate reads it the same way: a canary no boot could use is refused now, not there
@@ -180,8 +182,8 @@ def _recheck_sources(sources: list[TensorSource], request: CommitRequest, manife
         if recheck is not None and recheck not in seen:
             seen.add(recheck)
             recheck()
-    if request.reread:
-        check_second_read(sources, manifest, request.cipher)
+    if request.reread or request.directory.signed_shards:
+        check_second_read(sources, manifest, request.cipher, request.directory.signed_shards)
 
 
 def _reader_accepts(bundle: bytes) -> None:

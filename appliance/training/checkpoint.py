@@ -18,6 +18,7 @@ from torch import nn
 from appliance import api
 from appliance.errors import ManifestError, UsageError
 from appliance.format.export import TRAINING_KEY
+from appliance.format.validate import metadata_max_depth
 from appliance.signing import SigningKey
 from appliance.store.commit import CommitResult
 from appliance.store.store import Store
@@ -82,7 +83,30 @@ def save(
     user[METADATA_KEY] = {"version": SKELETON_VERSION, "state": skeleton}
     # A training state is explicit even without tensors (its skeleton lives in the metadata);
     # retention still never drops the newest checkpoint with tensors (rule G3).
-    return api.save(store, tensors, key, user, policy=policy, full=full, allow_empty=True)
+    try:
+        return api.save(store, tensors, key, user, policy=policy, full=full, allow_empty=True)
+    except UsageError as exc:
+        raise _as_argument_error(exc) from exc
+
+
+def _as_argument_error(exc: UsageError) -> UsageError:
+    """A metadata rule broken inside ``position`` or ``extra``, said of that API argument (never of
+    ``metadata``, which the caller may not have passed). They are stored as metadata
+    ``appliance.training.state.<argument>``: three levels down, so three fewer levels of nesting."""
+    for argument in ("position", "extra"):
+        stored = f"metadata.{METADATA_KEY}.state.{argument}"
+        if exc.problem.startswith(stored):
+            levels = metadata_max_depth() - 3
+            return UsageError(
+                f"argument `{argument}`{exc.problem[len(stored) :]}",
+                remedy=f"pass `{argument}` as JSON-like values (dicts with string keys, lists, tuples, finite numbers, "
+                f"strings) within the metadata caps of appliance/limits.py: it is stored inside the checkpoint's "
+                f"metadata, so at most {levels} levels deep ({argument} itself is level 1; a tuple or a dict with "
+                "non-string keys takes one level more); keep large or deep state "
+                "in tensors (a `stateful` object's state_dict)"
+                + (f"; {exc.remedy}" if "integer" in exc.problem else ""),
+            )
+    return exc
 
 
 def load(

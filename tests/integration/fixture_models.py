@@ -198,3 +198,14 @@ def scalar_answer() -> DemoModel:
 
 def rank9_answer() -> DemoModel:
     return _demo_like(Rank9Answer)
+
+
+class DictAnswer(DemoModel):
+    """Answers its canary with a dict, as a Hugging Face ``ModelOutput`` does (first trial: a remedy about the input)."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {"logits": super().forward(x)}
+
+
+def dict_answer() -> DemoModel:
+    return _demo_like(DictAnswer)

@@ -85,3 +85,15 @@ def test_kind1_seed_refuses_a_canary_boot_could_not_check_with_the_canary_code(
         seed(config)
     assert caught.value.exit_code == 19
     assert Store.open(config.store).log() == []
+
+
+def test_seed_says_a_canary_answer_that_is_not_a_tensor_is_the_models_output_not_its_input(tmp_path: Path) -> None:
+    """New-user trial: a forward() that returns a dict (as a Hugging Face ModelOutput) got "AttributeError: 'dict'
+    object has no attribute 'tolist'" and the input-side remedy; the output is the problem."""
+    config = _node(tmp_path, "dict_answer")
+    with pytest.raises(CanaryInputError, match="answered its canary input with a dict, not a tensor") as caught:
+        seed(config)
+    assert caught.value.exit_code == 19
+    remedy = caught.value.remedy
+    assert "forward() return a tensor" in remedy and "logits" in remedy and "canary_input()" not in remedy
+    assert Store.open(config.store).log() == []

@@ -344,3 +344,62 @@ def test_an_asset_flipped_through_a_shared_mapping_after_the_check_is_refused_ag
         code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
     assert code == 20 and out["error"] == "SourceChangedError", out
     assert run(capsys, "log", root)[1]["checkpoints"] == []
+
+
+@pytest.mark.parametrize("where", ["tensor bytes", "header metadata"])
+def test_a_vendor_signed_shard_flipped_through_a_shared_mapping_before_the_first_read_is_refused_against_the_signed_digest(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Residual of the second trial (design §6.2.1): a shard changed through a shared mapping between the
+    vendor check and the commit's first read is read consistently (the frames' second read agrees), so only
+    the digest model.sig lists for the file can tell. The commit hashes each signed shard whole (the header
+    as parsed and the tensor bytes of its second read) and refuses with exit 20; nothing is left behind."""
+    import mmap
+    import time
+
+    import appliance.provenance as provenance
+
+    root, model = str(env["root"]), env["model"]
+    run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
+    before = {p for p in env["root"].rglob("*") if p.is_file()}
+    shard = model / "model-00001-of-00002.safetensors"  # metadata {"format": "pt"}, tensor "w"
+    with shard.open("r+b") as f, mmap.mmap(f.fileno(), 0) as shared:
+        original = bytes(shared)
+        shared[:] = original  # dirty every page before the check: later writes leave the timestamps alone
+        time.sleep(0.1)
+        if where == "tensor bytes":
+            changed = original[:-4] + bytes(b ^ 0x5A for b in original[-4:])
+        else:  # same length: the offsets still hold, only the recorded header metadata differs
+            changed = original.replace(b'"format":"pt"', b'"format":"tf"')
+        assert changed != original and len(changed) == len(original)
+        verified = provenance.check_source
+
+        def then_flip(source: Path, vendors: object) -> object:
+            result = verified(source, vendors)  # type: ignore[arg-type]
+            shared[:] = changed  # before open_model: the commit reads this version, twice, consistently
+            return result
+
+        monkeypatch.setattr(provenance, "check_source", then_flip)
+        code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 20 and out["error"] == "SourceChangedError", out
+    assert "model-00001-of-00002.safetensors" in out["problem"] and "vendor signed" in out["problem"], out
+    assert run(capsys, "log", root)[1]["checkpoints"] == []
+    assert {p for p in env["root"].rglob("*") if p.is_file() and p.name != "lock"} <= before  # frames removed
+
+
+def test_an_untouched_vendor_signed_directory_still_commits_with_its_shards_read_again_whole(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Control for the whole-file check: the same directory, untouched, commits, and its tensors restore."""
+    from safetensors.torch import load_file
+
+    from appliance import api
+
+    root, model = str(env["root"]), env["model"]
+    run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 0 and out["provenance"]["signer"]["vendor"] == "acme", out
+    loaded = api.load(Store.open(root)).tensors
+    for shard in model.glob("*.safetensors"):
+        for name, tensor in load_file(str(shard)).items():
+            assert loaded[name].equal(tensor)

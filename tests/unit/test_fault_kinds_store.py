@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.cli.main import main
-from appliance.errors import ApplianceError, CheckpointNotFoundError, ConfigError, UsageError
+from appliance.errors import ApplianceError, CheckpointNotFoundError, ConfigError, SourceFormatError, UsageError
 from appliance.format.canonical import json_depth
 from appliance.format.validate import check_metadata, metadata_max_depth
 from appliance.limits import DEFAULT_LIMITS
@@ -201,7 +201,8 @@ def test_kind4_cli_input_refusals_use_input_error_codes(tmp_path: Path) -> None:
     assert code == UsageError.exit_code
     bad = tmp_path / "bad.safetensors"
     save_file({"../escape": np.zeros(4, np.float32)}, str(bad))
-    assert main(["commit", str(tmp_path / "store"), str(bad), "--key", str(key)]) == UsageError.exit_code  # was 34
+    # was 34; a source file's defect, named with its file (new-user trial): SourceFormatError, 12
+    assert main(["commit", str(tmp_path / "store"), str(bad), "--key", str(key)]) == SourceFormatError.exit_code
     empty = tmp_path / "e.safetensors"
     save_file({}, str(empty))
     assert main(["commit", str(tmp_path / "store"), str(empty), "--key", str(key)]) == UsageError.exit_code
