@@ -46,22 +46,10 @@ class ChannelInbox:
 
     def process(self, progress: Callable[[int], None] | None = None) -> dict[str, Any] | None:
         """One look at the inbox; returns what was imported (``None``: nothing staged, waiting or failed)."""
-        from appliance.remote.inbox import open_inbox, read_staged_head
-
-        if not self.enabled:
+        staged = self._staged() if self.enabled else None
+        if staged is None:
             return None
-        try:
-            inbox = open_inbox(self.path)
-            data = read_staged_head(inbox) if inbox is not None else None
-        except (ApplianceError, OSError) as exc:  # an unreadable inbox never stops persistence
-            if not self.backoff.waiting(time.monotonic()):
-                delay = self.backoff.failed(time.monotonic())
-                problem = exc.problem if isinstance(exc, ApplianceError) else str(exc)
-                self.events.emit("channel.import_failed", error=type(exc).__name__, problem=problem,
-                                 attempt=self.backoff.failures, retry_in_s=delay, inbox=str(self.path))  # fmt: skip
-            return None
-        if inbox is None or data is None:
-            return None
+        inbox, data = staged
         digest = Digest.of(data).hex
         if digest in self.settled:
             return None
@@ -74,6 +62,22 @@ class ChannelInbox:
             if not free:
                 return None  # a boot is choosing: imported on a later pass
             return self._import(inbox, data, digest, progress)
+
+    def _staged(self) -> tuple[LocalStorage, bytes] | None:
+        """The inbox and the head staged there; ``None`` when none is (or the inbox cannot be read: an event)."""
+        from appliance.remote.inbox import open_inbox, read_staged_head
+
+        try:
+            inbox = open_inbox(self.path)
+            data = read_staged_head(inbox) if inbox is not None else None
+        except (ApplianceError, OSError) as exc:  # an unreadable inbox never stops persistence
+            if not self.backoff.waiting(time.monotonic()):
+                delay = self.backoff.failed(time.monotonic())
+                problem = exc.problem if isinstance(exc, ApplianceError) else str(exc)
+                self.events.emit("channel.import_failed", error=type(exc).__name__, problem=problem,
+                                 attempt=self.backoff.failures, retry_in_s=delay, inbox=str(self.path))  # fmt: skip
+            return None
+        return (inbox, data) if inbox is not None and data is not None else None
 
     def _import(
         self, inbox: LocalStorage, data: bytes, digest: str, progress: Callable[[int], None] | None
