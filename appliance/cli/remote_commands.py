@@ -1,4 +1,4 @@
-"""``appliance replicate`` (the supervisord program) and ``appliance remote status|pull``.
+"""``appliance replicate`` (the supervisord program), ``appliance remote status|pull|prune``, ``publish``, ``channel``.
 
 Each command loads ``node.json`` (store, event log, floor) and ``remote.json`` (endpoint, bucket,
 device, credentials, keys), calls one function of ``appliance.remote`` and renders the result.
@@ -53,9 +53,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="exit 0 at once when remote.json is absent or names no channel (supervisord)")  # fmt: skip
     p.set_defaults(func=cmd_channel)
 
-    p = sub.add_parser("remote", help="the object-store replica: status, pull")
-    p.add_argument("action", choices=["status", "pull"], help="status: replicated/pending/failed; pull: restore")
+    p = sub.add_parser("remote", help="the object-store replica: status, pull, prune")
+    p.add_argument("action", choices=["status", "pull", "prune"],
+                   help="status: replicated/pending/failed; pull: restore; prune: delete old bundles and the blobs "
+                        "only they need (docs/design.md §11.7)")  # fmt: skip
     _common(p)
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=3,
+        metavar="N",
+        help="prune: keep the N newest bundles (besides the head's and those at or above the floor)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="prune: report what would be deleted, delete nothing")
     p.set_defaults(func=cmd_remote)
 
 
@@ -98,7 +108,40 @@ def cmd_replicate(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_remote(args: argparse.Namespace, out: Output) -> int:
-    return _status(args, out) if args.action == "status" else _pull(args, out)
+    return {"status": _status, "pull": _pull, "prune": _prune}[args.action](args, out)
+
+
+def _prune(args: argparse.Namespace, out: Output) -> int:
+    from appliance.errors import PruneRefusedError
+    from appliance.node.floor import FloorUnreadableError, open_floor
+    from appliance.remote.prune import prune_replica
+    from appliance.remote.s3 import ObjectStore
+    from appliance.remote.state import StateDir
+
+    node, remote, store = _open(args)
+    try:
+        floor = open_floor(node).read()
+    except FloorUnreadableError as exc:
+        raise PruneRefusedError(f"the anti-rollback floor cannot be read ({exc}), so the bundles a restore may "
+                                "still need are unknown; nothing was deleted") from exc  # fmt: skip
+    pending = StateDir(remote.state_dir).load(remote.device).pending_generation
+    report = prune_replica(
+        ObjectStore(remote, remote.device_prefix), head_keys=_head_keys(remote), device=remote.device,
+        model=store.config.model, floor=floor, keep=args.keep, dry_run=args.dry_run, pending=pending,
+        limits=store.limits,
+    )  # fmt: skip
+    out.result(report.to_dict(), _prune_text)
+    return 0
+
+
+def _prune_text(d: dict[str, Any]) -> str:
+    verb = "would delete" if d["dry_run"] else "deleted"
+    return (
+        f"{d['prefix']}: {verb} {len(d['bundles_deleted'])} bundle(s) and {d['blobs_deleted']} blob(s) "
+        f"({human_bytes(d['bytes_freed'])}); kept {len(d['bundles_kept'])} bundle(s) (head: generation "
+        f"{d['head_generation']}, floor {d['floor']}) and {d['blobs_kept']} blob(s); {d['not_ours']} other key(s) "
+        "left alone"
+    )
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
