@@ -94,10 +94,11 @@ class ChannelInbox:
                 self.committer.store, inbox, data, channel=remote.channel, floor=self.committer.current_floor(),
                 pinned=pinned, progress=progress,
             )  # fmt: skip
-        except ApplianceError as exc:
-            if retry_import(exc):
+        except (ApplianceError, OSError) as exc:  # never stops persistence: an event, then backoff or settled
+            if not isinstance(exc, ApplianceError) or retry_import(exc):
                 delay = self.backoff.failed(time.monotonic())
-                self.events.emit("channel.import_failed", error=type(exc).__name__, problem=exc.problem,
+                problem = exc.problem if isinstance(exc, ApplianceError) else str(exc)
+                self.events.emit("channel.import_failed", error=type(exc).__name__, problem=problem,
                                  attempt=self.backoff.failures, retry_in_s=delay, inbox=str(self.path))  # fmt: skip
             else:
                 self.settled.add(digest)

@@ -31,7 +31,7 @@ from appliance.remote.pull import check_against_head, fetch_head_bytes, import_p
 from appliance.remote.s3 import ObjectStore, RemoteLayout
 from appliance.remote.state import StateDir
 from appliance.signing import PublicKey
-from appliance.storage import DurableBatch, LocalStorage, write_durable
+from appliance.storage import DurableBatch, LocalStorage, Storage, write_durable
 from appliance.store import layout
 from appliance.store.discovery import scan
 from appliance.store.slot import SlotReader
@@ -50,8 +50,8 @@ class InboxLayout:
     def __init__(self, inbox: LocalStorage, store: Store, pinned: str) -> None:
         self.inbox, self.store, self.pinned = inbox, store, pinned
 
-    def _places(self, path: str) -> list[tuple[LocalStorage, str]]:
-        places = [(self.inbox, path)]
+    def _places(self, path: str) -> list[tuple[Storage, str]]:
+        places: list[tuple[Storage, str]] = [(self.inbox, path)]
         parts = path.split("/")
         if len(parts) == 3 and parts[0] == BLOBS:
             try:
