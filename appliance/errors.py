@@ -20,7 +20,7 @@ Groups (exit-code ranges are a public contract, listed in the README):
   undone; the first-boot unit completes the remaining steps on the next boot once fixed.
 * Console group (82-86): the technicians' recovery console refused access or an action, or its
   privileged side is unreachable (84-86). Codes 77 (foreign device key) and 78 (device identity)
-  were allocated where the integrity and user ranges were full.
+  were allocated where the integrity and user ranges were full, as was 87 (bucket retention refused).
 
 Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
 """
@@ -571,6 +571,22 @@ class DeviceIdentityError(ConfigError):
 
     exit_code = 78
     remedy = "set device_id in node.json, or let first boot write /etc/appliance/device.json"
+
+
+class PruneRefusedError(UserError):
+    """Bucket retention (``appliance remote prune``) refused to delete anything it cannot prove unneeded.
+
+    Code 87: the user range (10-29) is full. Raised before any deletion when the replica's state is not
+    established (no verified head, the head's bundle missing or unreadable, a kept bundle that does not
+    parse, the floor unreadable, an upload pending); the bucket is left exactly as it was.
+    """
+
+    exit_code = 87
+    remedy = (
+        "nothing was deleted: run it as root (the floor is boot's), once `appliance remote status` shows no "
+        "pending upload and a bucket head; a replica whose head names a missing bundle needs `appliance "
+        "replicate --once` first"
+    )
 
 
 def all_error_classes() -> list[type[ApplianceError]]:

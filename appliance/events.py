@@ -196,6 +196,22 @@ _CATALOGUE = (
     EventType("remote.restore_failed", "60061b47c04b475b8108faf923a4106e", 3,
               "restore from {site} failed: {error}: {problem}",
               "The object store was unreachable or offered nothing acceptable; the node enters recovery mode."),
+    EventType("channel.staged", "0fa686bd0e5e4bcab9162076500db991", 6,
+              "channel {channel} sequence {sequence}: generation {generation} staged for import "
+              "({downloaded} of {blobs} blobs downloaded)",
+              "The fleet channel program (its own user, no write access to the store) verified the channel's "
+              "head and release and put the blobs the node lacks, the bundle and the head into its inbox. The "
+              "persistence watchdog imports it, checking everything again (docs/design.md section 11.6)."),
+    EventType("channel.import_failed", "9b658d9efdac4a75a40fca4c53ac355e", 4,
+              "import of the release staged in {inbox} failed (attempt {attempt}): {error}: {problem}; "
+              "retry in {retry_in_s}s",
+              "The persistence watchdog could not import the release staged in the channel inbox (storage full or "
+              "failing, a blob missing or damaged while the channel program replaces it). Retried with backoff."),
+    EventType("channel.import_refused", "1e3a34310b8e43f9ae2407da34feb6be", 3,
+              "release staged in {inbox} refused: {error}: {problem}",
+              "The persistence watchdog refused the release in the channel inbox (head or bundle not signed by a "
+              "release key of the model, another channel or model, below the floor, not newer than the node). "
+              "Nothing was written to the store; it is not retried until the channel stages another head."),
     # --- recovery console (issue 14): technicians' logins and actions, each with the technician's name
     EventType("console.started", "5be0f1d3b2c64f4c9d0e6a7f1c2b3a40", 6, "recovery console listening on {listen}",
               "The technicians' recovery console started (TLS on every non-loopback address)."),

@@ -14,8 +14,12 @@ The plan (docs/design.md §7.2):
 * ``appliance-persist`` (persistence watchdog): the only reader of the device key (0400); owns and
   writes the store (its primary group is ``appliance``, so what it writes stays readable by the
   service); reads and empties the outbox.
-* ``appliance-persist`` also runs the fleet channel program (``appliance channel follow --watch``):
-  an import writes the store, and persist is its only writer; its state is ``/var/lib/appliance-channel``.
+* ``appliance-channel`` (the fleet channel program, ``appliance channel follow --watch``): parses
+  network input (bucket listings, heads, bundles, frames), so it reads the store and the trust store
+  (group ``appliance``) but cannot write the store, read the device key or reach supervisord; it
+  writes only its state (``/var/lib/appliance-channel``, 0700, heads seen) and its inbox
+  (``/var/lib/appliance-channel-inbox``, 2750, group ``appliance``: persist reads it). The
+  persistence watchdog imports what the inbox holds, checking everything again (docs/design.md §11.6).
 * ``appliance-boot`` (boot and guard): owns the run dir, the boot lock and the floor; writes each
   slot's ``state.json`` (an ACL on the slot roots); the only user that reaches supervisord.
 * supervisord stays root (it starts each program as its user) with a minimal capability set.
@@ -30,10 +34,11 @@ from appliance.node.config import NodeConfig
 GROUP = "appliance"
 SERVE, PERSIST, BOOT = "appliance-serve", "appliance-persist", "appliance-boot"
 CONSOLE, REPLICATE = "appliance-console", "appliance-replicate"  # their programs: issues 14, 13
-USERS = (SERVE, PERSIST, BOOT, CONSOLE, REPLICATE)
-STATE_DIRS = {CONSOLE: "/var/lib/appliance-console", REPLICATE: "/var/lib/appliance-replicate"}
-# The fleet channel program runs as the store's writer (persist); its own state: channel heads seen.
-CHANNEL_STATE = "/var/lib/appliance-channel"
+CHANNEL = "appliance-channel"  # the fleet channel's network side (issue 13): stages, never writes the store
+USERS = (SERVE, PERSIST, BOOT, CONSOLE, REPLICATE, CHANNEL)
+CHANNEL_STATE = "/var/lib/appliance-channel"  # the channel heads it has seen (anti-replay)
+CHANNEL_INBOX = "/var/lib/appliance-channel-inbox"  # production node.json channel_inbox
+STATE_DIRS = {CONSOLE: "/var/lib/appliance-console", REPLICATE: "/var/lib/appliance-replicate", CHANNEL: CHANNEL_STATE}
 
 _HEADER = """\
 # Install: /usr/lib/tmpfiles.d/appliance.conf (rendered by appliance.boot.privileges; do not edit).
@@ -52,6 +57,7 @@ def render_tmpfiles(config: NodeConfig, node_root: str | None = None) -> str:
     traversable for group ``appliance``, its key directory for the persist user only)."""
     run, sup = config.run_dir, _parent(config.supervisor_socket)
     log, floor, key = _parent(config.event_log), _parent(config.floor_file), config.signing_key
+    inbox = config.channel_inbox or (CHANNEL_INBOX if node_root is None else "")
     rows: list[tuple[str, ...]] = []
     if node_root is not None:
         rows += [
@@ -88,9 +94,10 @@ def render_tmpfiles(config: NodeConfig, node_root: str | None = None) -> str:
         ("# boot could not record slot states); the group entry stays r-x, so group appliance cannot write.",),
         ("a+", f"{config.store}/A", "-", "-", "-", "-", f"u:{BOOT}:rwx,m::rwx"),
         ("a+", f"{config.store}/B", "-", "-", "-", "-", f"u:{BOOT}:rwx,m::rwx"),
-        ("# State of the recovery console and of replication: each its own user's.",),
+        ("# State of the recovery console, of replication and of the fleet channel: each its own user's.",),
         *(("d", path, "0700", user, user) for user, path in STATE_DIRS.items() if node_root is None),
-        *((("d", CHANNEL_STATE, "0700", PERSIST, GROUP),) if node_root is None else ()),
+        ("# The fleet channel's inbox: the channel program stages releases, persist (group) reads and imports them.",),
+        *((("d", inbox, "2750", CHANNEL, GROUP),) if inbox else ()),
         ("# The device key: readable by the persistence watchdog only.",),
         ("z", key, "0400", PERSIST, GROUP),
     ]

@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config(p)
     p.add_argument("--once", action="store_true", help="process the outbox once and exit (on-demand persist)")
     p.add_argument("--export", action="store_true", help="with --once: ask the service for an export first")
+    p.add_argument("--remote", type=Path, metavar="REMOTE.json",
+                   help="the fleet channel whose staged releases (node.json channel_inbox) are imported "
+                        "(default: remote.json beside NODE.json)")  # fmt: skip
     add_json(p)
     p.set_defaults(func=cmd_persist)
 
@@ -148,7 +151,8 @@ def cmd_persist(args: argparse.Namespace, out: Output) -> int:
     priority = lower_priority(config.persist_nice)  # before any thread exists: every thread inherits it
     print(f"appliance persist: running at {priority.describe()}", file=sys.stderr, flush=True)
     events = EventLog(config.event_log, "persist")
-    daemon = PersistDaemon(Committer(config, events), events)
+    remote: Path = args.remote or args.config.parent / "remote.json"  # the channel the inbox belongs to
+    daemon = PersistDaemon(Committer(config, events), events, remote_path=remote)
     if not args.once:
         _stop_on_signals(daemon.stop, daemon.wake)
         daemon.run()
@@ -156,7 +160,7 @@ def cmd_persist(args: argparse.Namespace, out: Output) -> int:
     if args.export and not daemon.request_export():
         out.note("the service did not export (is it serving?); committing what is in the outbox")
     result = daemon.process()
-    data = {"committed": result.to_dict() if result else None}
+    data = {"committed": result.to_dict() if result else None, "channel_import": daemon.inbox.process()}
     out.result(data, lambda d: _committed_text(d["committed"]))
     return 0
 

@@ -120,6 +120,7 @@ def cmd_node_init(args: argparse.Namespace, out: Output) -> int:
         port=args.port, persist_interval=args.persist_interval, max_boot_attempts=args.max_boot_attempts,
         ready_timeout=args.ready_timeout, model_init=args.model_init, persist_nice=args.persist_nice,
         journal_dir="journal" if args.journal else "",
+        channel_inbox="channel-inbox" if args.users else "",  # as production: the channel program only stages
     )  # fmt: skip
     absolute = config.resolved(root)
     if len(absolute.supervisor_socket) > SOCKET_PATH_MAX:

@@ -1,4 +1,4 @@
-"""``appliance replicate`` (the supervisord program) and ``appliance remote status|pull``.
+"""``appliance replicate`` (the supervisord program), ``appliance remote status|pull|prune``, ``publish``, ``channel``.
 
 Each command loads ``node.json`` (store, event log, floor) and ``remote.json`` (endpoint, bucket,
 device, credentials, keys), calls one function of ``appliance.remote`` and renders the result.
@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("channel", help="follow the fleet channel named in remote.json (node)")
-    p.add_argument("action", choices=["follow"], help="follow: import the channel's newest release if new")
+    p.add_argument("action", choices=["follow"],
+                   help="follow: import the channel's newest release if new (with node.json channel_inbox: stage it "
+                        "there for the persistence watchdog, which imports it)")  # fmt: skip
     _common(p)
     p.add_argument("--watch", action="store_true", help="poll every poll_interval seconds until stopped")
     p.add_argument("--state-dir", type=Path, metavar="DIR",
@@ -51,9 +53,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="exit 0 at once when remote.json is absent or names no channel (supervisord)")  # fmt: skip
     p.set_defaults(func=cmd_channel)
 
-    p = sub.add_parser("remote", help="the object-store replica: status, pull")
-    p.add_argument("action", choices=["status", "pull"], help="status: replicated/pending/failed; pull: restore")
+    p = sub.add_parser("remote", help="the object-store replica: status, pull, prune")
+    p.add_argument("action", choices=["status", "pull", "prune"],
+                   help="status: replicated/pending/failed; pull: restore; prune: delete old bundles and the blobs "
+                        "only they need (docs/design.md §11.7)")  # fmt: skip
     _common(p)
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=3,
+        metavar="N",
+        help="prune: keep the N newest bundles (besides the head's and those at or above the floor)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="prune: report what would be deleted, delete nothing")
     p.set_defaults(func=cmd_remote)
 
 
@@ -96,7 +108,40 @@ def cmd_replicate(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_remote(args: argparse.Namespace, out: Output) -> int:
-    return _status(args, out) if args.action == "status" else _pull(args, out)
+    return {"status": _status, "pull": _pull, "prune": _prune}[args.action](args, out)
+
+
+def _prune(args: argparse.Namespace, out: Output) -> int:
+    from appliance.errors import PruneRefusedError
+    from appliance.node.floor import FloorUnreadableError, open_floor
+    from appliance.remote.prune import prune_replica
+    from appliance.remote.s3 import ObjectStore
+    from appliance.remote.state import StateDir
+
+    node, remote, store = _open(args)
+    try:
+        floor = open_floor(node).read()
+    except FloorUnreadableError as exc:
+        raise PruneRefusedError(f"the anti-rollback floor cannot be read ({exc}), so the bundles a restore may "
+                                "still need are unknown; nothing was deleted") from exc  # fmt: skip
+    pending = StateDir(remote.state_dir).load(remote.device).pending_generation
+    report = prune_replica(
+        ObjectStore(remote, remote.device_prefix), head_keys=_head_keys(remote), device=remote.device,
+        model=store.config.model, floor=floor, keep=args.keep, dry_run=args.dry_run, pending=pending,
+        limits=store.limits,
+    )  # fmt: skip
+    out.result(report.to_dict(), _prune_text)
+    return 0
+
+
+def _prune_text(d: dict[str, Any]) -> str:
+    verb = "would delete" if d["dry_run"] else "deleted"
+    return (
+        f"{d['prefix']}: {verb} {len(d['bundles_deleted'])} bundle(s) and {d['blobs_deleted']} blob(s) "
+        f"({human_bytes(d['bytes_freed'])}); kept {len(d['bundles_kept'])} bundle(s) (head: generation "
+        f"{d['head_generation']}, floor {d['floor']}) and {d['blobs_kept']} blob(s); {d['not_ours']} other key(s) "
+        "left alone"
+    )
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
@@ -192,6 +237,7 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_channel(args: argparse.Namespace, out: Output) -> int:
     from appliance.remote.channel import follow
+    from appliance.remote.inbox import open_inbox, stage_release
     from appliance.remote.s3 import ObjectStore
     from appliance.remote.state import StateDir
 
@@ -207,39 +253,51 @@ def cmd_channel(args: argparse.Namespace, out: Output) -> int:
     pinned = [PublicKey.load(p) for p in remote.channel_trust]  # legacy pin; the trust store decides
     events = EventLog(node.event_log, "channel")
     state_dir = StateDir(args.state_dir or remote.state_dir)
+    inbox = open_inbox(node.channel_inbox, create=True) if node.channel_inbox else None
     stop = threading.Event()
     if args.watch:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     while True:
         try:
-            result = follow(store, objects, channel=remote.channel, pinned=pinned, state_dir=state_dir,
-                            floor=_floor(node))  # fmt: skip
-            if result["imported"]:
-                events.emit(
-                    "remote.restored", site=objects.prefix, **{k: v for k, v in result.items() if k != "channel"}
-                )
+            if inbox is not None:  # production: stage only; the persistence watchdog imports (design §11.6)
+                result = stage_release(store, objects, channel=remote.channel, pinned=pinned, state_dir=state_dir,
+                                       inbox=inbox, floor=_floor(node))  # fmt: skip
+            else:  # a single-user development node: this process is the store's writer
+                result = follow(store, objects, channel=remote.channel, pinned=pinned, state_dir=state_dir,
+                                floor=_floor(node))  # fmt: skip
+            _emit_pass(events, objects.prefix, result)
         except ApplianceError as exc:
             if not args.watch:
                 raise
             events.emit("remote.restore_failed", site=objects.prefix, error=type(exc).__name__, problem=exc.problem)
             result = {"error": type(exc).__name__, "problem": exc.problem}
         if not args.watch:
-            out.result(
-                result,
-                lambda d: (
-                    f"channel {d['channel']}: sequence {d['sequence']}, generation "
-                    f"{d['generation']}" + (f" imported into slot {d['slot']}" if d["imported"] else " (nothing new)")
-                ),
-            )
+            out.result(result, _channel_text)
             return 0
         if stop.wait(remote.poll_interval):
             return 0
 
 
+def _emit_pass(events: EventLog, site: str, result: dict[str, Any]) -> None:
+    if result["imported"]:
+        events.emit("remote.restored", site=site, **{k: v for k, v in result.items() if k != "channel"})
+    elif result.get("staged"):
+        events.emit("channel.staged", site=site, **result)
+
+
+def _channel_text(d: dict[str, Any]) -> str:
+    done = " (nothing new)"
+    if d["imported"]:
+        done = f" imported into slot {d['slot']}"
+    elif d.get("staged"):
+        done = f" staged for the persistence watchdog ({d['downloaded']} of {d['blobs']} blobs downloaded)"
+    return f"channel {d['channel']}: sequence {d['sequence']}, generation {d['generation']}{done}"
+
+
 def _floor(node: NodeConfig) -> int:
     """The anti-rollback floor; 0 when this user may not read it (the supervisord program runs as
-    appliance-persist, and the floor is boot's alone): boot refuses a checkpoint below the floor anyway."""
+    appliance-channel, and the floor is boot's alone): boot refuses a checkpoint below the floor anyway."""
     from appliance.node.floor import FloorUnreadableError, open_floor
 
     try:

@@ -24,7 +24,7 @@ CONFIG_VERSION = 1
 MODEL_INIT = ("factory", "meta")  # how the service builds the model before the restore (service/loader.py)
 _PATHS = (
     "store", "run_dir", "outbox", "event_log", "signing_key", "floor_file", "supervisor_socket", "trust",
-    "adapt_token_file", "journal_dir", "journal_key",
+    "adapt_token_file", "journal_dir", "journal_key", "channel_inbox",
 )  # fmt: skip
 CONTROL_SOCKET = "control.sock"
 DEVICE_FILE = "device.json"  # first boot's device identity, next to node.json (/etc/appliance)
@@ -85,6 +85,10 @@ class NodeConfig:
     console_users: tuple[str, ...] = ("appliance-console",)
     # May read the service's Prometheus metrics on the control socket (GET /v1/metrics), besides control_users.
     metrics_users: tuple[str, ...] = ("appliance-console",)
+    # The fleet channel's hand-off (docs/design.md §11.6): "" = `appliance channel follow` imports into the store
+    # itself (a single-user development node); a directory = the channel program (appliance-channel) only stages
+    # releases there and the persistence watchdog, the store's only writer, imports them (production).
+    channel_inbox: str = ""
 
     def __post_init__(self) -> None:
         if ":" not in self.model:

@@ -7,7 +7,9 @@ choice of which export to commit (the newest valid one; older ones are supersede
 of bad files and of files the serving service does not vouch for, ``WATCHDOG=1`` pings from
 the loop and from commit progress, and never stopping silently: a scheduled export or a commit
 that fails emits ``persist.failed`` and is retried with exponential backoff (``Backoff``).
-Does not own validating or committing a single export (``committer``).
+Each pass also imports a release the fleet channel program staged in its inbox (``inbox``:
+node.json ``channel_inbox``; the watchdog is the store's only writer). Does not own validating
+or committing a single export (``committer``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from appliance.node.control_channel import ControlClient
 from appliance.node.notify import sd_notify, watchdog_interval
 from appliance.persist import outbox
 from appliance.persist.committer import Committer
+from appliance.persist.inbox import ChannelInbox
 from appliance.persist.interval import persist_interval
 from appliance.sources.export import remove_durably
 from appliance.store.commit import CommitResult
@@ -64,7 +67,7 @@ class _Wake(FileSystemEventHandler):
 
 
 class PersistDaemon:
-    def __init__(self, committer: Committer, events: EventLog) -> None:
+    def __init__(self, committer: Committer, events: EventLog, remote_path: Path | None = None) -> None:
         self.committer = committer
         self.config = committer.config
         self.events = events
@@ -77,6 +80,7 @@ class PersistDaemon:
         cap = max(5.0, min(300.0, self.config.persist_interval))
         self.export_backoff = Backoff(cap=cap)
         self.commit_backoff = Backoff(cap=cap)
+        self.inbox = ChannelInbox(committer, events, remote_path, Backoff(cap=cap))  # the fleet channel's hand-off
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -85,12 +89,15 @@ class PersistDaemon:
         outbox.remove_dead_temps(self.outbox)
         observer = Observer()
         observer.schedule(_Wake(self.wake), str(self.outbox), recursive=False)
+        if self.inbox.enabled and Path(self.inbox.path).is_dir():
+            observer.schedule(_Wake(self.wake), self.inbox.path, recursive=False)  # head.json is written last
         observer.start()
         next_export = time.monotonic() + persist_interval(self.config)
         try:
             while not self.stop.is_set():
                 self.ping(force=True)
                 self.process()
+                self.inbox.process(progress=lambda _: self.ping())
                 if time.monotonic() >= next_export:
                     ok = self.request_export()
                     now = time.monotonic()

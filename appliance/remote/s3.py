@@ -1,6 +1,6 @@
 """The S3 edge: one small object-store interface over boto3, with typed errors and a bandwidth limit.
 
-Owns: ``ObjectStore`` (put, get, size, list under a bucket and key prefix), translating every
+Owns: ``ObjectStore`` (put, get, size, list, delete under a bucket and key prefix), translating every
 client failure into the error tree (credentials/bucket refused -> ``ConfigError`` 18; network
 down, timeouts, 5xx after the client's retries -> ``SourceUnavailableError`` 69; missing key ->
 ``FileNotFoundError``), ``RemoteLayout`` (a portable layout under a prefix, read through the same
@@ -213,6 +213,12 @@ class ObjectStore:
 
     def list(self, name_prefix: str, delimiter: str = "", limit: int = 100_000) -> Iterator[str]:
         """Names (relative to this store's prefix) under ``name_prefix``, at most ``limit``."""
+        return (name for name, _, _ in self.list_info(name_prefix, delimiter, limit))
+
+    def list_info(
+        self, name_prefix: str, delimiter: str = "", limit: int = 100_000
+    ) -> Iterator[tuple[str, int, float]]:
+        """``(name, size, last_modified)`` (unix seconds of the upload) of each object under ``name_prefix``."""
         full = self.key(name_prefix)
         token: str | None = None
         seen = 0
@@ -224,7 +230,9 @@ class ObjectStore:
                 kwargs["ContinuationToken"] = token
             page = self._list_page(full, kwargs)
             for item in page.get("Contents", []):
-                yield item["Key"][len(self.prefix) + 1 :] if self.prefix else item["Key"]
+                name = item["Key"][len(self.prefix) + 1 :] if self.prefix else item["Key"]
+                modified = item.get("LastModified")
+                yield name, int(item.get("Size", 0)), modified.timestamp() if modified is not None else float("inf")
                 seen += 1
                 if seen >= limit:
                     return

@@ -9,12 +9,14 @@ device signing key, write the store or talk to supervisord's socket.
 
 ``render_channel`` — the ``channel`` program (``appliance channel follow --watch``), shipped as
 ``systemd/supervisord-channel.conf`` and rendered for a node only when its ``remote.json`` names a
-channel (``channel_section``). It runs as ``appliance-persist``, the store's only writer: an import
-commits into the store under the writer lock with the normal write order, and a second writing
-user would widen who can write the store. Its state (the channel heads it has seen) is its own
-directory ``/var/lib/appliance-channel`` (docs/design.md §7.2, §11.6). ``--if-configured`` makes a
-copy installed on a node whose remote.json names no channel exit 0 at once; supervisord then
-leaves it EXITED (``startsecs=0``, ``autorestart=unexpected``).
+channel (``channel_section``). It parses network input, so it runs as its own user
+``appliance-channel``, which can read the store and the trust store but not write the store or read
+the device key: with node.json ``channel_inbox`` (production) it only stages a release in that
+inbox, and the persistence watchdog (``appliance-persist``, the store's only writer) imports it
+through the verified import path (``appliance.remote.inbox``). Its state (the channel heads it has
+seen) is its own directory ``/var/lib/appliance-channel`` (docs/design.md §7.2, §11.6).
+``--if-configured`` makes a copy installed on a node whose remote.json names no channel exit 0 at
+once; supervisord then leaves it EXITED (``startsecs=0``, ``autorestart=unexpected``).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class ChannelProgram:
     remote: str
     log_dir: str
     state_dir: str = "/var/lib/appliance-channel"
-    user: str = "appliance-persist"  # the store's only writer; "" in development nodes
+    user: str = "appliance-channel"  # stages only (node.json channel_inbox); "" in development nodes
     name: str = "channel"
 
 

@@ -50,10 +50,10 @@ class Fleet:
                      "--model", self.model, "--json"])  # fmt: skip
         assert code == 0
         self.remote_json(node.root, name)
+        self.nodes.append(node)  # before it starts: the fixture's finalizer stops it even if the boot fails
         node.start()
         code, out = node.boot()
         assert code == 0 and out["serving"]["generation"] == 1, out
-        self.nodes.append(node)
         return node
 
     def release(self, source: LocalNode, generation_floor: int, meta: Callable[[dict[str, Any]], None] | None = None,

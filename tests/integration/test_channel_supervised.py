@@ -2,11 +2,14 @@
 
 The section is rendered only for a node whose remote.json names a channel (``channel_section``);
 under supervisord it follows a publish: the release is imported into the inactive slot without
-any command on the node, and ``appliance boot`` then serves it through the canary.
+any command on the node, and ``appliance boot`` then serves it through the canary. With node.json
+``channel_inbox`` (production) the program only stages the release and the persistence watchdog,
+the store's only writer, imports it (docs/design.md §11.6); the same test runs both ways.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +36,18 @@ def fleet(tmp_path: Path, server: S3Server) -> Iterator[Fleet]:
             n.stop()
 
 
-def _node(fleet: Fleet, name: str, *, channel: bool = True) -> tuple[LocalNode, str]:
+def split(node: LocalNode) -> LocalNode:
+    """The node with a channel inbox in node.json, as production (here one user plays both sides)."""
+    config = dataclasses.replace(node.config, channel_inbox=str(node.root / "channel-inbox"))
+    node.config_path.write_bytes(config.to_bytes())
+    return LocalNode(node.root)
+
+
+def _node(fleet: Fleet, name: str, *, channel: bool = True, inbox: bool = False) -> tuple[LocalNode, str]:
     node = LocalNode.create(fleet.tmp / name)
     node.seed()
+    if inbox:
+        node = split(node)
     fleet.model = Store.open(node.root / "store").config.model
     assert main(["trust", str(node.root / "store"), "add", str(fleet.tmp / "release.key.pub"), "--role", "release",
                  "--model", fleet.model, "--json"]) == 0  # fmt: skip
@@ -55,13 +67,21 @@ def _node(fleet: Fleet, name: str, *, channel: bool = True) -> tuple[LocalNode, 
     return node, section
 
 
-def test_channel_program_follows_a_publish_and_imports_under_supervisord(fleet: Fleet) -> None:
-    node, section = _node(fleet, "node-a")
+@pytest.mark.parametrize("inbox", [False, True], ids=["direct", "staged"])
+def test_channel_program_follows_a_publish_and_imports_under_supervisord(fleet: Fleet, inbox: bool) -> None:
+    node, section = _node(fleet, "node-a", inbox=inbox)
     assert section.startswith("[program:channel]")
     assert node.control().info("channel").state == "RUNNING"
     assert fleet.publish(fleet.release(node, 1000))[0] == 0
     restored = node.wait_event("remote.restored", timeout=90)
     assert restored["fields"]["generation"] == 1000 and restored["fields"]["imported"] is True
+    # staged: the channel program handed the release off; the store's writer (persist) imported it
+    assert restored["component"] == ("persist" if inbox else "channel")
+    if inbox:
+        staged = node.events("channel.staged")
+        assert len(staged) == 1 and staged[0]["component"] == "channel" and staged[0]["fields"]["generation"] == 1000
+        head = node.root / "channel-inbox" / "head.json"
+        node.wait_for("the channel program to empty its inbox", lambda: not head.exists(), timeout=30)
     assert (node.root / "channel-state" / "heads-seen.json").exists()  # its own state directory
     code, out = node.boot()
     assert code == 0 and out["serving"]["generation"] == 1000, out

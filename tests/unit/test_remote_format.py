@@ -98,7 +98,8 @@ def test_shipped_channel_program_is_the_rendered_section_and_only_rendered_with_
 
     shipped = (Path(__file__).parents[2] / "systemd" / "supervisord-channel.conf").read_text()
     assert shipped == render_channel(production_channel())
-    assert "user=appliance-persist" in shipped and "--state-dir /var/lib/appliance-channel" in shipped
+    # its own user (it parses network input), never the store's writer (docs/design.md §7.2)
+    assert "user=appliance-channel" in shipped and "--state-dir /var/lib/appliance-channel" in shipped
     remote = tmp_path / "remote.json"
     program = dataclasses.replace(production_channel(), remote=str(remote))
     assert channel_section(program) == ""  # no remote.json

@@ -27,8 +27,10 @@ def test_supervisord_conf_is_the_rendered_template() -> None:
 
 
 def test_node_json_is_the_production_configuration() -> None:
+    from appliance.boot.privileges import CHANNEL_INBOX
+
     config = load_config(SYSTEMD / "node.json")
-    assert config == NodeConfig(require_mounts=True, trust="/etc/appliance/trust.json")
+    assert config == NodeConfig(require_mounts=True, trust="/etc/appliance/trust.json", channel_inbox=CHANNEL_INBOX)
     layout = production()
     assert layout.socket == config.supervisor_socket and layout.config == "/etc/appliance/node.json"
     assert (layout.service, layout.persist) == (config.service_program, config.persist_program)
@@ -180,3 +182,28 @@ def test_supervisor_unit_lets_every_program_write_what_it_owns() -> None:
     needed = {*created, config.outbox, config.run_dir, config.store,
               str(Path(config.floor_file).parent), str(Path(config.event_log).parent)}  # fmt: skip
     assert needed <= writable, sorted(needed - writable)
+
+
+def test_the_channel_program_runs_as_its_own_user_that_owns_only_its_state_and_inbox() -> None:
+    """The fleet channel parses network input: its user is not the store's writer (docs/design.md §7.2).
+
+    sysusers creates ``appliance-channel`` in group ``appliance`` (it reads the store to download only
+    what the node lacks); tmpfiles gives it its state (0700) and the inbox (2750, group ``appliance``: the
+    persistence watchdog reads and imports it), nothing else; the supervisor unit lets it write both; the
+    shipped node.json points the channel and the watchdog at that inbox.
+    """
+    from appliance.boot.privileges import CHANNEL, CHANNEL_INBOX, CHANNEL_STATE, GROUP, PERSIST, render_tmpfiles
+
+    conf = configparser.ConfigParser(strict=False, interpolation=None)
+    conf.read(SYSTEMD / "supervisord-channel.conf")
+    assert conf["program:channel"]["user"] == CHANNEL != PERSIST
+    assert GROUP in _sysusers_members()[CHANNEL]
+    rows = [line.split() for line in render_tmpfiles(NodeConfig()).splitlines() if line and not line.startswith("#")]
+    owned = {(r[0], r[1], r[2], r[4]) for r in rows if len(r) > 4 and CHANNEL in (r[3], r[4])}
+    assert owned == {("d", CHANNEL_STATE, "0700", CHANNEL), ("d", CHANNEL_INBOX, "2750", GROUP)}
+    store = NodeConfig().store
+    inside = [r for r in rows if r[1] == store or r[1].startswith(store + "/") or r[1].endswith(".key")]
+    assert inside and all(CHANNEL not in r[3:5] for r in inside)  # never owns the store or a key
+    writable = unit("appliance-supervisor.service")["Service"]["ReadWritePaths"].split()
+    assert CHANNEL_STATE in writable and CHANNEL_INBOX in writable
+    assert load_config(SYSTEMD / "node.json").channel_inbox == CHANNEL_INBOX

@@ -1,0 +1,123 @@
+"""The fleet channel's hand-off: nothing the network side stages is trusted by the store's writer.
+
+With node.json ``channel_inbox`` (production), ``appliance channel follow`` only stages a release
+(blobs the node lacks, bundle, then the signed head) and the persistence watchdog imports it
+through the verified import path (docs/design.md §11.6). These tests play a compromised channel
+program: it rewrites the inbox between staging and import, and the writer must refuse or retry,
+never commit. The real users and modes of the split are ``test_channel_privileges.py`` (root).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance import api
+from appliance.cli.localnode import LocalNode
+from appliance.cli.main import main
+from appliance.format.remote import parse_head_payload
+from appliance.remote.head import sign_head
+from appliance.signing import SigningKey
+from appliance.store.store import Store
+from tests.integration.s3server import S3Server
+from tests.integration.test_channel import Fleet
+from tests.integration.test_channel_supervised import split
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, server: S3Server) -> Iterator[Fleet]:
+    f = Fleet(tmp_path, server)
+    try:
+        yield f
+    finally:
+        for n in f.nodes:
+            n.stop()
+
+
+def _node(fleet: Fleet, name: str) -> LocalNode:
+    """A split node that is not running: the test runs each side itself (`channel follow`, `persist --once`)."""
+    node = LocalNode.create(fleet.tmp / name)
+    node.seed()
+    fleet.model = Store.open(node.root / "store").config.model
+    assert main(["trust", str(node.root / "store"), "add", str(fleet.tmp / "release.key.pub"), "--role", "release",
+                 "--model", fleet.model, "--json"]) == 0  # fmt: skip
+    fleet.remote_json(node.root, name)
+    return split(node)
+
+
+def _other_weights_release(fleet: Fleet, node: LocalNode, generation: int) -> Path:
+    """A release whose weights differ from the node's, so blobs must cross the network."""
+    root = fleet.release(node, generation)
+    store = Store.open(root)
+    loaded = api.load(store)
+    tensors = {name: (t + 1 if t.is_floating_point() else t) for name, t in loaded.tensors.items()}
+    api.save(store, tensors, fleet.release_key, dict(loaded.metadata), floor=generation + 1)
+    return root
+
+
+def _generations(node: LocalNode) -> list[int]:
+    """Generations with a commit record in either slot (what the store's writer committed)."""
+    from appliance.store.discovery import scan
+
+    store = Store.open(node.root / "store")
+    return sorted(o.record.generation for o in scan(store.storage, store.limits).records if o.record is not None)
+
+
+def _persist_once(node: LocalNode) -> dict[str, Any]:
+    code, out = node.cli_json("persist", "--once")
+    assert code == 0, out
+    return out
+
+
+def test_a_release_forged_in_the_inbox_by_a_compromised_channel_program_is_never_committed(fleet: Fleet) -> None:
+    node = _node(fleet, "node-a")
+    assert fleet.publish(_other_weights_release(fleet, node, 1000))[0] == 0
+    before = _generations(node)
+    code, staged = node.cli_json("channel", "follow", "--remote", str(node.root / "remote.json"))
+    assert code == 0 and staged["staged"] and not staged["imported"] and staged["generation"] == 1001, staged
+    assert staged["downloaded"] > 0  # new weights: blobs crossed the network into the inbox
+    assert _generations(node) == before  # the network side never writes the store
+    inbox = node.root / "channel-inbox"
+    head_file = inbox / "head.json"
+    genuine = head_file.read_bytes()
+    record = parse_head_payload(base64.b64decode(json.loads(genuine)["payload"]))
+
+    # 1. the head re-signed by a device key the trust store knows (a compromised node's key): refused, typed
+    device = SigningKey.generate()
+    device.save(fleet.tmp / "device.key")
+    assert main(["trust", str(node.root / "store"), "add", str(fleet.tmp / "device.key.pub"), "--role", "device",
+                 "--device", "node-b", "--json"]) == 0  # fmt: skip
+    head_file.write_bytes(sign_head(record, [device]))
+    assert _persist_once(node)["channel_import"] is None
+    assert node.events("channel.import_refused")[-1]["fields"]["error"] == "ChannelRoleError"
+    # 2. a genuine release head of another channel (the binding to this node's channel is checked again)
+    head_file.write_bytes(sign_head(replace(record, name="beta"), [fleet.release_key]))
+    assert _persist_once(node)["channel_import"] is None
+    assert node.events("channel.import_refused")[-1]["fields"]["error"] == "HeadError"
+    # 3. the genuine head, but a staged blob altered: hashed as read, not committed, retried later
+    head_file.write_bytes(genuine)
+    blob = next(p for p in (inbox / "blobs").rglob("*") if p.is_file())
+    good = blob.read_bytes()
+    blob.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    assert _persist_once(node)["channel_import"] is None
+    failed = node.events("channel.import_failed")[-1]["fields"]
+    assert failed["error"] == "FrameError" and failed["retry_in_s"] > 0
+    assert _generations(node) == before
+    # the genuine staging is imported by the writer, verified, into the inactive slot
+    blob.write_bytes(good)
+    imported = _persist_once(node)["channel_import"]
+    assert imported["generation"] == 1001 and imported["imported"] and imported["bytes_from_source"] > 0, imported
+    assert _generations(node) == [*before, 1001]
+    assert node.events("remote.restored")[-1]["component"] == "persist"
+    # the channel program's next pass sees the import and empties its inbox
+    code, again = node.cli_json("channel", "follow", "--remote", str(node.root / "remote.json"))
+    assert code == 0 and again["tidied"] and not head_file.exists()
+    assert not [p for p in inbox.rglob("*") if p.is_file()]
