@@ -127,6 +127,10 @@ def report_once_serving(body):
     say(f"failed-units count={len(names)} names={','.join(names) or '-'}")
     code, out = run("systemctl", "show", "-p", "NRestarts", "--value", "appliance-supervisor.service")
     say(f"supervisor nrestarts={out.strip() or '-'}")
+    _, state = run("systemctl", "show", "-p", "ActiveState", "--value", "appliance-usbmount.service")
+    _, restarts = run("systemctl", "show", "-p", "NRestarts", "--value", "appliance-usbmount.service")
+    sock = os.path.exists("/run/appliance/usbmount.sock")
+    say(f"usbmount state={state.strip() or '-'} nrestarts={restarts.strip() or '-'} socket={int(sock)}")
     code, out = run("journalctl", "-o", "json", "-n", "1", f"MESSAGE_ID={BOOT_SERVING_ID}")
     try:
         entry = json.loads(out.splitlines()[-1])
@@ -158,7 +162,7 @@ class Usb:
 
     def __init__(self):
         self.paused = threading.Event()  # no adaptation: the node is taken into service
-        self.unchanged = threading.Event()  # the service reported its state unchanged while paused
+        self.unchanged = 0  # how often the service reported its state unchanged while paused
         self.force_report = threading.Event()  # report `serving` again (after the restart)
         self.present = False
 
@@ -180,7 +184,7 @@ def main():
         for e in events.new():
             fields = e.get("fields", {})
             if e.get("event") == "state.unchanged" and usb.paused.is_set():
-                usb.unchanged.set()
+                usb.unchanged += 1
             if e.get("event") == "persist.committed":
                 say(f"committed generation={fields.get('generation')} slot={fields.get('slot')}")
                 if hang_persist and not hung and (pid := persist_pid()):
@@ -212,7 +216,7 @@ def main():
         if present != usb.present:
             usb.present = present
             if present and serving:
-                threading.Thread(target=usbcheck.flow, args=(say, usb), daemon=True).start()
+                threading.Thread(target=usbcheck.run_flow, args=(say, usb), daemon=True).start()
             elif not present:
                 body = ready() or {}
                 say(f"usb-removed phase={body.get('phase', '-')} "

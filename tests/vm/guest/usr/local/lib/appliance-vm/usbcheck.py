@@ -115,9 +115,21 @@ def _problem(answer):
     return str(err.get("problem", "-")).replace(" ", "_")[:300]
 
 
+def diagnose(say):
+    """Why a USB step failed: the helper's journal, the persist side's log, the kernel's FAT support."""
+    for argv in (
+        ("journalctl", "-u", "appliance-usbmount.service", "-n", "15", "--no-pager", "-o", "cat"),
+        ("tail", "-n", "15", "/var/log/appliance/actions.log"),
+        ("sh", "-c", "grep -i fat /proc/filesystems; lsmod | grep -i -e fat -e usb_storage; ls -l /run/appliance"),
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        text = (done.stdout + done.stderr).replace("\n", " | ")
+        say(f"usb-diag {argv[0]} {text[-1500:]}")
+
+
 def flow(say, agent):
-    """The technician's USB import, end to end; ``agent``: paused/unchanged/force_report events of the agent."""
-    agent.unchanged.clear()
+    """The technician's USB import, end to end; ``agent``: what the agent's main loop shares (``Usb``)."""
+    agent.unchanged = 0
     agent.paused.set()
     subprocess.run(["udevadm", "settle", "--timeout=60"], capture_output=True, timeout=90, check=False)
     done = subprocess.run([APPLIANCE, "tech", "usb-list", "--config", CONFIG, "--json"], capture_output=True,
@@ -128,13 +140,16 @@ def flow(say, agent):
         sticks = []
     if not sticks:
         say(f"usb-detected device=- rc={done.returncode} err={done.stderr.strip()[-300:].replace(' ', '_')}")
+        diagnose(say)
         agent.paused.clear()
         return
     stick = sticks[0]
     say(f"usb-detected device={stick['device']} fstype={stick['fstype']} label={stick.get('label') or '-'} "
         f"sticks={len(sticks)}")  # fmt: skip
-    quiet = agent.unchanged.wait(180)
-    say(f"usb-quiet unchanged={int(quiet)}")
+    deadline = time.monotonic() + 180
+    while agent.unchanged < 2 and time.monotonic() < deadline:  # two: one may predate the pause
+        time.sleep(0.5)
+    say(f"usb-quiet unchanged={agent.unchanged}")
     helper = main_pid("appliance-usbmount.service")
     tables = {"helper": helper, "pid1": 1, "supervisord": main_pid("appliance-supervisor.service")}
     sampler = Sampler({k: v for k, v in tables.items() if v})
@@ -145,6 +160,8 @@ def flow(say, agent):
     listed = ",".join(f"{c['generation']}:{'importable' if c.get('importable') else 'no'}" for c in found)
     say(f"usb-scan rc={scan.get('exit_code')} checkpoints={listed or '-'} problem={_problem(scan)} "
         f"seconds={time.monotonic() - t0:.1f}")  # fmt: skip
+    if scan.get("exit_code") != 0 or not found:
+        diagnose(say)
     importable = [c["generation"] for c in found if c.get("importable")]
     imported = {}
     if importable:
@@ -154,6 +171,8 @@ def flow(say, agent):
         say(f"usb-import rc={result.get('exit_code')} generation={imported.get('generation', '-')} "
             f"slot={imported.get('slot', '-')} progress={progress} seconds={time.monotonic() - t0:.1f} "
             f"problem={_problem(result)}")  # fmt: skip
+        if not imported:
+            diagnose(say)
     time.sleep(0.5)
     sampler.done.set()
     sampler.join(10)
@@ -178,3 +197,16 @@ def flow(say, agent):
     agent.force_report.set()  # report `serving` again: the generation boot admitted after the canary
     agent.paused.clear()
     say("usb-done")
+
+
+def run_flow(say, agent):
+    """``flow`` in the agent's thread: a crash ends every wait of the host at once (markers with rc=error)."""
+    try:
+        flow(say, agent)
+    except Exception as exc:
+        import traceback
+
+        say(f"usb-error {traceback.format_exc()[-1500:]!r}")
+        for what in ("usb-detected device=-", "usb-scan rc=error", "usb-import rc=error", "usb-restart rc=error"):
+            say(f"{what} problem={type(exc).__name__}")
+        agent.paused.clear()
