@@ -35,9 +35,13 @@ EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+) (\w+)")
 OUT = open("/dev/ttyS1", "w", buffering=1)  # noqa: SIM115
 
 
+SAY = threading.Lock()  # the USB flow reports from its own thread: whole lines only
+
+
 def say(line):
-    OUT.write(f"VMAGENT {line}\n")
-    OUT.flush()
+    with SAY:
+        OUT.write(f"VMAGENT {line}\n")
+        OUT.flush()
 
 
 def uptime():
