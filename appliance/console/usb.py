@@ -97,7 +97,7 @@ def _mount_command(stick: Stick, target: Path, write: bool = False, owner: tuple
                     extra.append("allow_other")  # reachable only through the descriptor the helper hands over
                 return [exe, "-o", ",".join([*extra, *base]), stick.device, str(target)]
     # The kernel's driver: listed in /proc/filesystems, or a module the kernel loads at the first mount
-    # (Debian's and Ubuntu's kernels build vfat as a module; found in the VM tier, where a fresh node
+    # (Debian's and Ubuntu's kernels build vfat as a module: a fresh node with no FUSE driver
     # refused every stick). A kernel without it makes mount fail: a clear "cannot mount" refusal.
     extra = ["rw" if write else "ro"]
     if owner is not None and stick.fstype in ("vfat", "exfat"):

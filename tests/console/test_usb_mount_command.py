@@ -13,7 +13,7 @@ STICK = usb.Stick("/dev/sda", "vfat", "FIELDKIT")
 
 
 def test_a_filesystem_module_not_loaded_yet_is_mounted_by_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Regression (VM tier): Debian's and Ubuntu's kernels build vfat as a module, absent from
+    """Regression: Debian's and Ubuntu's kernels build vfat as a module, absent from
     /proc/filesystems until the first FAT mount loads it. With no FUSE driver installed every stick was
     refused ("no kernel or FUSE driver"); the kernel must be asked (it loads the module itself)."""
     monkeypatch.setattr(usb, "_kernel_has", lambda fstype: False)
