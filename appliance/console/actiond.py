@@ -82,19 +82,35 @@ def bind(path: Path, handler: Callable[[socket.socket], None]) -> _Server:
         raise ActionChannelError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
 
-def read_line(conn: socket.socket, limit: int = rules.MAX_REQUEST_BYTES) -> bytes:
-    conn.settimeout(READ_TIMEOUT_S)
-    data = b""
+def read_line(conn: socket.socket, limit: int = rules.MAX_REQUEST_BYTES, timeout: float = READ_TIMEOUT_S) -> bytes:
+    """One line from ``conn`` (servers: a request within ``READ_TIMEOUT_S``; clients pass their own timeout)."""
+    return read_line_fds(conn, limit, timeout, max_fds=0)[0]
+
+
+def read_line_fds(conn: socket.socket, limit: int, timeout: float, max_fds: int = 1) -> tuple[bytes, list[int]]:
+    """One line and the descriptors sent with it (``SCM_RIGHTS``; at most ``max_fds``, the rest closed)."""
+    conn.settimeout(timeout)
+    data, fds = b"", []
     while b"\n" not in data and len(data) <= limit:
-        chunk = conn.recv(4096)
+        if max_fds:
+            chunk, got, _, _ = socket.recv_fds(conn, 4096, 4)
+            fds += got
+        else:
+            chunk = conn.recv(4096)
         if not chunk:
             break
         data += chunk
-    return data.split(b"\n", 1)[0]
+    for extra in fds[max_fds:]:
+        os.close(extra)
+    return data.split(b"\n", 1)[0], fds[:max_fds]
 
 
-def send(conn: socket.socket, obj: dict[str, Any]) -> None:
-    conn.sendall(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
+def send(conn: socket.socket, obj: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    """One JSON line; ``fds`` travel with its first bytes (``SCM_RIGHTS``)."""
+    data = json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+    if fds:
+        data = data[socket.send_fds(conn, [data], list(fds)) :]
+    conn.sendall(data)
 
 
 def refusal(exc: ApplianceError) -> dict[str, Any]:

@@ -89,18 +89,20 @@ def _mount_command(stick: Stick, target: Path, write: bool = False, owner: tuple
     """The mount (or FUSE driver) command; ``write``: read-write (diagnostics), still nosuid,nodev,noexec;
     ``owner``: (uid, gid) the files appear as (FAT/exFAT have no owners; the helper mounts for its caller)."""
     base = [o for o in rules.MOUNT_OPTIONS if o != "ro"]
-    if _kernel_has(stick.fstype):
-        extra = ["rw" if write else "ro"]
-        if owner is not None and stick.fstype in ("vfat", "exfat"):
-            extra += [f"uid={owner[0]}", f"gid={owner[1]}", "fmask=0177", "dmask=0077"]
-        return ["mount", "-t", stick.fstype, "-o", ",".join([*extra, *base]), stick.device, str(target)]
-    for driver in FUSE_DRIVERS.get(stick.fstype, []):
-        if exe := shutil.which(driver):
-            extra = ["rw+" if write and driver == "fusefat" else "rw" if write else "ro"]
-            if owner is not None:
-                extra.append("allow_other")  # reachable only through the caller's 0700 directory
-            return [exe, "-o", ",".join([*extra, *base]), stick.device, str(target)]
-    raise ActionRefusedError(f"this node cannot read {stick.fstype} (no kernel or FUSE driver)")
+    if not _kernel_has(stick.fstype):
+        for driver in FUSE_DRIVERS.get(stick.fstype, []):
+            if exe := shutil.which(driver):
+                extra = ["rw+" if write and driver == "fusefat" else "rw" if write else "ro"]
+                if owner is not None:
+                    extra.append("allow_other")  # reachable only through the descriptor the helper hands over
+                return [exe, "-o", ",".join([*extra, *base]), stick.device, str(target)]
+    # The kernel's driver: listed in /proc/filesystems, or a module the kernel loads at the first mount
+    # (Debian's and Ubuntu's kernels build vfat as a module: a fresh node with no FUSE driver
+    # refused every stick). A kernel without it makes mount fail: a clear "cannot mount" refusal.
+    extra = ["rw" if write else "ro"]
+    if owner is not None and stick.fstype in ("vfat", "exfat"):
+        extra += [f"uid={owner[0]}", f"gid={owner[1]}", "fmask=0177", "dmask=0077"]
+    return ["mount", "-t", stick.fstype, "-o", ",".join([*extra, *base]), stick.device, str(target)]
 
 
 @contextlib.contextmanager

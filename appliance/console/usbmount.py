@@ -7,16 +7,23 @@ Requests (``appliance.format.actions.parse_mount``): ``mount DEVICE [write]`` an
 ``unmount PATH``. Argument validation is strict: the device must be a ``/dev/`` node that udev
 reports *now* as a USB block device with a known file system (``usb.find_stick``) and whose
 medium carries that file system (``blkid -p``); the helper chooses the mount point itself —
-``BASE/appliance-usb-XXXX/m`` in a directory owned by the caller, mode 0700, so only the caller
-(and root) can reach it — and mounts ``nosuid,nodev,noexec``, read-only unless ``write`` (the
-explicit diagnostics action), with FAT/exFAT files owned by the caller. ``unmount`` accepts
-only a path this helper made, from the uid it made it for. Every mount and unmount is an event
-(``console.usb_mount``). Mounts left behind when the helper stops are unmounted.
+``BASE/appliance-usb-XXXX/m`` in a root-owned 0700 directory — and mounts
+``nosuid,nodev,noexec``, read-only unless ``write`` (the explicit diagnostics action), with
+FAT/exFAT files owned by the caller. The caller gets the mount's root as a file descriptor
+(``SCM_RIGHTS``, an ``O_PATH`` descriptor it reaches as ``/proc/self/fd/N``), never by path:
+under systemd the helper has its own mount namespace (``ProtectSystem=strict`` and the rest),
+whose mounts never propagate to the caller's (``MountFlags=shared`` cannot re-establish that;
+found in the VM tier), and it holds no ``CAP_DAC_*``, so it cannot reach a directory owned by
+the caller. So the stick is mounted privately: no other process on the node sees it.
+``unmount`` accepts only a path this helper made, from the uid it made it for. Every mount and
+unmount is an event (``console.usb_mount``). Mounts left behind when the helper stops are
+unmounted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -29,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.console import usb
-from appliance.console.actiond import bind, connect, read_line, refusal, send
+from appliance.console.actiond import bind, connect, read_line, read_line_fds, refusal, send
 from appliance.errors import (
     ActionChannelError,
     ActionDeniedError,
@@ -80,33 +87,42 @@ class MountServer:
 
     def handle(self, conn: socket.socket) -> None:
         peer = Peer.of(conn)
+        fds: list[int] = []
         try:
             if peer.uid not in self.allowed:
                 raise ActionDeniedError(f"uid {peer.uid} may not ask the USB helper for mounts")
             request = rules.parse_mount(read_line(conn))
-            answer = self._mount(request, peer) if request.op == "mount" else self._unmount(request, peer)
+            if request.op == "mount":
+                answer, fd = self._mount(request, peer)
+                fds.append(fd)
+            else:
+                answer = self._unmount(request, peer)
         except ActionDeniedError as exc:
             self.events.emit("console.action_refused", backend="usbmount", uid=peer.uid, pid=peer.pid,
                              reason=exc.problem)  # fmt: skip
             answer = refusal(exc)
         except ApplianceError as exc:
             answer = refusal(exc)
-        with contextlib.suppress(OSError):
-            send(conn, answer)
+        try:
+            with contextlib.suppress(OSError):
+                send(conn, answer, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
-    def _mount(self, request: rules.MountRequest, peer: Peer) -> dict[str, Any]:
+    def _mount(self, request: rules.MountRequest, peer: Peer) -> tuple[dict[str, Any], int]:
+        """Mount the stick in a root-owned 0700 directory; the answer and an ``O_PATH`` descriptor of its root."""
         stick = usb.find_stick(request.device)  # udev must report it now as a USB stick (else 83)
         gid = pwd.getpwuid(peer.uid).pw_gid if peer.uid else 0
         self.base.mkdir(mode=0o711, parents=True, exist_ok=True)
-        private = Path(tempfile.mkdtemp(prefix="appliance-usb-", dir=self.base))
+        private = Path(tempfile.mkdtemp(prefix="appliance-usb-", dir=self.base))  # 0700, root's
         target = private / "m"
         target.mkdir(mode=0o700)
-        for p in (private, target):
-            os.chown(p, peer.uid, gid)
         holder = contextlib.ExitStack()
         holder.callback(shutil.rmtree, private, True)
         try:
             holder.enter_context(usb.mounted(stick, request.write, target, (peer.uid, gid)))
+            fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # no read permission needed here
         except BaseException:
             holder.close()
             raise
@@ -114,7 +130,7 @@ class MountServer:
             self._mounts[str(target)] = _Mount(peer.uid, stick.device, request.write, holder)
         mode = "read-write" if request.write else "read-only"
         self.events.emit("console.usb_mount", op="mount", device=stick.device, uid=peer.uid, mode=mode)
-        return {"exit_code": 0, "data": {"path": str(target), "stick": stick.to_dict(), "mode": mode}}
+        return {"exit_code": 0, "data": {"path": str(target), "stick": stick.to_dict(), "mode": mode}}, fd
 
     def _unmount(self, request: rules.MountRequest, peer: Peer) -> dict[str, Any]:
         with self._lock:
@@ -134,27 +150,46 @@ class MountClient:
         self.timeout = timeout
 
     def call(self, request: rules.MountRequest) -> dict[str, Any]:
+        data, fds = self._call(request)
+        _close(fds)
+        return data
+
+    def _call(self, request: rules.MountRequest) -> tuple[dict[str, Any], list[int]]:
         with connect(self.path, "mount", self.timeout) as sock:
             sock.sendall(request.to_line())
-            answer = read_line(sock, 1 << 20)
+            answer, fds = read_line_fds(sock, 1 << 20, self.timeout)  # a mount may take long (blkid, a module)
         try:
-            import json
-
             doc = json.loads(answer)
         except ValueError as exc:
+            _close(fds)
             raise ActionChannelError(f"the USB helper gave no answer ({exc})") from exc
         if doc.get("exit_code") != 0:
+            _close(fds)
             err = doc.get("error") or {}
             code = doc.get("exit_code")
             cls = next((c for c in all_error_classes() if c.exit_code == code), SourceUnavailableError)
             raise cls(f"USB helper: {err.get('problem', 'refused')}", remedy=err.get("remedy"))
         data: dict[str, Any] = doc["data"]
-        return data
+        return data, fds
 
     @contextlib.contextmanager
     def mounted(self, device: str, write: bool = False) -> Iterator[tuple[usb.Stick, Path]]:
-        data = self.call(rules.MountRequest("mount", device, write))
+        """The stick mounted by the helper; its root reached through the descriptor the helper sent.
+
+        The path in the answer names the mount point in the helper's own mount namespace (only the key for
+        ``unmount``); ``/proc/self/fd/N`` reaches the mounted file system from any namespace.
+        """
+        data, fds = self._call(rules.MountRequest("mount", device, write))
         try:
-            yield usb.Stick(**data["stick"]), Path(data["path"])
+            if not fds:
+                raise ActionChannelError("the USB helper sent no descriptor of the mounted stick")
+            yield usb.Stick(**data["stick"]), Path(f"/proc/self/fd/{fds[0]}")
         finally:
+            _close(fds)  # before the unmount: an open descriptor keeps the file system busy
             self.call(rules.MountRequest("unmount", path=data["path"]))
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

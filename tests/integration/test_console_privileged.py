@@ -13,6 +13,7 @@ ask udev).
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -76,6 +77,24 @@ class Procs:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.iterdir()))
 
 
+def as_its_unit_runs_it(name: str = "appliance-usbmount.service") -> list[str]:
+    """The USB helper confined as systemd runs it: its own mount namespace, whose mounts never reach the
+    caller's (systemd makes them slaves first), and only the unit's capabilities and groups.
+
+    Regression (VM tier): run with every root capability in the caller's namespace, the helper passed here
+    while under systemd it could not create its socket (no ``CAP_DAC_OVERRIDE`` in a run dir of
+    ``appliance-boot:appliance``), could not reach the caller-owned directory it mounted into, and its
+    mounts never reached the persist side (which found an empty directory).
+    """
+    from tests.unit.test_shipped_config import unit
+
+    service = unit(name)["Service"]
+    caps = ",".join(["-all", *(f"+{c.lower().removeprefix('cap_')}" for c in service["CapabilityBoundingSet"].split())])
+    groups = ",".join(str(grp.getgrnam(g).gr_gid) for g in service.get("SupplementaryGroups", "").split())
+    return ["unshare", "--mount", "--propagation", "slave", "setpriv", "--inh-caps", "-all", "--bounding-set", caps,
+            *(["--groups", groups] if groups else ["--clear-groups"]), "--"]  # fmt: skip
+
+
 def _wait_socket(path: Path, procs: Procs, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -137,7 +156,7 @@ def privileged(node: LocalNode, stick_image: tuple[Path, str]) -> Iterator[tuple
     try:
         procs.start("appliance-persist", "console", "actiond", "--config", str(config), "--backend", "persist")
         procs.start("appliance-boot", "console", "actiond", "--config", str(config), "--backend", "boot")
-        procs.start("root", "console", "usbmount", "--config", str(config), wrap=umock)
+        procs.start("root", "console", "usbmount", "--config", str(config), wrap=[*as_its_unit_runs_it(), *umock])
         for name in ("actions.sock", "boot-actions.sock", "usbmount.sock"):
             _wait_socket(run / name, procs)
         port = free_port()

@@ -207,3 +207,26 @@ def test_the_channel_program_runs_as_its_own_user_that_owns_only_its_state_and_i
     writable = unit("appliance-supervisor.service")["Service"]["ReadWritePaths"].split()
     assert CHANNEL_STATE in writable and CHANNEL_INBOX in writable
     assert load_config(SYSTEMD / "node.json").channel_inbox == CHANNEL_INBOX
+
+
+def test_usb_helper_unit_reaches_the_run_dir_without_dac_capabilities() -> None:
+    """Regression (VM tier): the USB helper runs as root with ``CapabilityBoundingSet=CAP_SYS_ADMIN CAP_CHOWN``.
+
+    Without ``CAP_DAC_OVERRIDE`` root is just "other" in the run dir (``3770 appliance-boot:appliance``):
+    the helper could not create its socket or its mount base there and never served under systemd. It
+    gets group ``appliance``. And it no longer relies on ``MountFlags=shared``, which cannot make a
+    namespaced unit's mounts reach the supervisord tree: the caller gets a descriptor instead.
+    """
+    from appliance.boot.privileges import render_tmpfiles
+
+    config = NodeConfig()
+    service = unit("appliance-usbmount.service")["Service"]
+    assert service.get("User", "root") == "root"
+    caps = set(service["CapabilityBoundingSet"].split())
+    assert not {"CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH"} & caps  # the reason for the group
+    rule = next(line.split() for line in render_tmpfiles(config).splitlines()
+                if line.startswith("d ") and line.split()[1] == config.run_dir)  # fmt: skip
+    mode, group = int(rule[2], 8), rule[4]
+    groups = {service.get("Group", "root"), *service.get("SupplementaryGroups", "").split()}
+    assert group in groups and mode & 0o030 == 0o030, (rule, groups)  # group may create files in the run dir
+    assert "MountFlags" not in service

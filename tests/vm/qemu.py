@@ -4,7 +4,8 @@ Owns: one virtual node (``Vm``): a copy-on-write overlay over the cached root di
 with ``CKPT_A``/``CKPT_B`` (so ``/dev/disk/by-partlabel`` matches the Jetson), the i6300esb watchdog
 (``-action watchdog=reset``) and qemu-xhci, KVM when usable and TCG otherwise; starting it, waiting
 for marker lines (the guest agent writes ``VMAGENT ...`` to the second serial port, systemd units
-write to the console on the first), cutting power (SIGKILL of QEMU, or QMP ``system_reset``) and
+write to the console on the first), cutting power (SIGKILL of QEMU, or QMP ``system_reset``),
+hot-plugging a USB stick (QMP ``blockdev-add`` + ``device_add usb-storage`` on the xhci bus) and
 damaging a partition from the host. Every wait has a timeout and fails with the console's tail.
 
 Disks use ``cache=none`` (O_DIRECT; flushes honoured), never ``cache=unsafe``: a cut loses what the
@@ -110,7 +111,7 @@ class Vm:
             "-drive", f"file={self.ckpt},if=none,id=ckpt,format=raw,cache=none",
             "-device", "virtio-blk-pci,drive=ckpt",
             "-device", "i6300esb", "-action", "watchdog=reset",
-            "-device", "qemu-xhci",
+            "-device", "qemu-xhci,id=xhci",
             "-chardev", f"file,id=console,path={self.console_log},append=on", "-serial", "chardev:console",
             "-chardev", f"file,id=agent,path={self.agent_log},append=on", "-serial", "chardev:agent",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
@@ -175,6 +176,32 @@ class Vm:
                         break
                 out.append(msg)
             return out[1:]
+
+    # --- USB hot-plug ------------------------------------------------------------------------------
+
+    def plug_usb_stick(self, image: Path, name: str = "stick") -> None:
+        """Hot-plug a ``usb-storage`` device backed by ``image`` (raw, writable) into the running guest."""
+        answers = self.qmp(
+            {"execute": "blockdev-add", "arguments": {"node-name": f"{name}-disk", "driver": "raw",
+                                                       "file": {"driver": "file", "filename": str(image)}}},
+            {"execute": "device_add", "arguments": {"driver": "usb-storage", "id": name, "bus": "xhci.0",
+                                                     "drive": f"{name}-disk", "removable": True}},
+        )  # fmt: skip
+        errors = [a["error"] for a in answers if "error" in a]
+        assert not errors, f"hot-plug refused: {errors}"
+
+    def unplug_usb_stick(self, name: str = "stick", timeout: float = 60.0) -> None:
+        """Pull the stick (``device_del``), then drop its backing block node once QEMU has let go of it."""
+        answers = self.qmp({"execute": "device_del", "arguments": {"id": name}})
+        assert not [a for a in answers if "error" in a], answers
+        deadline = time.monotonic() + timeout
+        while True:
+            answers = self.qmp({"execute": "blockdev-del", "arguments": {"node-name": f"{name}-disk"}})
+            if not [a for a in answers if "error" in a]:
+                return
+            if time.monotonic() > deadline:
+                raise VmTimeout(f"the stick's block node is still in use after device_del: {answers}")
+            time.sleep(1)
 
     # --- markers ----------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The image under a real systemd, journald, supervisord and service, in QEMU, with hard power cuts.
 
 One node (module scope) lives through the tests in file order, as a device would: first boot
-(provisioning, then serving the factory checkpoint), power cuts at random moments during persists
+(provisioning, then serving the factory checkpoint; the real ``systemd-analyze security`` rates
+every appliance unit as loaded), a technician's USB stick hot-plugged through QMP and imported
+through the console's privileged side, power cuts at random moments during persists
 (SIGKILL of QEMU and QMP ``system_reset``, alternating), then its CKPT_A partition is destroyed
 and it must boot from CKPT_B. A second node proves the persistence watchdog's ``WatchdogSec``.
 
@@ -22,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_shipped_config import ANALYZE_GOAL
+from tests.vm import stick
 from tests.vm.conftest import PERSIST_INTERVAL
 from tests.vm.qemu import Vm
 
@@ -70,10 +74,98 @@ def test_first_boot_provisions_then_serves_the_factory_checkpoint(node: Vm, metr
     assert "CKPT_A formatted" in console and "CKPT_B formatted" in console
     failed = node.wait("failed-units", before, 60)
     assert failed["count"] == "0", failed["names"]
+    helper = node.wait("usbmount", before, 60)  # the console's root USB helper serves under systemd
+    assert (helper["state"], helper["nrestarts"], helper["socket"]) == ("active", "0", "1"), (helper, node.tail())
     journal = node.wait("journal", before, 60)
     assert journal["message_id"] == "443baed6af794a5a92b953b482a774b0"
     assert {"APPLIANCE_GENERATION", "APPLIANCE_SLOT"} <= set(journal["fields"].split(","))
+    exposure = security_ratings(node, before)
+    metrics["systemd_analyze_security"] = exposure
+    print(f"\nsystemd-analyze security in the guest (exposure, goal <= {ANALYZE_GOAL}):")
+    for unit, level in sorted(exposure.items()):
+        print(f"  {unit}: {level}")
+    shipped = {"appliance-boot.service", "appliance-supervisor.service", "appliance-usbmount.service",
+               "appliance-firstboot.service", "appliance-firstboot-format.service"}  # fmt: skip
+    assert shipped <= set(exposure), exposure
+    assert all(level <= ANALYZE_GOAL for level in exposure.values()), exposure
     node.wait("committed", before, 180)  # the persistence watchdog commits under systemd
+
+
+def security_ratings(vm: Vm, before: int) -> dict[str, float]:
+    """unit -> overall exposure, as the guest agent's ``systemd-analyze security --no-pager`` rated it."""
+    done = vm.wait("security-done", before, 900)
+    assert done["rc"] == "0" and done["units"] == done["rated"], (done, vm.tail())
+    lines = vm.agent_lines()[before : int(done["_line"])]
+    rated = [
+        dict(kv.split("=", 1) for kv in line.split()[2:]) for line in lines if line.startswith("VMAGENT security ")
+    ]
+    return {r["unit"]: float(r["exposure"]) for r in rated}
+
+
+def markers(vm: Vm, what: str, after: int, upto: int) -> list[dict[str, str]]:
+    prefix = f"VMAGENT {what} "
+    return [dict(kv.split("=", 1) for kv in line[len(prefix) :].split() if "=" in kv)
+            for line in vm.agent_lines()[after:upto] if line.startswith(prefix)]  # fmt: skip
+
+
+def usb_log(vm: Vm, after: int) -> str:
+    """The USB flow's markers (with the guest's diagnosis of a failed step), for assertion messages."""
+    return "\n".join(line for line in vm.agent_lines()[after:] if line.startswith(("VMAGENT usb", "VMAGENT serving")))
+
+
+def test_a_hot_plugged_usb_stick_is_imported_through_the_console(
+    node: Vm, vm_image: Path, tmp_path: Path, metrics: dict[str, Any]
+) -> None:
+    """A technician's stick (``appliance export`` on FAT) hot-plugged into the serving node is listed by udev,
+    mounted read-only by the root helper in its own namespace, imported by the persist side, served after the
+    canary, unmounted; pulled out again, the node keeps serving and persisting."""
+    if (why := stick.tools_missing()) is not None:
+        pytest.skip(why)
+    assert node.proc is not None, "needs the provisioned node of the first test"
+    generation = max(committed(node), default=1) + 1000  # newer than anything the node commits before the import
+    image, generation = stick.make_stick(vm_image / "release", tmp_path, generation)
+    pristine = stick.digest(image)
+    before = len(node.agent_lines())
+    t0 = time.monotonic()
+    node.plug_usb_stick(image)
+    detected = node.wait("usb-detected", before, 300)
+    assert detected["device"].startswith("/dev/sd") and detected.get("fstype") == "vfat", usb_log(node, before)
+    scan = node.wait("usb-scan", before, 600)
+    assert scan["rc"] == "0" and f"{generation}:importable" in scan["checkpoints"], usb_log(node, before)
+    imported = node.wait("usb-import", before, 900)
+    assert imported["rc"] == "0" and imported["generation"] == str(generation), usb_log(node, before)
+    metrics["usb_import"] = {"generation": generation, "slot": imported["slot"], "scan_s": float(scan["seconds"]),
+                             "import_s": float(imported["seconds"]), "progress_lines": int(imported["progress"])}  # fmt: skip
+    counted = node.wait("usb-mounts", before, 120)
+    mounts = markers(node, "usb-mount", before, int(counted["_line"]))
+    assert mounts and {m["where"] for m in mounts} == {"helper"}, mounts  # private: only the helper's namespace
+    for m in mounts:
+        assert m["fstype"] == "vfat" and {"ro", "nosuid", "nodev", "noexec"} <= set(m["options"].split(",")), m
+    unmounted = node.wait("usb-unmounted", before, 60)
+    assert unmounted["left"] == "0" and unmounted["base"] == "-", unmounted
+    helper = node.wait("usb-helper", before, 60)
+    assert helper["unit_user"] == "root" and helper["uid"] == helper["root_uid"], helper  # the unit: no User=
+    restart = node.wait("usb-restart", before, 900)
+    assert restart["rc"] == "0" and restart["restarted"] == "True", usb_log(node, before)
+    serving = node.wait("serving", int(restart["_line"]), BOOT_TIMEOUT)
+    assert serving["generation"] == str(generation), (serving, node.tail())  # boot admitted it after the canary
+    events = markers(node, "event", before, len(node.agent_lines()))
+    usb_mounts = [e for e in events if e.get("name") == "console.usb_mount"]
+    assert {e["op"] for e in usb_mounts} == {"mount", "unmount"}, usb_mounts  # each mount undone (scan, import)
+    assert all(e["uid"] == helper["persist_uid"] and e["mode"] == "read-only" for e in usb_mounts), usb_mounts
+    metrics["usb_plug_to_serving_imported_s"] = round(time.monotonic() - t0, 1)
+    node.wait("usb-done", before, 60)
+    after = len(node.agent_lines())
+    node.unplug_usb_stick()
+    removed = node.wait("usb-removed", after, 120)
+    assert removed["phase"] == "serving", (removed, node.tail())
+    again = node.wait("committed", after, 240)  # still serving and persisting on top of the import
+    assert int(again["generation"]) > generation, again
+    assert stick.digest(image) == pristine, "the stick was written to (it must be mounted read-only)"
+    print(f"\nUSB stick: generation {generation} imported into slot {imported['slot']} "
+          f"(scan {scan['seconds']} s, import {imported['seconds']} s), served after the canary; mounts seen: "
+          f"{[(m['where'], m['options']) for m in mounts]}; helper uid {helper['uid']}, caller uid "
+          f"{helper['persist_uid']}")  # fmt: skip
 
 
 def _cut_cycle(node: Vm, cuts: int, metrics: dict[str, Any], label: str) -> None:

@@ -6,6 +6,9 @@ serving, failed units, and journald's copy of boot.serving with its MESSAGE_ID a
 fields. It keeps the model changing (POST /v1/adapt) so every persist commits new state. It asks
 the service over its control socket as root (the network listener exposes neither the handoff
 nor adaptation, design §7.1.1).
+Once per node it rates every appliance unit with the real ``systemd-analyze security`` (the units as
+systemd loaded them, drop-ins included). A hot-plugged USB stick is imported through the console's
+privileged side (``usbcheck``).
 Scenario knobs come from the kernel command line: ``vmtest.hang_persist=1`` freezes the
 persistence watchdog (SIGSTOP) after the first commit, to prove systemd's WatchdogSec restarts it.
 """
@@ -14,21 +17,31 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
+import threading
 import time
+
+import usbcheck
 
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 EVENTS = "/var/log/appliance/events.jsonl"
 CONTROL = "/run/appliance/control.sock"
 BOOT_SERVING_ID = "443baed6af794a5a92b953b482a774b0"
+SECURITY_DONE = "/var/lib/appliance-vm/security.done"
+EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+) (\w+)")
 OUT = open("/dev/ttyS1", "w", buffering=1)  # noqa: SIM115
 
 
+SAY = threading.Lock()  # the USB flow reports from its own thread: whole lines only
+
+
 def say(line):
-    OUT.write(f"VMAGENT {line}\n")
-    OUT.flush()
+    with SAY:
+        OUT.write(f"VMAGENT {line}\n")
+        OUT.flush()
 
 
 def uptime():
@@ -118,6 +131,10 @@ def report_once_serving(body):
     say(f"failed-units count={len(names)} names={','.join(names) or '-'}")
     code, out = run("systemctl", "show", "-p", "NRestarts", "--value", "appliance-supervisor.service")
     say(f"supervisor nrestarts={out.strip() or '-'}")
+    _, state = run("systemctl", "show", "-p", "ActiveState", "--value", "appliance-usbmount.service")
+    _, restarts = run("systemctl", "show", "-p", "NRestarts", "--value", "appliance-usbmount.service")
+    sock = os.path.exists("/run/appliance/usbmount.sock")
+    say(f"usbmount state={state.strip() or '-'} nrestarts={restarts.strip() or '-'} socket={int(sock)}")
     code, out = run("journalctl", "-o", "json", "-n", "1", f"MESSAGE_ID={BOOT_SERVING_ID}")
     try:
         entry = json.loads(out.splitlines()[-1])
@@ -125,6 +142,33 @@ def report_once_serving(body):
         say(f"journal boot.serving message_id={entry.get('MESSAGE_ID')} fields={','.join(fields)}")
     except (ValueError, IndexError):
         say("journal boot.serving message_id=- fields=-")
+    if not os.path.exists(SECURITY_DONE):
+        report_security()
+
+
+def report_security():
+    """``systemd-analyze security`` of every appliance unit as loaded (the test harness's own agent excepted)."""
+    code, out = run("systemctl", "list-unit-files", "--no-legend", "--plain", "appliance-*.service")
+    units = sorted({line.split()[0] for line in out.splitlines() if line.split()} - {"appliance-vm-agent.service"})
+    t0 = time.monotonic()
+    code, out = run("systemd-analyze", "security", "--no-pager", *units, timeout=600)
+    found = EXPOSURE.findall(out)
+    for unit, level, verdict in found:
+        say(f"security unit={unit} exposure={level} verdict={verdict}")
+    say(f"security-done rc={code} units={len(units)} rated={len(found)} seconds={time.monotonic() - t0:.1f}")
+    os.makedirs(os.path.dirname(SECURITY_DONE), exist_ok=True)
+    with open(SECURITY_DONE, "w") as f:
+        f.write(out)
+
+
+class Usb:
+    """What the USB flow (its own thread) and the main loop share."""
+
+    def __init__(self):
+        self.paused = threading.Event()  # no adaptation: the node is taken into service
+        self.unchanged = 0  # how often the service reported its state unchanged while paused
+        self.force_report = threading.Event()  # report `serving` again (after the restart)
+        self.present = False
 
 
 def main():
@@ -139,9 +183,12 @@ def main():
     adapt_ok = True
     diagnosed = False
     last_status = time.monotonic()
+    usb = Usb()
     while True:
         for e in events.new():
             fields = e.get("fields", {})
+            if e.get("event") == "state.unchanged" and usb.paused.is_set():
+                usb.unchanged += 1
             if e.get("event") == "persist.committed":
                 say(f"committed generation={fields.get('generation')} slot={fields.get('slot')}")
                 if hang_persist and not hung and (pid := persist_pid()):
@@ -166,12 +213,24 @@ def main():
             last_status = time.monotonic()
             code, out = run("systemctl", "is-active", "appliance-supervisor", "appliance-boot")
             say(f"status units={','.join(out.split())} uptime={uptime():.0f}")
+        if usb.force_report.is_set():
+            usb.force_report.clear()
+            serving = False
+        present = bool(usbcheck.disks())
+        if present != usb.present:
+            usb.present = present
+            if present and serving:
+                threading.Thread(target=usbcheck.run_flow, args=(say, usb), daemon=True).start()
+            elif not present:
+                body = ready() or {}
+                say(f"usb-removed phase={body.get('phase', '-')} "
+                    f"generation={(body.get('handoff') or {}).get('generation', '-')}")  # fmt: skip
         if not serving:
             body = ready()
             if body is not None:
                 serving = True
                 report_once_serving(body)
-        elif adapt_ok:
+        elif adapt_ok and not usb.paused.is_set():
             x = [[rng.uniform(-1, 1) for _ in range(16)] for _ in range(4)]
             y = [[rng.uniform(-1, 1) for _ in range(4)] for _ in range(4)]
             try:
