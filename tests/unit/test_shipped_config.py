@@ -230,3 +230,29 @@ def test_usb_helper_unit_reaches_the_run_dir_without_dac_capabilities() -> None:
     groups = {service.get("Group", "root"), *service.get("SupplementaryGroups", "").split()}
     assert group in groups and mode & 0o030 == 0o030, (rule, groups)  # group may create files in the run dir
     assert "MountFlags" not in service
+
+
+DRIVER_OF_CLASS = {"sd": "sd_mod", "loop": "loop", "nvgpu": "nvgpu"}
+
+
+def test_every_device_class_a_unit_allows_has_its_driver_loaded_before_the_unit() -> None:
+    """Regression (VM tier): ``DeviceAllow=block-sd`` is resolved from /proc/devices when the unit starts.
+
+    On the VM (virtio disks) ``sd_mod`` was not loaded then, so the USB helper's device policy admitted
+    no sd device and ``blkid`` read every hot-plugged stick as "no readable file system". Each
+    ``block-``/``char-`` class a shipped unit allows must name its driver's ``modprobe@`` unit in both
+    ``Wants=`` and ``After=``.
+    """
+    units = [*SYSTEMD.glob("*.service"), *(SYSTEMD.parent / "bootstrap" / "systemd").glob("*.service")]
+    checked = 0
+    for path in units:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        classes = {line.split("=", 1)[1].split()[0].split("-", 1)[1] for line in lines
+                   if line.startswith("DeviceAllow=") and line.split("=", 1)[1].startswith(("block-", "char-"))}  # fmt: skip
+        wants = " ".join(line.split("=", 1)[1] for line in lines if line.startswith("Wants="))
+        after = " ".join(line.split("=", 1)[1] for line in lines if line.startswith("After="))
+        for cls in classes - {"*"}:
+            module = f"modprobe@{DRIVER_OF_CLASS[cls]}.service"
+            assert module in wants.split() and module in after.split(), (path.name, cls)
+            checked += 1
+    assert checked >= 3  # sd and loop (USB helper), nvgpu (supervisor)
