@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,21 +24,12 @@ from appliance.format.remote import parse_head_payload
 from appliance.remote.head import sign_head
 from appliance.signing import SigningKey
 from appliance.store.store import Store
-from tests.integration.s3server import S3Server
+from tests.integration import test_channel
 from tests.integration.test_channel import Fleet
 from tests.integration.test_channel_supervised import split
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, server: S3Server) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, server)
-    try:
-        yield f
-    finally:
-        for n in f.nodes:
-            n.stop()
+fleet = test_channel.fleet  # the shared fixture (stops every node it started)
 
 
 def _node(fleet: Fleet, name: str) -> LocalNode:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,20 +18,12 @@ from appliance.cli.localnode import CLI, LocalNode
 from appliance.cli.main import main
 from appliance.remote.supervisord import ChannelProgram, channel_section
 from appliance.store.store import Store
-from tests.integration.s3server import S3Server, remote_json
+from tests.integration import test_channel
+from tests.integration.s3server import remote_json
 from tests.integration.test_channel import Fleet
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, server: S3Server) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, server)
-    try:
-        yield f
-    finally:
-        for n in f.nodes:
-            n.stop()
+fleet = test_channel.fleet  # the shared fixture (stops every node it started)
 
 
 def split(node: LocalNode) -> LocalNode:
