@@ -199,3 +199,26 @@ class Keyring:
             active=_hex(d["active"], "keyring active", KEY_ID_BYTES),
             keys=tuple(WrappedKey.from_dict(k) for k in keys),
         )
+
+
+KEK_SPEC_HELP = "file:PATH, systemd-creds:PATH or entry-point:pkg.module:factory"
+
+
+def kek_spec_problem(spec: str) -> str | None:
+    """Why ``spec`` is no KEK spec in the CLI's spelling (``None``: it is one); a bare path is refused."""
+    provider, sep, rest = spec.partition(":")
+    if not sep or provider not in PROVIDERS:
+        return f"names no KEK provider (one of {', '.join(PROVIDERS)})"
+    if not rest or len(rest) > 4096 or "\0" in rest:
+        return "names no KEK location"
+    if provider == "entry-point":
+        module, sep, factory = rest.partition(":")
+        if not (sep and factory.isidentifier() and all(part.isidentifier() for part in module.split("."))):
+            return "is no entry point pkg.module:factory"
+    return None
+
+
+def kek_spec_path(spec: str) -> str | None:
+    """The file a ``file:`` or ``systemd-creds:`` spec names (``None`` for an entry point)."""
+    provider, _, rest = spec.partition(":")
+    return rest if provider in ("file", "systemd-creds") else None

@@ -17,6 +17,7 @@ from typing import Any
 
 from appliance.errors import ApplianceError, ConfigError, ManifestError, TrustLocationError
 from appliance.format.canonical import canonical_bytes, require_keys, strict_loads
+from appliance.format.crypto import KEK_SPEC_HELP, kek_spec_path, kek_spec_problem
 from appliance.limits import DEFAULT_LIMITS
 
 CONFIG_FORMAT = "appliance.node"
@@ -89,6 +90,11 @@ class NodeConfig:
     # itself (a single-user development node); a directory = the channel program (appliance-channel) only stages
     # releases there and the persistence watchdog, the store's only writer, imports them (production).
     channel_inbox: str = ""
+    # Encryption at rest (issue 18, docs/design.md §14): first boot creates the store encrypted, its data key
+    # wrapped under this KEK ("file:PATH" | "systemd-creds:PATH" | "entry-point:pkg.mod:factory", the spelling
+    # of `appliance init --kek`; a missing file or credential is created). "" = a plain store. Read by first
+    # boot only: afterwards the store's keyring names its KEK.
+    encrypt_kek: str = ""
 
     def __post_init__(self) -> None:
         if ":" not in self.model:
@@ -103,6 +109,7 @@ class NodeConfig:
             raise ConfigError("persist_keep_bytes must be >= 0 and persist_nice 0..19")
         _check_caps(self)
         _check_journal(self)
+        _check_kek(self)
         if self.model_init not in MODEL_INIT:
             raise ConfigError(f"model_init must be one of {', '.join(MODEL_INIT)}, got {self.model_init!r:.40}")
 
@@ -179,6 +186,10 @@ class NodeConfig:
             for name in _PATHS
             if (value := getattr(self, name)) and not Path(value).is_absolute()
         }
+        kek_path = kek_spec_path(self.encrypt_kek)
+        if kek_path and not Path(kek_path).is_absolute():
+            provider = self.encrypt_kek.partition(":")[0]
+            changes["encrypt_kek"] = f"{provider}:{(base / kek_path).resolve()}"
         return replace(self, **changes)
 
     def to_bytes(self) -> bytes:
@@ -216,6 +227,25 @@ def _check_journal(c: NodeConfig) -> None:
         raise ConfigError("journal_group_commit_ms must be 0..1000 and journal_max_bytes 65536..2^40")
     if not (1 <= c.adapt_threads <= 256 and c.max_replay_s > 0 and c.flash_budget_bytes_per_day >= 0):
         raise ConfigError("adapt_threads must be 1..256, max_replay_s positive, flash_budget_bytes_per_day >= 0")
+
+
+def _check_kek(c: NodeConfig) -> None:
+    if not c.encrypt_kek:
+        return
+    problem = kek_spec_problem(c.encrypt_kek)
+    if problem is not None:
+        raise ConfigError(
+            f"node.json encrypt_kek {c.encrypt_kek!r:.80} {problem}",
+            remedy=f"set encrypt_kek to {KEK_SPEC_HELP}, or leave it out for a plain store",
+        )
+    path = kek_spec_path(c.encrypt_kek)
+    if path and Path(path).is_absolute() and Path(c.store).is_absolute():
+        kek, store = os.path.normpath(path), os.path.normpath(c.store)
+        if kek == store or kek.startswith(store.rstrip(os.sep) + os.sep):
+            raise ConfigError(
+                f"node.json encrypt_kek {path} lies inside the store {c.store}: whoever reads the disk reads the key",
+                remedy="keep the KEK outside the store and its slot partitions (e.g. /etc/appliance/store.kek)",
+            )
 
 
 def _with_device_id(config: NodeConfig, identity: Path) -> NodeConfig:

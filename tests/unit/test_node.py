@@ -43,6 +43,44 @@ def test_bad_node_json_is_a_config_error(tmp_path: Path, content: str) -> None:
         load_config(tmp_path / "node.json")
 
 
+def _node_json(tmp_path: Path, **fields: object) -> Path:
+    (tmp_path / "node.json").write_text(json.dumps({"format": "appliance.node", "version": 1, **fields}))
+    return tmp_path / "node.json"
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("file:/etc/appliance/store.kek", "file:/etc/appliance/store.kek"),
+        ("systemd-creds:/etc/appliance/store.cred", "systemd-creds:/etc/appliance/store.cred"),
+        ("entry-point:vendor.optee_kek:factory", "entry-point:vendor.optee_kek:factory"),
+        ("file:keys/store.kek", "file:{tmp}/keys/store.kek"),  # relative: against node.json's directory
+        ("", ""),  # a plain store, as before the option existed
+    ],
+)
+def test_encrypt_kek_is_a_kek_spec_resolved_at_load(tmp_path: Path, spec: str, expected: str) -> None:
+    config = load_config(_node_json(tmp_path, store="/var/lib/appliance", encrypt_kek=spec))
+    assert config.encrypt_kek == expected.format(tmp=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("/etc/appliance/store.kek", "names no KEK provider"),  # a bare path: the provider must be named
+        ("rot13:/etc/k", "names no KEK provider"),
+        ("file:", "names no KEK location"),
+        ("entry-point:vendor.optee_kek", "is no entry point"),
+        ("entry-point:vendor-x:make kek", "is no entry point"),
+        ("file:/var/lib/appliance/A/store.kek", "lies inside the store"),
+        ("systemd-creds:/var/lib/appliance", "lies inside the store"),
+    ],
+)
+def test_a_bad_encrypt_kek_is_a_config_error_with_a_remedy(tmp_path: Path, spec: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_config(_node_json(tmp_path, store="/var/lib/appliance", encrypt_kek=spec))
+    assert "encrypt_kek" in info.value.problem and info.value.remedy
+
+
 def test_missing_node_json_names_the_remedy(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.json")
