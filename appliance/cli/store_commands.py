@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.cli.output import Output, human_bytes
-from appliance.crypto import FileKek, KekSource, SystemdCredsKek, parse_kek_option
+from appliance.crypto import KekSource, create_missing, parse_kek_option
 from appliance.errors import ConfigError, NoValidCheckpointError, TensorMismatchError, UsageError
 from appliance.format.canonical import refuse_duplicates
 from appliance.format.validate import INT_REMEDY
@@ -128,12 +128,7 @@ def _init_kek(args: argparse.Namespace) -> KekSource:
     """``--kek`` (default ``file:ROOT.kek``): an existing KEK is used, a missing file or credential created."""
     if getattr(args, "kek", None) is None and Path(f"{args.root}.kek").exists():
         raise UsageError(f"{args.root}.kek exists; name the KEK explicitly with --kek file:{args.root}.kek")
-    source = parse_kek_option(args.kek or f"file:{args.root}.kek")
-    if isinstance(source, FileKek) and not source.path.exists():
-        return FileKek.create(source.path)
-    if isinstance(source, SystemdCredsKek) and not source.path.exists():
-        return SystemdCredsKek.create(source.path)
-    return source
+    return create_missing(parse_kek_option(args.kek or f"file:{args.root}.kek"))
 
 
 def cmd_trust(args: argparse.Namespace, out: Output) -> int:

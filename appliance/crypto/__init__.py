@@ -6,7 +6,15 @@ Reading and writing the keyring belongs to the store (``appliance.store.keys``).
 """
 
 from appliance.crypto.aead import FrameCipher, JournalSeal, kek_check, new_data_key, unwrap_data_key, wrap_data_key
-from appliance.crypto.kek import EntryPointKek, FileKek, KekSource, SystemdCredsKek, kek_source, parse_kek_option
+from appliance.crypto.kek import (
+    EntryPointKek,
+    FileKek,
+    KekSource,
+    SystemdCredsKek,
+    create_missing,
+    kek_source,
+    parse_kek_option,
+)
 
 __all__ = [
     "EntryPointKek",
@@ -15,6 +23,7 @@ __all__ = [
     "JournalSeal",
     "KekSource",
     "SystemdCredsKek",
+    "create_missing",
     "kek_check",
     "kek_source",
     "new_data_key",

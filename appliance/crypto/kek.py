@@ -12,6 +12,7 @@ Every failure to obtain a KEK raises ``KeyUnavailableError`` (55): a node fault.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import secrets
@@ -48,20 +49,37 @@ class FileKek:
         return {"provider": "file", "path": str(self.path)}
 
     @classmethod
-    def create(cls, path: str | Path) -> FileKek:
-        """A new random KEK at ``path`` (refused if the file exists: a KEK is never overwritten)."""
+    def create(cls, path: str | Path, group: int | None = None) -> FileKek:
+        """A new random KEK at ``path`` (refused if the file exists: a KEK is never overwritten).
+
+        Atomic: written to a temp file of mode 0400 (0440 and group ``group`` when given, as root),
+        synced, then hard-linked into place (fails if the name exists) and the directory synced, so a
+        cut leaves no KEK or a whole one.
+        """
         target = Path(path)
+        if target.exists() or target.is_symlink():
+            raise UsageError(f"{target} exists; a key-encryption key is never overwritten")
+        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+            try:
+                if group is not None:
+                    os.fchown(fd, -1, group)
+                    os.fchmod(fd, 0o440)
+                os.write(fd, secrets.token_bytes(KEY_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, target)
         except FileExistsError:
             raise UsageError(f"{target} exists; a key-encryption key is never overwritten") from None
         except OSError as exc:
             raise UsageError(f"cannot create {target}: {exc.strerror}") from exc
-        try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
-            os.fsync(fd)
         finally:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        _fsync_dir(target.parent)
         return cls(target)
 
     def destroy(self) -> bool:
@@ -171,6 +189,27 @@ class EntryPointKek:
             raise
         except Exception as exc:
             raise KeyUnavailableError(f"KEK provider {self.name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def create_missing(source: KekSource, group: int | None = None) -> KekSource:
+    """``source``, first created when it is a file or credential that does not exist yet (``init --encrypt``).
+
+    ``group``: a new file KEK is made 0440 for that group (first boot, as root: the node's users read it).
+    """
+    if isinstance(source, FileKek) and not source.path.exists():
+        return FileKek.create(source.path, group)
+    if isinstance(source, SystemdCredsKek) and not source.path.exists():
+        return SystemdCredsKek.create(source.path)
+    return source
 
 
 def kek_source(descriptor: dict[str, str]) -> KekSource:
