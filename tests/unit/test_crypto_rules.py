@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,20 @@ def test_a_malformed_keyring_is_refused(mutate: object) -> None:
     mutate(d)  # type: ignore[operator]
     with pytest.raises(ManifestError):
         Keyring.from_dict(d)
+
+
+def test_a_file_kek_is_created_whole_0400_and_never_overwritten(tmp_path: Path) -> None:
+    from appliance.crypto import EntryPointKek, FileKek, create_missing
+    from appliance.errors import UsageError
+
+    kek = create_missing(FileKek(tmp_path / "store.kek"))  # init --encrypt's and first boot's path
+    assert isinstance(kek, FileKek) and os.stat(kek.path).st_mode & 0o777 == 0o400 and len(kek.kek()) == 32
+    before = kek.path.read_bytes()
+    assert create_missing(FileKek(kek.path)).kek() == before  # an existing KEK is used, not replaced
+    with pytest.raises(UsageError, match="never overwritten"):
+        FileKek.create(kek.path)
+    assert kek.path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["store.kek"]  # no temp file left
+    group = FileKek.create(tmp_path / "group.kek", os.getgid())
+    assert os.stat(group.path).st_mode & 0o777 == 0o440 and len(group.kek()) == 32  # the group may read it
+    provider = EntryPointKek("vendor.optee:kek")
+    assert create_missing(provider) is provider  # nothing to create
