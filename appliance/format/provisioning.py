@@ -35,7 +35,7 @@ MAX_TECHNICIANS = 32
 SETTINGS_MAX_DEPTH = 6
 
 # First boot, in order. "format" runs before the slot mounts; the rest after (docs/image.md §4).
-STEPS = ("format", "mounts", "store", "trust", "factory", "key", "register", "floor", "provision", "done")
+STEPS = ("format", "mounts", "store", "trust", "key", "register", "factory", "floor", "provision", "done")
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")

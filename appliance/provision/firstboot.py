@@ -5,10 +5,13 @@ Owns: the first-boot steps (``appliance.format.provisioning.STEPS``) and their o
 1. ``format``   (before the slot mounts) ext4 on CKPT_A/CKPT_B only where blkid finds no signature;
 2. ``mounts``   both slots are mounted (the mount units mount by partlabel);
 3. ``store``    store.json and the slot directories (store.json written last: the store exists);
+                with node.json ``encrypt_kek`` first the keyring (``appliance.provision.keyring``);
 4. ``trust``    the node's trust store holds every release key of the image's release trust store;
-5. ``factory``  the factory checkpoint is imported (verified) when no slot holds a committed one;
-6. ``key``      the device signing key exists in the key provider (``appliance.node.keyprovider``);
-7. ``register`` device.json names the device id, key id and role; the key is in the trust store;
+5. ``key``      the device signing key exists in the key provider (``appliance.node.keyprovider``);
+6. ``register`` device.json names the device id, key id and role; the key is in the trust store;
+7. ``factory``  the factory checkpoint is imported (verified) when no slot holds a committed one;
+                into an encrypted store re-sealed under its key and signed by the (registered)
+                device key, with the release as lineage (``appliance.transfer.reseal``);
 8. ``floor``    the anti-rollback floor is at least the newest committed generation (the factory's);
 9. ``provision`` the one-shot provisioning file is applied, then shredded;
 10. ``done``    done.json is written last; the first-boot units do not start again.
@@ -43,6 +46,7 @@ from appliance.node.floor import FloorMissingError, open_floor
 from appliance.node.keyprovider import DEVICE_KEY, KeyProvider, open_key_provider
 from appliance.node.mounts import unavailable_slots
 from appliance.provision import files
+from appliance.provision.keyring import ensure_keyring, provider_name
 from appliance.provision.partitions import PartitionOutcome, Runner, format_empty_partitions, run
 from appliance.signing import TrustStore
 from appliance.signing.trust import DEVICE
@@ -121,7 +125,7 @@ class FirstBoot:
             return summary
         for name, fn in (
             ("mounts", self._mounts), ("store", self._store), ("trust", self._trust),
-            ("factory", self._factory), ("key", self._key), ("register", self._register),
+            ("key", self._key), ("register", self._register), ("factory", self._factory),
             ("floor", self._floor), ("provision", self._provisioning), ("done", self._done),
         ):  # fmt: skip
             self._step(name, fn)
@@ -163,18 +167,35 @@ class FirstBoot:
 
     def _store(self) -> str:
         storage = LocalStorage(self.root)
+        spec = self.config.encrypt_kek
         if storage.size(layout.STORE_CONFIG) is not None:
-            return "store exists"
+            return self._existing_store(spec)
         factory = files.read_json(self.paths.factory / layout.STORE_CONFIG, 64 * 1024)
         base = StoreConfig.from_dict(factory) if factory is not None else StoreConfig(model=self.config.model)
-        config = replace(base, trust=str(self.trust_path) if self.config.trust else layout.TRUST_FILE)
+        trust = str(self.trust_path) if self.config.trust else layout.TRUST_FILE
+        config = replace(base, trust=trust, encrypt=bool(spec))
         for slot in SLOT_NAMES:
             for sub in (layout.frames_dir(slot), layout.checkpoints_dir(slot)):
                 if storage.listdir(sub) is None:
                     storage.mkdir(sub)
             storage.fsync_dir(slot)
+        how = "created"
+        if spec:
+            keyring = ensure_keyring(storage, spec)
+            how = f"created encrypted (kek: {provider_name(spec)}{', keyring reused' if keyring == 'reused' else ''})"
         files.write_file(self.root / layout.STORE_CONFIG, canonical_bytes(config.to_dict()) + b"\n")
-        return f"created for model {config.model!r}"
+        return f"{how} for model {config.model!r}"
+
+    def _existing_store(self, spec: str) -> str:
+        existing = StoreConfig.from_dict(files.read_json(self.root / layout.STORE_CONFIG, 64 * 1024))
+        if spec and not existing.encrypt:
+            raise ProvisioningError(
+                f"node.json asks for an encrypted store (encrypt_kek {spec}) but {self.root} holds a plain one "
+                "(the CKPT partitions kept a store from before this image)",
+                remedy=f"seal new commits with `appliance key {self.root} enable --kek {spec} --create-kek` (older "
+                "frames stay clear until retention removes them), or wipe the CKPT partitions (wipefs -a) and boot",
+            )
+        return "store exists" + (" (encrypted)" if spec else "")
 
     def _trust(self) -> str:
         release_obj = files.read_json(self.paths.release_trust)
@@ -200,7 +221,8 @@ class FirstBoot:
         return f"{len(release.keys)} release key(s) already trusted"
 
     def _open_store(self) -> Store:
-        store = Store.open(self.root, trust_path=self.config.trust or None)
+        device = self.summary.get("device_id")
+        store = Store.open(self.root, trust_path=self.config.trust or None, device_id=device)
         store.good_provider = SlotStates(store.storage, store.limits).good_generations
         return store
 
@@ -222,9 +244,23 @@ class FirstBoot:
             floor = open_floor(self.config).read()
         except FloorMissingError:
             floor = 0  # first boot: the "floor" step below provisions it; from then on missing fails closed
+        if store.config.encrypt:
+            return self._factory_sealed(store, floor)
         result = import_checkpoint(store, LocalStorage(self.paths.factory), floor=floor)
         self.summary["factory_generation"] = result.generation
         return f"generation {result.generation} imported into slot {result.slot} (verified)"
+
+    def _factory_sealed(self, store: Store, floor: int) -> str:
+        """A plain factory checkpoint is never copied into an encrypted store: re-sealed, device-signed."""
+        from appliance.transfer.reseal import import_sealed
+
+        key = self.keys.signing_key(DEVICE_KEY)
+        done = import_sealed(store, LocalStorage(self.paths.factory), [key], floor=floor)
+        self.summary["factory_generation"] = done["generation"]
+        return (
+            f"generation {done.get('source_generation', done['generation'])} imported into slot {done['slot']} "
+            f"(verified), {done['mode']} as generation {done['generation']}"
+        )
 
     def _key(self) -> str:
         public = self.keys.create_signing_key(DEVICE_KEY)
