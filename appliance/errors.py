@@ -341,7 +341,7 @@ class NoValidCheckpointError(ApplianceError):
     remedy = (
         "recovery mode: import a signed checkpoint with `appliance import ROOT SRC` (a USB stick or directory "
         "written by `appliance export`), or commit one with `appliance commit ROOT MODEL --key KEY` "
-        "(`appliance seed --config node.json` for the model's fresh state), then run "
+        "(`appliance seed --config node.json --force` for the model's fresh state), then run "
         "`appliance boot --config node.json`; `appliance verify ROOT` names what failed"
     )
 
