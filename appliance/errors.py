@@ -218,7 +218,11 @@ class ManifestError(IntegrityError):
 class CanaryNotRecordableError(ManifestError):
     """A canary boot could not check: ``part`` ("input" | "answer") has a rank out of range or, with
     ``nonfinite``, holds NaN or Infinity. Callers tell a damaged state from a bad canary by these
-    fields, never by the message text."""
+    fields, never by the message text.
+
+    Raised only by ``appliance.format.canary.check_recordable``; no command exits 59: ``seed`` and every
+    export (``appliance.service.export``) report it as ``CanaryInputError`` (19), or as ``ExportFileError``
+    (41) when the model's state itself holds NaN or Infinity."""
 
     exit_code = 59
     remedy = "fix the model's canary_input(); a non-finite answer means the served state is damaged: restore a good one"

@@ -98,3 +98,30 @@ def test_seed_force_commits_the_factory_state_as_a_new_newest_generation(
     assert code == 0, data
     assert data["generation"] == 2 and _generations(node)[0] == (2, data["slot"])
     assert Store.open(node / "store").select().opened.generation == 2
+
+
+def _node_with(tmp_path: Path, model: str) -> Path:
+    root = tmp_path / model
+    assert main(["node-init", str(root), "--frame-size", "4096"]) == 0
+    config = json.loads((root / "node.json").read_text())
+    config["model"] = f"tests.integration.fixture_models:{model}"
+    (root / "node.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("model", "code", "error", "says"),
+    [
+        ("nan_canary", 19, "CanaryInputError", "the canary answer holds NaN or Infinity"),
+        ("nan_state", 41, "ExportFileError", "the served state is not finite"),
+    ],
+)
+def test_a_non_finite_canary_answer_at_seed_exits_19_or_41_for_a_non_finite_state_never_59(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, code: int, error: str, says: str
+) -> None:
+    """README's exit table (trial 3): 59 (`CanaryNotRecordableError`) is the typed check underneath, never an exit."""
+    root = _node_with(tmp_path, model)
+    capsys.readouterr()
+    got, doc, _ = _seed(capsys, root)
+    assert (got, doc["error"]) == (code, error) and says in doc["problem"], doc
+    assert _generations(root) == []
