@@ -329,7 +329,10 @@ class VendorSignatureError(IntegrityError):
 
 class PartialCheckpointError(IntegrityError):
     exit_code = 48
-    remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
+    remedy = (
+        "the source lacks blobs its bundle names or holds them with the wrong size (export cut short or damaged): "
+        "re-run the export, then import"
+    )
 
 
 class HeadError(IntegrityError):
