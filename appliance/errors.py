@@ -218,7 +218,11 @@ class ManifestError(IntegrityError):
 class CanaryNotRecordableError(ManifestError):
     """A canary boot could not check: ``part`` ("input" | "answer") has a rank out of range or, with
     ``nonfinite``, holds NaN or Infinity. Callers tell a damaged state from a bad canary by these
-    fields, never by the message text."""
+    fields, never by the message text.
+
+    Raised only by ``appliance.format.canary.check_recordable``; no command exits 59: ``seed`` and every
+    export (``appliance.service.export``) report it as ``CanaryInputError`` (19), or as ``ExportFileError``
+    (41) when the model's state itself holds NaN or Infinity."""
 
     exit_code = 59
     remedy = "fix the model's canary_input(); a non-finite answer means the served state is damaged: restore a good one"
@@ -325,7 +329,10 @@ class VendorSignatureError(IntegrityError):
 
 class PartialCheckpointError(IntegrityError):
     exit_code = 48
-    remedy = "the source lacks blobs its bundle names (export cut short or damaged): re-run the export, then import"
+    remedy = (
+        "the source lacks blobs its bundle names or holds them with the wrong size (export cut short or damaged): "
+        "re-run the export, then import"
+    )
 
 
 class HeadError(IntegrityError):
@@ -341,7 +348,7 @@ class NoValidCheckpointError(ApplianceError):
     remedy = (
         "recovery mode: import a signed checkpoint with `appliance import ROOT SRC` (a USB stick or directory "
         "written by `appliance export`), or commit one with `appliance commit ROOT MODEL --key KEY` "
-        "(`appliance seed --config node.json` for the model's fresh state), then run "
+        "(`appliance seed --config node.json --force` for the model's fresh state), then run "
         "`appliance boot --config node.json`; `appliance verify ROOT` names what failed"
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from appliance.cli.main import add_json
 from appliance.cli.output import Output, human_bytes
-from appliance.errors import ApplianceError, LockedError
+from appliance.errors import ApplianceError, LockedError, StoreExistsError
 from appliance.events import EventLog
 from appliance.format.handoff import Phase, ServiceReport
 from appliance.node.config import NodeConfig, load_config
@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("seed", help="commit a fresh state of the configured model (first checkpoint of a node)")
     add_config(p)
+    p.add_argument("--force", action="store_true",
+                   help="commit the factory state even though the store already holds checkpoints (it becomes the "
+                        "newest generation, served at the next boot)")  # fmt: skip
     add_json(p)
     p.set_defaults(func=cmd_seed)
 
@@ -200,26 +203,62 @@ def cmd_guard(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_seed(args: argparse.Namespace, out: Output) -> int:
     config = load_config(args.config)
-    data = seed(config)
+    data = seed(config, force=args.force, config_path=args.config)
     out.result(data, lambda d: f"seeded: {_committed_text(d)}")
     return 0
 
 
-def seed(config: NodeConfig) -> dict[str, Any]:
-    """Commit the configured model's fresh state (with its canary) as a checkpoint of this node."""
+def seed(config: NodeConfig, *, force: bool = False, config_path: Path | None = None) -> dict[str, Any]:
+    """Commit the configured model's fresh state (with its canary) as a checkpoint of this node.
+
+    Refused (``StoreExistsError``, nothing written) when the store already holds a committed generation
+    in either slot, unless ``force``: the factory state would become the newest generation and
+    supersede an adapted one at the next boot.
+    """
     from appliance.persist.committer import Committer
     from appliance.service import export, loader
 
+    if not force:
+        refuse_if_seeded(config, config_path)  # before the model is built or anything is written
     model = loader.build(config.model).model  # the factory's fresh state, initialised
     snapshot = export.capture(model, threading.Lock())
-    written = export.write(snapshot, config.outbox, config.model, None)
     committer = Committer(config, EventLog(config.event_log, "cli"))
     with committer.run.commit_guard() as free:
         if not free:
             raise LockedError("a boot is running; seed again when it has finished")
+        if not force:
+            refuse_if_seeded(config, config_path)  # again: something may have committed meanwhile
+        written = export.write(snapshot, config.outbox, config.model, None)
         result = committer.commit_file(written.path, produced_here=True)
         assert result is not None  # produced_here: always committed
         return result.to_dict()
+
+
+def refuse_if_seeded(config: NodeConfig, config_path: Path | None = None) -> None:
+    """``StoreExistsError`` naming the newest committed generation, if the store holds any (either slot).
+
+    Every commit record counts, also one that does not verify: a store in recovery mode holds
+    checkpoints too, and replacing them with the factory state is the operator's decision (``--force``).
+    """
+    from appliance.store.discovery import scan
+
+    store = open_node_store(config)
+    records = scan(store.storage, store.limits).records
+    if not records:
+        return
+    newest = max(records, key=lambda r: (r.generation, r.slot))
+    cfg = str(config_path) if config_path is not None else "NODE.json"
+    raise StoreExistsError(
+        f"the store {config.store} is already seeded: its newest committed generation is {newest.generation} "
+        f"(slot {newest.slot}); seeding again would commit the model's factory state as a newer generation, "
+        "which boot would then serve instead",
+        remedy=(
+            f"nothing was written. To serve what is there: `appliance boot --config {cfg}`; to go back to an "
+            f"earlier checkpoint: `appliance log {config.store}`, then `appliance tech rollback GEN --config "
+            f"{cfg}` (and `appliance pin {config.store} GEN` keeps one); to commit the factory state as a new "
+            f"generation anyway: `appliance seed --config {cfg} --force`"
+        ),
+    )
 
 
 def _utc() -> str:

@@ -85,8 +85,9 @@ class LocalNode:
         except ValueError as exc:
             raise AssertionError(f"appliance {argv} printed no JSON:\n{done.stdout}\n{done.stderr}") from exc
 
-    def seed(self) -> dict[str, Any]:
-        code, data = self.cli_json("seed")
+    def seed(self, *, force: bool = False) -> dict[str, Any]:
+        """``appliance seed``; ``force``: also on a store that already holds checkpoints."""
+        code, data = self.cli_json("seed", *(["--force"] if force else []))
         if code != 0:
             raise AssertionError(f"seed failed ({code}): {data}")
         return data

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from appliance.cli.output import Output, human_bytes
 from appliance.crypto import KekSource, create_missing, parse_kek_option
 from appliance.errors import ConfigError, NoValidCheckpointError, TensorMismatchError, UsageError
-from appliance.format.canonical import refuse_duplicates
+from appliance.format.canonical import DuplicateKeyError, refuse_duplicates
+from appliance.format.shown import shown
 from appliance.format.validate import INT_REMEDY
 from appliance.limits import DEFAULT_LIMITS
 from appliance.signing import PublicKey, SigningKey, TrustStore
@@ -59,6 +60,13 @@ def parse_meta(value: str | None) -> dict[str, Any]:
             "--meta is nested too deeply to be metadata any reader accepts",
             remedy="flatten the metadata (readers accept a few dozen levels; see docs/design.md §4.3)",
         ) from exc
+    except DuplicateKeyError as exc:
+        key = shown(exc.key, 60)
+        raise UsageError(
+            f"--meta has a duplicate key {key}: an object gives it twice, and appliance refuses rather than "
+            "silently keep one of the values",
+            remedy=f"give each key once: keep a single {key} in that object (merge the values or rename one)",
+        ) from None
     except ValueError as exc:
         raise UsageError(
             f"--meta is not valid JSON: {exc}",

@@ -16,6 +16,7 @@ from typing import Any
 from appliance.errors import CanaryNotRecordableError, ManifestError
 from appliance.format.canonical import canonical_bytes, require_keys
 from appliance.format.digest import Digest
+from appliance.format.shown import a_or_an
 
 METADATA_KEY = "canary"
 MAX_VALUES = 65536
@@ -82,7 +83,7 @@ def output_digest(output: Nested) -> str:
 def check(canary: Canary, output: object) -> CanaryResult:
     """Does ``output`` (the service's answer to ``canary.input``) meet the expectation?"""
     if not isinstance(output, list):
-        return CanaryResult(False, f"the service answered a {type(output).__name__}, not a list")
+        return CanaryResult(False, f"the service answered {a_or_an(type(output).__name__)}, not a list")
     if canary.output_sha256 is not None:
         got = output_digest(output)
         ok = got == canary.output_sha256

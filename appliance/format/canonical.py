@@ -27,12 +27,20 @@ def canonical_bytes(value: Any) -> bytes:
         raise ManifestError(f"value cannot be canonical JSON: {exc}") from exc
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object gives ``key`` twice (a ``ValueError``, as ``json.loads`` callers expect)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r:.60}")
+        self.key = key
+
+
 def refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads`` object hook: a key given twice is a ``ValueError`` (last-wins would be silent)."""
+    """``json.loads`` object hook: a key given twice is a ``DuplicateKeyError`` (last-wins would be silent)."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {key!r:.60}")
+            raise DuplicateKeyError(key)
         result[key] = value
     return result
 

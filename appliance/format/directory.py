@@ -19,6 +19,7 @@ from appliance.errors import LimitExceededError, ManifestError
 from appliance.format.canonical import canonical_bytes, get_int, require_keys
 from appliance.format.digest import Digest
 from appliance.format.frame import FrameRef
+from appliance.format.shown import shown
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -44,16 +45,16 @@ def check_label(value: object, what: str, limits: Limits = DEFAULT_LIMITS) -> st
     are not NFC (two spellings of one name could otherwise alias).
     """
     if not isinstance(value, str) or not value:
-        raise ManifestError(f"{what} must be a non-empty string, got {value!r:.60}")
+        raise ManifestError(f"{what} must be a non-empty string, got {shown(value, 60)}")
     if len(value.encode("utf-8", "surrogatepass")) > limits.max_name_bytes:
-        raise ManifestError(f"{what} is longer than {limits.max_name_bytes} bytes: {value[:60]!r}...")
+        raise ManifestError(f"{what} is longer than {limits.max_name_bytes} bytes: {shown(value, 60)}")
     if any(unicodedata.category(c).startswith("C") for c in value) or _FORBIDDEN_CHARS & set(value):
-        raise ManifestError(f"{what} contains control characters or backslashes: {value!r:.80}")
+        raise ManifestError(f"{what} contains control characters or backslashes: {shown(value)}")
     if unicodedata.normalize("NFC", value) != value:
-        raise ManifestError(f"{what} is not in Unicode NFC form: {value!r:.80}")
+        raise ManifestError(f"{what} is not in Unicode NFC form: {shown(value)}")
     parts = value.split("/")
     if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or (len(value) > 1 and value[1] == ":"):
-        raise ManifestError(f"{what} looks like a path (absolute, '..', '.' or empty part): {value!r:.80}")
+        raise ManifestError(f"{what} looks like a path (absolute, '..', '.' or empty part): {shown(value)}")
     return value
 
 

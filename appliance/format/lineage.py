@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ManifestError
 from appliance.format.canonical import get_str, require_keys
+from appliance.format.shown import shown
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def layout_difference(base: Layout, derived: Layout) -> str | None:
     for name in sorted(base):
         if base[name] != derived[name]:
             (bd, bs), (dd, ds) = base[name], derived[name]
-            return f"tensor {name!r:.80} is {dd}{list(ds)!r:.60}, the release base has {bd}{list(bs)!r:.60}"
+            return f"tensor {shown(name)} is {dd}{list(ds)!r:.60}, the release base has {bd}{list(bs)!r:.60}"
     return None
 
 

@@ -33,6 +33,7 @@ from appliance.format.dtypes import DType, dtype_named
 from appliance.format.frame import FrameRef
 from appliance.format.lineage import Lineage
 from appliance.format.provenance import Provenance
+from appliance.format.shown import shown
 from appliance.format.validate import check_metadata, check_shape
 from appliance.limits import DEFAULT_LIMITS, Limits
 
@@ -80,13 +81,13 @@ class TensorEntry:
         dtype = dtype_named(d["dtype"]).name
         shape = d["shape"]
         if not isinstance(shape, list):
-            raise ManifestError(f"tensor {name!r}: shape must be a list of at most {limits.max_tensor_dims} dims")
+            raise ManifestError(f"tensor {shown(name)}: shape must be a list of at most {limits.max_tensor_dims} dims")
         check_shape(name, shape, ManifestError, limits)
         frames = d["frames"]
         if not isinstance(frames, list) or len(frames) > limits.max_frames:
-            raise ManifestError(f"tensor {name!r}: frames must be a list of at most {limits.max_frames}")
+            raise ManifestError(f"tensor {shown(name)}: frames must be a list of at most {limits.max_frames}")
         entry = cls(name, dtype, tuple(shape), tuple(FrameRef.from_dict(f, limits) for f in frames))
-        limits.check(f"tensor {name!r} size in bytes", entry.nbytes, limits.tensor_max_bytes)
+        limits.check(f"tensor {shown(name)} size in bytes", entry.nbytes, limits.tensor_max_bytes)
         return entry
 
 

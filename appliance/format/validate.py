@@ -22,6 +22,7 @@ from typing import Any
 from appliance.errors import ApplianceError, ManifestError
 from appliance.format.canonical import canonical_bytes
 from appliance.format.directory import check_label
+from appliance.format.shown import a_or_an, shown
 from appliance.limits import DEFAULT_LIMITS, Limits
 
 # A manifest's metadata sits at depth 3 of the signed statement (statement -> predicate ->
@@ -52,7 +53,7 @@ def _check_scalar(item: object, where: str, error: type[ApplianceError], limits:
     if isinstance(item, float) and not math.isfinite(item):
         raise error(f"{where} is {item}, which JSON cannot carry")
     if not isinstance(item, _SCALARS):
-        raise error(f"{where} is a {type(item).__name__}, not a JSON value")
+        raise error(f"{where} is {a_or_an(type(item).__name__)}, not a JSON value")
 
 
 def metadata_max_depth(limits: Limits = DEFAULT_LIMITS) -> int:
@@ -111,15 +112,15 @@ def validate_tensor_name(
 def check_shape(name: str, shape: object, error: type[ApplianceError], limits: Limits = DEFAULT_LIMITS) -> None:
     """A shape is a list of at most ``max_tensor_dims`` integers in 0..tensor_max_bytes."""
     if not isinstance(shape, list | tuple) or len(shape) > limits.max_tensor_dims:
-        raise error(f"tensor {name!r}: shape must be a list of at most {limits.max_tensor_dims} dims")
+        raise error(f"tensor {shown(name)}: shape must be a list of at most {limits.max_tensor_dims} dims")
     for dim in shape:
         if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= limits.tensor_max_bytes:
-            raise error(f"tensor {name!r}: shape has an invalid dimension {dim!r:.40}")
+            raise error(f"tensor {shown(name)}: shape has an invalid dimension {dim!r:.40}")
 
 
 def check_tensor_bytes(name: str, nbytes: int, error: type[ApplianceError], limits: Limits = DEFAULT_LIMITS) -> None:
     if not 0 <= nbytes <= limits.tensor_max_bytes:
-        raise error(f"tensor {name!r} is {nbytes} bytes, outside the allowed range 0..{limits.tensor_max_bytes}")
+        raise error(f"tensor {shown(name)} is {nbytes} bytes, outside the allowed range 0..{limits.tensor_max_bytes}")
 
 
 def check_tensor_count(count: int, error: type[ApplianceError], limits: Limits = DEFAULT_LIMITS) -> None:
@@ -131,5 +132,5 @@ def check_unique(names: Sequence[str], error: type[ApplianceError]) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise error(f"tensor name {name!r} appears twice")
+            raise error(f"tensor name {shown(name)} appears twice")
         seen.add(name)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import torch
 
 from appliance.format.journal import StepPayload, TensorBlob
+from appliance.format.shown import a_or_an
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}  # fmt: skip
@@ -26,7 +27,7 @@ def blob(name: str, t: torch.Tensor) -> TensorBlob:
     t = t.detach().to("cpu").contiguous()
     dtype = str(t.dtype).removeprefix("torch.")
     if dtype not in _DTYPES:
-        raise ValueError(f"the journal cannot record a {dtype} tensor")
+        raise ValueError(f"the journal cannot record {a_or_an(dtype)} tensor")
     data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     return TensorBlob(name, dtype, tuple(t.shape), data)
 

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.format.shown import a_or_an
 
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
@@ -29,5 +30,5 @@ def load_entry_point(spec: str, what: str) -> Any:
     except AttributeError as exc:
         raise ConfigError(f"{what} {spec!r}: {module_name} has no {attr_path}") from exc
     if not callable(obj):
-        raise ConfigError(f"{what} {spec!r} names a {type(obj).__name__}, not a callable factory")
+        raise ConfigError(f"{what} {spec!r} names {a_or_an(type(obj).__name__)}, not a callable factory")
     return obj

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.errors import ApplianceError, StorageError, VendorTrustError
 from appliance.format.canonical import canonical_bytes, require_keys, strict_loads
+from appliance.format.shown import a_or_an
 from appliance.limits import DEFAULT_LIMITS
 from appliance.storage import LocalStorage, write_durable
 
@@ -50,7 +51,9 @@ def load_ec_public_key(pem: bytes, source: str) -> ec.EllipticCurvePublicKey:
         raise VendorTrustError(f"{source} is not a PEM public key: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in CURVES:
         kind = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
-        raise VendorTrustError(f"{source} is a {kind} key; vendor keys are EC P-256 or P-384 (model_signing sign key)")
+        raise VendorTrustError(
+            f"{source} is {a_or_an(kind)} key; vendor keys are EC P-256 or P-384 (model_signing sign key)"
+        )
     return key
 
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from appliance.errors import ModelSigningUnavailableError, VendorSignatureError
 from appliance.format.digest import Digest
 from appliance.format.provenance import MODEL_SIG, Provenance, Signer
+from appliance.provenance.reasons import check_bundle_shape, detail, explain
 from appliance.provenance.vendors import Vendor, VendorTrust, key_sha256, load_ec_public_key
 
 MAX_SIGNATURE_BYTES = 8 * 1024 * 1024
@@ -83,6 +84,7 @@ def check_source(source: Path, vendors: VendorTrust) -> Provenance | None:
 def verify_directory(directory: Path, signature: bytes, vendors: VendorTrust) -> Provenance:
     """Verify ``signature`` (the bytes of ``model.sig``) over ``directory`` against each vendor in turn."""
     lib, version = library()
+    bundle = check_bundle_shape(directory / MODEL_SIG, signature)  # in words, before the library's own parsing
     failures = []
     with tempfile.TemporaryDirectory(prefix="appliance-model-sig-") as tmp:
         sig_copy = Path(tmp) / MODEL_SIG
@@ -91,12 +93,11 @@ def verify_directory(directory: Path, signature: bytes, vendors: VendorTrust) ->
             try:
                 _verify_with(lib, vendor, directory, sig_copy, Path(tmp))
             except Exception as exc:  # the library raises ValueError, InvalidSignature, OpenSSL errors, ...
-                failures.append(f"{vendor.name}: {type(exc).__name__}: {exc}")
+                failures.append(explain(exc, vendor, directory, bundle))
                 continue
             return _provenance(signature, vendor, version)
-    raise VendorSignatureError(
-        f"{directory}/{MODEL_SIG} does not verify against any vendor of this store: " + " | ".join(failures)[:2000]
-    )
+    against = "" if len(failures) == 1 else f" against any of the store's {len(failures)} vendors"
+    raise VendorSignatureError(f"{directory}/{MODEL_SIG} does not verify{against}: " + " | ".join(failures)[:2000])
 
 
 def _verify_with(lib: Any, vendor: Vendor, directory: Path, sig: Path, tmp: Path) -> None:
@@ -138,7 +139,14 @@ def signed_file_digests(signature: bytes) -> dict[str, str]:
         statement = json.loads(base64.b64decode(json.loads(signature)["dsseEnvelope"]["payload"]))
         return {str(r["name"]): str(r["digest"]).lower() for r in statement["predicate"]["resources"]}
     except (KeyError, TypeError, ValueError) as exc:
-        raise VendorSignatureError(f"verified model.sig has an unexpected layout: {exc!r:.200}") from exc
+        raise VendorSignatureError(f"verified model.sig has an unexpected layout: {_layout(exc)}") from exc
+
+
+def _layout(exc: Exception) -> str:
+    """What of the statement's layout is wrong, in words (never a bare ``KeyError`` repr)."""
+    if isinstance(exc, KeyError):
+        return f"it lacks the field {exc.args[0]!r:.60}"
+    return f"{type(exc).__name__}: {detail(exc)}"
 
 
 def _provenance(signature: bytes, vendor: Vendor, verifier: str) -> Provenance:
@@ -158,7 +166,7 @@ def _provenance(signature: bytes, vendor: Vendor, verifier: str) -> Provenance:
             verifier=verifier,
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise VendorSignatureError(f"verified model.sig has an unexpected layout: {exc!r:.200}") from exc
+        raise VendorSignatureError(f"verified model.sig has an unexpected layout: {_layout(exc)}") from exc
 
 
 def _signer(bundle: dict[str, Any], vendor: Vendor) -> Signer:

@@ -28,6 +28,7 @@ from appliance import training
 from appliance.errors import CanaryInputError, CanaryNotRecordableError, ExportFileError, ManifestError
 from appliance.format.canary import Canary, check_recordable
 from appliance.format.export import ExportInfo
+from appliance.format.shown import a_or_an
 from appliance.node.priority import lower_priority
 from appliance.service import loader
 from appliance.service.limits import MAX_INPUT_RANK
@@ -129,7 +130,7 @@ def _canary(model: nn.Module) -> Canary | None:
             expected = model(inputs)
         if not isinstance(expected, torch.Tensor):  # the output is the problem, not the input
             raise CanaryInputError(
-                f"the model answered its canary input with a {type(expected).__name__}, not a tensor: "
+                f"the model answered its canary input with {a_or_an(type(expected).__name__)}, not a tensor: "
                 "the canary records the model's output tensor",
                 remedy="make the model's forward() return a tensor (for a dict or a Hugging Face ModelOutput, "
                 "wrap the model so that forward() returns its logits, e.g. model(x).logits)",

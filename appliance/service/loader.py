@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from appliance.errors import ConfigError, ServiceError
+from appliance.format.shown import a_or_an
 from appliance.node.config import MODEL_INIT
 from appliance.node.entrypoint import load_entry_point
 
@@ -68,7 +69,7 @@ def _build_initialised(factory: Callable[[], Any], entry: str) -> nn.Module:
     except Exception as exc:
         raise ServiceError(f"model factory {entry} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model factory {entry} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise ConfigError(f"model factory {entry} returned {a_or_an(type(model).__name__)}, not a torch.nn.Module")
     model.eval()
     return model
 
@@ -81,7 +82,7 @@ def _build_uninitialised(factory: Callable[[], Any]) -> tuple[nn.Module | None, 
     except Exception as exc:  # any failure here only means "initialise as usual"
         return None, f"the factory cannot run on the meta device ({type(exc).__name__}: {str(exc)[:200]})"
     if not isinstance(model, nn.Module):
-        return None, f"the factory returned a {type(model).__name__}"
+        return None, f"the factory returned {a_or_an(type(model).__name__)}"
     uncovered = restore_does_not_cover(model)
     if uncovered:
         return None, uncovered

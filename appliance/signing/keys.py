@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.errors import KeyFileError, KeyPermissionError
+from appliance.format.shown import a_or_an
 
 KEY_FILE_MAX_BYTES = 64 * 1024
 PRIVATE_KEY_FORBIDDEN_BITS = 0o077  # a private key file is readable by its owner only (0400 or 0600)
@@ -86,7 +87,9 @@ def key_type_of(key: PublicObject | PrivateObject, source: str) -> str:
         if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey))
         else type(key).__name__
     )
-    raise KeyFileError(f"{source} is a {kind} key; signing keys are Ed25519 or ECDSA P-256 ({', '.join(KEY_TYPES)})")
+    raise KeyFileError(
+        f"{source} is {a_or_an(kind)} key; signing keys are Ed25519 or ECDSA P-256 ({', '.join(KEY_TYPES)})"
+    )
 
 
 def _raw_public(key: PublicObject) -> bytes:
@@ -137,7 +140,8 @@ class PublicKey:
             raise KeyFileError(f"{source} is not a PEM public key: {exc}", remedy=PUBLIC_KEY_REMEDY) from exc
         if not isinstance(key, (Ed25519PublicKey, ec.EllipticCurvePublicKey)):
             raise KeyFileError(
-                f"{source} is a {type(key).__name__}; signing keys are {', '.join(KEY_TYPES)}", remedy=PUBLIC_KEY_REMEDY
+                f"{source} is {a_or_an(type(key).__name__)}; signing keys are {', '.join(KEY_TYPES)}",
+                remedy=PUBLIC_KEY_REMEDY,
             )
         return cls(_raw_public(key), key_type_of(key, source))
 
@@ -217,7 +221,7 @@ class SigningKey:
             ) from exc
         if not isinstance(key, (Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
             raise KeyFileError(
-                f"{source} is a {type(key).__name__}; signing keys are {', '.join(KEY_TYPES)}",
+                f"{source} is {a_or_an(type(key).__name__)}; signing keys are {', '.join(KEY_TYPES)}",
                 remedy=PRIVATE_KEY_REMEDY,
             )
         key_type_of(key, source)

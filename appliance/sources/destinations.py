@@ -35,6 +35,7 @@ import torch
 from appliance.codec.transform import U8
 from appliance.errors import AliasingConflictError, TensorMismatchError
 from appliance.format.manifest import TensorEntry
+from appliance.format.shown import a_or_an
 from appliance.sources.tensors import check_strided, torch_dtype
 from appliance.storage import Storage
 from appliance.store.discovery import OpenCheckpoint
@@ -247,7 +248,7 @@ def plan_destinations(entries: Sequence[TensorEntry], tensors: Mapping[str, torc
 
 def check_shape(entry: TensorEntry, t: object) -> None:
     if not isinstance(t, torch.Tensor):
-        raise TensorMismatchError(f"destination for {entry.name!r} is a {type(t).__name__}, not a torch.Tensor")
+        raise TensorMismatchError(f"destination for {entry.name!r} is {a_or_an(type(t).__name__)}, not a torch.Tensor")
     check_strided(entry.name, t, TensorMismatchError)
     if t.dtype != torch_dtype(entry.dtype) or tuple(t.shape) != entry.shape:
         raise TensorMismatchError(

@@ -78,7 +78,7 @@ def _asset(root: Path, path: Path, rel: str) -> AssetSource:
         check_label(rel, "asset path")
     except ManifestError as exc:
         raise AssetError(
-            f"{path}: its path cannot be stored: {exc.problem}",
+            f"{root}: a file's path cannot be stored: {exc.problem}",  # the problem shows the name, escaped
             remedy="rename the file (UTF-8, NFC, no backslash or control characters) or move it out of the directory",
         ) from exc
     target = inside(root, path, AssetError)

@@ -48,6 +48,7 @@ from appliance.format.directory import (
     source_header_metadata,
 )
 from appliance.format.dtypes import DTYPES, from_safetensors, safetensors_code
+from appliance.format.shown import shown
 from appliance.format.validate import validate_tensor_name
 from appliance.sources.stable import ShardHeader, StableFile, hash_whole_file, safetensors_offsets
 from appliance.sources.tensors import check_reserved_names, dtype_name
@@ -149,7 +150,7 @@ def read_index(index: Path) -> SourceIndex:
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not is_shard_name(shard):
             raise SourceFormatError(
-                f"{index} maps tensor {name!r:.80} to an unsafe shard file {shard!r:.80}", remedy=INDEX_REMEDY
+                f"{index} maps tensor {shown(name)} to an unsafe shard file {shown(shard)}", remedy=INDEX_REMEDY
             )
     return SourceIndex(weight_map, metadata)
 
@@ -235,7 +236,7 @@ def open_model(source: str | Path) -> ImportedModel:
         for name in names:
             if name in held:
                 raise SourceFormatError(
-                    f"tensor {name!r} appears in two shards: {held[name]} and {path.name}",
+                    f"tensor {shown(name)} appears in two shards: {held[name]} and {path.name}",
                     remedy="keep each tensor in one shard: remove the stray copy or save the model again",
                 )
             held[name] = path.name
@@ -297,10 +298,12 @@ def _lazy_source(path: Path, handle: Any, name: str, stable: StableFile, span: t
     try:
         dtype, shape = from_safetensors(code, st_shape)
     except ValueError as exc:
-        raise SourceFormatError(f"{path}: tensor {name!r}: {exc}", remedy=DTYPE_REMEDY) from exc
+        raise SourceFormatError(f"{path}: tensor {shown(name)}: {exc}", remedy=DTYPE_REMEDY) from exc
     begin, end = span
     if end - begin != math.prod(shape) * dtype.itemsize:
-        raise SourceFormatError(f"{path}: tensor {name!r} spans {end - begin} bytes, its dtype and shape need more")
+        raise SourceFormatError(
+            f"{path}: tensor {shown(name)} spans {end - begin} bytes, its dtype and shape need more"
+        )
 
     def load() -> U8:
         return stable.read(begin, end - begin)
@@ -319,7 +322,7 @@ def check_exportable(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str,
             safetensors_code(dtype_name(t.dtype))
         except ValueError as exc:
             raise UsageError(
-                f"tensor {name!r}: {exc}", remedy="restore it with the Python API (appliance.api.load) instead"
+                f"tensor {shown(name)}: {exc}", remedy="restore it with the Python API (appliance.api.load) instead"
             ) from exc
     bad = [k for k in metadata if not isinstance(k, str) or not isinstance(metadata[k], str)]
     if bad:

@@ -34,6 +34,7 @@ import numpy as np
 from appliance.codec.transform import U8
 from appliance.errors import SourceChangedError, SourceFormatError
 from appliance.format.canonical import strict_loads
+from appliance.format.shown import shown
 
 SETTLE_S = 0.05
 HEADER_MAX_BYTES = 100 * 1024 * 1024  # the safetensors library's own cap
@@ -216,7 +217,7 @@ def hash_whole_file(stable: StableFile, header: ShardHeader, each: Callable[[str
     pos, size = len(header.raw), stable.identity.size
     for name, (begin, end) in sorted(header.offsets.items(), key=lambda item: item[1]):
         if begin < pos:
-            raise SourceFormatError(f"{stable.path}: tensor {name!r} overlaps the bytes before it")
+            raise SourceFormatError(f"{stable.path}: tensor {shown(name)} overlaps the bytes before it")
         for gap in range(pos, begin, CHUNK):  # bytes no tensor holds (none in a file safetensors accepts)
             digest.update(stable.read(gap, min(CHUNK, begin - gap)).data)
         data = stable.read(begin, end - begin)

@@ -15,6 +15,7 @@ from appliance.errors import ReservedNameError, TensorMismatchError, UsageError,
 from appliance.format.directory import RESERVED_TENSOR_NAMES
 from appliance.format.dtypes import DTYPES
 from appliance.format.manifest import TensorEntry
+from appliance.format.shown import a_or_an, shown
 from appliance.storage.mapping import Region
 from appliance.store.encode import TensorSource
 
@@ -74,7 +75,7 @@ def check_strided(name: str, t: torch.Tensor, error: type[UserError]) -> None:
         kind = f"a {str(t.layout).removeprefix('torch.')} tensor"
     if kind is not None:
         raise error(
-            f"tensor {name!r} is {kind}; only dense (strided) tensors can be stored or restored",
+            f"tensor {shown(name)} is {kind}; only dense (strided) tensors can be stored or restored",
             remedy="convert it first (tensor.to_dense(), .dequantize(), or materialise it on a real device)",
         )
 
@@ -82,12 +83,12 @@ def check_strided(name: str, t: torch.Tensor, error: type[UserError]) -> None:
 def source_from_tensor(name: str, t: torch.Tensor) -> TensorSource:
     """A source for one tensor of any strides, device or lazy conj/neg bit (materialised when loaded)."""
     if not isinstance(t, torch.Tensor):
-        raise UsageError(f"value for {name!r} is a {type(t).__name__}, not a torch.Tensor")
+        raise UsageError(f"value for {shown(name)} is {a_or_an(type(t).__name__)}, not a torch.Tensor")
     check_strided(name, t, UsageError)
     try:
         dtype = dtype_name(t.dtype)
     except UsageError as exc:
-        raise UsageError(f"tensor {name!r}: {exc.problem}") from exc
+        raise UsageError(f"tensor {shown(name)}: {exc.problem}") from exc
 
     def load() -> U8:
         plain = t.detach().resolve_conj().resolve_neg().to("cpu").contiguous()
@@ -106,7 +107,7 @@ def sources_from_dict(tensors: Mapping[str, torch.Tensor]) -> list[TensorSource]
     """One source per tensor of an API caller's flat mapping; errors name the API argument."""
     if not isinstance(tensors, Mapping):
         raise UsageError(
-            f"argument `tensors` is a {type(tensors).__name__}, not a mapping of name -> torch.Tensor",
+            f"argument `tensors` is {a_or_an(type(tensors).__name__)}, not a mapping of name -> torch.Tensor",
             remedy=API_TENSORS_REMEDY,
         )
     check_reserved_names(n for n in tensors if isinstance(n, str))
@@ -114,7 +115,7 @@ def sources_from_dict(tensors: Mapping[str, torch.Tensor]) -> list[TensorSource]
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise UsageError(
-                f"argument `tensors`: the value for {name!r:.80} is a {type(t).__name__}, not a torch.Tensor",
+                f"argument `tensors`: the value for {shown(name)} is {a_or_an(type(t).__name__)}, not a torch.Tensor",
                 remedy=API_TENSORS_REMEDY,
             )
         out.append(source_from_tensor(name, t))

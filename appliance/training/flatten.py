@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from appliance.errors import UsageError
+from appliance.format.shown import a_or_an
 from appliance.limits import DEFAULT_LIMITS
 
 TENSOR, NDARRAY, TUPLE, FLOAT, DTYPE, DICT = "$tensor", "$ndarray", "$tuple", "$float", "$dtype", "$dict"
@@ -91,7 +92,7 @@ def _encode(value: Any, path: tuple[str, ...], tensors: dict[str, torch.Tensor])
         return _encode_mapping(value, path, tensors)
     where = "/".join(path) or "the state"
     raise UsageError(
-        f"training state at {where!r} holds a {type(value).__name__}, which cannot be stored", remedy=_REMEDY
+        f"training state at {where!r} holds {a_or_an(type(value).__name__)}, which cannot be stored", remedy=_REMEDY
     )
 
 
@@ -112,7 +113,9 @@ def _encode_mapping(value: Mapping[Any, Any], path: tuple[str, ...], tensors: di
     pairs = []
     for k, v in value.items():
         if not (k is None or isinstance(k, (bool, int, float, str))):
-            raise UsageError(f"training state at {'/'.join(path)!r} has a {type(k).__name__} key", remedy=_REMEDY)
+            raise UsageError(
+                f"training state at {'/'.join(path)!r} has {a_or_an(type(k).__name__)} key", remedy=_REMEDY
+            )
         pairs.append([_encode(k, path, {}), _encode(v, (*path, _component(k)), tensors)])
     return {DICT: pairs}
 

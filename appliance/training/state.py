@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from appliance.errors import TensorMismatchError, UsageError
+from appliance.format.shown import a_or_an
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def _optimizer_list(optimizers: Optimizers) -> list[torch.optim.Optimizer]:
     for opt in opts:
         if not isinstance(opt, torch.optim.Optimizer):
             raise UsageError(
-                f"argument `optimizers` holds a {type(opt).__name__}, not a torch.optim.Optimizer",
+                f"argument `optimizers` holds {a_or_an(type(opt).__name__)}, not a torch.optim.Optimizer",
                 remedy="pass LR schedulers, grad scalers and other objects in `stateful={name: obj}`",
             )
     return opts
@@ -281,7 +282,7 @@ def _optimizer_list(optimizers: Optimizers) -> list[torch.optim.Optimizer]:
 def _stateful(name: str, obj: Any) -> Stateful:
     if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
         raise UsageError(
-            f"stateful[{name!r}] is a {type(obj).__name__} without state_dict()/load_state_dict()",
+            f"stateful[{name!r}] is {a_or_an(type(obj).__name__)} without state_dict()/load_state_dict()",
             remedy="pass objects such as LR schedulers and torch.amp.GradScaler in argument `stateful`",
         )
     return obj  # type: ignore[no-any-return]
@@ -298,7 +299,7 @@ def _check_stateful(saved: Mapping[str, Any], given: Mapping[str, Stateful]) -> 
         mine, theirs = set(obj.state_dict()), set(saved[name]) if isinstance(saved[name], Mapping) else set()
         if mine != theirs:
             raise TensorMismatchError(
-                f"stateful[{name!r}] is a {type(obj).__name__} whose state has other fields than the saved one "
+                f"stateful[{name!r}] is {a_or_an(type(obj).__name__)} whose state has other fields than the saved one "
                 f"(saved only {sorted(map(str, theirs - mine))[:5]}, given only {sorted(map(str, mine - theirs))[:5]})",
                 remedy=f"pass the same kind of object as stateful[{name!r}] as when it was saved",
             )
@@ -324,6 +325,6 @@ def _check_generators(saved_rng: Mapping[str, Any], generators: Mapping[str, tor
 def _check_model(model: object) -> None:
     if not isinstance(model, nn.Module):
         raise UsageError(
-            f"argument `model` is a {type(model).__name__}, not a torch.nn.Module",
+            f"argument `model` is {a_or_an(type(model).__name__)}, not a torch.nn.Module",
             remedy="pass the model itself (not its state_dict()); appliance.api.save stores a flat tensor mapping",
         )

@@ -53,7 +53,14 @@ from appliance.store.lock import writer_lock
 from appliance.store.slot import SlotReader
 from appliance.store.store import Store
 from appliance.transfer.slotblobs import read_slot_blob, slot_blob_path, valid_in_slot
-from appliance.transfer.source import LayoutReader, list_bundles, missing_blobs, read_blob, read_bundle
+from appliance.transfer.source import (
+    LayoutReader,
+    describe_missing,
+    list_bundles,
+    missing_blobs,
+    read_blob,
+    read_bundle,
+)
 
 Progress = Callable[[int], None]
 
@@ -179,8 +186,8 @@ def inspect_source(store: Store, source: LayoutReader, *, generation: int | None
         missing = missing_blobs(source, list(blobs))
         if missing:
             raise PartialCheckpointError(
-                f"the source lacks {len(missing)} of the {len(blobs)} blobs generation {manifest.generation} "
-                f"needs (e.g. {missing[0].digest.short()}); nothing was copied"
+                f"for generation {manifest.generation} the source {describe_missing(missing, len(blobs))}; "
+                "nothing was copied"
             )
     return plan
 

@@ -106,13 +106,30 @@ def read_blob(source: LayoutReader, blob: BlobRef, buf: bytearray | None = None)
     return out
 
 
-def missing_blobs(source: LayoutReader, blobs: list[BlobRef]) -> list[BlobRef]:
-    """Blobs the source lacks or holds with the wrong size (a stat each, no bulk read)."""
+def missing_blobs(source: LayoutReader, blobs: list[BlobRef]) -> list[tuple[BlobRef, int | None]]:
+    """Blobs the source lacks (size ``None``) or holds with the wrong size (a stat each, no bulk read)."""
     out = []
     for blob in blobs:
         key = blob_key(blob.digest)
         with _medium(key):
             size = source.size(key)
         if size != blob.size:
-            out.append(blob)
+            out.append((blob, size))
     return out
+
+
+def describe_missing(missing: list[tuple[BlobRef, int | None]], total: int) -> str:
+    """What ``missing_blobs`` found, in words: absent blobs counted, a wrong size named with both sizes."""
+    absent = [b for b, size in missing if size is None]
+    wrong = [(b, size) for b, size in missing if size is not None]
+    parts = []
+    if absent:
+        parts.append(f"lacks {len(absent)} of the {total} blobs (e.g. sha256:{absent[0].digest.hex})")
+    if wrong:
+        blob, size = wrong[0]
+        what = "a blob" if len(wrong) == 1 else f"{len(wrong)} blobs"
+        parts.append(
+            f"holds {what} with the wrong size (e.g. sha256:{blob.digest.hex} has {size} bytes, the bundle says "
+            f"{blob.size}: truncated or replaced)"
+        )
+    return " and ".join(parts)

@@ -32,8 +32,8 @@ def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("console-node") / "n"
     assert main(["node-init", str(root), "--frame-size", "65536"]) == 0
     config = load_config(root / "node.json")
-    for _ in range(3):
-        seed(config)
+    for i in range(3):
+        seed(config, force=i > 0)  # generations 2 and 3: the factory state again, deliberately
     return root
 
 

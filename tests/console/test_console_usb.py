@@ -56,8 +56,8 @@ def test_untrusted_checkpoint_is_shown_but_not_importable(node: Node, tmp_path: 
     foreign = tmp_path / "foreign"
     assert main(["node-init", str(foreign), "--frame-size", "65536"]) == 0  # its own, untrusted key
     config = load_config(foreign / "node.json")
-    for _ in range(4):
-        seed(config)
+    for i in range(4):
+        seed(config, force=i > 0)
     layout = tmp_path / "layout"
     assert main(["export", str(foreign / "store"), "--generation", "4", str(layout)]) == 0
     for s in _stick(tmp_path, layout):

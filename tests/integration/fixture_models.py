@@ -170,6 +170,14 @@ def nan_canary() -> DemoModel:
     return _demo_like(NanCanary)
 
 
+def nan_state() -> DemoModel:
+    """A model whose own state holds NaN (so its canary answer does too): the state is blamed, not the canary."""
+    model = _demo_like(DemoModel)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.is_floating_point()).view(-1)[0] = float("nan")
+    return model
+
+
 def scalar_canary() -> DemoModel:
     return _demo_like(ScalarCanary)
 

@@ -147,7 +147,7 @@ def test_checkpoint_for_another_model_is_refused(node_factory: NodeFactory) -> N
     trust = (node.root / "store" / "trust.json").read_bytes()
     (other.root / "store" / "trust.json").write_bytes(trust)
     other.seed()
-    other.seed()  # generations 1 (A) and 2 (B) of the other model
+    other.seed(force=True)  # generations 1 (A) and 2 (B) of the other model
     src, dst = other.root / "store" / "B", node.root / "store" / "B"
     for sub in ("frames", "checkpoints"):
         for f in (src / sub).iterdir():

@@ -76,6 +76,24 @@ def test_a_bad_tensor_name_in_a_shard_is_refused_naming_the_file_that_holds_it(
     assert "argument" not in _said(out)
 
 
+@pytest.mark.parametrize("name", ["cafe\u0301", "a\u200bb", "x\u202ey"])  # decomposed, zero-width, bidi
+def test_a_non_nfc_or_invisible_name_is_shown_escaped_in_its_message_tensor_and_file_alike(
+    cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str
+) -> None:
+    """Trial 3: a non-NFC name was quoted as it is, indistinguishable from the NFC name it imitates."""
+    shard = tmp_path / "shard"
+    shard.mkdir()
+    save_file({name: torch.ones(2)}, str(shard / "model.safetensors"), metadata={"format": "pt"})
+    asset = tmp_path / "asset"
+    asset.mkdir()
+    save_file({"ok": torch.ones(2)}, str(asset / "model.safetensors"), metadata={"format": "pt"})
+    (asset / f"{name}.json").write_text("{}")
+    for model, code in ((shard, 12), (asset, 26)):
+        got, out = run(capsys, "commit", cli["root"], str(model), "--key", cli["key"])
+        assert got == code, out
+        assert ascii(name)[1:-1] in out["problem"] and name not in out["problem"], out
+
+
 def test_a_5000_digit_integer_in_meta_is_refused_in_appliances_terms_not_pythons(
     cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -144,3 +162,10 @@ def test_training_save_refusals_name_the_api_argument_not_metadata(tmp_path: Pat
         training.save(store, key, model, **{argument: {"n": HUGE_INT}})
     assert caught.value.problem.startswith(f"argument `{argument}`.n is an integer of more than 4300"), caught.value
     assert "JSON string" in caught.value.remedy and "`metadata`" not in caught.value.remedy
+
+
+@pytest.mark.parametrize(("value", "says"), [(object(), "holds an object"), (Ellipsis, "holds an ellipsis")])
+def test_a_value_training_state_cannot_store_is_named_with_the_right_article(value: object, says: str) -> None:
+    """Trial 3: "training state at 'x' holds a object"."""
+    with pytest.raises(UsageError, match=says):
+        training.flatten({"x": value})

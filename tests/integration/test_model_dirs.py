@@ -355,6 +355,16 @@ def test_meta_with_a_key_given_twice_is_refused_not_last_wins(cli: dict[str, str
     assert code == 10 and "duplicate key 'a'" in out["problem"]
 
 
+def test_meta_duplicate_key_remedy_names_the_key_and_says_to_give_each_key_once(cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
+    """Trial 3: the remedy was the generic "pass a JSON object"."""
+    src = model_dir(tmp_path / "src", state())
+    meta = '{"run": {"lr": 1, "lr": 2}}'  # nested: the key is named wherever it is
+    code, out = run(capsys, "commit", cli["root"], str(src), "--key", cli["key"], "--meta", meta)
+    assert code == 10 and out["error"] == "UsageError" and "duplicate key 'lr'" in out["problem"], out
+    assert "give each key once" in out["remedy"] and "'lr'" in out["remedy"], out
+    assert "pass a JSON object" not in out["remedy"]
+
+
 def test_refusals_of_names_and_index_fields_say_what_to_change(cli: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:  # fmt: skip
     """New-user trial: an asset name refusal repeated the reader's "manifest is malformed" remedy; an index
     whose `metadata` was wrong said it "needs a weight_map object"."""

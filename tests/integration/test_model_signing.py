@@ -132,7 +132,7 @@ def test_a_signature_by_another_key_is_refused(env: dict[str, Path], capsys: pyt
     _, _, other_pub = ec_pair(tmp_path, "other", ec.SECP384R1())
     assert run(capsys, "vendor", root, "add", "other", "--key", str(other_pub))[0] == 0
     code, out = run(capsys, "commit", root, str(env["model"]), "--key", str(env["key"]))
-    assert code == 47 and "other:" in out["problem"] and "remove" not in out["remedy"]
+    assert code == 47 and "vendor 'other'" in out["problem"] and "remove" not in out["remedy"]
 
 
 def test_a_signed_directory_is_refused_when_the_store_trusts_no_vendor_never_silently_dropped(
@@ -212,6 +212,8 @@ def test_a_certificate_signed_directory_verifies_against_the_vendor_chain_and_re
     run(capsys, "vendor", root, "add", "other", "--cert-chain", str(tmp_path / "other-ca.pem"))
     code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
     assert code == 47, out  # a chain from another CA does not vouch for it
+    assert_readable(out["problem"])
+    assert "certificate chain of vendor 'other'" in out["problem"], out
     run(capsys, "vendor", root, "add", "acme", "--cert-chain", str(tmp_path / "ca.pem"))
     code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
     assert code == 0, out
@@ -403,3 +405,120 @@ def test_an_untouched_vendor_signed_directory_still_commits_with_its_shards_read
     for shard in model.glob("*.safetensors"):
         for name, tensor in load_file(str(shard)).items():
             assert loaded[name].equal(tensor)
+
+
+def assert_readable(problem: str) -> None:
+    """No raw library text: no byte reprs, no bare exception names or empty reasons (trial 3)."""
+    for raw in ("b'", 'b"', "b\\'", "Digest(", "KeyError", "ValidationError", "JSONDecodeError", "UnicodeDecodeError"):
+        assert raw not in problem, (raw, problem)
+    assert ": ]" not in problem and not problem.rstrip().endswith(":"), problem
+    assert "InvalidSignature: ]" not in problem and "InvalidSignature: no" not in problem, problem
+
+
+def _sig(model: Path) -> dict[str, Any]:
+    return json.loads((model / "model.sig").read_text())
+
+
+def _flip_byte(path: Path, at: int = -3) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _tamper_file(model: Path, tmp: Path) -> tuple[str, ...]:
+    shard = model / "model-00002-of-00002.safetensors"
+    _flip_byte(shard)
+    return ("file 'model-00002-of-00002.safetensors' differs from what the vendor signed", "signed sha256:")
+
+
+def _wrong_key(model: Path, tmp: Path) -> tuple[str, ...]:
+    _, other_priv, _ = ec_pair(tmp, "impostor")
+    signed = model_signing_cli("sign", "key", str(model), "--private_key", str(other_priv), "--signature", str(model / "model.sig"))  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    return ("signed with a key other than the key of vendor 'acme' (sha256:",)
+
+
+def _altered_signature(model: Path, tmp: Path) -> tuple[str, ...]:
+    bundle = _sig(model)
+    sig = bundle["dsseEnvelope"]["signatures"][0]["sig"]
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = ("A" if sig[0] != "A" else "B") + sig[1:]
+    (model / "model.sig").write_text(json.dumps(bundle))
+    return ("the signature does not verify with the key of vendor 'acme'",)
+
+
+def _truncated_json(model: Path, tmp: Path) -> tuple[str, ...]:
+    (model / "model.sig").write_bytes((model / "model.sig").read_bytes()[:100])
+    return ("is not an OpenSSF model-signing signature bundle: it is not JSON", "truncated or garbled")
+
+
+def _garbled_bytes(model: Path, tmp: Path) -> tuple[str, ...]:
+    (model / "model.sig").write_bytes(b"\x00\xff\xfe garbage")
+    return ("is not an OpenSSF model-signing signature bundle: it is not UTF-8 text (byte 1 is ff)",)
+
+
+def _missing_field(field: str) -> Any:
+    def damage(model: Path, tmp: Path) -> tuple[str, ...]:
+        bundle = _sig(model)
+        if field == "verificationMaterial":
+            del bundle[field]
+            says = "the bundle lacks verificationMaterial"
+        else:
+            del bundle["dsseEnvelope"][field]
+            says = f"its dsseEnvelope lacks {field}"
+        (model / "model.sig").write_text(json.dumps(bundle))
+        return ("is not an OpenSSF model-signing signature bundle: " + says,)
+
+    return damage
+
+
+def _added_file(model: Path, tmp: Path) -> tuple[str, ...]:
+    (model / "notes.txt").write_text("added after signing")
+    return ("'notes.txt' is not covered by the signature",)
+
+
+BAD_SIGNATURES = {
+    "tampered file": _tamper_file,
+    "wrong key": _wrong_key,
+    "altered signature": _altered_signature,
+    "truncated bundle JSON": _truncated_json,
+    "garbled bundle bytes": _garbled_bytes,
+    "missing verificationMaterial": _missing_field("verificationMaterial"),
+    "missing payload": _missing_field("payload"),
+    "missing signatures": _missing_field("signatures"),
+    "file added after signing": _added_file,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SIGNATURES))
+def test_every_kind_of_bad_vendor_signature_exits_47_with_a_message_in_words_naming_the_file_and_vendor(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str
+) -> None:
+    """Trial 3: refusals showed Digest byte reprs, an empty InvalidSignature and `KeyError 'verificationMaterial'`."""
+    root, model = str(env["root"]), env["model"]
+    assert run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))[0] == 0
+    says = BAD_SIGNATURES[kind](model, tmp_path)
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 47 and out["error"] == "VendorSignatureError", out
+    problem = out["problem"]
+    assert f"{model}/model.sig" in problem, problem
+    for phrase in says:
+        assert phrase in problem, (phrase, problem)
+    assert_readable(problem)
+    assert out["remedy"] and "remove" not in out["remedy"]
+    assert run(capsys, "log", root)[1]["checkpoints"] == []
+
+
+def test_a_tampered_files_refusal_gives_the_signed_and_actual_sha256_in_hex(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    root, model = str(env["root"]), env["model"]
+    run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
+    shard = model / "model-00002-of-00002.safetensors"
+    signed = hashlib.sha256(shard.read_bytes()).hexdigest()
+    _flip_byte(shard)
+    actual = hashlib.sha256(shard.read_bytes()).hexdigest()
+    code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
+    assert code == 47
+    assert f"signed sha256:{signed}, actual sha256:{actual}" in out["problem"], out["problem"]

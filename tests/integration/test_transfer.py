@@ -180,6 +180,33 @@ def test_deleted_blob_is_refused_as_partial(source, node: Store) -> None:  # typ
     _refused(node, stick, PartialCheckpointError)
 
 
+def test_a_wrong_size_blob_is_reported_as_the_wrong_size_naming_its_digest_and_both_sizes_not_as_missing(
+    source,
+    node: Store,  # type: ignore[no-untyped-def]
+) -> None:
+    """Trial 3: a truncated inbox blob was reported as "lacks 1 of 11 blobs"."""
+    _, stick, _ = source
+    blob = _blob_files(stick)[0]
+    size = blob.stat().st_size
+    blob.write_bytes(blob.read_bytes()[:-1])
+    with pytest.raises(PartialCheckpointError) as caught:
+        import_checkpoint(node, LocalStorage(stick))
+    problem = caught.value.problem
+    assert "wrong size" in problem and "lacks" not in problem, problem
+    assert f"sha256:{blob.name} has" in problem, problem
+    assert f"has {size - 1} bytes, the bundle says {size}" in problem, problem
+
+
+def test_a_deleted_blob_is_reported_as_lacking_with_its_digest(source, node: Store) -> None:  # type: ignore[no-untyped-def]
+    _, stick, _ = source
+    blob = _blob_files(stick)[-1]
+    blob.unlink()
+    with pytest.raises(PartialCheckpointError) as caught:
+        import_checkpoint(node, LocalStorage(stick))
+    assert "lacks 1 of the" in caught.value.problem and "wrong size" not in caught.value.problem
+    assert f"sha256:{blob.name}" in caught.value.problem, caught.value.problem
+
+
 def test_bit_flipped_blob_is_refused_as_it_is_read(source, node: Store) -> None:  # type: ignore[no-untyped-def]
     _, stick, _ = source
     flip_bit(_blob_files(stick)[0])

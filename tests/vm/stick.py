@@ -33,7 +33,7 @@ def make_stick(release: Path, work: Path, generation: int, size_mb: int = 64) ->
     shutil.copytree(release / "node", node, symlinks=True)
     config = load_config(node / "node.json")
     open_floor(config).raise_to(generation)
-    committed = int(seed(config)["generation"])
+    committed = int(seed(config, force=True)["generation"])  # the release node already holds generation 1
     assert committed == generation, (committed, generation)
     layout = work / "layout"
     assert main(["export", config.store, "--generation", str(generation), str(layout)]) == 0
