@@ -61,9 +61,10 @@ def _generations(node: LocalNode) -> list[int]:
     return sorted(o.record.generation for o in scan(store.storage, store.limits).records if o.record is not None)
 
 
-def _persist_once(node: LocalNode) -> dict[str, Any]:
-    code, out = node.cli_json("persist", "--once")
-    assert code == 0, out
+def _persist_once(node: LocalNode, code: int = 0) -> dict[str, Any]:
+    """``persist --once --json``; ``code``: its exit status (a refused import alone: the error's code)."""
+    got, out = node.cli_json("persist", "--once")
+    assert got == code, out
     return out
 
 
@@ -86,25 +87,27 @@ def test_a_release_forged_in_the_inbox_by_a_compromised_channel_program_is_never
     assert main(["trust", str(node.root / "store"), "add", str(fleet.tmp / "device.key.pub"), "--role", "device",
                  "--device", "node-b", "--json"]) == 0  # fmt: skip
     head_file.write_bytes(sign_head(record, [device]))
-    assert _persist_once(node)["channel_import"] is None
-    assert node.events("channel.import_refused")[-1]["fields"]["error"] == "ChannelRoleError"
+    refused = _persist_once(node, 71)["channel_import"]
+    assert refused["status"] == "refused" and refused["error"] == "ChannelRoleError" and refused["remedy"], refused
+    event = node.events("channel.import_refused")[-1]["fields"]
+    assert event["error"] == "ChannelRoleError" and event["exit_code"] == 71 and event["remedy"] == refused["remedy"]
     # 2. a genuine release head of another channel (the binding to this node's channel is checked again)
     head_file.write_bytes(sign_head(replace(record, name="beta"), [fleet.release_key]))
-    assert _persist_once(node)["channel_import"] is None
+    assert _persist_once(node, 49)["channel_import"]["error"] == "HeadError"
     assert node.events("channel.import_refused")[-1]["fields"]["error"] == "HeadError"
     # 3. the genuine head, but a staged blob altered: hashed as read, not committed, retried later
     head_file.write_bytes(genuine)
     blob = next(p for p in (inbox / "blobs").rglob("*") if p.is_file())
     good = blob.read_bytes()
     blob.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    assert _persist_once(node)["channel_import"] is None
+    assert _persist_once(node, 35)["channel_import"]["status"] == "failed"
     failed = node.events("channel.import_failed")[-1]["fields"]
-    assert failed["error"] == "FrameError" and failed["retry_in_s"] > 0
+    assert failed["error"] == "FrameError" and failed["retry_in_s"] > 0 and failed["remedy"]
     assert _generations(node) == before
     # the genuine staging is imported by the writer, verified, into the inactive slot
     blob.write_bytes(good)
     imported = _persist_once(node)["channel_import"]
-    assert imported["generation"] == 1001 and imported["imported"] and imported["bytes_from_source"] > 0, imported
+    assert imported["status"] == "imported" and imported["generation"] == 1001 and imported["imported"] and imported["bytes_from_source"] > 0, imported
     assert _generations(node) == [*before, 1001]
     assert node.events("remote.restored")[-1]["component"] == "persist"
     # the channel program's next pass sees the import and empties its inbox
