@@ -56,7 +56,7 @@ def retry_import(exc: ApplianceError) -> bool:
 # --- what the store's writer requires of the inbox itself (docs/design.md §7.2) --------------------
 
 INBOX_MODE = 0o2750  # tmpfiles: d INBOX 2750 appliance-channel appliance; staged files 0640, directories 0750
-INBOX_FORBIDDEN_BITS = 0o027  # group write, anything for others: only the channel's user may write the inbox
+INBOX_FORBIDDEN_BITS = 0o022  # group or world write: only the channel's user may write the inbox
 ANCESTOR_FORBIDDEN_BITS = 0o022  # a directory above the inbox another user could rename it in (unless sticky)
 
 
@@ -82,7 +82,9 @@ class InboxOwners:
         return self.channel_user if self.channel_uid is not None else str(self.own_uid)
 
 
-def inbox_entry_problem(what: str, *, mode: int, uid: int, owners: InboxOwners) -> tuple[str, str] | None:
+def inbox_entry_problem(
+    what: str, *, mode: int, uid: int, owners: InboxOwners, owner: str = ""
+) -> tuple[str, str] | None:
     """Why the inbox's entry ``what`` (the directory or a staged file, from ``lstat``) must not be imported
     from, and its kind (``symlink``, ``type``, ``owner``, ``mode``); ``None`` when it is as §7.2 says."""
     if stat.S_ISLNK(mode):
@@ -90,19 +92,23 @@ def inbox_entry_problem(what: str, *, mode: int, uid: int, owners: InboxOwners) 
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
         return f"{what} is neither a regular file nor a directory", "type"
     if not owners.allowed(uid):
-        return f"{what} is owned by uid {uid}; expected owner: {owners.describe()}", "owner"
+        named = f" ({owner})" if owner else ""
+        return f"{what} is owned by uid {uid}{named}; expected owner: {owners.describe()}", "owner"
     if mode & INBOX_FORBIDDEN_BITS:
         return (
-            f"{what} has mode {stat.S_IMODE(mode):04o}: its group may write it or others may use it; expected "
+            f"{what} has mode {stat.S_IMODE(mode):04o}: its group or others may write it; expected "
             f"mode {INBOX_MODE:04o} for the inbox (staged files 0640, directories 0750)"
         ), "mode"
     return None
 
 
-def ancestor_problem(what: str, *, mode: int, uid: int, owners: InboxOwners) -> tuple[str, str] | None:
+def ancestor_problem(what: str, *, mode: int, uid: int, owners: InboxOwners, owner: str = "") -> tuple[str, str] | None:
     """Why a directory above the inbox lets another user replace the inbox (``None``: it does not)."""
     if not owners.allowed(uid):
-        return f"{what} (above the channel inbox) is owned by uid {uid}; expected owner: {owners.describe()}", "owner"
+        named = f" ({owner})" if owner else ""
+        return f"{what} (above the channel inbox) is owned by uid {uid}{named}; expected owner: {owners.describe()}", (
+            "owner"
+        )
     if mode & ANCESTOR_FORBIDDEN_BITS and not mode & stat.S_ISVTX:
         return (
             f"{what} (above the channel inbox) has mode {stat.S_IMODE(mode):04o}: others may replace the inbox in it"

@@ -3,7 +3,7 @@
 Owns: ``check_inbox`` — the inbox (node.json ``channel_inbox``), every directory above it and, before
 an import, everything staged in it, each seen with ``lstat`` (a symbolic link is reported, never
 followed): owner (the channel's user, node.json ``channel_user``; this process's user; root), mode
-(nothing writable by the group, nothing for others), regular files and directories only. A defect
+(nothing writable by the group or others), regular files and directories only. A defect
 raises ``InboxPermissionError`` (90) naming the path, its owner and mode, the owner and mode
 expected, and the ``chown``/``chmod`` that fixes it. ``ImportedHeads`` — ``STORE/channel-seen.json``,
 the newest channel head sequence this store's writer imported per channel prefix: the replay
@@ -48,10 +48,10 @@ def check_inbox(path: str | Path, owners: InboxOwners, *, deep: bool) -> bool:
     parent = where.parent.resolve()
     for above in (*reversed(parent.parents), parent):  # from / down: the first defect is the one to fix first
         ast = os.lstat(above)
-        _refuse(ancestor_problem(str(above), mode=ast.st_mode, uid=ast.st_uid, owners=owners), inbox, str(above),
-                owners)  # fmt: skip
-    _refuse(inbox_entry_problem(f"channel inbox {inbox}", mode=st.st_mode, uid=st.st_uid, owners=owners), inbox,
-            inbox, owners)  # fmt: skip
+        _refuse(ancestor_problem(str(above), mode=ast.st_mode, uid=ast.st_uid, owners=owners,
+                                 owner=_name(ast.st_uid)), inbox, str(above), owners)  # fmt: skip
+    _refuse(inbox_entry_problem(f"channel inbox {inbox}", mode=st.st_mode, uid=st.st_uid, owners=owners,
+                                owner=_name(st.st_uid)), inbox, inbox, owners)  # fmt: skip
     if deep:
         _walk(inbox, inbox, owners, depth=0)
     return True
@@ -62,10 +62,17 @@ def _walk(inbox: str, directory: str, owners: InboxOwners, depth: int) -> None:
         for entry in entries:
             st = entry.stat(follow_symlinks=False)
             what = f"{entry.path} (in the channel inbox)"
-            _refuse(inbox_entry_problem(what, mode=st.st_mode, uid=st.st_uid, owners=owners), inbox, entry.path,
-                    owners)  # fmt: skip
+            _refuse(inbox_entry_problem(what, mode=st.st_mode, uid=st.st_uid, owners=owners, owner=_name(st.st_uid)),
+                    inbox, entry.path, owners)  # fmt: skip
             if entry.is_dir(follow_symlinks=False) and depth < 2:  # bundles/NAME, blobs/FAN/NAME: nothing deeper
                 _walk(inbox, entry.path, owners, depth + 1)  # is staged or read (so it is not looked into)
+
+
+def _name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
 
 
 def _refuse(found: tuple[str, str] | None, inbox: str, path: str, owners: InboxOwners) -> None:

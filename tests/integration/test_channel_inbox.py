@@ -107,7 +107,12 @@ def test_a_release_forged_in_the_inbox_by_a_compromised_channel_program_is_never
     # the genuine staging is imported by the writer, verified, into the inactive slot
     blob.write_bytes(good)
     imported = _persist_once(node)["channel_import"]
-    assert imported["status"] == "imported" and imported["generation"] == 1001 and imported["imported"] and imported["bytes_from_source"] > 0, imported
+    assert (
+        imported["status"] == "imported"
+        and imported["generation"] == 1001
+        and imported["imported"]
+        and imported["bytes_from_source"] > 0
+    ), imported
     assert _generations(node) == [*before, 1001]
     assert node.events("remote.restored")[-1]["component"] == "persist"
     # the channel program's next pass sees the import and empties its inbox
