@@ -180,3 +180,13 @@ def test_the_replay_memory_only_rises_and_a_damaged_one_fails_closed(tmp_path: P
     (tmp_path / layout.CHANNEL_SEEN).write_bytes(b'{"p/channels/stable/": "3"}')
     with pytest.raises(StorageError, match="damaged"):
         memory.seen("p/channels/stable/")
+
+
+def test_node_json_names_the_channel_user_the_inbox_belongs_to() -> None:
+    from appliance.errors import ConfigError
+    from appliance.node.config import NodeConfig
+
+    assert NodeConfig().channel_user == "appliance-channel"
+    for bad in ("", "a/b", "x:y"):
+        with pytest.raises(ConfigError, match="channel_user"):
+            NodeConfig(channel_user=bad)
