@@ -20,7 +20,8 @@ Groups (exit-code ranges are a public contract, listed in the README):
   undone; the first-boot unit completes the remaining steps on the next boot once fixed.
 * Console group (82-86): the technicians' recovery console refused access or an action, or its
   privileged side is unreachable (84-86). Codes 77 (foreign device key) and 78 (device identity)
-  were allocated where the integrity and user ranges were full, as was 87 (bucket retention refused).
+  were allocated where the integrity and user ranges were full, as were 87 (bucket retention refused)
+and 90 (the fleet channel's inbox has the wrong owner or mode).
 
 Codes 0 (success), 1 (completed with warnings) and 2 (command-line syntax) are set by the CLI.
 """
@@ -593,6 +594,22 @@ class PruneRefusedError(UserError):
         "nothing was deleted: run it as root (the floor is boot's), once `appliance remote status` shows no "
         "pending upload and a bucket head; a replica whose head names a missing bundle needs `appliance "
         "replicate --once` first"
+    )
+
+
+class InboxPermissionError(UserError):
+    """The fleet channel's inbox (node.json ``channel_inbox``) has an owner or mode that lets someone other
+    than the channel's user write it, or holds a symbolic link or a special file (docs/design.md §7.2).
+
+    Code 90: the user range (10-29) is full. The persistence watchdog imports nothing from such an inbox
+    (``channel.import_refused`` with this remedy) and goes on persisting local state; the problem names
+    the path, its owner and mode, and the owner and mode expected.
+    """
+
+    exit_code = 90
+    remedy = (
+        "give the inbox to the channel's user, writable by it alone: chown -R appliance-channel INBOX && "
+        "chmod -R g-w,o-rwx INBOX (tmpfiles: d INBOX 2750 appliance-channel appliance)"
     )
 
 

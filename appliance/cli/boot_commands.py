@@ -22,6 +22,7 @@ from appliance.cli.output import Output, human_bytes
 from appliance.errors import ApplianceError, LockedError, StoreExistsError
 from appliance.events import EventLog
 from appliance.format.handoff import Phase, ServiceReport
+from appliance.format.inbox import import_exit_code
 from appliance.node.config import NodeConfig, load_config
 from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
@@ -163,13 +164,32 @@ def cmd_persist(args: argparse.Namespace, out: Output) -> int:
     if args.export and not daemon.request_export():
         out.note("the service did not export (is it serving?); committing what is in the outbox")
     result = daemon.process()
-    data = {"committed": result.to_dict() if result else None, "channel_import": daemon.inbox.process()}
-    out.result(data, lambda d: _committed_text(d["committed"]))
-    return 0
+    channel = daemon.inbox.process()
+    data = {"committed": result.to_dict() if result else None, "channel_import": channel}
+    out.result(data, _persist_text)
+    return import_exit_code(result is not None, channel)  # a refused import is the error's code (design §11.6)
 
 
-def _committed_text(c: dict[str, Any] | None) -> str:
+def _persist_text(d: dict[str, Any]) -> str:
+    channel = d["channel_import"]
+    lines = [_committed_text(d["committed"], quiet=channel["status"] != "none")]
+    if channel["status"] in ("imported", "already"):
+        done = f"imported into slot {channel['slot']}" if channel["imported"] else "already in the store"
+        lines.append(f"channel {channel['channel']}: generation {channel['generation']} (sequence "
+                     f"{channel['sequence']}) from the channel inbox {done}")  # fmt: skip
+    elif channel["status"] in ("refused", "failed"):
+        retry = " (retried with backoff)" if channel["status"] == "failed" else ""
+        lines.append(f"channel import {channel['status']}{retry}: {channel['error']} ({channel['exit_code']}): "
+                     f"{channel['problem']}\n  remedy: {channel['remedy']}")  # fmt: skip
+    elif channel["status"] != "none":
+        lines.append(f"channel import {channel['status']}: {channel.get('reason', 'retried later')}")
+    return "\n".join(line for line in lines if line)
+
+
+def _committed_text(c: dict[str, Any] | None, quiet: bool = False) -> str:
     if c is None:
+        if quiet:
+            return "outbox: nothing committed"
         return "nothing committed (empty outbox, invalid exports or commits deferred; see `appliance events`)"
     return f"committed generation {c['generation']} into slot {c['slot']} ({human_bytes(c['written_bytes'])} written)"
 

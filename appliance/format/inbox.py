@@ -4,8 +4,11 @@ and how the store's writer treats a staged release it could not import.
 Owns: the inbox layout (docs/design.md §11.6) — the portable layout of §11.1 holding *only* the
 blobs the node lacks, plus the channel's signed ``head.json`` written last (the hand-off point) —,
 ``blobs_to_stage`` (which blobs the network side downloads), ``stale_keys`` (which inbox files
-no longer serve the head) and ``retry_import`` (a failure the writer retries with backoff, or a
-refusal it remembers until the head changes). Does no I/O.
+no longer serve the head), ``retry_import`` (a failure the writer retries with backoff, or a
+refusal it remembers until the head changes), what the writer requires of the inbox itself before
+it imports from it (``inbox_entry_problem``, ``ancestor_problem``, ``inbox_remedy``: owner, mode, no
+symbolic links; docs/design.md §7.2) and the replay rule (``check_not_replayed``: a head older than
+the newest the writer imported). Does no I/O.
 
 Trust: nothing in the inbox is trusted by its reader. The channel program (``appliance-channel``)
 writes it; the persistence watchdog (``appliance-persist``, the store's only writer) imports from
@@ -15,9 +18,11 @@ it exactly as from a USB stick: head signature and binding, bundle signature and
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 
-from appliance.errors import ApplianceError, FrameError, PartialCheckpointError, StorageError
+from appliance.errors import ApplianceError, FrameError, HeadError, PartialCheckpointError, StorageError
 from appliance.format.digest import Digest
 from appliance.format.portable import BLOBS, BUNDLES, BlobRef, blob_key
 
@@ -46,3 +51,100 @@ def retry_import(exc: ApplianceError) -> bool:
     that judges the release itself (signature, key role, head binding, floor, older than the node, model).
     """
     return isinstance(exc, StorageError | FrameError | PartialCheckpointError)
+
+
+# --- what the store's writer requires of the inbox itself (docs/design.md §7.2) --------------------
+
+INBOX_MODE = 0o2750  # tmpfiles: d INBOX 2750 appliance-channel appliance; staged files 0640, directories 0750
+INBOX_FORBIDDEN_BITS = 0o022  # group or world write: only the channel's user may write the inbox
+ANCESTOR_FORBIDDEN_BITS = 0o022  # a directory above the inbox another user could rename it in (unless sticky)
+
+
+@dataclass(frozen=True)
+class InboxOwners:
+    """Who may own the inbox and what it holds: the channel's user (node.json ``channel_user``), the
+    importing process's own user (a single-user development node) and root."""
+
+    channel_user: str
+    channel_uid: int | None  # None: no such user on this machine
+    own_uid: int
+
+    def allowed(self, uid: int) -> bool:
+        return uid in (self.channel_uid, self.own_uid, 0)
+
+    def describe(self) -> str:
+        channel = f"{self.channel_user} (uid {self.channel_uid})" if self.channel_uid is not None else None
+        names = [n for n in (channel, f"this process's user (uid {self.own_uid})", "root") if n]
+        return ", ".join(dict.fromkeys(names))
+
+    @property
+    def chown_to(self) -> str:
+        return self.channel_user if self.channel_uid is not None else str(self.own_uid)
+
+
+def inbox_entry_problem(
+    what: str, *, mode: int, uid: int, owners: InboxOwners, owner: str = ""
+) -> tuple[str, str] | None:
+    """Why the inbox's entry ``what`` (the directory or a staged file, from ``lstat``) must not be imported
+    from, and its kind (``symlink``, ``type``, ``owner``, ``mode``); ``None`` when it is as §7.2 says."""
+    if stat.S_ISLNK(mode):
+        return f"{what} is a symbolic link (never followed in the channel inbox)", "symlink"
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        return f"{what} is neither a regular file nor a directory", "type"
+    if not owners.allowed(uid):
+        named = f" ({owner})" if owner else ""
+        return f"{what} is owned by uid {uid}{named}; expected owner: {owners.describe()}", "owner"
+    if mode & INBOX_FORBIDDEN_BITS:
+        return (
+            f"{what} has mode {stat.S_IMODE(mode):04o}: its group or others may write it; expected "
+            f"mode {INBOX_MODE:04o} for the inbox (staged files 0640, directories 0750)"
+        ), "mode"
+    return None
+
+
+def ancestor_problem(what: str, *, mode: int, uid: int, owners: InboxOwners, owner: str = "") -> tuple[str, str] | None:
+    """Why a directory above the inbox lets another user replace the inbox (``None``: it does not)."""
+    if not owners.allowed(uid):
+        named = f" ({owner})" if owner else ""
+        return f"{what} (above the channel inbox) is owned by uid {uid}{named}; expected owner: {owners.describe()}", (
+            "owner"
+        )
+    if mode & ANCESTOR_FORBIDDEN_BITS and not mode & stat.S_ISVTX:
+        return (
+            f"{what} (above the channel inbox) has mode {stat.S_IMODE(mode):04o}: others may replace the inbox in it"
+        ), "ancestor-mode"
+    return None
+
+
+def inbox_remedy(inbox: str, path: str, kind: str, owners: InboxOwners) -> str:
+    """The command that makes the inbox as §7.2 says (then the next pass imports what it holds)."""
+    then = "; the next pass of the persistence watchdog imports the staged release (nothing was imported)"
+    if kind in {"symlink", "type"}:
+        return f"remove {path} (`rm {path}`): the channel program stages regular files only{then}"
+    if kind == "ancestor-mode":
+        return f"chmod go-w {path} (or give it the sticky bit), or move the inbox (node.json channel_inbox){then}"
+    if kind == "owner" and path != inbox and not path.startswith(inbox.rstrip("/") + "/"):
+        return f"chown root {path}, or move the inbox (node.json channel_inbox){then}"
+    return f"chown -R {owners.chown_to} {inbox} && chmod -R g-w,o-rwx {inbox}{then}"
+
+
+def check_not_replayed(sequence: int, generation: int, seen: int, channel: str) -> None:
+    """Refuse a staged head older than the newest this store's writer imported from the channel."""
+    if sequence < seen:
+        raise HeadError(
+            f"the head staged in the channel inbox has sequence {sequence} (generation {generation}), older than "
+            f"sequence {seen} this node already imported from channel {channel!r}: a replayed old head",
+            remedy=(
+                "nothing was imported; the channel program stages the channel's current head on its next pass. If "
+                "this repeats, the channel program (appliance-channel) or its bucket may be compromised: check them"
+            ),
+        )
+
+
+def import_exit_code(committed: bool, outcome: dict[str, object]) -> int:
+    """``appliance persist --once``'s exit status: a refused or failed import is the error's own code when it
+    was the pass's only action, ``1`` (completed with warnings) beside a commit, else ``0``."""
+    if outcome.get("status") not in ("refused", "failed"):
+        return 0
+    code = outcome.get("exit_code")
+    return 1 if committed or not isinstance(code, int) else code

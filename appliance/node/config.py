@@ -90,6 +90,9 @@ class NodeConfig:
     # itself (a single-user development node); a directory = the channel program (appliance-channel) only stages
     # releases there and the persistence watchdog, the store's only writer, imports them (production).
     channel_inbox: str = ""
+    # Who stages into channel_inbox (docs/design.md §7.2): the importer refuses an inbox (or a file in it) owned by
+    # anyone but this user, itself or root, or writable by its group or others (InboxPermissionError, 90).
+    channel_user: str = "appliance-channel"
     # Encryption at rest (issue 18, docs/design.md §14): first boot creates the store encrypted, its data key
     # wrapped under this KEK ("file:PATH" | "systemd-creds:PATH" | "entry-point:pkg.mod:factory", the spelling
     # of `appliance init --kek`; a missing file or credential is created). "" = a plain store. Read by first
@@ -110,6 +113,8 @@ class NodeConfig:
         _check_caps(self)
         _check_journal(self)
         _check_kek(self)
+        if not self.channel_user or "/" in self.channel_user or ":" in self.channel_user:
+            raise ConfigError(f"channel_user must be a user name, got {self.channel_user!r:.40}")
         if self.model_init not in MODEL_INIT:
             raise ConfigError(f"model_init must be one of {', '.join(MODEL_INIT)}, got {self.model_init!r:.40}")
 

@@ -8,8 +8,9 @@ inbox only the blobs neither slot holds verified, then the bundle, then the head
 point; every file durable). ``import_staged`` — the persistence watchdog's import of what the inbox
 holds, as the store's only writer, trusting nothing the network side decided: the head's signature
 by a release key of the model, its binding to this node's channel and model, the floor, the
-bundle being the head's and signed by a release key, "newer than the node", every blob hashed as
-read — the import of ``appliance.transfer`` that ``appliance import`` and the USB import use.
+bundle being the head's and signed by a release key, "newer than the node", no head older than
+the newest the writer imported (replay), every blob hashed as read — the import of
+``appliance.transfer`` that ``appliance import`` and the USB import use.
 ``InboxLayout`` is the ``LayoutReader`` it reads: the inbox, then the node's own slots, pinned to
 the head's bundle. Rules (names, what to stage and tidy): ``appliance.format.inbox``; design:
 docs/design.md §11.6 and §7.2.
@@ -23,7 +24,7 @@ from typing import Any
 
 from appliance.errors import ApplianceError, ConfigError
 from appliance.format.digest import Digest
-from appliance.format.inbox import INBOX_HEAD, blobs_to_stage, stale_keys
+from appliance.format.inbox import INBOX_HEAD, blobs_to_stage, check_not_replayed, stale_keys
 from appliance.format.portable import BLOBS, BUNDLES, BlobRef, blob_fan_dir, blob_key, is_fan_dir
 from appliance.format.remote import HEAD_MAX_BYTES, HeadRecord, check_head_fresh
 from appliance.remote.channel import channel_keys, verify_channel_head
@@ -220,10 +221,14 @@ def import_staged(
     *,
     channel: str,
     floor: int,
+    last_seen: int,
     pinned: Sequence[PublicKey] = (),
     progress: Callable[[int], None] | None = None,
 ) -> tuple[HeadRecord, ImportResult]:
-    """Import the release the inbox's head (``data``) names, re-checking everything (the inbox is untrusted)."""
+    """Import the release the inbox's head (``data``) names, re-checking everything (the inbox is untrusted).
+
+    ``last_seen``: the newest head sequence this store's writer imported from the channel; an older head is a
+    replay (``HeadError``), refused before any bulk data is read."""
     if not channel:
         raise ConfigError("a release is staged in the channel inbox but remote.json names no channel",
                           remedy="set channel in remote.json beside node.json, or empty the inbox")  # fmt: skip
@@ -231,5 +236,6 @@ def import_staged(
     accepted, signers = _release_signers(store, pinned)
     head = verify_channel_head(data, store.trust, accepted, model)
     check_head_fresh(head, kind="channel", name=channel, model=model, last_seen=0, floor=floor)
+    check_not_replayed(head.sequence, head.generation, last_seen, channel)
     source = InboxLayout(inbox, store, pinned=head.bundle.key.rpartition("/")[2])
     return head, import_pinned(store, source, head, floor=floor, progress=progress, require_signers=signers)

@@ -7,6 +7,7 @@ Owns: names and paths (docs/design.md §3). Does not own file contents.
     ROOT/lock                               advisory lock for writers
     ROOT/scrub.json                         scrub cursor: resumable pass position, marked frames
     ROOT/device-profile.json                measured restore rates of this device (``auto`` policy)
+    ROOT/channel-seen.json                  newest channel head sequence imported from the channel inbox
     ROOT/{A,B}/frames/<sha256>              stored frames, named by the SHA-256 of their bytes
     ROOT/{A,B}/checkpoints/<gen>.manifest.json   signed bundle (DSSE envelope around the manifest)
     ROOT/{A,B}/checkpoints/<gen>.commit.json     commit record: the commit point
@@ -31,6 +32,7 @@ LOCK_FILE = "lock"
 SCRUB_STATE = "scrub.json"
 DEVICE_PROFILE = "device-profile.json"
 PINS = "pins.json"
+CHANNEL_SEEN = "channel-seen.json"  # the persistence watchdog's anti-replay memory (docs/design.md §11.6)
 FRAMES = "frames"
 CHECKPOINTS = "checkpoints"
 SLOT_STATE = "state.json"

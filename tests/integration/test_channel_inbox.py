@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import pwd
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,9 +65,10 @@ def _generations(node: LocalNode) -> list[int]:
     return sorted(o.record.generation for o in scan(store.storage, store.limits).records if o.record is not None)
 
 
-def _persist_once(node: LocalNode) -> dict[str, Any]:
-    code, out = node.cli_json("persist", "--once")
-    assert code == 0, out
+def _persist_once(node: LocalNode, code: int = 0) -> dict[str, Any]:
+    """``persist --once --json``; ``code``: its exit status (a refused import alone: the error's code)."""
+    got, out = node.cli_json("persist", "--once")
+    assert got == code, out
     return out
 
 
@@ -86,28 +91,142 @@ def test_a_release_forged_in_the_inbox_by_a_compromised_channel_program_is_never
     assert main(["trust", str(node.root / "store"), "add", str(fleet.tmp / "device.key.pub"), "--role", "device",
                  "--device", "node-b", "--json"]) == 0  # fmt: skip
     head_file.write_bytes(sign_head(record, [device]))
-    assert _persist_once(node)["channel_import"] is None
-    assert node.events("channel.import_refused")[-1]["fields"]["error"] == "ChannelRoleError"
+    refused = _persist_once(node, 71)["channel_import"]
+    assert refused["status"] == "refused" and refused["error"] == "ChannelRoleError" and refused["remedy"], refused
+    event = node.events("channel.import_refused")[-1]["fields"]
+    assert event["error"] == "ChannelRoleError" and event["exit_code"] == 71 and event["remedy"] == refused["remedy"]
     # 2. a genuine release head of another channel (the binding to this node's channel is checked again)
     head_file.write_bytes(sign_head(replace(record, name="beta"), [fleet.release_key]))
-    assert _persist_once(node)["channel_import"] is None
+    assert _persist_once(node, 49)["channel_import"]["error"] == "HeadError"
     assert node.events("channel.import_refused")[-1]["fields"]["error"] == "HeadError"
     # 3. the genuine head, but a staged blob altered: hashed as read, not committed, retried later
     head_file.write_bytes(genuine)
     blob = next(p for p in (inbox / "blobs").rglob("*") if p.is_file())
     good = blob.read_bytes()
     blob.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    assert _persist_once(node)["channel_import"] is None
+    assert _persist_once(node, 35)["channel_import"]["status"] == "failed"
     failed = node.events("channel.import_failed")[-1]["fields"]
-    assert failed["error"] == "FrameError" and failed["retry_in_s"] > 0
+    assert failed["error"] == "FrameError" and failed["retry_in_s"] > 0 and failed["remedy"]
     assert _generations(node) == before
     # the genuine staging is imported by the writer, verified, into the inactive slot
     blob.write_bytes(good)
     imported = _persist_once(node)["channel_import"]
-    assert imported["generation"] == 1001 and imported["imported"] and imported["bytes_from_source"] > 0, imported
+    assert (
+        imported["status"] == "imported"
+        and imported["generation"] == 1001
+        and imported["imported"]
+        and imported["bytes_from_source"] > 0
+    ), imported
     assert _generations(node) == [*before, 1001]
     assert node.events("remote.restored")[-1]["component"] == "persist"
     # the channel program's next pass sees the import and empties its inbox
     code, again = node.cli_json("channel", "follow", "--remote", str(node.root / "remote.json"))
     assert code == 0 and again["tidied"] and not head_file.exists()
     assert not [p for p in inbox.rglob("*") if p.is_file()]
+
+
+def _follow(node: LocalNode) -> dict[str, Any]:
+    code, staged = node.cli_json("channel", "follow", "--remote", str(node.root / "remote.json"))
+    assert code == 0 and staged["staged"], staged
+    return staged
+
+
+def test_an_older_validly_signed_head_restaged_after_a_newer_import_is_refused_as_a_replay(fleet: Fleet) -> None:
+    node = _node(fleet, "node-r")
+    inbox, saved = node.root / "channel-inbox", fleet.tmp / "kept-staging"
+    assert fleet.publish(fleet.release(node, 1000))[0] == 0
+    _follow(node)
+    shutil.copytree(inbox, saved)  # a compromised channel program keeps the old staging
+    assert _persist_once(node)["channel_import"]["generation"] == 1000
+    assert fleet.publish(fleet.release(node, 2000))[0] == 0
+    _follow(node)
+    newer = _persist_once(node)["channel_import"]
+    assert newer["status"] == "imported" and newer["generation"] == 2000 and newer["sequence"] == 2, newer
+    before = _generations(node)
+    memory = json.loads((node.root / "store" / "channel-seen.json").read_text())
+    assert list(memory.values()) == [2]
+
+    shutil.rmtree(inbox)
+    shutil.copytree(saved, inbox)  # the old head (sequence 1, generation 1000), validly signed, staged again
+    refused = _persist_once(node, 49)["channel_import"]
+    assert refused["status"] == "refused" and refused["error"] == "HeadError", refused
+    assert "replayed old head" in refused["problem"] and "nothing was imported" in refused["remedy"]
+    event = node.events("channel.import_refused")[-1]["fields"]
+    assert event["error"] == "HeadError" and event["remedy"] == refused["remedy"]
+    assert _generations(node) == before
+    assert json.loads((node.root / "store" / "channel-seen.json").read_text()) == memory
+
+
+def test_an_inbox_others_may_write_is_refused_typed_and_persistence_goes_on(fleet: Fleet) -> None:
+    node = _node(fleet, "node-p")
+    inbox = node.root / "channel-inbox"
+    assert fleet.publish(fleet.release(node, 1000))[0] == 0
+    _follow(node)
+    before = _generations(node)
+    inbox.chmod(0o777)
+    refused = _persist_once(node, 90)["channel_import"]
+    assert refused["status"] == "refused" and refused["error"] == "InboxPermissionError", refused
+    assert str(inbox) in refused["problem"] and "0777" in refused["problem"] and "2750" in refused["problem"]
+    assert f"chmod -R g-w,o-rwx {inbox}" in refused["remedy"]
+    assert node.events("channel.import_refused")[-1]["fields"]["remedy"] == refused["remedy"]
+    text = node.cli("persist", "--once")  # what a technician reads
+    assert text.returncode == 90 and "InboxPermissionError (90)" in text.stdout and "chmod -R g-w,o-rwx" in text.stdout
+    assert "nothing committed (" not in text.stdout
+
+    # the daemon: refused on every pass without raising, one event per problem, local persistence goes on
+    from appliance.events import EventLog
+    from appliance.persist.committer import Committer
+    from appliance.persist.daemon import PersistDaemon
+
+    events = EventLog(node.config.event_log, "persist")
+    daemon = PersistDaemon(Committer(node.config, events), events, remote_path=node.root / "remote.json")
+    count = len(node.events("channel.import_refused"))
+    assert [daemon.inbox.process()["status"] for _ in range(3)] == ["refused"] * 3
+    assert len(node.events("channel.import_refused")) == count + 1
+    assert daemon.process() is None  # the outbox pass is untouched by the inbox
+    assert _generations(node) == before
+
+    inbox.chmod(0o2750)  # the remedy: the next pass imports, no restart needed
+    imported = daemon.inbox.process()
+    assert imported["status"] == "imported" and imported["generation"] == 1000, imported
+    text = node.cli("persist", "--once")
+    assert (
+        text.returncode == 0
+        and "generation 1000 (sequence 1) from the channel inbox already in the store" in text.stdout
+    )
+
+
+@pytest.mark.root
+def test_a_file_another_real_user_planted_in_the_inbox_is_refused_naming_that_user(fleet: Fleet) -> None:
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd: plants a file as another real user")
+    intruder = "appliance-t3-intruder"
+    made = subprocess.run(["useradd", "--system", "--no-create-home", intruder], capture_output=True, timeout=60,
+                          check=False).returncode == 0  # fmt: skip
+    try:
+        pw = pwd.getpwnam(intruder)
+        node = _node(fleet, "node-u")
+        inbox = node.root / "channel-inbox"
+        assert fleet.publish(fleet.release(node, 1000))[0] == 0
+        _follow(node)
+        for directory in (inbox, inbox / "bundles"):
+            directory.chmod(0o777)  # a misconfigured inbox for a moment (the intruder writes through a directory fd)
+        fd = os.open(inbox / "bundles", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            plant = f"import os; os.write(os.open('planted', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd={fd}), b'x')"
+            done = subprocess.run(["/usr/bin/python3", "-c", plant], user=pw.pw_uid, group=pw.pw_gid, pass_fds=(fd,),
+                                  cwd="/", capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        finally:
+            os.close(fd)
+        (inbox / "bundles").chmod(0o750)
+        inbox.chmod(0o2750)  # the directories are put right; the intruder's file is still there
+        planted = inbox / "bundles" / "planted"
+        assert planted.stat().st_uid == pw.pw_uid, done.stderr
+        refused = _persist_once(node, 90)["channel_import"]
+        assert str(planted) in refused["problem"] and f"uid {pw.pw_uid} ({intruder})" in refused["problem"]
+        assert refused["remedy"].startswith("chown -R ") and _generations(node) == [1]
+        planted.unlink()
+        assert _persist_once(node)["channel_import"]["generation"] == 1000
+    finally:
+        if made:
+            subprocess.run(["userdel", intruder], capture_output=True, timeout=60, check=False)

@@ -1,0 +1,192 @@
+"""The store's writer refuses a fleet channel inbox that someone but the channel's user could write.
+
+docs/design.md §7.2: the inbox is 2750, owned by the channel's user (node.json ``channel_user``); the
+kernel's file modes are the hand-off's only authentication, so the persistence watchdog checks them
+(``lstat``: a symbolic link is refused, never followed) before it reads anything staged there, and it
+refuses a staged head older than the newest it imported (replay). Pure rules:
+``appliance.format.inbox``; I/O: ``appliance.persist.inbox_guard``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import HeadError, InboxPermissionError, StorageError, UnsafePathError
+from appliance.format.inbox import (
+    InboxOwners,
+    check_not_replayed,
+    import_exit_code,
+    inbox_entry_problem,
+)
+from appliance.persist.inbox_guard import ImportedHeads, check_inbox, owners_for
+from appliance.storage import LocalStorage
+from appliance.store import layout
+
+OWNERS = InboxOwners(channel_user="appliance-channel", channel_uid=990, own_uid=991)
+THROWAWAY_UID = 54321  # no such user: os.chown to it as root plays "another user owns it"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another uid")
+
+
+def _inbox(tmp_path: Path) -> Path:
+    inbox = tmp_path / "channel-inbox"
+    (inbox / "blobs" / "ab").mkdir(parents=True, mode=0o750)
+    (inbox / "bundles").mkdir(mode=0o750)
+    inbox.chmod(0o2750)
+    (inbox / "head.json").write_bytes(b"{}")
+    (inbox / "head.json").chmod(0o640)
+    (inbox / "blobs" / "ab" / ("ab" + "0" * 62)).write_bytes(b"blob")
+    (inbox / "blobs" / "ab" / ("ab" + "0" * 62)).chmod(0o640)
+    return inbox
+
+
+def _refusal(inbox: Path) -> InboxPermissionError:
+    with pytest.raises(InboxPermissionError) as info:
+        check_inbox(inbox, owners_for("appliance-channel"), deep=True)
+    assert info.value.exit_code == 90
+    return info.value
+
+
+# --- pure rules ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o2770, 0o0777, 0o2752, 0o0757])
+def test_an_inbox_its_group_or_others_may_write_is_refused_naming_mode_and_expected(mode: int) -> None:
+    problem, kind = inbox_entry_problem("channel inbox /x", mode=stat.S_IFDIR | mode, uid=990, owners=OWNERS) or (
+        "",
+        "",
+    )
+    assert kind == "mode" and f"{mode:04o}" in problem and "expected mode 2750" in problem
+
+
+def test_an_inbox_of_the_channel_user_itself_or_root_with_mode_2750_is_accepted() -> None:
+    for uid in (990, 991, 0):
+        assert inbox_entry_problem("i", mode=stat.S_IFDIR | 0o2750, uid=uid, owners=OWNERS) is None
+        assert inbox_entry_problem("f", mode=stat.S_IFREG | 0o640, uid=uid, owners=OWNERS) is None
+
+
+def test_an_inbox_owned_by_another_user_is_refused_naming_the_owner_and_the_expected_one() -> None:
+    problem, kind = inbox_entry_problem("channel inbox /x", mode=stat.S_IFDIR | 0o2750, uid=1234, owners=OWNERS,
+                                        owner="mallory") or ("", "")  # fmt: skip
+    assert kind == "owner" and "uid 1234 (mallory)" in problem and "appliance-channel (uid 990)" in problem
+
+
+def test_a_symbolic_link_or_special_file_in_the_inbox_is_refused() -> None:
+    assert inbox_entry_problem("l", mode=stat.S_IFLNK | 0o777, uid=990, owners=OWNERS)[1] == "symlink"  # type: ignore[index]
+    assert inbox_entry_problem("p", mode=stat.S_IFIFO | 0o640, uid=990, owners=OWNERS)[1] == "type"  # type: ignore[index]
+
+
+def test_a_staged_head_older_than_the_newest_imported_is_refused_as_a_replay() -> None:
+    check_not_replayed(5, 1005, 5, "stable")  # the same head again: the import finds it already committed
+    check_not_replayed(6, 1006, 5, "stable")
+    with pytest.raises(HeadError, match="replayed old head") as info:
+        check_not_replayed(4, 1004, 5, "stable")
+    assert info.value.exit_code == 49 and "nothing was imported" in info.value.remedy
+
+
+def test_persist_once_exits_with_a_refused_imports_code_when_it_was_the_only_action() -> None:
+    refused = {"status": "refused", "exit_code": 90}
+    assert import_exit_code(False, refused) == 90
+    assert import_exit_code(False, {"status": "failed", "exit_code": 35}) == 35
+    assert import_exit_code(True, refused) == 1  # a commit happened: completed with warnings
+    assert import_exit_code(False, {"status": "imported"}) == 0
+    assert import_exit_code(False, {"status": "none"}) == 0
+
+
+# --- the inbox on disk --------------------------------------------------------------------------
+
+
+def test_a_sound_inbox_is_accepted_and_a_missing_one_is_no_inbox(tmp_path: Path) -> None:
+    assert check_inbox(_inbox(tmp_path), owners_for("appliance-channel"), deep=True) is True
+    assert check_inbox(tmp_path / "absent", owners_for("appliance-channel"), deep=True) is False
+
+
+def test_a_world_writable_inbox_is_refused_with_a_chmod_remedy(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    inbox.chmod(0o777)
+    exc = _refusal(inbox)
+    assert str(inbox) in exc.problem and "0777" in exc.problem and "expected mode 2750" in exc.problem
+    assert f"chmod -R g-w,o-rwx {inbox}" in exc.remedy
+
+
+def test_a_staged_file_writable_by_others_is_refused_naming_the_file(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    blob = next((inbox / "blobs" / "ab").iterdir())
+    blob.chmod(0o666)
+    exc = _refusal(inbox)
+    assert str(blob) in exc.problem and "0666" in exc.problem
+    assert check_inbox(inbox, owners_for("appliance-channel"), deep=False)  # the pass's cheap look: the inbox only
+
+
+def test_a_symlinked_head_in_the_inbox_is_refused_and_never_followed(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    secret = tmp_path / "device.key"
+    secret.write_bytes(b"secret")
+    (inbox / "head.json").unlink()
+    (inbox / "head.json").symlink_to(secret)
+    exc = _refusal(inbox)
+    assert "symbolic link" in exc.problem and f"rm {inbox / 'head.json'}" in exc.remedy
+    with pytest.raises(UnsafePathError, match="symlink"):  # the reader (O_NOFOLLOW) never follows it either
+        LocalStorage(inbox).read("head.json", 100)
+
+
+def test_an_inbox_that_is_itself_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    real = _inbox(tmp_path)
+    link = tmp_path / "inbox-link"
+    link.symlink_to(real)
+    assert "symbolic link" in _refusal(link).problem
+
+
+def test_a_directory_above_the_inbox_others_may_write_is_refused(tmp_path: Path) -> None:
+    above = tmp_path / "shared"
+    above.mkdir()
+    inbox = _inbox(above)
+    above.chmod(0o777)
+    exc = _refusal(inbox)
+    assert str(above) in exc.problem and "others may replace the inbox" in exc.problem
+    above.chmod(0o1777)  # sticky: others cannot rename what is not theirs
+    assert check_inbox(inbox, owners_for("appliance-channel"), deep=True)
+
+
+@needs_root
+def test_an_inbox_owned_by_another_uid_is_refused_naming_owner_expected_owner_and_chown(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    os.chown(inbox, THROWAWAY_UID, -1)
+    exc = _refusal(inbox)
+    assert f"uid {THROWAWAY_UID}" in exc.problem and "expected owner" in exc.problem and "root" in exc.problem
+    assert exc.remedy.startswith("chown -R ") and str(inbox) in exc.remedy
+
+
+@needs_root
+def test_a_file_planted_in_the_inbox_by_another_uid_is_refused(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    planted = inbox / "bundles" / "planted.manifest.json"
+    planted.write_bytes(b"{}")
+    planted.chmod(0o640)
+    os.chown(planted, THROWAWAY_UID, -1)
+    assert str(planted) in _refusal(inbox).problem
+
+
+def test_the_replay_memory_only_rises_and_a_damaged_one_fails_closed(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    memory = ImportedHeads(storage)
+    assert memory.seen("p/channels/stable/") == 0
+    memory.raise_seen("p/channels/stable/", 3)
+    memory.raise_seen("p/channels/stable/", 2)
+    assert memory.seen("p/channels/stable/") == 3 and memory.seen("p/channels/beta/") == 0
+    (tmp_path / layout.CHANNEL_SEEN).write_bytes(b'{"p/channels/stable/": "3"}')
+    with pytest.raises(StorageError, match="damaged"):
+        memory.seen("p/channels/stable/")
+
+
+def test_node_json_names_the_channel_user_the_inbox_belongs_to() -> None:
+    from appliance.errors import ConfigError
+    from appliance.node.config import NodeConfig
+
+    assert NodeConfig().channel_user == "appliance-channel"
+    for bad in ("", "a/b", "x:y"):
+        with pytest.raises(ConfigError, match="channel_user"):
+            NodeConfig(channel_user=bad)
