@@ -585,15 +585,16 @@ class PruneRefusedError(UserError):
     """Bucket retention (``appliance remote prune``) refused to delete anything it cannot prove unneeded.
 
     Code 87: the user range (10-29) is full. Raised before any deletion when the replica's state is not
-    established (no verified head, the head's bundle missing or unreadable, a kept bundle that does not
-    parse, the floor unreadable, an upload pending); the bucket is left exactly as it was.
+    established (no verified head, the head's bundle missing or not verifying, the floor unreadable, an
+    upload pending); the bucket is left exactly as it was. Each raise names its own remedy; credential,
+    bucket and endpoint failures are never this error (they keep ``ConfigError`` 18 /
+    ``SourceUnavailableError`` 69, as ``remote pull`` reports them).
     """
 
     exit_code = 87
     remedy = (
-        "nothing was deleted: run it as root (the floor is boot's), once `appliance remote status` shows no "
-        "pending upload and a bucket head; a replica whose head names a missing bundle needs `appliance "
-        "replicate --once` first"
+        "nothing was deleted: prune again once `appliance remote status` shows no pending upload and a bucket head "
+        "(a missing or damaged floor is rebuilt by `appliance boot`; an unreadable one needs root)"
     )
 
 

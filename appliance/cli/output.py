@@ -77,8 +77,9 @@ class Output:
         if not self.json_mode:
             self.err.write(printable(message.rstrip("\n")) + "\n")
 
-    def error(self, exc: ApplianceError) -> None:
-        if self.json_mode:
+    def error(self, exc: ApplianceError, *, json_too: bool = True) -> None:
+        """The error on stderr; in JSON mode also on stdout, unless the result printed there already carries it."""
+        if self.json_mode and json_too:
             self.out.write(json.dumps(exc.to_dict(), sort_keys=True, indent=2) + "\n")
         self.err.write(printable(f"appliance: error: {exc.problem}\n  remedy: {exc.remedy}") + "\n")
 

@@ -10,7 +10,7 @@ import argparse
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.cli.output import Output, human_bytes
 from appliance.errors import ApplianceError, ConfigError
@@ -18,6 +18,9 @@ from appliance.events import EventLog
 from appliance.node.config import NodeConfig, load_config
 from appliance.remote.config import RemoteConfig, load_remote
 from appliance.signing import PublicKey, SigningKey
+
+if TYPE_CHECKING:
+    from appliance.remote.state import ReplicationState
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -29,7 +32,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("replicate", help="push committed checkpoints to S3-compatible object storage (supervisord)")
     _common(p)
-    p.add_argument("--once", action="store_true", help="one pass, then exit (exit 69 if the upload failed)")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="one pass, then exit (exit 69 if the upload failed; 18 if the bucket refused the credentials)",
+    )
     p.set_defaults(func=cmd_replicate)
 
     p = sub.add_parser("publish", help="publish a release-signed checkpoint to a fleet channel (operator)")
@@ -98,6 +105,8 @@ def cmd_replicate(args: argparse.Namespace, out: Output) -> int:
     )  # fmt: skip
     if args.once:
         outcome = replicator.step()
+        if isinstance(replicator.last_failure, ConfigError):
+            raise replicator.last_failure  # credentials or bucket refused: the code and remedy of `remote pull`
         out.result(outcome, lambda d: " ".join(f"{k}={v}" for k, v in d.items()))
         return 69 if outcome["action"] == "failed" else 0
     stop = threading.Event()
@@ -112,64 +121,107 @@ def cmd_remote(args: argparse.Namespace, out: Output) -> int:
 
 
 def _prune(args: argparse.Namespace, out: Output) -> int:
-    from appliance.errors import PruneRefusedError
-    from appliance.node.floor import FloorUnreadableError, open_floor
     from appliance.remote.prune import prune_replica
     from appliance.remote.s3 import ObjectStore
-    from appliance.remote.state import StateDir
 
     node, remote, store = _open(args)
-    try:
-        floor = open_floor(node).read()
-    except FloorUnreadableError as exc:
-        raise PruneRefusedError(f"the anti-rollback floor cannot be read ({exc}), so the bundles a restore may "
-                                "still need are unknown; nothing was deleted") from exc  # fmt: skip
-    pending = StateDir(remote.state_dir).load(remote.device).pending_generation
+    floor = _prune_floor(node)
+    state, newest = _queue(remote, store)
     report = prune_replica(
         ObjectStore(remote, remote.device_prefix), head_keys=_head_keys(remote), device=remote.device,
-        model=store.config.model, floor=floor, keep=args.keep, dry_run=args.dry_run, pending=pending,
+        model=store.config.model, floor=floor, keep=args.keep, dry_run=args.dry_run, pending=state.pending(newest),
         limits=store.limits,
     )  # fmt: skip
     out.result(report.to_dict(), _prune_text)
     return 0
 
 
-def _prune_text(d: dict[str, Any]) -> str:
-    verb = "would delete" if d["dry_run"] else "deleted"
-    return (
-        f"{d['prefix']}: {verb} {len(d['bundles_deleted'])} bundle(s) and {d['blobs_deleted']} blob(s) "
-        f"({human_bytes(d['bytes_freed'])}); kept {len(d['bundles_kept'])} bundle(s) (head: generation "
-        f"{d['head_generation']}, floor {d['floor']}) and {d['blobs_kept']} blob(s); {d['not_ours']} other key(s) "
-        "left alone"
-    )
+def _prune_floor(node: NodeConfig) -> int:
+    """The floor prune keeps every bundle at or above; unreadable: refused, with the floor's own recovery."""
+    from appliance.errors import PruneRefusedError
+    from appliance.node.floor import FloorCorruptError, FloorMissingError, FloorUnreadableError, open_floor
+
+    where = f"the floor provider {node.floor_provider}" if node.floor_provider else str(node.floor_file)
+    try:
+        return open_floor(node).read()
+    except FloorUnreadableError as exc:
+        if isinstance(exc, (FloorMissingError, FloorCorruptError)):
+            state = "missing" if isinstance(exc, FloorMissingError) else "damaged"
+            remedy = (f"the anti-rollback floor ({where}) is {state}: it is never re-created by hand (never as 0); "
+                      "boot rebuilds it from the slot states and rewrites it (`appliance boot --config NODE.json`, "
+                      f"event floor.{'missing' if state == 'missing' else 'damaged'}, docs/boot.md §4); then prune "
+                      "again")  # fmt: skip
+        else:
+            remedy = f"run prune as root: the anti-rollback floor ({where}) is boot's, readable by root only"
+        raise PruneRefusedError(f"the anti-rollback floor cannot be read ({exc}), so the bundles a restore may "
+                                "still need are unknown; nothing was deleted", remedy=remedy) from exc  # fmt: skip
 
 
-def _status(args: argparse.Namespace, out: Output) -> int:
-    from appliance.remote.metrics import read_metrics
-    from appliance.remote.pull import fetch_head
-    from appliance.remote.s3 import ObjectStore
+def _queue(remote: RemoteConfig, store: Any) -> tuple[ReplicationState, int | None]:
+    """The replicator's durable queue and the newest local generation, read the same way for status and prune
+    (``ReplicationState.pending`` then decides, one rule for both)."""
     from appliance.remote.state import StateDir
 
-    _, remote, store = _open(args)
-    state_dir = StateDir(remote.state_dir)
-    state = state_dir.load(remote.device)
+    state = StateDir(remote.state_dir).load(remote.device)
     try:
         newest: int | None = store.select().opened.generation
     except ApplianceError:
         newest = None
+    return state, newest
+
+
+def queue_fields(state: ReplicationState, newest: int | None) -> dict[str, Any]:
+    """What ``remote status`` shows as pending: ``ReplicationState.pending``, the rule ``remote prune`` refuses on."""
+    pending = state.pending(newest)
+    return {"pending_upload": pending, "pending": pending is not None}
+
+
+def _prune_text(d: dict[str, Any]) -> str:
+    deleted = len(d["bundles_deleted"]) + d["blobs_deleted"]
+    if deleted == 0:
+        done = "nothing to delete" if d["dry_run"] else "deleted nothing"
+    else:
+        verb = "would delete" if d["dry_run"] else "deleted"
+        done = (f"{verb} {len(d['bundles_deleted'])} bundle(s) and {d['blobs_deleted']} blob(s) "
+                f"({human_bytes(d['bytes_freed'])})")  # fmt: skip
+    lines = [
+        f"{d['prefix']}: {done}; kept {len(d['bundles_kept'])} bundle(s) (head: generation {d['head_generation']}, "
+        f"floor {d['floor']}) and {d['blobs_kept']} blob(s); {d['not_ours']} other key(s) left alone"
+    ]
+    if d["unverified"]:
+        lines.append(f"  left alone {len(d['unverified'])} object(s) named like a bundle that do not verify "
+                     "(never kept, never deleted; remove them by hand once you know what they are):")  # fmt: skip
+        lines += [f"    {key}: {problem}" for key, problem in sorted(d["unverified"].items())]
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace, out: Output) -> int:
+    from appliance.remote.metrics import read_metrics
+    from appliance.remote.prune import TRANSPORT_ERRORS
+    from appliance.remote.pull import fetch_head
+    from appliance.remote.s3 import ObjectStore
+
+    _, remote, store = _open(args)
+    state, newest = _queue(remote, store)
     data: dict[str, Any] = {"device": remote.device, "endpoint": remote.endpoint, "bucket": remote.bucket,
                             "prefix": remote.device_prefix, "newest_local": newest, **state.to_dict()}  # fmt: skip
-    data["pending"] = newest is not None and (state.replicated is None or state.replicated.generation < newest)
-    data["metrics"] = read_metrics(state_dir.path, state, newest)
+    data.update(queue_fields(state, newest))
+    data["metrics"] = read_metrics(Path(remote.state_dir), state, newest)
+    failed: ApplianceError | None = None
     try:
         objects = ObjectStore(remote, remote.device_prefix)
         head = fetch_head(objects, _head_keys(remote), kind="device", name=remote.device,
                           model=store.config.model, last_seen=0, floor=0)  # fmt: skip
         data["remote_head"] = {"generation": head.generation, "issued": head.issued, "bundle": head.bundle.key}
-    except ApplianceError as exc:
+    except TRANSPORT_ERRORS as exc:  # the bucket was not reached: the local state is shown, the exit code is pull's
+        data["remote_head"], failed = exc.to_dict(), exc
+    except ApplianceError as exc:  # reached, and its head is absent or does not verify: reported
         data["remote_head"] = {"error": type(exc).__name__, "problem": exc.problem}
     out.result(data, _status_text)
-    return 0
+    if failed is None:
+        return 0
+    out.error(failed, json_too=False)
+    return failed.exit_code
 
 
 def _status_text(d: dict[str, Any]) -> str:

@@ -2,8 +2,10 @@
 
 Owns: ``HeadRecord`` (what the newest replicated or published checkpoint is; docs/design.md §11.4),
 its DSSE envelope bytes and parsing (signatures are made and checked in ``appliance.remote.head``),
-the anti-replay rule (``check_head_fresh``), the key names under a device or channel prefix, and
-``backoff_delay`` (exponential backoff with full jitter). Does no I/O.
+the anti-replay rule (``check_head_fresh``), the key names under a device or channel prefix,
+``backoff_delay`` (exponential backoff with full jitter) and ``upload_pending`` (the one rule for
+"an upload is pending", shared by ``appliance remote status``, its queue-depth metric and the
+refusal of ``appliance remote prune``). Does no I/O.
 """
 
 from __future__ import annotations
@@ -171,3 +173,19 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rand: float) -> floa
     """
     ceiling = min(cap, base * float(2 ** min(max(attempt, 1) - 1, 62)))
     return float(max(0.0, min(1.0, rand)) * ceiling)
+
+
+def upload_pending(*, replicated: int | None, pending_generation: int | None, newest_local: int | None) -> int | None:
+    """The generation the replicator still has to upload, or ``None`` when the replica is up to date.
+
+    Pending is either an upload the durable queue recorded as started and not finished
+    (``pending_generation``: it may be in flight right now, or failed and waiting for its retry), or a
+    committed local checkpoint newer than the replica's (``newest_local`` above ``replicated``: the
+    replicator's next pass uploads it). One rule for every reader (docs/design.md §11.7): what
+    ``appliance remote status`` calls pending is exactly what ``appliance remote prune`` refuses on.
+    """
+    if pending_generation is not None:
+        return pending_generation
+    if newest_local is not None and (replicated is None or newest_local > replicated):
+        return newest_local
+    return None

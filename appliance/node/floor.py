@@ -5,10 +5,11 @@ Owns: ``GenerationFloor`` (the interface), ``FileFloor`` (a JSON file written du
 floor's value (``appliance.format.slotstate.floor_after_good``) or when it is raised (boot).
 
 Contract of every implementation: ``read`` returns the floor or raises ``FloorUnreadableError``
-(``FloorMissingError`` when the store is absent: a deleted floor fails closed exactly like a
-damaged one, and boot rebuilds it from the slot states; it never reads as 0); ``raise_to``
-never lowers it and returns the value now stored. ``appliance node-init`` and the image write
-the initial floor file, so a missing one means someone removed it.
+(``FloorMissingError`` when the store is absent, ``FloorCorruptError`` when it holds no v1
+floor: a deleted floor fails closed exactly like a damaged one, and boot rebuilds both from the
+slot states; it never reads as 0); ``raise_to`` never lowers it and returns the value now stored.
+``appliance node-init`` and the image write the initial floor file, so a missing one means someone
+removed it.
 
 On a Jetson the floor belongs in tamper-resistant storage (OP-TEE secure storage or an fTPM NV
 counter): a file on the same disk can be rewound by anyone who can rewrite the disk. Such a
@@ -43,6 +44,10 @@ class FloorMissingError(FloorUnreadableError):
     """The floor store does not exist (deleted, or never provisioned): never read as floor 0."""
 
 
+class FloorCorruptError(FloorUnreadableError):
+    """The floor store exists and was read, but does not hold a v1 floor (damaged or rewritten)."""
+
+
 class GenerationFloor(Protocol):
     def read(self) -> int: ...
 
@@ -66,10 +71,10 @@ class FileFloor:
             obj = strict_loads(data, what=str(self.path), max_bytes=4096, max_depth=2)
             d = require_keys(obj, "floor", {"format", "version", "floor", "updated"})
             if d["format"] != FLOOR_FORMAT or d["version"] != FLOOR_VERSION:
-                raise FloorUnreadableError(f"{self.path} is not a v1 floor file")
+                raise FloorCorruptError(f"{self.path} is not a v1 floor file")
             return get_int(d, "floor", "floor", 0, MAX_GENERATION)
         except ApplianceError as exc:
-            raise FloorUnreadableError(f"{self.path} is corrupt: {exc.problem}") from exc
+            raise FloorCorruptError(f"{self.path} is corrupt: {exc.problem}") from exc
 
     def raise_to(self, value: int) -> int:
         try:

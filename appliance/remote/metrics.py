@@ -53,7 +53,7 @@ class _QueueCollector(Collector):
         done = s.replicated.generation if s.replicated is not None else 0
         depth = GaugeMetricFamily("appliance_replicate_queue_depth",
                                   "Checkpoints waiting for upload (0 or 1: only the newest is uploaded)")  # fmt: skip
-        depth.add_metric([], float(s.pending_generation is not None or (self.newest or 0) > done))
+        depth.add_metric([], float(s.pending(self.newest) is not None))
         yield depth
         gauges = (
             ("appliance_replicate_replicated_generation", "Newest generation on the remote", float(done)),

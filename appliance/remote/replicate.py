@@ -111,10 +111,12 @@ class Replicator:
         self.state_dir, self.events = state_dir, events
         self.retry_base, self.retry_cap, self.clock, self.rand = retry_base, retry_cap, clock, rand
         self.metrics = ReplicateMetrics(state_dir.path)
+        self.last_failure: BaseException | None = None  # the last pass's failure (`replicate --once` maps it)
 
     def step(self) -> dict[str, Any]:
         """One pass, then the metrics textfile is refreshed from the durable queue."""
         newest: list[int] = []
+        self.last_failure = None
         outcome = self._step(newest)
         self.metrics.update(self.state_dir.load(self.device), newest[0] if newest else None)
         self.metrics.write()
@@ -157,6 +159,7 @@ class Replicator:
         return {"action": "replicated", **report.to_dict()}
 
     def _failed(self, state: ReplicationState, generation: int, exc: BaseException) -> dict[str, Any]:
+        self.last_failure = exc
         attempts = state.attempts + 1
         delay = backoff_delay(attempts, base=self.retry_base, cap=self.retry_cap, rand=self.rand())
         problem = exc.problem if isinstance(exc, ApplianceError) else f"missing: {exc}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.format.canonical import canonical_bytes
+from appliance.format.remote import upload_pending
 from appliance.storage import LocalStorage, write_durable
 
 STATE_FILE = "replication.json"
@@ -62,6 +63,11 @@ class ReplicationState:
         d["replicated"] = Replicated(**rep) if rep else None
         d["history"] = tuple(d.get("history", ()))
         return cls(**d)
+
+    def pending(self, newest_local: int | None) -> int | None:
+        """The generation still to upload (``appliance.format.remote.upload_pending``), given the newest local one."""
+        done = self.replicated.generation if self.replicated is not None else None
+        return upload_pending(replicated=done, pending_generation=self.pending_generation, newest_local=newest_local)
 
     def with_outcome(self, entry: dict[str, Any], **changes: Any) -> ReplicationState:
         return replace(self, history=(*self.history, entry)[-20:], **changes)

@@ -74,11 +74,11 @@ def test_wrong_credentials_count_as_failures_then_retries_in_remote_status(tmp_p
     wrong["access_key_id"] = wrong["access_key_id"][:-1] + ("X" if wrong["access_key_id"][-1] != "X" else "Y")
     creds.write_text(json.dumps(wrong))
     for _ in range(2):  # two failed passes: the second is a retry
-        assert node.cli("replicate", "--once", "--remote", str(remote)).returncode == 69
+        assert node.cli("replicate", "--once", "--remote", str(remote)).returncode == 18  # as `remote pull`
         time.sleep(0.05)
     code, status = node.cli_json("remote", "status", "--remote", str(remote))
-    m = status["metrics"]
-    assert code == 0 and status["pending"] is True
+    m = status["metrics"]  # the local queue is still shown; the exit code is the credentials' (18), as pull's
+    assert code == 18 and status["pending"] is True and status["remote_head"]["exit_code"] == 18
     assert m["appliance_replicate_failures_total"] == 2 and m["appliance_replicate_retries_total"] == 1
     assert m["appliance_replicate_uploads_total"] == 0 and m["appliance_replicate_queue_depth"] == 1
     assert m["appliance_replicate_attempts"] == 2 and "appliance_replicate_last_success_timestamp_seconds" not in m

@@ -191,6 +191,7 @@ def test_prune_refuses_without_a_verified_head_or_while_an_upload_is_pending(
         prune_replica(node.objects, head_keys=[SigningKey.generate().public], device="node-1", model="test-model",
                       floor=0, keep=1)  # fmt: skip
     (node.bucket() / "head.json").unlink()
+    time.sleep(0.3)  # rclone's directory cache (100 ms): else it answers 500 (RemoteServerError 72, not a refusal)
     with pytest.raises(PruneRefusedError):
         _prune(node, keep=1, floor=2)
     after = _files(server.bucket_dir())
