@@ -154,9 +154,12 @@ def _check_signature(stick: Stick) -> None:
                           text=True, timeout=MOUNT_TIMEOUT_S, check=False, env=CLEAN_ENV)  # fmt: skip
     found = proc.stdout.strip()
     if found != stick.fstype:
+        # blkid exits 2 both for "no signature" and for a device it could not open (its reason on stderr:
+        # "Operation not permitted" is a device policy that does not admit the stick): keep both.
+        why = " ".join(proc.stderr.split())[:200]
         raise SourceUnavailableError(
             f"cannot mount {stick.device}: it holds {found or 'no readable file system'!r}, "
-            f"not the {stick.fstype} udev reported",
+            f"not the {stick.fstype} udev reported (blkid exit {proc.returncode}{': ' + why if why else ''})",
             remedy="the stick is unreadable or not formatted as FAT/exFAT/ext4; re-write it with `appliance export`",
         )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from appliance.console import usb
+from appliance.errors import SourceUnavailableError
 
 pytestmark = pytest.mark.unit
 STICK = usb.Stick("/dev/sda", "vfat", "FIELDKIT")
@@ -30,3 +32,23 @@ def test_a_fuse_driver_is_used_only_where_the_kernel_lacks_the_filesystem(monkey
     assert usb._mount_command(STICK, Path("/m"))[0] == "/usr/bin/fusefat"
     monkeypatch.setattr(usb, "_kernel_has", lambda fstype: True)
     assert usb._mount_command(STICK, Path("/m"))[0] == "mount"
+
+
+def test_a_stick_blkid_cannot_open_is_refused_with_blkids_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (VM tier, run of 2026-12-05 09:10): the helper's refusal said only "no readable file system";
+    blkid exits 2 both for a blank medium and for a node it may not open (a device policy that does not admit
+    the stick), so its exit code and stderr must be in the problem, to tell the two apart from the guest."""
+    denied = subprocess.CompletedProcess([], 2, stdout="", stderr="blkid: error: /dev/sda: Operation not permitted\n")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: denied)
+    with pytest.raises(SourceUnavailableError) as raised:
+        usb._check_signature(STICK)
+    problem = str(raised.value)
+    assert "no readable file system" in problem and "blkid exit 2" in problem, problem
+    assert "Operation not permitted" in problem, problem
+    blank = subprocess.CompletedProcess([], 2, stdout="", stderr="")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: blank)
+    with pytest.raises(SourceUnavailableError, match=r"\(blkid exit 2\)"):
+        usb._check_signature(STICK)
+    found = subprocess.CompletedProcess([], 0, stdout="vfat\n", stderr="")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: found)
+    usb._check_signature(STICK)  # the medium carries what udev reported: no refusal

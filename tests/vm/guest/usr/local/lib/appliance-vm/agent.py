@@ -76,7 +76,12 @@ def ready():
 
 
 def run(*argv, timeout=300):
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    """(exit code, stdout); a program the guest lacks is 127, never an exception: the VM run of 2026-12-05
+    21:02 lost the agent twice (systemd restarted it) on ``getfacl``, absent from the base rootfs."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        return 127, f"{argv[0]}: not installed ({exc.strerror})"
     return done.returncode, done.stdout
 
 

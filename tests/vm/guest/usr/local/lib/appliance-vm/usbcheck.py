@@ -115,12 +115,68 @@ def _problem(answer):
     return str(err.get("problem", "-")).replace(" ", "_")[:300]
 
 
+HELPER_UNIT = "appliance-usbmount.service"
+HELPER_CGROUP = "/sys/fs/cgroup/system.slice/appliance-usbmount.service"
+# blkid -p of the stick three ways: unconfined (root, the agent's unit), inside the helper unit's own cgroup
+# (its device policy, compiled when the unit started), and in a fresh transient unit with the helper's
+# DevicePolicy/DeviceAllow (a policy resolved now). Only the middle one failing: the policy is stale.
+BLKID_THREE_WAYS = r"""
+dev=$(ls /dev/sd? 2>/dev/null | head -n 1); [ -n "$dev" ] || { echo no-sd-node; exit 0; }
+echo "dev=$dev"; ls -l "$dev"*
+out=$(blkid -p "$dev" 2>&1); echo "unconfined: rc=$? $out"
+out=$(sh -c 'echo $$ > @CGROUP@/cgroup.procs && exec blkid -p "$1"' sh "$dev" 2>&1); echo "in-helper-cgroup: rc=$? $out"
+out=$(systemd-run --quiet --wait --pipe --collect -p DevicePolicy=closed -p 'DeviceAllow=block-sd rw' \
+    blkid -p "$dev" 2>&1); echo "fresh-unit: rc=$? $out"
+""".replace("@CGROUP@", HELPER_CGROUP)
+
+# What the helper's device policy admits, for every run: the sd majors the kernel has, the unit's DeviceAllow,
+# when the helper and modprobe@sd_mod started (CLOCK_MONOTONIC, us), and blkid inside the helper's cgroup.
+POLICY = r"""
+echo "sd_majors=$(awk '/^Block/{b=1} b && $2=="sd"{printf "%s,", $1}' /proc/devices)"
+echo "helper: $(systemctl show -p DeviceAllow -p ExecMainStartTimestampMonotonic @UNIT@ | tr '\n' ' ')"
+echo "sd_mod: $(systemctl show -p ActiveState -p Result -p ExecMainStartTimestampMonotonic modprobe@sd_mod.service | tr '\n' ' ')"
+dev=$(ls /dev/sd? 2>/dev/null | head -n 1)
+out=$(sh -c 'echo $$ > @CGROUP@/cgroup.procs && exec blkid -p -o value -s TYPE "$1"' sh "$dev" 2>&1); echo "in-helper-cgroup: rc=$? $out"
+""".replace("@UNIT@", HELPER_UNIT).replace("@CGROUP@", HELPER_CGROUP)
+
+
 def diagnose(say):
-    """Why a USB step failed: the helper's journal, the persist side's log, the kernel's FAT support."""
+    """Why a USB step failed: the helper's journal, the persist side's log, the kernel's FAT support, and the
+    helper's device policy (its DeviceAllow, the block majors the kernel has, blkid inside its cgroup)."""
     for argv in (
-        ("journalctl", "-u", "appliance-usbmount.service", "-n", "15", "--no-pager", "-o", "cat"),
+        (
+            "journalctl",
+            "-b",
+            "-u",
+            HELPER_UNIT,
+            "-u",
+            "modprobe@sd_mod.service",
+            "-u",
+            "modprobe@loop.service",
+            "-n",
+            "25",
+            "--no-pager",
+            "-o",
+            "short-monotonic",
+        ),
         ("tail", "-n", "15", "/var/log/appliance/actions.log"),
-        ("sh", "-c", "grep -i fat /proc/filesystems; lsmod | grep -i -e fat -e usb_storage; ls -l /run/appliance"),
+        (
+            "sh",
+            "-c",
+            "grep -i fat /proc/filesystems; lsmod | grep -i -e fat -e usb_storage -e sd_mod -e uas -e loop; "
+            "ls -l /run/appliance",
+        ),
+        (
+            "sh",
+            "-c",
+            "sed -n '/^Block/,$p' /proc/devices; cat /proc/uptime; "
+            f"systemctl show -p DevicePolicy -p DeviceAllow -p ExecMainStartTimestampMonotonic {HELPER_UNIT}; "
+            "systemctl show -p ActiveState -p Result -p ExecMainStatus -p ConditionResult "
+            "-p ExecMainStartTimestampMonotonic modprobe@sd_mod.service modprobe@loop.service; "
+            f"systemctl list-dependencies --after --plain --no-pager {HELPER_UNIT} | grep -e modprobe -e udev",
+        ),
+        ("sh", "-c", BLKID_THREE_WAYS),
+        ("sh", "-c", "dmesg | grep -i -e 'sd ' -e usb-storage -e 'sd_mod' -e 'scsi' | tail -n 12"),
     ):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         text = (done.stdout + done.stderr).replace("\n", " | ")
@@ -146,6 +202,8 @@ def flow(say, agent):
     stick = sticks[0]
     say(f"usb-detected device={stick['device']} fstype={stick['fstype']} label={stick.get('label') or '-'} "
         f"sticks={len(sticks)}")  # fmt: skip
+    policy = subprocess.run(["sh", "-c", POLICY], capture_output=True, text=True, timeout=120, check=False)
+    say(f"usb-policy {' | '.join(policy.stdout.split(chr(10)))[-1000:]}")
     deadline = time.monotonic() + 180
     while agent.unchanged < 2 and time.monotonic() < deadline:  # two: one may predate the pause
         time.sleep(0.5)
