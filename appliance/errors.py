@@ -598,6 +598,22 @@ class PruneRefusedError(UserError):
     )
 
 
+class FloorUnavailableError(UserError):
+    """The anti-rollback floor (node.json ``floor_file`` / ``floor_provider``) is missing, damaged or not
+    readable by this user, so a command that must compare against it cannot run (``remote pull``).
+
+    Code 88: the user range (10-29) is full. Never read as floor 0 (that would re-open rollback, docs/boot.md
+    §4); nothing was changed. The remedy names the cause: boot rebuilds a missing or damaged floor from the
+    slot states; an unreadable one needs root.
+    """
+
+    exit_code = 88
+    remedy = (
+        "nothing was changed: a missing or damaged floor is rebuilt by `appliance boot --config NODE.json`; an "
+        "unreadable one needs root (the floor is boot's)"
+    )
+
+
 class InboxPermissionError(UserError):
     """The fleet channel's inbox (node.json ``channel_inbox``) has an owner or mode that lets someone other
     than the channel's user write it, or holds a symbolic link or a special file (docs/design.md §7.2).

@@ -139,6 +139,14 @@ def _prune(args: argparse.Namespace, out: Output) -> int:
 def _prune_floor(node: NodeConfig) -> int:
     """The floor prune keeps every bundle at or above; unreadable: refused, with the floor's own recovery."""
     from appliance.errors import PruneRefusedError
+
+    return _read_floor(node, PruneRefusedError, "so the bundles a restore may still need are unknown; nothing was "
+                       "deleted", "prune")  # fmt: skip
+
+
+def _read_floor(node: NodeConfig, error: type[ApplianceError], consequence: str, command: str) -> int:
+    """The anti-rollback floor, or ``error`` naming why it cannot be read and what recovers it; never 0 for a
+    missing or damaged floor (fail closed, docs/boot.md §4)."""
     from appliance.node.floor import FloorCorruptError, FloorMissingError, FloorUnreadableError, open_floor
 
     where = f"the floor provider {node.floor_provider}" if node.floor_provider else str(node.floor_file)
@@ -149,12 +157,10 @@ def _prune_floor(node: NodeConfig) -> int:
             state = "missing" if isinstance(exc, FloorMissingError) else "damaged"
             remedy = (f"the anti-rollback floor ({where}) is {state}: it is never re-created by hand (never as 0); "
                       "boot rebuilds it from the slot states and rewrites it (`appliance boot --config NODE.json`, "
-                      f"event floor.{'missing' if state == 'missing' else 'damaged'}, docs/boot.md §4); then prune "
-                      "again")  # fmt: skip
+                      f"event floor.{state}, docs/boot.md §4); then {command} again")  # fmt: skip
         else:
-            remedy = f"run prune as root: the anti-rollback floor ({where}) is boot's, readable by root only"
-        raise PruneRefusedError(f"the anti-rollback floor cannot be read ({exc}), so the bundles a restore may "
-                                "still need are unknown; nothing was deleted", remedy=remedy) from exc  # fmt: skip
+            remedy = f"run {command} as root: the anti-rollback floor ({where}) is boot's, readable by root only"
+        raise error(f"the anti-rollback floor cannot be read ({exc}), {consequence}", remedy=remedy) from exc
 
 
 def _queue(remote: RemoteConfig, store: Any) -> tuple[ReplicationState, int | None]:
@@ -241,13 +247,14 @@ def _status_text(d: dict[str, Any]) -> str:
 
 
 def _pull(args: argparse.Namespace, out: Output) -> int:
-    from appliance.node.floor import open_floor
+    from appliance.errors import FloorUnavailableError
     from appliance.remote.pull import fetch_head, pull_checkpoint
     from appliance.remote.s3 import ObjectStore
     from appliance.remote.state import StateDir
 
     node, remote, store = _open(args)
-    floor = open_floor(node).read()
+    floor = _read_floor(node, FloorUnavailableError, "so a bucket checkpoint cannot be checked against it; nothing "
+                        "was pulled", "pull")  # fmt: skip
     objects = ObjectStore(remote, remote.device_prefix)
     state_dir = StateDir(remote.state_dir)
     head = fetch_head(objects, _head_keys(remote), kind="device", name=remote.device, model=store.config.model,

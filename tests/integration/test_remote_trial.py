@@ -118,6 +118,27 @@ def test_a_missing_or_damaged_floor_refuses_prune_naming_its_path_and_boots_rebu
     assert _files(server.bucket_dir()) == before
 
 
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_a_missing_or_damaged_floor_refuses_pull_typed_never_as_floor_0(
+    tmp_path: Path, server: S3Server, damage: str
+) -> None:
+    """Pull compares the bucket head against the floor: an unreadable floor is a typed refusal (88) naming the
+    path and boot's rebuild, not a traceback and never floor 0; the store is left exactly as it was."""
+    node, remote = _replicated_node(tmp_path, server)
+    floor = Path(node.config.floor_file)
+    if damage == "missing":
+        floor.unlink()
+    else:
+        floor.write_bytes(b"\x00garbage")
+    before = _files(node.root / "store")
+    code, err = node.cli_json("remote", "pull", "--remote", str(remote))
+    assert code == 88 and err["error"] == "FloorUnavailableError" and "nothing was pulled" in err["problem"], err
+    assert str(floor) in err["remedy"] and f"is {damage}" in err["remedy"] and "then pull again" in err["remedy"]
+    assert _files(node.root / "store") == before
+    done = node.cli("remote", "pull", "--remote", str(remote))
+    assert done.returncode == 88 and "Traceback" not in done.stderr and "remedy: " in done.stderr
+
+
 def _history(node: Node, n: int) -> None:
     state = weights(1)
     for i in range(1, n + 1):
