@@ -13,6 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+pytest.importorskip(
+    "prometheus_client",
+    reason="the queue-depth metric needs prometheus_client (absent from the torch-free Python 3.10 smoke)",
+)
+
 from appliance.cli.remote_commands import queue_fields
 from appliance.errors import PruneRefusedError
 from appliance.format.remote import upload_pending
