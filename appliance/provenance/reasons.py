@@ -145,10 +145,23 @@ def _digest_differs(name: str, directory: Path, bundle: dict[str, Any]) -> str:
     )
 
 
+def statement_of(bundle: Any) -> Any:
+    """The in-toto statement a model-signing bundle's DSSE envelope carries (parsed, not verified).
+
+    Raises ``KeyError``, ``TypeError`` or ``ValueError`` when the bundle does not have that layout."""
+    return json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+
+
+def resource_digests(bundle: Any) -> dict[str, str]:
+    """``{relative path: sha256 hex}`` of the resources the bundle's statement lists (errors: ``statement_of``)."""
+    statement = statement_of(bundle)
+    return {str(r["name"]): str(r["digest"]).lower() for r in statement["predicate"]["resources"]}
+
+
 def _signed_digests(bundle: dict[str, Any]) -> dict[str, str]:
+    """``resource_digests``, or nothing when the layout is not that (only for a message)."""
     try:
-        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
-        return {str(r["name"]): str(r["digest"]).lower() for r in statement["predicate"]["resources"]}
+        return resource_digests(bundle)
     except (KeyError, TypeError, ValueError):
         return {}
 

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from appliance.errors import ModelSigningUnavailableError, VendorSignatureError
 from appliance.format.digest import Digest
 from appliance.format.provenance import MODEL_SIG, Provenance, Signer
-from appliance.provenance.reasons import check_bundle_shape, detail, explain
+from appliance.provenance.reasons import check_bundle_shape, detail, explain, resource_digests, statement_of
 from appliance.provenance.vendors import Vendor, VendorTrust, key_sha256, load_ec_public_key
 
 MAX_SIGNATURE_BYTES = 8 * 1024 * 1024
@@ -136,8 +136,7 @@ def _read_signature(path: Path) -> bytes | None:
 def signed_file_digests(signature: bytes) -> dict[str, str]:
     """``{relative path: sha256 hex}`` of every file a verified ``model.sig`` covers (its resources)."""
     try:
-        statement = json.loads(base64.b64decode(json.loads(signature)["dsseEnvelope"]["payload"]))
-        return {str(r["name"]): str(r["digest"]).lower() for r in statement["predicate"]["resources"]}
+        return resource_digests(json.loads(signature))
     except (KeyError, TypeError, ValueError) as exc:
         raise VendorSignatureError(f"verified model.sig has an unexpected layout: {_layout(exc)}") from exc
 
@@ -153,7 +152,7 @@ def _provenance(signature: bytes, vendor: Vendor, verifier: str) -> Provenance:
     """The record of a signature the library has just verified (its fields, read once more)."""
     try:
         bundle = json.loads(signature)
-        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        statement = statement_of(bundle)
         (subject,) = statement["subject"]
         resources = len(statement["predicate"]["resources"])
         return Provenance(

@@ -115,9 +115,7 @@ def test_an_altered_shard_is_refused_with_exit_47_like_model_signing_verify_and_
     root, model = str(env["root"]), env["model"]
     run(capsys, "vendor", root, "add", "acme", "--key", str(env["vendor_pub"]))
     shard = model / "model-00002-of-00002.safetensors"
-    data = bytearray(shard.read_bytes())
-    data[-3] ^= 0x01  # one bit of tensor data
-    shard.write_bytes(bytes(data))
+    _flip_byte(shard)  # one bit of tensor data
     stock = model_signing_cli("verify", "key", str(model), "--signature", str(model / "model.sig"), "--public_key", str(env["vendor_pub"]))  # fmt: skip
     assert stock.returncode != 0 and "model-00002-of-00002.safetensors" in stock.stderr + stock.stdout
     code, out = run(capsys, "commit", root, str(model), "--key", str(env["key"]))
