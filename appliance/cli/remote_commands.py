@@ -104,7 +104,7 @@ def cmd_replicate(args: argparse.Namespace, out: Output) -> int:
         events=EventLog(node.event_log, "replicate"), retry_base=remote.retry_base, retry_cap=remote.retry_cap,
     )  # fmt: skip
     if args.once:
-        outcome = replicator.step()
+        outcome = replicator.step(now=True)  # an operator's pass: not deferred by the loop's backoff
         if isinstance(replicator.last_failure, ConfigError):
             raise replicator.last_failure  # credentials or bucket refused: the code and remedy of `remote pull`
         out.result(outcome, lambda d: " ".join(f"{k}={v}" for k, v in d.items()))

@@ -113,21 +113,25 @@ class Replicator:
         self.metrics = ReplicateMetrics(state_dir.path)
         self.last_failure: BaseException | None = None  # the last pass's failure (`replicate --once` maps it)
 
-    def step(self) -> dict[str, Any]:
-        """One pass, then the metrics textfile is refreshed from the durable queue."""
+    def step(self, *, now: bool = False) -> dict[str, Any]:
+        """One pass, then the metrics textfile is refreshed from the durable queue.
+
+        ``now=True`` (``appliance replicate --once``: an operator's "try it now") attempts the upload even
+        while the loop's backoff after a failure is still running; the loop itself always honours it.
+        """
         newest: list[int] = []
         self.last_failure = None
-        outcome = self._step(newest)
+        outcome = self._step(newest, now)
         self.metrics.update(self.state_dir.load(self.device), newest[0] if newest else None)
         self.metrics.write()
         return outcome
 
-    def _step(self, newest: list[int]) -> dict[str, Any]:
+    def _step(self, newest: list[int], now: bool) -> dict[str, Any]:
         """Replicate the newest valid checkpoint if it is newer than the replica."""
         state = self.state_dir.load(self.device)
-        now = self.clock()
-        if state.next_attempt_at is not None and now < state.next_attempt_at:
-            return {"action": "waiting", "retry_in": round(state.next_attempt_at - now, 3)}
+        at = self.clock()
+        if not now and state.next_attempt_at is not None and at < state.next_attempt_at:
+            return {"action": "waiting", "retry_in": round(state.next_attempt_at - at, 3)}
         try:
             opened = self.store.select().opened
         except NoValidCheckpointError:

@@ -82,6 +82,8 @@ def test_a_server_failing_every_put_is_a_typed_failure_and_the_next_pass_resumes
     assert failed["action"] == "failed" and failed["error"] == "RemoteServerError" and failed["retry_in"] == 15.0
     assert not (node.bucket() / HEAD_KEY).exists()  # no head names the incomplete checkpoint
     assert node.replicator.step()["action"] == "waiting"  # backoff between passes
+    forced = node.replicator.step(now=True)  # `replicate --once`: the operator's pass is not deferred
+    assert forced["action"] == "failed" and forced["error"] == "RemoteServerError"
     proxy.clear()
     _past_backoff(node)
     done = node.replicator.step()

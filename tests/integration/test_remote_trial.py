@@ -86,6 +86,22 @@ def test_every_remote_subcommand_maps_refused_credentials_to_pulls_code_and_reme
     assert _files(server.bucket_dir()) == before  # prune refused by the bucket: nothing deleted
 
 
+def test_replicate_once_after_a_refusal_tries_again_and_is_not_answered_by_the_loops_backoff(
+    tmp_path: Path, server: S3Server
+) -> None:
+    """CI found ``replicate --once`` exiting 0 ("waiting") right after a refused push: the loop's backoff."""
+    node, remote = _replicated_node(tmp_path, server)
+    cfg = json.loads(remote.read_text())
+    remote.write_text(json.dumps({**cfg, "retry_base": 600.0, "retry_cap": 3600.0}))  # a retry far away
+    _commit(node)
+    _wrong_credentials(node)
+    for _ in range(3):
+        code, data = node.cli_json("replicate", "--once", "--remote", str(remote))
+        assert code == 18 and data["exit_code"] == 18, data
+    queue = json.loads((node.root / "replicate-state" / "replication.json").read_text())
+    assert queue["attempts"] == 3 and queue["next_attempt_at"] > time.time() + 1  # the loop still backs off
+
+
 def test_remote_status_exits_with_the_credential_code_when_the_bucket_refuses_them(
     tmp_path: Path, server: S3Server
 ) -> None:
