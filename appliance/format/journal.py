@@ -10,7 +10,7 @@ Record layout (little-endian; docs/design.md §15.1)::
 
     off  size  field
       0     4  magic  b"AJR1"
-      4     1  kind   1 = segment header, 2 = adaptation step
+      4     1  kind   1 = segment header, 2 = adaptation step, 3 = step outcome (version 3)
       5     3  zero
       8    16  lineage   (random id of one linear history of steps)
      24     8  index     u64: header -> first step index of the segment; step -> its index
@@ -25,6 +25,12 @@ holds its step payloads sealed: ``nonce(12) || AES-256-GCM(payload) || tag(16)``
 key's journal sealing key, associated data ``step_aad(lineage, index)``; version 1 headers (no
 ``seal``) stay readable and their payloads clear.
 
+A version 3 segment (what the service writes now; ``seal`` optional) is *written ahead*: a step
+record holds the step's inputs, seed and counter with an empty result and is appended before the
+step runs, so its fsync overlaps the step; the step's result (or the type of the exception it
+raised) follows in an outcome record (kind 3, same lineage and index, immediately after its step
+record; sealed with ``outcome_aad``). Versions 1 and 2 carry the result inside the step record.
+
 A record is *torn* when the file ends inside it, *corrupt* when a checksum fails, *forged*
 when both checksums hold but the MAC does not (only someone without the key writes such a
 record on purpose: a storage attacker), and *foreign* when it is whole and authentic but
@@ -33,7 +39,6 @@ belongs to another lineage or out of order (a record copied from another segment
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import struct
@@ -48,6 +53,7 @@ from appliance.format.canonical import canonical_bytes, get_int, get_str, requir
 MAGIC = b"AJR1"
 KIND_HEADER = 1
 KIND_STEP = 2
+KIND_OUTCOME = 3  # version 3: a step's result, right after its step record
 HEAD = struct.Struct("<4sB3x16sQI")  # 36 bytes
 HEAD_SIZE = HEAD.size + 4
 TAIL_SIZE = 4 + 32
@@ -56,7 +62,9 @@ MAX_PAYLOAD = 64 << 20
 JOURNAL_FORMAT = "appliance.journal"
 JOURNAL_VERSION = 1  # clear step payloads
 JOURNAL_VERSION_SEALED = 2  # the header names the data key that seals every step payload
+JOURNAL_VERSION_AHEAD = 3  # step records written before their step; results in outcome records; seal optional
 STEP_AAD = b"appliance/v1 journal-step"
+OUTCOME_AAD = b"appliance/v1 journal-outcome"
 SEGMENT_SUFFIX = ".ajl"
 _SEGMENT = re.compile(r"seg-(\d{20})-([0-9a-f]{32})\.ajl")
 
@@ -76,8 +84,13 @@ def step_aad(lineage: bytes, index: int) -> bytes:
     return STEP_AAD + b"\x00" + lineage + struct.pack("<Q", index)
 
 
+def outcome_aad(lineage: bytes, index: int) -> bytes:
+    """Associated data of a sealed outcome payload (never valid as a step's, nor the other way)."""
+    return OUTCOME_AAD + b"\x00" + lineage + struct.pack("<Q", index)
+
+
 def mac(key: bytes, data: bytes | memoryview) -> bytes:
-    return hmac.new(key, data, hashlib.sha256).digest()
+    return hmac.digest(key, data, "sha256")  # the one-shot C path: no HMAC object per record
 
 
 def encode_record(key: bytes, kind: int, lineage: bytes, index: int, payload: bytes) -> bytes:
@@ -118,7 +131,7 @@ def decode_at(key: bytes, data: bytes | memoryview, offset: int) -> Record | Bad
     head = bytes(view[offset : offset + HEAD.size])
     magic, kind, lineage, index, length = HEAD.unpack(head)
     (head_crc,) = struct.unpack_from("<I", view, offset + HEAD.size)
-    if magic != MAGIC or zlib.crc32(head) != head_crc or kind not in (KIND_HEADER, KIND_STEP):
+    if magic != MAGIC or zlib.crc32(head) != head_crc or kind not in (KIND_HEADER, KIND_STEP, KIND_OUTCOME):
         return Bad("corrupt", offset, "record head fails its checksum")
     if length > MAX_PAYLOAD:
         return Bad("corrupt", offset, f"record length {length} exceeds {MAX_PAYLOAD}")
@@ -167,13 +180,16 @@ class SegmentHeader:
     model: str
     threads: int  # torch intra-op threads the steps ran with (replay uses the same)
     created: str
-    seal: str | None = None  # key id of the data key sealing the step payloads (version 2), else clear
+    seal: str | None = None  # key id of the data key sealing the step payloads (version 2 or 3), else clear
+    ahead: bool = False  # version 3: step records precede their step, results in outcome records
 
     def to_bytes(self) -> bytes:
         d = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "base": self.base.to_dict(), "model": self.model,
              "threads": self.threads, "created": self.created}  # fmt: skip
         if self.seal is not None:
             d |= {"version": JOURNAL_VERSION_SEALED, "seal": self.seal}
+        if self.ahead:
+            d["version"] = JOURNAL_VERSION_AHEAD
         return canonical_bytes(d)
 
     @classmethod
@@ -181,14 +197,19 @@ class SegmentHeader:
         obj = strict_loads(data, what="journal segment header", max_bytes=64 << 10, max_depth=4)
         version = obj.get("version") if isinstance(obj, dict) else None
         keys = {"format", "version", "base", "model", "threads", "created"}
-        d = require_keys(obj, "journal segment header", keys | {"seal"} if version == JOURNAL_VERSION_SEALED else keys)
-        if d["format"] != JOURNAL_FORMAT or d["version"] not in (JOURNAL_VERSION, JOURNAL_VERSION_SEALED):
-            raise ManifestError("not a v1 or v2 journal segment")
+        sealed = version == JOURNAL_VERSION_SEALED or (version == JOURNAL_VERSION_AHEAD and "seal" in obj)
+        d = require_keys(obj, "journal segment header", keys | {"seal"} if sealed else keys)
+        if d["format"] != JOURNAL_FORMAT or d["version"] not in _VERSIONS:
+            raise ManifestError("not a v1, v2 or v3 journal segment")
         seal = get_str(d, "seal", "journal", 64) if "seal" in d else None
         if seal is not None and not re.fullmatch(r"[0-9a-f]{32}", seal):
             raise ManifestError("journal segment header: seal must be a data key id (32 hex digits)")
         return cls(Base.from_dict(d["base"]), get_str(d, "model", "journal", 512),
-                   get_int(d, "threads", "journal", 1, 4096), get_str(d, "created", "journal", 64), seal)  # fmt: skip
+                   get_int(d, "threads", "journal", 1, 4096), get_str(d, "created", "journal", 64), seal,
+                   d["version"] == JOURNAL_VERSION_AHEAD)  # fmt: skip
+
+
+_VERSIONS = (JOURNAL_VERSION, JOURNAL_VERSION_SEALED, JOURNAL_VERSION_AHEAD)
 
 
 @dataclass(frozen=True)
@@ -243,6 +264,30 @@ class StepPayload:
                    tuple(tensors), result)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a written-ahead step did (version 3): its result, or the type name of what it raised."""
+
+    result: Mapping[str, Any] | None = None
+    error: str | None = None
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes({"result": None if self.result is None else dict(self.result), "error": self.error})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StepOutcome:
+        obj = strict_loads(data, what="journal step outcome", max_bytes=1 << 20, max_depth=6)
+        d = require_keys(obj, "journal step outcome", {"result", "error"})
+        result, error = d["result"], d["error"]
+        if (
+            not isinstance(result, dict | None)
+            or not isinstance(error, str | None)
+            or (result is None) == (error is None)
+        ):
+            raise ManifestError("journal step outcome: exactly one of result (an object) and error (a string)")
+        return cls(result, error)
+
+
 # --- which records replay ------------------------------------------------------------------
 
 
@@ -257,6 +302,7 @@ class Segment:
     records: tuple[Record, ...]  # step records in file order, all MAC-verified
     stop: Bad | None  # None: the file ended cleanly
     size: int
+    outcomes: Mapping[int, Record] = field(default_factory=dict)  # version 3: step index -> its outcome record
 
 
 @dataclass(frozen=True)

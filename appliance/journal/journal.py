@@ -22,7 +22,19 @@ import torch
 
 from appliance.errors import ApplianceError
 from appliance.events import EventLog
-from appliance.format.journal import Base, Point, Record, Segment, SegmentHeader, StepPayload, Walk, step_aad, walk
+from appliance.format.journal import (
+    Base,
+    Point,
+    Record,
+    Segment,
+    SegmentHeader,
+    StepOutcome,
+    StepPayload,
+    Walk,
+    outcome_aad,
+    step_aad,
+    walk,
+)
 from appliance.journal import step as steps
 from appliance.journal.files import JournalFiles
 from appliance.journal.reader import read_segments
@@ -96,7 +108,7 @@ class Journal:
         base_lineage = w.lineage.hex() if w.lineage is not None else (point.lineage if point else None)
         base = Base(content_sha256, base_lineage, replayed_to, generation)
         active = self.sealing.active if self.sealing is not None else None
-        header = SegmentHeader(base, self.model, self.threads, _utc(), active.key_id if active else None)
+        header = SegmentHeader(base, self.model, self.threads, _utc(), active.key_id if active else None, ahead=True)
         self.writer = JournalWriter(self.files, self.key, secrets.token_bytes(16), replayed_to + 1, header,
                                     group_commit_s=self.group_commit_s, chain=chain,
                                     seal=active.seal if active else None)  # fmt: skip
@@ -118,7 +130,7 @@ class Journal:
                     if (r.lineage, r.index) not in wanted:
                         continue
                     applied, problem = (False, f"record {r.index}: {refusal}") if refusal else \
-                        self._replay_one(r, step, step_counter, opener)  # fmt: skip
+                        self._replay_one(r, seg, step, step_counter, opener)  # fmt: skip
                     if problem:
                         kind = "refused" if refusal else "diverged"
                         rec.stopped = {"kind": kind, "segment": name, "index": r.index, "detail": problem}
@@ -148,22 +160,29 @@ class Journal:
             return None, f"sealed under data key {header.seal[:12]}, which the store's keyring no longer holds"
         return seal.open, ""
 
-    def _replay_one(self, r: Record, step: StepFn, step_counter: Callable[[], int], opener: Opener | None
-                    ) -> tuple[bool, str]:  # fmt: skip
+    def _replay_one(self, r: Record, seg: Segment, step: StepFn, step_counter: Callable[[], int],
+                    opener: Opener | None) -> tuple[bool, str]:  # fmt: skip
         """(whether the step ran, why replay must stop here: "" if it need not)."""
         try:
             payload = r.payload if opener is None else opener(r.payload, step_aad(r.lineage, r.index))
             p = StepPayload.from_bytes(payload)
             inputs, targets = steps.tensors_of(p)
+            recorded = _recorded_outcome(r, seg, p, opener)
         except (ApplianceError, ValueError) as exc:
             return False, f"record {r.index} cannot be decoded: {exc}"
         before = step_counter()
         if before != p.step_before:
             return False, f"record {r.index} expects step {p.step_before} before it, the state is at {before}"
         with steps.seeded(p.seed):
-            result = step(inputs, targets)
-        if dict(result or {}) != dict(p.result):
-            return True, f"record {r.index} replayed to {result}, recorded {dict(p.result)}: not deterministic"
+            try:
+                result = step(inputs, targets)
+            except Exception as exc:
+                return True, _raised(r.index, type(exc).__name__, recorded)
+        if recorded is None:  # written ahead, its outcome lost with the cut: the last step, run unchecked
+            return True, ""
+        if recorded.error is not None or dict(result or {}) != dict(recorded.result or {}):
+            shown = f"raised {recorded.error}" if recorded.error else str(dict(recorded.result or {}))
+            return True, f"record {r.index} replayed to {result}, recorded {shown}: not deterministic"
         return True, ""
 
     def _set_aside_from(self, name: str, offset: int, label: str, rec: Recovery) -> None:
@@ -224,6 +243,25 @@ class Journal:
     def append(self, p: StepPayload) -> int:
         return self._live().append(p.to_bytes())
 
+    def record_step(self, seed: int, before: int, x: torch.Tensor, y: torch.Tensor,
+                    run: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        """One written-ahead step (J1): append its record, run it, append its outcome; (index, result).
+
+        The caller holds the model lock (record order = application order) and runs ``run`` seeded
+        and deterministic; it acknowledges only after ``wait(index)``, outside the lock (J2). The
+        record's fsync starts as soon as it is appended, so it overlaps the step. A step that raises
+        is recorded as having raised (replay raises the same way and goes on) and re-raised.
+        """
+        w = self._live()
+        index = w.append(steps.payload(seed, before, x, y, {}).to_bytes())
+        try:
+            result = run()
+        except Exception as exc:
+            w.append_outcome(index, StepOutcome(error=type(exc).__name__).to_bytes())
+            raise
+        w.append_outcome(index, StepOutcome(result=result).to_bytes())
+        return index, result
+
     def wait(self, index: int) -> None:
         self._live().wait(index)
 
@@ -257,3 +295,20 @@ class Journal:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _recorded_outcome(r: Record, seg: Segment, p: StepPayload, opener: Opener | None) -> StepOutcome | None:
+    """What the step did live: its own record's result (versions 1, 2), its outcome record (3), or None."""
+    if seg.header is None or not seg.header.ahead:
+        return StepOutcome(result=p.result)
+    o = seg.outcomes.get(r.index)
+    if o is None:
+        return None
+    return StepOutcome.from_bytes(o.payload if opener is None else opener(o.payload, outcome_aad(r.lineage, r.index)))
+
+
+def _raised(index: int, error: str, recorded: StepOutcome | None) -> str:
+    """Why replay stops at a step that raised ("" when it raised live too: state as it left it)."""
+    if recorded is None or recorded.error == error:
+        return ""
+    return f"record {index} raised {error} on replay, recorded {recorded.error or 'success'}: not deterministic"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from appliance.errors import ApplianceError
 from appliance.format.journal import (
     KIND_HEADER,
+    KIND_OUTCOME,
     Bad,
     Record,
     Segment,
@@ -42,17 +43,37 @@ def read_segment(name: str, first: int, lineage: bytes, data: bytes, key: bytes)
         bad = head if isinstance(head, Bad) else Bad("corrupt", 0, "segment header missing or not this segment's")
         return Segment(name, lineage, first, None, (), bad, len(data))
     records: list[Record] = []
+    outcomes: dict[int, Record] = {}
     offset, stop = head.end, None
     while True:
         rec = decode_at(key, data, offset)
         if rec is None:
             break
-        if isinstance(rec, Bad):
-            stop = rec
+        stop = rec if isinstance(rec, Bad) else _misplaced(rec, name, header, records, outcomes)
+        if stop is not None:
             break
-        if rec.kind == KIND_HEADER:
-            stop = Bad("foreign", rec.offset, f"a segment header inside segment {name}")
-            break
-        records.append(rec)
+        assert isinstance(rec, Record)
+        if rec.kind == KIND_OUTCOME:
+            outcomes[rec.index] = rec
+        else:
+            records.append(rec)
         offset = rec.end
-    return Segment(name, lineage, first, header, tuple(records), stop, len(data))
+    return Segment(name, lineage, first, header, tuple(records), stop, len(data), outcomes)
+
+
+def _misplaced(rec: Record, name: str, header: SegmentHeader, steps: list[Record], outcomes: dict[int, Record]
+               ) -> Bad | None:  # fmt: skip
+    """Why an authentic record cannot be where it is (read as foreign: replay stops there), or None."""
+    if rec.kind == KIND_HEADER:
+        return Bad("foreign", rec.offset, f"a segment header inside segment {name}")
+    if rec.kind != KIND_OUTCOME:
+        return None
+    prev = steps[-1] if steps else None
+    if (
+        not header.ahead
+        or prev is None
+        or (prev.lineage, prev.index) != (rec.lineage, rec.index)
+        or rec.index in outcomes
+    ):
+        return Bad("foreign", rec.offset, f"an outcome of record {rec.index} that does not follow its step record")
+    return None

@@ -2,7 +2,8 @@
 
 Owns: ``JournalWriter`` — the current segment of one lineage, ``append`` (encode + write; the
 caller orders appends, the model service under its model lock), ``wait`` (block until the
-record is fsynced), the flusher thread that syncs pending records in groups (a lone record is
+record is fsynced), ``append_outcome`` (a written-ahead step's result, durable with the next sync,
+never waited for), the flusher thread that syncs pending records in groups (a lone record is
 synced at once; records arriving while a sync runs, or several pending together, form a group
 whose first record waits at most ``group_commit_s`` plus one ``fdatasync``), ``rotate`` (sync the
 current segment, then start the next with its header durable before any record in it is
@@ -21,10 +22,12 @@ from dataclasses import dataclass
 from appliance.errors import JournalIOError
 from appliance.format.journal import (
     KIND_HEADER,
+    KIND_OUTCOME,
     KIND_STEP,
     Point,
     SegmentHeader,
     encode_record,
+    outcome_aad,
     segment_name,
     step_aad,
 )
@@ -60,6 +63,7 @@ class JournalWriter:
         self._next = next_index
         self._synced = next_index - 1
         self._pending_since: float | None = None
+        self._dirty = False  # bytes appended that no step waits for (outcome records) and not yet synced
         self._error: JournalIOError | None = None
         self._closed = False
         self._cond = threading.Condition()
@@ -103,6 +107,25 @@ class JournalWriter:
                 self._pending_since = self.clock()
             self._cond.notify_all()
         return index
+
+    def append_outcome(self, index: int, payload: bytes) -> None:
+        """Write step ``index``'s outcome record right after its step record (version 3; not waited for).
+
+        It becomes durable with the next sync (the next step's, a rotation's or the close's): a cut
+        before that loses only the outcome, and replay then runs that last step unchecked.
+        """
+        self._raise_if_broken()
+        if self.seal is not None:
+            payload = self.seal(payload, outcome_aad(self.lineage, index))
+        data = encode_record(self.key, KIND_OUTCOME, self.lineage, index, payload)
+        try:
+            self.files.append(self.current.name, data)
+        except JournalIOError as exc:
+            self._broken(exc)
+            raise
+        with self._cond:
+            self.current.size += len(data)
+            self._dirty = True
 
     def wait(self, index: int, timeout: float | None = 30.0) -> None:
         """Return once record ``index`` is durable; ``JournalIOError`` if it cannot become so."""
@@ -175,8 +198,8 @@ class JournalWriter:
 
     def _sync_current(self) -> None:
         with self._cond:
-            target = self._next - 1
-        if target <= self._synced:
+            target, dirty, self._dirty = self._next - 1, self._dirty, False
+        if target <= self._synced and not dirty:
             return
         try:
             self.files.sync(self.current.name)

@@ -97,7 +97,7 @@ class ServiceJournal:
 
     def step(self, model: nn.Module, lock: threading.Lock, x: torch.Tensor, y: torch.Tensor,
              on_cap: Callable[[], None]) -> dict[str, Any] | None:  # fmt: skip
-        """One adaptation step, journaled; returns once its record is durable (the acknowledgement)."""
+        """One adaptation step, journaled ahead (J1); returns once its record is durable (J2, the acknowledgement)."""
         j = self.journal
         with lock:
             if j.full:
@@ -105,12 +105,15 @@ class ServiceJournal:
                     f"the journal holds {j.total_bytes} bytes, twice journal_max_bytes ({j.max_bytes}), and no "
                     "persist has committed: adaptation waits rather than drop records"
                 )
-            seed, before = self.rng.getrandbits(63), loader.adaptation_step(model)
-            with steps.deterministic(self.config.adapt_threads), steps.seeded(seed):
-                result = loader.adapt(model, x, y)
-            if result is None:
+            if not loader.adapts(model):
                 return None
-            index = j.append(steps.payload(seed, before, x, y, result))
+            seed, before = self.rng.getrandbits(63), loader.adaptation_step(model)
+
+            def run() -> dict[str, Any]:
+                with steps.deterministic(self.config.adapt_threads), steps.seeded(seed):
+                    return loader.adapt(model, x, y) or {}
+
+            index, result = j.record_step(seed, before, x, y, run)  # written ahead: its fsync overlaps the step
         j.wait(index)
         if j.over_cap and not self.forcing.is_set():
             self.forcing.set()

@@ -116,6 +116,11 @@ def adaptation_step(model: nn.Module) -> int:
     return int(hook()) if callable(hook) else 0
 
 
+def adapts(model: nn.Module) -> bool:
+    """Whether the model adapts online (has an ``adapt(inputs, targets)`` method)."""
+    return callable(getattr(model, "adapt", None))
+
+
 def adapt(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any] | None:
     hook = getattr(model, "adapt", None)
     return dict(hook(inputs, targets)) if callable(hook) else None

@@ -1,8 +1,8 @@
 """Driving the journal the way the model service does, with an independent oracle of the states.
 
 ``Driver`` runs the built-in demo model's steps through ``Journal`` exactly as
-``appliance.service.journaling.ServiceJournal.step`` does (seeded, deterministic, append under
-the lock, ack after ``wait``); ``oracle`` recomputes the state after step k from scratch without
+``appliance.service.journaling.ServiceJournal.step`` does (``Journal.record_step`` under the lock:
+record, seeded deterministic step, outcome; ack after ``wait``); ``oracle`` recomputes the state after step k from scratch without
 any journal, so a replay is compared with an independent computation, not with itself.
 """
 
@@ -61,11 +61,15 @@ class Driver:
         with self.lock:
             i = i if i is not None else loader.adaptation_step(self.model) + 1
             x, y = batch(i)
-            before = loader.adaptation_step(self.model)
-            with steps.deterministic(1), steps.seeded(i):
-                result = loader.adapt(self.model, x, y)
-            assert result is not None
-            index = self.journal.append(steps.payload(i, before, x, y, result))
+            before, seed = loader.adaptation_step(self.model), i
+
+            def run() -> dict[str, Any]:
+                with steps.deterministic(1), steps.seeded(seed):
+                    result = loader.adapt(self.model, x, y)
+                assert result is not None
+                return result
+
+            index, _ = self.journal.record_step(seed, before, x, y, run)
         self.journal.wait(index)
         return index
 

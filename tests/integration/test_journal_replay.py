@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import secrets
 import threading
 from pathlib import Path
 
 import pytest
 
-from appliance.format.journal import KIND_STEP, Point, encode_record
+from appliance.format.journal import KIND_STEP, Point, Record, Segment, encode_record, parse_segment_name
 from appliance.journal import step as steps
 from appliance.journal.files import LocalJournalFiles
+from appliance.journal.reader import read_segment
 from appliance.journal.recording import RecordingJournalFiles
 from appliance.service import loader
 from tests.integration.journal_helpers import Driver, batch, oracle
@@ -38,6 +40,16 @@ def _segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("seg-*.ajl"))
 
 
+def _read(seg: Path, key: bytes = KEY) -> Segment:
+    first, lineage = parse_segment_name(seg.name) or (0, b"")
+    return read_segment(seg.name, first, lineage, seg.read_bytes(), key)
+
+
+def _records(seg: Path, key: bytes = KEY) -> tuple[Record, ...]:
+    """The segment's step records (its outcome records are in ``_read(seg).outcomes``)."""
+    return _read(seg, key).records
+
+
 def test_replay_after_a_cut_is_bit_identical_to_the_state_after_the_last_acknowledged_step(tmp_path: Path) -> None:
     live = _run(tmp_path, 12)
     booted = _boot(tmp_path)
@@ -59,7 +71,7 @@ def test_the_step_counter_continues_exactly_after_a_replay_and_a_second_boot(tmp
 def test_a_torn_tail_is_cut_at_the_last_good_record_with_an_event_count(tmp_path: Path) -> None:
     _run(tmp_path, 6)
     seg = _segments(tmp_path)[0]
-    seg.write_bytes(seg.read_bytes()[:-7])  # the last record lost its last 7 bytes
+    seg.write_bytes(seg.read_bytes()[: _records(seg)[-1].end - 7])  # the last step record lost its last 7 bytes
     booted = _boot(tmp_path)
     rec = booted.journal.recovery
     assert rec is not None and rec.replayed == 5 and booted.digest() == oracle(5)
@@ -70,13 +82,39 @@ def test_a_torn_tail_is_cut_at_the_last_good_record_with_an_event_count(tmp_path
 def test_a_flipped_byte_in_the_middle_cuts_there_and_nothing_after_it_replays(tmp_path: Path) -> None:
     _run(tmp_path, 8)
     seg = _segments(tmp_path)[0]
+    fourth = _records(seg)[3]
     data = bytearray(seg.read_bytes())
-    data[len(data) // 2] ^= 0x40
+    data[(fourth.offset + fourth.end) // 2] ^= 0x40  # inside step record 4 (CRC-covered)
     seg.write_bytes(bytes(data))
     booted = _boot(tmp_path)
     rec = booted.journal.recovery
-    assert rec is not None and 0 < rec.replayed < 8
-    assert booted.digest() == oracle(rec.replayed) and rec.stopped is None
+    assert rec is not None and rec.replayed == 3 and booted.digest() == oracle(3) and rec.stopped is None
+    assert rec.cut and rec.cut[0]["offset"] == fourth.offset
+
+
+def test_a_flipped_byte_anywhere_never_replays_the_damaged_record_or_invents_a_state(tmp_path: Path) -> None:
+    """Property over byte positions: whatever record a flip lands in (header, step, its outcome, a
+    CRC or a MAC), replay ends on a state of the oracle and never runs a step whose record is damaged;
+    a damaged outcome at most leaves its (whole) step unchecked."""
+    live = tmp_path / "live"
+    _run(live, 6)
+    seg = _segments(live)[0]
+    clean, parsed = seg.read_bytes(), _read(seg)
+    owners = [(r.offset, r.end, r.index - 1) for r in parsed.records]  # a damaged step: at most its predecessor
+    owners += [(o.offset, o.end, o.index) for o in parsed.outcomes.values()]  # a damaged outcome: its step
+    rng = random.Random(17)
+    for pos in sorted(rng.sample(range(len(clean)), 40)):
+        trial = tmp_path / f"flip-{pos}"
+        trial.mkdir()
+        data = bytearray(clean)
+        data[pos] ^= 1 << rng.randrange(8)
+        (trial / seg.name).write_bytes(bytes(data))
+        booted = _boot(trial)
+        rec = booted.journal.recovery
+        assert rec is not None
+        bound = next((most for start, end, most in owners if start <= pos < end), 0)  # else: the header
+        assert rec.replayed <= bound, (pos, rec.replayed, bound)
+        assert booted.digest() == oracle(rec.replayed), pos
 
 
 def test_a_forged_record_stops_the_replay_and_says_so(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from appliance.events import read_events
 from appliance.format.handoff import Admit
 from appliance.format.journal import (
     JOURNAL_VERSION_SEALED,
+    KIND_OUTCOME,
     KIND_STEP,
     Record,
     SegmentHeader,
@@ -131,3 +132,34 @@ def test_sealed_segment_headers_are_version_2_and_clear_ones_keep_the_version_1_
     assert SegmentHeader.from_bytes(sealed.to_bytes()) == sealed
     with pytest.raises(ManifestError, match="data key id"):
         SegmentHeader.from_bytes(sealed.to_bytes().replace(b"0123456789abcdef", b"not-a-key-id-xyz"))
+
+
+def test_a_sealed_outcome_moved_into_its_step_record_fails_authentication(jnode: NodeConfig, tmp_path: Path) -> None:
+    """Attack: a written-ahead step's sealed outcome (its own associated data) re-MACed as the step itself."""
+    _encrypt(jnode, tmp_path)
+    handoff(jnode, Admit.SELF)
+    _adapt(_up(jnode), range(1, 4))
+    key = load_journal_key(Path(jnode.journal_key_file()))
+    [seg] = _segments(jnode)
+    records = _records(seg, key)
+    second = next(r for r in records if r.kind == KIND_STEP and r.index == 2)
+    outcome = next(r for r in records if r.kind == KIND_OUTCOME and r.index == 2)
+    assert b"loss" not in outcome.payload  # sealed like the step payloads
+    forged = encode_record(key, KIND_STEP, second.lineage, 2, outcome.payload)
+    data = seg.read_bytes()
+    seg.write_bytes(data[: second.offset] + forged + data[second.end :])
+    again = _up(jnode)
+    assert again.model is not None and loader.adaptation_step(again.model) == 1
+    stopped = read_events(jnode.event_log, frozenset({"journal.stopped"}))[-1]["fields"]
+    assert stopped["index"] == 2 and "AES-GCM authentication" in stopped["detail"]
+
+
+def test_written_ahead_headers_are_version_3_with_or_without_a_seal() -> None:
+    from appliance.format.journal import JOURNAL_VERSION_AHEAD, Base
+
+    base = Base("a" * 64, None, 0, 1)
+    for seal in (None, "0123456789abcdef" * 2):
+        header = SegmentHeader(base, "m", 1, "2026-01-01T00:00:00Z", seal, ahead=True)
+        raw = header.to_bytes()
+        assert f'"version":{JOURNAL_VERSION_AHEAD}'.encode() in raw and (b"seal" in raw) == (seal is not None)
+        assert SegmentHeader.from_bytes(raw) == header
