@@ -13,10 +13,10 @@ while requests keep being answered.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,7 +51,7 @@ class Snapshot:
 
 def capture(
     model: nn.Module,
-    lock: threading.Lock,
+    lock: AbstractContextManager[Any],
     at_capture: Callable[[], Any] | None = None,
     buffers: dict[str, torch.Tensor] | None = None,
 ) -> Snapshot:

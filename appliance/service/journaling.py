@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ class ServiceJournal:
             return
         self.canary_before = (canary.input, out)
 
-    def step(self, model: nn.Module, lock: threading.Lock, x: torch.Tensor, y: torch.Tensor,
+    def step(self, model: nn.Module, lock: AbstractContextManager[Any], x: torch.Tensor, y: torch.Tensor,
              on_cap: Callable[[], None]) -> dict[str, Any] | None:  # fmt: skip
         """One adaptation step, journaled ahead (J1); returns once its record is durable (J2, the acknowledgement)."""
         j = self.journal

@@ -33,6 +33,7 @@ from appliance.node.rundir import RunDir
 from appliance.service import export, loader
 from appliance.service.early import EarlyRestore
 from appliance.service.journaling import ServiceJournal
+from appliance.service.modellock import ModelLock
 from appliance.service.restore import Restored, adopt_early, restore_into_model
 
 
@@ -64,7 +65,8 @@ class ServiceRuntime:
         from appliance.service.metrics import ServiceMetrics
 
         self.metrics = ServiceMetrics(self)  # served on the control channel only (GET /v1/metrics)
-        self.model_lock = threading.Lock()
+        self.model_lock = ModelLock()  # shared: inference, capture; exclusive: adaptation (modellock.py)
+        self.request_lock = threading.Lock()  # inference requests run one at a time, as before
         self.export_lock = threading.Lock()
         self.writer = export.Writer(config.persist_nice)  # export writes below serving priority (issue 16 goal 3)
         self.model: nn.Module | None = None
@@ -185,7 +187,7 @@ class ServiceRuntime:
 
     def _run(self, model: nn.Module, inputs: list[Any]) -> list[Any]:
         x = torch.tensor(inputs, dtype=torch.float32)
-        with self.model_lock, torch.inference_mode():
+        with self.request_lock, self.model_lock.shared, torch.inference_mode():
             out: list[Any] = model(x).tolist()
         return out
 
@@ -211,11 +213,11 @@ class ServiceRuntime:
         x, y = torch.tensor(inputs, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32)
         if self.journal is not None:
             self.changed = True
-            result = self.journal.step(model, self.model_lock, x, y, self._forced_persist)
+            result = self.journal.step(model, self.model_lock.exclusive, x, y, self._forced_persist)
             if result is None:
                 raise UsageError("this model does not adapt online (it has no adapt() method)")
             return result
-        with self.model_lock:
+        with self.model_lock.exclusive:
             self.changed = True
             result = loader.adapt(model, x, y)
         if result is None:
@@ -230,7 +232,7 @@ class ServiceRuntime:
         """
         model = self._model_in(Phase.SERVING)
         with self.export_lock:
-            with self.model_lock:
+            with self.model_lock.exclusive:
                 changed, self.changed = self.changed, False
             if not changed:
                 self.events.emit("state.unchanged", step=loader.adaptation_step(model), reason="no adaptation since "
@@ -238,8 +240,8 @@ class ServiceRuntime:
                 return {"unchanged": True, "previous": self._last_receipt}
             try:
                 buffers = self.writer.call(lambda: export.touched_buffers(model))  # page faults: lowered too
-                snapshot = export.capture(model, self.model_lock, self.journal.capture_point if self.journal else None,
-                                          buffers)  # fmt: skip
+                at_capture = self.journal.capture_point if self.journal else None
+                snapshot = export.capture(model, self.model_lock.shared, at_capture, buffers)
                 result = self.writer.run(snapshot, self.config.outbox, self.config.model, self._source())
             except BaseException:
                 self.changed = True  # nothing was exported: the next request tries again

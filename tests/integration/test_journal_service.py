@@ -197,3 +197,30 @@ def test_reaching_the_cap_forces_a_persist_with_the_journal_point(jnode: NodeCon
     exported = read_events(jnode.event_log, frozenset({"state.exported"}))
     assert exported and list(Path(jnode.outbox).glob("export-*")), "the cap forced an export for the watchdog"
     assert live._last_receipt is not None and live._last_receipt["journal"]["index"] >= 60
+
+
+def test_requests_are_answered_while_an_export_captures_and_steps_wait_for_it(jnode: NodeConfig) -> None:
+    """The capture holds the model's lock shared: requests go on (the capture pause was the p99 of
+    serving during a persist, issue 16), adaptation steps wait (no half-applied step is captured)."""
+    import threading
+
+    handoff(jnode, Admit.SELF)
+    rt = _up(jnode)
+    x, y = batch(1)
+    capturing, release = threading.Event(), threading.Event()
+
+    def capture() -> None:  # what export.capture does for the length of its copy
+        with rt.model_lock.shared:
+            capturing.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=capture, daemon=True)
+    holder.start()
+    assert capturing.wait(5)
+    assert len(rt.infer(x.tolist())) == 8  # answered during the capture
+    stepped = threading.Event()
+    threading.Thread(target=lambda: (rt.adapt(x.tolist(), y.tolist()), stepped.set()), daemon=True).start()
+    assert not stepped.wait(0.5)  # the step waits for the capture
+    release.set()
+    assert stepped.wait(10)
+    holder.join(5)
