@@ -233,3 +233,28 @@ def test_a_hung_persistence_watchdog_is_restarted_by_systemd(
         vm.wait("committed", int(again["_line"]), 240)  # persisting again
     finally:
         vm.stop()
+
+
+@pytest.mark.slow  # two boots under TCG plus the watchdog's timeout
+def test_a_hung_kernel_is_reset_by_the_hardware_watchdog_and_the_node_comes_back(
+    vm_image: Path, tmp_path: Path, metrics: dict[str, Any]
+) -> None:
+    """The kernel crashes and halts (panic=0: it never reboots itself, and the harness does nothing):
+    only the i6300esb that systemd arms through RuntimeWatchdogSec can reset the machine."""
+    vm = Vm(vm_image, tmp_path / "vm-hwwatchdog", append="vmtest.hang_kernel=1 panic=0")
+    try:
+        before = vm.start()
+        boot_and_serve(vm, before)
+        hung = vm.wait("kernel-hang", before, 600)
+        assert hung["state"] == "active" and hung["panic"] == "0", vm.tail()
+        assert hung["runtime_watchdog"] not in ("0", "infinity", ""), hung
+        t0 = time.monotonic()
+        up = vm.wait("up", int(hung["_line"]), 600)  # the guest started again: the watchdog reset it
+        metrics["hw_watchdog_reset_s"] = round(time.monotonic() - t0, 1)
+        metrics["hw_watchdog"] = f"{hung['identity']} timeout {hung['timeout']} s"
+        again = vm.wait("serving", int(up["_line"]), 1800)
+        metrics["hw_watchdog_reset_to_serving_s"] = round(time.monotonic() - t0, 1)
+        assert int(again["generation"]) >= 1, vm.tail()
+        assert vm.proc is not None and vm.proc.poll() is None and vm.starts == 1  # no power-on by the harness
+    finally:
+        vm.stop()

@@ -10,7 +10,10 @@ Once per node it rates every appliance unit with the real ``systemd-analyze secu
 systemd loaded them, drop-ins included). A hot-plugged USB stick is imported through the console's
 privileged side (``usbcheck``).
 Scenario knobs come from the kernel command line: ``vmtest.hang_persist=1`` freezes the
-persistence watchdog (SIGSTOP) after the first commit, to prove systemd's WatchdogSec restarts it.
+persistence watchdog (SIGSTOP) after the first commit, to prove systemd's WatchdogSec restarts it;
+``vmtest.hang_kernel=1`` (with ``panic=0``: the kernel never reboots itself) crashes the kernel once
+per node after the first commit (sysrq ``c``), so only the hardware watchdog that systemd's
+``RuntimeWatchdogSec`` arms (the VM's i6300esb) can bring the node back.
 """
 
 import http.client
@@ -31,6 +34,7 @@ EVENTS = "/var/log/appliance/events.jsonl"
 CONTROL = "/run/appliance/control.sock"
 BOOT_SERVING_ID = "443baed6af794a5a92b953b482a774b0"
 SECURITY_DONE = "/var/lib/appliance-vm/security.done"
+KERNEL_HUNG = "/var/lib/appliance-vm/kernel-hung.once"
 EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+) (\w+)")
 OUT = open("/dev/ttyS1", "w", buffering=1)  # noqa: SIM115
 
@@ -176,10 +180,33 @@ class Usb:
         self.present = False
 
 
+def crash_kernel():
+    """Hang the whole node: the kernel crashes and, with panic=0, stays halted (nothing pings the watchdog)."""
+    with open("/sys/class/watchdog/watchdog0/identity") as f:
+        identity = f.read().strip()
+    with open("/sys/class/watchdog/watchdog0/timeout") as f:
+        timeout = f.read().strip()
+    with open("/sys/class/watchdog/watchdog0/state") as f:
+        state = f.read().strip()
+    with open("/proc/sys/kernel/panic") as f:
+        panic = f.read().strip()
+    _, runtime = run("systemctl", "show", "-p", "RuntimeWatchdogUSec", "--value")
+    fd = os.open(KERNEL_HUNG, os.O_WRONLY | os.O_CREAT, 0o600)  # once per node, durable before the crash
+    os.fsync(fd)
+    os.close(fd)
+    os.sync()
+    say(f"kernel-hang identity={identity.replace(' ', '_')} timeout={timeout} state={state} panic={panic} "
+        f"runtime_watchdog={runtime.strip()} uptime={uptime():.2f}")  # fmt: skip
+    time.sleep(1)
+    with open("/proc/sysrq-trigger", "w") as f:
+        f.write("c")
+
+
 def main():
     with open("/proc/cmdline") as f:
         cmdline = f.read().split()
     hang_persist = "vmtest.hang_persist=1" in cmdline
+    hang_kernel = "vmtest.hang_kernel=1" in cmdline and not os.path.exists(KERNEL_HUNG)
     say(f"up uptime={uptime():.2f}")
     events = Events()
     serving = False
@@ -200,6 +227,8 @@ def main():
                     os.kill(pid, signal.SIGSTOP)
                     hung = True
                     say(f"persist-frozen pid={pid} uptime={uptime():.2f}")
+                if hang_kernel:
+                    crash_kernel()
             elif e.get("event") == "outbox.rejected" and not diagnosed:
                 diagnosed = True  # once: the outbox's and the persist user's view, to explain the refusal
                 say(f"event name=outbox.rejected problem={fields.get('problem')!r:.600}")
