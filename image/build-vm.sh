@@ -32,7 +32,7 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "build-vm: needs root (mmdebstrap, chroot)" >&2; exit 1; }
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 SUITE=bookworm
-PACKAGES=systemd-sysv,udev,linux-image-amd64,initramfs-tools,python3,python3-venv,e2fsprogs,kmod,zstd
+PACKAGES=systemd-sysv,udev,linux-image-amd64,initramfs-tools,python3,python3-venv,e2fsprogs,kmod,zstd,tpm-udev,libtss2-esys-3.0.2-0,libtss2-rc0,libtss2-mu0  # tss: the VM's swtpm (--tpm2)
 CACHE=$REPO/out/image/cache
 mkdir -p "$OUT" "$CACHE"
 OUT=$(cd "$OUT" && pwd)
@@ -82,7 +82,7 @@ echo "appliance-vm" > "$ROOT/etc/hostname"
 echo "/dev/vda / ext4 defaults,errors=remount-ro 0 1" > "$ROOT/etc/fstab"
 : > "$ROOT/etc/machine-id"   # systemd generates one at first boot, as on a flashed device
 bash image/customize-rootfs.sh "$ROOT" "$DEB" --release-trust "$REL/release-trust.json" \
-    --factory "$REL/factory" --node-json "$REL/node.json" >&2
+    --factory "$REL/factory" --node-json "$REL/node.json" --tpm2 >&2
 if [ -n "$EXTRA" ]; then
     cp -a "$EXTRA/." "$ROOT/"
     for unit in "$EXTRA"/etc/systemd/system/*.service; do

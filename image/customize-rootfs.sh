@@ -6,7 +6,7 @@
 #
 #   sudo bash image/customize-rootfs.sh ROOTFS appliance_<v>_<arch>.deb \
 #       --release-trust release-trust.json --factory FACTORY_STORE \
-#       [--node-json node.json] [--provision provision.json] [--apt]
+#       [--node-json node.json] [--provision provision.json] [--tpm2] [--apt]
 #
 #   ROOTFS           a Debian/Ubuntu rootfs directory (Linux_for_Tegra/rootfs after apply_binaries.sh)
 #   --release-trust  the release trust store (trust.json format, docs/design.md §5.3): the public keys
@@ -18,6 +18,11 @@
 #   --node-json      replaces /etc/appliance/node.json
 #   --provision      a one-shot provisioning file (docs/image.md §4), installed 0600 as
 #                    /etc/appliance/provision.json; first boot applies it, then shreds it
+#   --tpm2           the node keeps its store KEK sealed to its TPM2 (node.json "encrypt_kek":
+#                    "systemd-creds:PATH", systemd >= 250): installs the unit drop-ins that let boot,
+#                    first boot and the supervised programs reach /dev/tpmrm0, and makes their users
+#                    members of group tss (Debian's tpm-udev and the tss2 libraries must be in the
+#                    rootfs, or pass --apt); docs/image.md §4.4
 #   --apt            install missing dependencies with apt-get inside the rootfs (needs its archive)
 #
 # A foreign-architecture rootfs (arm64 on an x86-64 host) runs its maintainer scripts through
@@ -27,7 +32,7 @@ set -euo pipefail
 ROOT=${1:?usage: customize-rootfs.sh ROOTFS DEB [options]}
 DEB=${2:?usage: customize-rootfs.sh ROOTFS DEB [options]}
 shift 2
-TRUST="" FACTORY="" NODE_JSON="" PROVISION="" APT=0
+TRUST="" FACTORY="" NODE_JSON="" PROVISION="" APT=0 TPM2=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --release-trust) TRUST=$2; shift 2 ;;
@@ -35,6 +40,7 @@ while [ $# -gt 0 ]; do
         --node-json) NODE_JSON=$2; shift 2 ;;
         --provision) PROVISION=$2; shift 2 ;;
         --apt) APT=1; shift ;;
+        --tpm2) TPM2=1; shift ;;
         *) echo "customize-rootfs: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -94,5 +100,17 @@ if [ -n "$NODE_JSON" ]; then
 fi
 if [ -n "$PROVISION" ]; then
     install -m 0600 "$PROVISION" "$ROOT/etc/appliance/provision.json"
+fi
+if [ "$TPM2" -eq 1 ]; then
+    if ! in_root getent group tss >/dev/null || [ ! -e "$ROOT/lib/udev/rules.d/60-tpm-udev.rules" ]; then
+        [ "$APT" -eq 1 ] || die "--tpm2: the rootfs lacks group tss / tpm-udev; install tpm-udev and libtss2-esys (or pass --apt)"
+        in_root apt-get install -y --no-install-recommends tpm-udev libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0
+    fi
+    for dir in "$ROOT"/usr/share/appliance/tpm2/*.service.d; do
+        install -D -m 0644 "$dir/60-appliance-tpm2.conf" "$ROOT/etc/systemd/system/$(basename "$dir")/60-appliance-tpm2.conf"
+    done
+    install -D -m 0644 "$ROOT/usr/share/appliance/tpm2/sysusers-appliance-tpm2.conf" "$ROOT/etc/sysusers.d/appliance-tpm2.conf"
+    in_root systemd-sysusers /etc/sysusers.d/appliance-tpm2.conf
+    in_root getent group tss | grep -q appliance-persist || die "--tpm2: the node's users did not join group tss"
 fi
 echo "customize-rootfs: $ROOT has appliance $(dpkg-deb -f "$DEB" Version) ($want_arch)"

@@ -1,6 +1,7 @@
 """Where each file of ``systemd/`` (and ``bootstrap/systemd/``) goes in the Debian package.
 
-Owns: the mapping from the repository's systemd directory to installed paths (docs/image.md §1),
+Owns: the mapping from the repository's systemd directory to installed paths (docs/image.md §1;
+``systemd/tpm2/`` goes, inert, to ``/usr/share/appliance/tpm2/`` for ``customize-rootfs.sh --tpm2``),
 used by ``image/build-deb.sh``. Everything there is packaged as it is at build time, so changes to
 units, users and hardening flow into the image without copying; a file this mapping does not know
 fails the build instead of being silently left out.
@@ -33,6 +34,12 @@ def destination(rel: Path) -> str | None:
     parts = rel.parts
     if rel.suffix == ".md":
         return None
+    if parts[0] == "tpm2" and rel.suffix == ".conf":  # inert until customize-rootfs.sh --tpm2 installs them
+        return "usr/share/appliance/tpm2/" + "/".join(parts[1:])
+    return _placed(rel, parts)
+
+
+def _placed(rel: Path, parts: tuple[str, ...]) -> str:
     if len(parts) == 1:
         name = parts[0]
         if name.endswith(UNIT_SUFFIXES):

@@ -1,9 +1,10 @@
 """Key-encryption-key providers: where the 32-byte KEK that wraps a store's data keys comes from.
 
 Owns: ``KekSource`` (the interface), ``FileKek`` (a file of mode 0400, development and nodes
-without secure storage), ``SystemdCredsKek`` (a ``systemd-creds`` credential, TPM2-sealed where
-a TPM exists, else under the host key ``/var/lib/systemd/credential.secret``; systemd >= 250,
-so never on JetPack 6's systemd 249), ``EntryPointKek`` (``pkg.mod:factory`` returning a
+without secure storage), ``SystemdCredsKek`` (a ``systemd-creds`` credential sealed to the node's
+TPM2, ``--with-key=tpm2``: the node's services are unprivileged and can never read systemd's
+root-only host key ``/var/lib/systemd/credential.secret``, so a host-key credential is for root
+use only; systemd >= 250, so never on JetPack 6's systemd 249), ``EntryPointKek`` (``pkg.mod:factory`` returning a
 ``KekSource``: the OP-TEE/EKB provider on a Jetson, hil) and ``kek_source`` (descriptor ->
 source). The keyring names its KEK by the descriptor (``appliance.format.crypto.Keyring``).
 
@@ -134,12 +135,31 @@ class SystemdCredsKek:
         return shutil.which("systemd-creds") is not None
 
     @classmethod
-    def create(cls, path: str | Path, name: str = CREDENTIAL_NAME, with_key: str = "auto") -> SystemdCredsKek:
-        """Seal a new random KEK with ``systemd-creds encrypt --with-key=WITH_KEY`` (``auto``: TPM2 if present)."""
+    def create(
+        cls, path: str | Path, name: str = CREDENTIAL_NAME, with_key: str = "tpm2", group: int | None = None
+    ) -> SystemdCredsKek:
+        """Seal a new random KEK with ``systemd-creds encrypt --with-key=WITH_KEY`` at ``path``.
+
+        ``tpm2`` (the default): sealed to this node's TPM2 (systemd's default PCR 7 policy), so any of
+        the node's users that may open ``/dev/tpmrm0`` (group ``tss``, docs/image.md §4) unseals it and
+        nobody can off this TPM. Refused (``KeyUnavailableError``) when systemd finds no usable TPM2:
+        ``host`` or ``auto`` would need systemd's root-only host key, which the unprivileged
+        services cannot read. ``group``: the credential file (ciphertext) becomes 0440 for that group.
+        """
         target = Path(path)
         if target.exists():
             raise UsageError(f"{target} exists; a key-encryption key is never overwritten")
+        if with_key == "tpm2" and shutil.which("systemd-creds") is not None and not _has_tpm2():
+            raise KeyUnavailableError(
+                "systemd-creds finds no usable TPM2 on this node (`systemd-creds has-tpm2`)",
+                remedy="use encrypt_kek file:PATH (or an OP-TEE entry point) on a node without a TPM2; a host-key "
+                "credential is readable by root only and the node's services are not root",
+            )
         _run(["encrypt", f"--name={name}", f"--with-key={with_key}", "-", str(target)], secrets.token_bytes(KEY_BYTES))
+        if group is not None:
+            os.chown(target, -1, group)
+            target.chmod(0o440)
+        _fsync_dir(target.parent)
         return cls(target, name)
 
     def kek(self) -> bytes:
@@ -149,6 +169,20 @@ class SystemdCredsKek:
         if len(data) != KEY_BYTES:
             raise KeyUnavailableError(f"systemd credential {self.path} decrypts to {len(data)} bytes, not {KEY_BYTES}")
         return data
+
+
+def _has_tpm2() -> bool:
+    """Whether systemd-creds can seal to a TPM2 here (firmware, driver and the tss2 libraries)."""
+    exe = shutil.which("systemd-creds")
+    if exe is None:
+        return False
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed executable and arguments
+            [exe, "has-tpm2", "--quiet"], capture_output=True, timeout=SYSTEMD_CREDS_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def _run(args: list[str], stdin: bytes) -> bytes:
@@ -203,12 +237,13 @@ def _fsync_dir(path: Path) -> None:
 def create_missing(source: KekSource, group: int | None = None) -> KekSource:
     """``source``, first created when it is a file or credential that does not exist yet (``init --encrypt``).
 
-    ``group``: a new file KEK is made 0440 for that group (first boot, as root: the node's users read it).
+    ``group``: a new file KEK or credential is made 0440 for that group (first boot, as root: the node's
+    users read it).
     """
     if isinstance(source, FileKek) and not source.path.exists():
         return FileKek.create(source.path, group)
     if isinstance(source, SystemdCredsKek) and not source.path.exists():
-        return SystemdCredsKek.create(source.path)
+        return SystemdCredsKek.create(source.path, group=group)
     return source
 
 

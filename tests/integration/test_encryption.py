@@ -8,6 +8,7 @@ the store for 16-byte windows of it. The same state in a plain store is found (t
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +428,30 @@ def test_the_gpu_pipeline_restores_sealed_delta_chains_exactly_on_the_cpu_device
     assert len(plan_levels(opened)) == 2 and opened.verified.manifest.encryption is not None
     dest, stats = restore_to_device(store.storage, opened, "cpu", CpuBatchDecoder(), batch_bytes=30_000)
     assert bytes(dest["w"].numpy()) == bytes(tuned["w"].view(torch.uint8).numpy()) and stats.batches > 2
+
+
+def test_a_systemd_creds_kek_is_sealed_to_the_tpm2_and_refused_where_there_is_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node's services are unprivileged: a host-key credential (systemd's root-only secret) would
+    lock them out of their own store, so first boot and `init --encrypt` seal to the TPM2 or refuse.
+    The TPM2 path itself runs in the VM tier against swtpm (tests/vm, docs/image.md §5)."""
+    import shutil
+
+    from appliance.crypto import SystemdCredsKek
+
+    if shutil.which("systemd-creds") is None:
+        pytest.skip("systemd-creds (systemd >= 250) is not installed on this machine")
+    if subprocess.run(["systemd-creds", "has-tpm2", "--quiet"], check=False).returncode == 0:
+        pytest.skip("this machine has a TPM2: the refusal cannot be shown here")
+    with pytest.raises(KeyUnavailableError, match="no usable TPM2") as caught:
+        SystemdCredsKek.create(tmp_path / "kek.cred")
+    assert "file:PATH" in caught.value.remedy and not (tmp_path / "kek.cred").exists()
+    from appliance.cli.main import main
+
+    key = tmp_path / "release"
+    assert main(["keygen", str(key)]) == 0
+    code = main(["init", str(tmp_path / "s"), "--trust", f"{key}.pub", "--model", "m", "--encrypt",
+                 "--kek", f"systemd-creds:{tmp_path}/k.cred"])  # fmt: skip
+    assert code == 55 and "no usable TPM2" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "store.json").exists() and not (tmp_path / "k.cred").exists()

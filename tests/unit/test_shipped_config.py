@@ -256,3 +256,30 @@ def test_every_device_class_a_unit_allows_has_its_driver_loaded_before_the_unit(
             assert module in wants.split() and module in after.split(), (path.name, cls)
             checked += 1
     assert checked >= 3  # sd and loop (USB helper), nvgpu (supervisor)
+
+
+def test_the_tpm2_opt_in_reaches_only_the_tpm_for_only_the_users_that_open_the_store_key() -> None:
+    """``systemd/tpm2`` (installed by ``customize-rootfs.sh --tpm2`` only, docs/image.md §4.4): each drop-in
+    adds exactly ``/dev/tpmrm0`` to a unit that opens the store's key, and the sysusers file makes exactly
+    boot, the model service and the persistence watchdog members of ``tss`` (not the network-facing
+    console, replicate or channel users, which never hold the key); the package keeps them inert."""
+    import sys
+
+    sys.path.insert(0, str(SYSTEMD.parent / "image"))
+    from deb_layout import destination  # type: ignore[import-not-found]
+
+    tpm2 = SYSTEMD / "tpm2"
+    dropins = sorted(tpm2.glob("*.service.d/*.conf"))
+    assert {p.parent.name for p in dropins} == {"appliance-boot.service.d", "appliance-supervisor.service.d",
+                                                "appliance-firstboot.service.d"}  # fmt: skip
+    for p in dropins:
+        allowed = [line.split("=", 1)[1] for line in p.read_text().splitlines() if line.startswith("DeviceAllow=")]
+        assert allowed == ["/dev/tpmrm0 rw"], p
+        assert destination(p.relative_to(SYSTEMD)).startswith("usr/share/appliance/tpm2/"), p
+    members = [line.split()[1:] for line in (tpm2 / "sysusers-appliance-tpm2.conf").read_text().splitlines()
+               if line.startswith("m ")]  # fmt: skip
+    assert sorted(members) == [["appliance-boot", "tss"], ["appliance-persist", "tss"], ["appliance-serve", "tss"]]
+    supervisord = (SYSTEMD / "supervisord.conf").read_text()
+    for program_user in ("appliance-console", "appliance-replicate", "appliance-channel"):
+        assert [program_user, "tss"] not in members
+    assert "user=appliance-persist" in supervisord  # the console's privileged side runs as the persist user

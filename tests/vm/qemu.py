@@ -75,12 +75,14 @@ class VmTimeout(AssertionError):
 
 
 class Vm:
-    def __init__(self, image: Path, work: Path, *, append: str = "", memory_mib: int = 2048) -> None:
+    def __init__(self, image: Path, work: Path, *, append: str = "", memory_mib: int = 2048, tpm: bool = False) -> None:
         self.image = image.resolve()
         self.work = work
         self.append = append
         self.memory_mib = memory_mib
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tpm_dir = work / "tpm" if tpm else None  # swtpm's NVRAM: the TPM survives power cuts, as a chip does
+        self.swtpm: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.started_at = 0.0
         work.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,49 @@ class Vm:
             "-chardev", f"file,id=console,path={self.console_log},append=on", "-serial", "chardev:console",
             "-chardev", f"file,id=agent,path={self.agent_log},append=on", "-serial", "chardev:agent",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            *self._tpm_args(),
         ]  # fmt: skip
+
+    # --- TPM 2.0 (swtpm, the reference TPM emulator QEMU's tpm-tis talks to) ---------------------------
+
+    def _tpm_args(self) -> list[str]:
+        if self.tpm_dir is None:
+            return []
+        sock = self.tpm_dir / "swtpm.sock"
+        return ["-chardev", f"socket,id=chrtpm,path={sock}", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+                "-device", "tpm-tis,tpmdev=tpm0"]  # fmt: skip
+
+    def _start_tpm(self) -> None:
+        """swtpm for this power-on (a power cut kills it with QEMU: volatile TPM state is lost, NVRAM kept)."""
+        if self.tpm_dir is None:
+            return
+        self._stop_tpm()
+        self.tpm_dir.mkdir(parents=True, exist_ok=True)
+        sock = self.tpm_dir / "swtpm.sock"
+        sock.unlink(missing_ok=True)
+        with open(self.work / "swtpm.stderr", "ab") as err:
+            self.swtpm = subprocess.Popen(
+                ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.tpm_dir}", "--ctrl",
+                 f"type=unixio,path={sock}", "--log", f"file={self.work / 'swtpm.log'},level=1"],
+                stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if self.swtpm.poll() is not None or time.monotonic() > deadline:
+                raise VmTimeout(f"swtpm did not start (rc {self.swtpm.poll()}); see {self.work / 'swtpm.stderr'}")
+            time.sleep(0.1)
+
+    def _stop_tpm(self) -> None:
+        if self.swtpm is not None:
+            if self.swtpm.poll() is None:
+                self.swtpm.kill()
+            self.swtpm.wait(30)
+            self.swtpm = None
+
+    def replace_tpm(self) -> None:
+        """Another machine's TPM (a fresh one): what a disk moved to another node meets. Powered off only."""
+        assert self.proc is None and self.tpm_dir is not None
+        shutil.rmtree(self.tpm_dir, ignore_errors=True)
 
     def start(self) -> int:
         """Power on; returns the agent-log line count before this boot (wait from there)."""
@@ -125,6 +169,7 @@ class Vm:
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()
         self.started_at = time.monotonic()
+        self._start_tpm()
         with open(self.work / "qemu.stderr", "ab") as err:
             self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=err)
         return before
@@ -135,6 +180,7 @@ class Vm:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(60)
             self.proc = None
+        self._stop_tpm()
 
     def reset(self) -> int:
         """Hard reset through QMP (``system_reset``): same power-loss effect, no new QEMU process."""
@@ -145,6 +191,7 @@ class Vm:
 
     def stop(self) -> None:
         if self.proc is None:
+            self._stop_tpm()
             return
         with contextlib.suppress(Exception):
             self.qmp({"execute": "quit"})
@@ -154,6 +201,7 @@ class Vm:
             self.proc.kill()
             self.proc.wait(30)
         self.proc = None
+        self._stop_tpm()
 
     def qmp(self, *commands: dict) -> list[dict]:
         deadline = time.monotonic() + 30

@@ -258,3 +258,36 @@ def test_a_hung_kernel_is_reset_by_the_hardware_watchdog_and_the_node_comes_back
         assert vm.proc is not None and vm.proc.poll() is None and vm.starts == 1  # no power-on by the harness
     finally:
         vm.stop()
+
+
+def test_an_encrypted_node_with_a_tpm2_sealed_kek_serves_after_a_cut_and_not_under_another_tpm(
+    vm_image: Path, tmp_path: Path, metrics: dict[str, Any]
+) -> None:
+    """node.json names a systemd-creds KEK and the VM has a TPM 2.0 (swtpm): first boot seals a new KEK
+    to it and creates an encrypted store; the node's unprivileged services unseal it through
+    /dev/tpmrm0 (group tss) to restore and to commit; after a hard power cut it serves again; the
+    same disks under another TPM (a stolen disk in another machine) serve nothing: recovery "key
+    unavailable", no slot marked (docs/image.md §4.4, docs/design.md §14)."""
+    vm = Vm(vm_image, tmp_path / "vm-tpm2", append="vmtest.encrypt=tpm2", tpm=True)
+    try:
+        before = vm.start()
+        boot_and_serve(vm, before, metrics)
+        kek = vm.wait("kek", before, 600)
+        assert kek["provider"] == "systemd-creds" and kek["cred"] == "440:appliance", kek
+        assert kek["tpmrm0"] == "660:tss" and set(kek["tss"].split(",")) == {
+            "appliance-boot", "appliance-serve", "appliance-persist"}, kek  # fmt: skip
+        committed = vm.wait("committed", before, 900)  # the watchdog sealed a commit under the TPM-held key
+        vm.kill()
+        before = vm.start()
+        again = boot_and_serve(vm, before, metrics)
+        assert int(again["generation"]) >= int(committed["generation"]), vm.tail()
+        vm.kill()
+        vm.replace_tpm()
+        before = vm.start()
+        refused = vm.wait("recovery", before, 1800)
+        assert refused["reason"] == "key_unavailable" and "KeyUnavailableError" in refused["first"], refused
+        metrics["tpm2_kek"] = (
+            f"sealed, served generation {again['generation']} after a cut; another TPM: key unavailable"
+        )
+    finally:
+        vm.stop()

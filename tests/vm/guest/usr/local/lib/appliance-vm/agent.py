@@ -151,14 +151,59 @@ def report_once_serving(body):
         say(f"journal boot.serving message_id={entry.get('MESSAGE_ID')} fields={','.join(fields)}")
     except (ValueError, IndexError):
         say("journal boot.serving message_id=- fields=-")
+    report_kek()
     if not os.path.exists(SECURITY_DONE):
         report_security()
+
+
+def report_kek():
+    """An encrypted node's key set-up: store.json, the keyring's KEK provider, the credential's mode and group,
+    /dev/tpmrm0 and which of the node's users may open it (docs/image.md §4.4)."""
+    try:
+        with open("/var/lib/appliance/store.json") as f:
+            encrypt = bool(json.load(f).get("encrypt"))
+        with open("/var/lib/appliance/keyring.json") as f:
+            provider = json.load(f).get("kek", {}).get("provider", "-")
+    except (OSError, ValueError):
+        encrypt, provider = False, "-"
+    if not encrypt:
+        return
+    cred = "/etc/appliance/store-kek.cred"
+    st = os.stat(cred) if os.path.exists(cred) else None
+    mode = f"{st.st_mode & 0o777:o}:{grp_name(st.st_gid)}" if st else "-"
+    tpm = os.stat("/dev/tpmrm0") if os.path.exists("/dev/tpmrm0") else None
+    tss = [u for u in ("appliance-boot", "appliance-serve", "appliance-persist", "appliance-console",
+                       "appliance-replicate", "appliance-channel") if "tss" in run("id", "-nG", u)[1].split()]  # fmt: skip
+    say(f"kek encrypt=true provider={provider} cred={mode} tpmrm0={f'{tpm.st_mode & 0o777:o}:{grp_name(tpm.st_gid)}' if tpm else '-'} "
+        f"tss={','.join(tss) or '-'}")  # fmt: skip
+
+
+def grp_name(gid):
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def report_recovery():
+    """Why the node serves nothing (boot's recovery file), when it is in recovery mode."""
+    try:
+        with open("/run/appliance/recovery.json") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return
+    reason = str(info.get("reason", "-")).replace(" ", "_")
+    first = str((info.get("failures") or ["-"])[0]).replace(" ", "_")[:300]
+    say(f"recovery reason={reason} first={first}")
 
 
 def report_security():
     """``systemd-analyze security`` of every appliance unit as loaded (the test harness's own agent excepted)."""
     code, out = run("systemctl", "list-unit-files", "--no-legend", "--plain", "appliance-*.service")
-    units = sorted({line.split()[0] for line in out.splitlines() if line.split()} - {"appliance-vm-agent.service"})
+    units = sorted(u for u in {line.split()[0] for line in out.splitlines() if line.split()}
+                   if not u.startswith("appliance-vm-"))  # the harness's own units  # fmt: skip
     t0 = time.monotonic()
     code, out = run("systemd-analyze", "security", "--no-pager", *units, timeout=600)
     found = EXPOSURE.findall(out)
@@ -247,6 +292,7 @@ def main():
             last_status = time.monotonic()
             code, out = run("systemctl", "is-active", "appliance-supervisor", "appliance-boot")
             say(f"status units={','.join(out.split())} uptime={uptime():.0f}")
+            report_recovery()
         if usb.force_report.is_set():
             usb.force_report.clear()
             serving = False
