@@ -90,19 +90,11 @@ class JournalWriter:
 
     def append(self, payload: bytes) -> int:
         """Write one step record (not yet durable); returns its index. Callers serialise appends."""
-        self._raise_if_broken()
         index = self._next
-        if self.seal is not None:  # the header names the key (an encrypted store, design §15.1)
-            payload = self.seal(payload, step_aad(self.lineage, index))
-        data = encode_record(self.key, KIND_STEP, self.lineage, index, payload)
-        try:
-            self.files.append(self.current.name, data)
-        except JournalIOError as exc:
-            self._broken(exc)
-            raise
+        size = self._write(KIND_STEP, index, payload, step_aad)
         with self._cond:
             self._next = index + 1
-            self.current.last, self.current.size = index, self.current.size + len(data)
+            self.current.last, self.current.size = index, self.current.size + size
             if self._pending_since is None:
                 self._pending_since = self.clock()
             self._cond.notify_all()
@@ -114,18 +106,23 @@ class JournalWriter:
         It becomes durable with the next sync (the next step's, a rotation's or the close's): a cut
         before that loses only the outcome, and replay then runs that last step unchecked.
         """
+        size = self._write(KIND_OUTCOME, index, payload, outcome_aad)
+        with self._cond:
+            self.current.size += size
+            self._dirty = True
+
+    def _write(self, kind: int, index: int, payload: bytes, aad: Callable[[bytes, int], bytes]) -> int:
+        """Seal (an encrypted store's segment, design §15.1), encode and append one record; its size."""
         self._raise_if_broken()
         if self.seal is not None:
-            payload = self.seal(payload, outcome_aad(self.lineage, index))
-        data = encode_record(self.key, KIND_OUTCOME, self.lineage, index, payload)
+            payload = self.seal(payload, aad(self.lineage, index))
+        data = encode_record(self.key, kind, self.lineage, index, payload)
         try:
             self.files.append(self.current.name, data)
         except JournalIOError as exc:
             self._broken(exc)
             raise
-        with self._cond:
-            self.current.size += len(data)
-            self._dirty = True
+        return len(data)
 
     def wait(self, index: int, timeout: float | None = 30.0) -> None:
         """Return once record ``index`` is durable; ``JournalIOError`` if it cannot become so."""

@@ -8,6 +8,7 @@ adaptation batches confidential, and only records sealed under the store's data 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,24 +101,33 @@ def test_a_clear_segment_planted_in_an_encrypted_nodes_journal_is_not_replayed(
     assert stopped["kind"] == "refused" and "clear segment" in stopped["detail"]
 
 
-def test_a_sealed_payload_moved_to_another_record_fails_authentication_and_stops_the_replay(
-    jnode: NodeConfig, tmp_path: Path
-) -> None:
-    """Attack: splice record 1's sealed payload into record 2, re-MACed with the stolen journal key."""
+def _step_2_replaced_by(jnode: NodeConfig, tmp_path: Path, kind: int, index: int) -> tuple[int, dict[str, Any]]:
+    """Run 3 sealed steps, replace step record 2's payload with record (kind, index)'s, re-MACed with the
+    stolen journal key; boot again: (the step counter it replayed to, the journal.stopped event)."""
     _encrypt(jnode, tmp_path)
     handoff(jnode, Admit.SELF)
     _adapt(_up(jnode), range(1, 4))
     key = load_journal_key(Path(jnode.journal_key_file()))
     [seg] = _segments(jnode)
     records = _records(seg, key)
-    first, second = (r for r in records if r.kind == KIND_STEP and r.index in (1, 2))
-    forged = encode_record(key, KIND_STEP, second.lineage, second.index, first.payload)
+    second = next(r for r in records if r.kind == KIND_STEP and r.index == 2)
+    donor = next(r for r in records if r.kind == kind and r.index == index)
+    assert b"loss" not in donor.payload  # sealed, like every payload of an encrypted node's journal
+    forged = encode_record(key, KIND_STEP, second.lineage, 2, donor.payload)
     data = seg.read_bytes()
-    seg.write_bytes(data[: second.offset] + forged + data[second.offset + (second.end - second.offset) :])
+    seg.write_bytes(data[: second.offset] + forged + data[second.end :])
     again = _up(jnode)
-    assert again.model is not None and loader.adaptation_step(again.model) == 1  # record 1 only
+    assert again.model is not None
     stopped = read_events(jnode.event_log, frozenset({"journal.stopped"}))[-1]["fields"]
-    assert stopped["index"] == 2 and "AES-GCM authentication" in stopped["detail"]
+    return loader.adaptation_step(again.model), stopped
+
+
+def test_a_sealed_payload_moved_to_another_record_fails_authentication_and_stops_the_replay(
+    jnode: NodeConfig, tmp_path: Path
+) -> None:
+    """Attack: splice record 1's sealed payload into record 2, re-MACed with the stolen journal key."""
+    step, stopped = _step_2_replaced_by(jnode, tmp_path, KIND_STEP, 1)
+    assert step == 1 and stopped["index"] == 2 and "AES-GCM authentication" in stopped["detail"]  # record 1 only
 
 
 def test_sealed_segment_headers_are_version_2_and_clear_ones_keep_the_version_1_bytes() -> None:
@@ -136,22 +146,8 @@ def test_sealed_segment_headers_are_version_2_and_clear_ones_keep_the_version_1_
 
 def test_a_sealed_outcome_moved_into_its_step_record_fails_authentication(jnode: NodeConfig, tmp_path: Path) -> None:
     """Attack: a written-ahead step's sealed outcome (its own associated data) re-MACed as the step itself."""
-    _encrypt(jnode, tmp_path)
-    handoff(jnode, Admit.SELF)
-    _adapt(_up(jnode), range(1, 4))
-    key = load_journal_key(Path(jnode.journal_key_file()))
-    [seg] = _segments(jnode)
-    records = _records(seg, key)
-    second = next(r for r in records if r.kind == KIND_STEP and r.index == 2)
-    outcome = next(r for r in records if r.kind == KIND_OUTCOME and r.index == 2)
-    assert b"loss" not in outcome.payload  # sealed like the step payloads
-    forged = encode_record(key, KIND_STEP, second.lineage, 2, outcome.payload)
-    data = seg.read_bytes()
-    seg.write_bytes(data[: second.offset] + forged + data[second.end :])
-    again = _up(jnode)
-    assert again.model is not None and loader.adaptation_step(again.model) == 1
-    stopped = read_events(jnode.event_log, frozenset({"journal.stopped"}))[-1]["fields"]
-    assert stopped["index"] == 2 and "AES-GCM authentication" in stopped["detail"]
+    step, stopped = _step_2_replaced_by(jnode, tmp_path, KIND_OUTCOME, 2)
+    assert step == 1 and stopped["index"] == 2 and "AES-GCM authentication" in stopped["detail"]
 
 
 def test_written_ahead_headers_are_version_3_with_or_without_a_seal() -> None:
