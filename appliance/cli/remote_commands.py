@@ -7,6 +7,7 @@ device, credentials, keys), calls one function of ``appliance.remote`` and rende
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from pathlib import Path
@@ -125,7 +126,7 @@ def _prune(args: argparse.Namespace, out: Output) -> int:
     from appliance.remote.s3 import ObjectStore
 
     node, remote, store = _open(args)
-    floor = _prune_floor(node)
+    floor = _prune_floor(node, args.config)
     state, newest = _queue(remote, store)
     report = prune_replica(
         ObjectStore(remote, remote.device_prefix), head_keys=_head_keys(remote), device=remote.device,
@@ -136,31 +137,45 @@ def _prune(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _prune_floor(node: NodeConfig) -> int:
+def _prune_floor(node: NodeConfig, config: str) -> int:
     """The floor prune keeps every bundle at or above; unreadable: refused, with the floor's own recovery."""
     from appliance.errors import PruneRefusedError
 
     return _read_floor(node, PruneRefusedError, "so the bundles a restore may still need are unknown; nothing was "
-                       "deleted", "prune")  # fmt: skip
+                       "deleted", "prune", config)  # fmt: skip
 
 
-def _read_floor(node: NodeConfig, error: type[ApplianceError], consequence: str, command: str) -> int:
+def _read_floor(node: NodeConfig, error: type[ApplianceError], consequence: str, command: str,
+                config: str = "NODE.json") -> int:  # fmt: skip
     """The anti-rollback floor, or ``error`` naming why it cannot be read and what recovers it; never 0 for a
     missing or damaged floor (fail closed, docs/boot.md §4)."""
-    from appliance.node.floor import FloorCorruptError, FloorMissingError, FloorUnreadableError, open_floor
+    from appliance.node.floor import FloorUnreadableError, open_floor
 
-    where = f"the floor provider {node.floor_provider}" if node.floor_provider else str(node.floor_file)
     try:
         return open_floor(node).read()
     except FloorUnreadableError as exc:
-        if isinstance(exc, (FloorMissingError, FloorCorruptError)):
-            state = "missing" if isinstance(exc, FloorMissingError) else "damaged"
-            remedy = (f"the anti-rollback floor ({where}) is {state}: it is never re-created by hand (never as 0); "
-                      "boot rebuilds it from the slot states and rewrites it (`appliance boot --config NODE.json`, "
-                      f"event floor.{state}, docs/boot.md §4); then {command} again")  # fmt: skip
-        else:
-            remedy = f"run {command} as root: the anti-rollback floor ({where}) is boot's, readable by root only"
-        raise error(f"the anti-rollback floor cannot be read ({exc}), {consequence}", remedy=remedy) from exc
+        raise error(f"the anti-rollback floor cannot be read ({exc}), {consequence}",
+                    remedy=_floor_remedy(node, exc, command, config)) from exc  # fmt: skip
+
+
+def _floor_remedy(node: NodeConfig, exc: Exception, command: str, config: str) -> str:
+    """What recovers an unreadable floor: boot's rebuild, removing what blocks it, or the right user."""
+    from appliance.node.floor import FloorCorruptError, FloorMissingError, FloorNotAFileError
+
+    where = f"the floor provider {node.floor_provider}" if node.floor_provider else str(node.floor_file)
+    rebuild = (f"boot rebuilds it from the slot states and rewrites it (`appliance boot --config {config}`, "
+               "docs/boot.md §4)")  # fmt: skip
+    if isinstance(exc, FloorNotAFileError):
+        return f"remove {where} (boot never deletes what is not a floor file); then {rebuild}; then {command} again"
+    if isinstance(exc, FloorMissingError | FloorCorruptError):
+        state = "missing" if isinstance(exc, FloorMissingError) else "damaged"
+        return (
+            f"the anti-rollback floor ({where}) is {state}: it is never re-created by hand (never as 0); "
+            f"{rebuild.replace('docs/', f'event floor.{state}, docs/')}; then {command} again"
+        )
+    if not node.floor_provider and os.geteuid() != 0 and not os.access(node.floor_file, os.R_OK):
+        return f"run {command} as root: the anti-rollback floor ({where}) is boot's, readable by root only"
+    return f"check the disk that holds the anti-rollback floor ({where}): it could not be read"
 
 
 def _queue(remote: RemoteConfig, store: Any) -> tuple[ReplicationState, int | None]:
@@ -254,7 +269,7 @@ def _pull(args: argparse.Namespace, out: Output) -> int:
 
     node, remote, store = _open(args)
     floor = _read_floor(node, FloorUnavailableError, "so a bucket checkpoint cannot be checked against it; nothing "
-                        "was pulled", "pull")  # fmt: skip
+                        "was pulled", "pull", args.config)  # fmt: skip
     objects = ObjectStore(remote, remote.device_prefix)
     state_dir = StateDir(remote.state_dir)
     head = fetch_head(objects, _head_keys(remote), kind="device", name=remote.device, model=store.config.model,

@@ -185,16 +185,21 @@ class NodeConfig:
         return config.resolved(base) if base is not None else config
 
     def resolved(self, base: Path) -> NodeConfig:
-        """Relative paths made absolute against ``base`` (the config file's directory)."""
+        """Relative paths made absolute against ``base`` (the config file's directory), lexically.
+
+        Never through the symbolic links they name (``os.path.normpath``, not ``resolve``): a file that
+        must not be a link (the floor, the device key) is checked at its configured path, as an absolute
+        production path always was; resolving here once followed a planted ``floor.json`` link (trial 4).
+        """
         changes: dict[str, Any] = {
-            name: str((base / value).resolve())
+            name: os.path.normpath(base / value)
             for name in _PATHS
             if (value := getattr(self, name)) and not Path(value).is_absolute()
         }
         kek_path = kek_spec_path(self.encrypt_kek)
         if kek_path and not Path(kek_path).is_absolute():
             provider = self.encrypt_kek.partition(":")[0]
-            changes["encrypt_kek"] = f"{provider}:{(base / kek_path).resolve()}"
+            changes["encrypt_kek"] = f"{provider}:{os.path.normpath(base / kek_path)}"
         return replace(self, **changes)
 
     def to_bytes(self) -> bytes:

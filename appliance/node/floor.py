@@ -21,6 +21,7 @@ closed (raise) rather than report 0 when the secure store cannot be read.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +49,12 @@ class FloorCorruptError(FloorUnreadableError):
     """The floor store exists and was read, but does not hold a v1 floor (damaged or rewritten)."""
 
 
+class FloorNotAFileError(FloorCorruptError):
+    """Something other than a regular file sits where the floor file belongs (a directory, a FIFO): boot's
+    rebuild cannot replace it by rename, so it must be removed first. A symbolic link is merely damaged:
+    it is never followed, and the rebuild's rename replaces the link itself."""
+
+
 class GenerationFloor(Protocol):
     def read(self) -> int: ...
 
@@ -61,6 +68,11 @@ class FileFloor:
     def read(self) -> int:
         if not os.path.lexists(self.path):  # the file or its directory is gone: never floor 0
             raise FloorMissingError(f"{self.path} does not exist")
+        mode = os.lstat(self.path).st_mode
+        if stat.S_ISLNK(mode):
+            raise FloorCorruptError(f"{self.path} is a symbolic link (the floor file is never followed)")
+        if not stat.S_ISREG(mode):
+            raise FloorNotAFileError(f"{self.path} is {_kind(mode)}, not a file")
         try:
             data = LocalStorage(self.path.parent).read(self.path.name, 4096)
         except FileNotFoundError as exc:
@@ -91,8 +103,19 @@ class FileFloor:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = os.lstat(self.path).st_mode if os.path.lexists(self.path) else None
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):  # a link is replaced by the rename
+            raise StorageError(
+                f"the anti-rollback floor {self.path} is {_kind(mode)}, not a file: the floor cannot be recorded",
+                remedy=f"remove {self.path} (boot never deletes it); the next boot rebuilds the floor from the slot "
+                "states and writes it",
+            )
         write_durable(LocalStorage(self.path.parent), self.path.name, canonical_bytes(body) + b"\n")
         return value
+
+
+def _kind(mode: int) -> str:
+    return "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a special file"
 
 
 def open_floor(config: NodeConfig) -> GenerationFloor:

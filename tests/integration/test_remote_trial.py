@@ -115,26 +115,51 @@ def test_remote_status_exits_with_the_credential_code_when_the_bucket_refuses_th
     assert done.returncode == 18 and "pending: no" in done.stdout and "remedy: check the access key" in done.stderr
 
 
-@pytest.mark.parametrize("damage", ["missing", "damaged"])
+FLOOR_DAMAGE = ["missing", "damaged", "symlink", "directory"]
+
+
+def _damage_floor(floor: Path, damage: str, garbage: bytes) -> None:
+    """Trial 3 (missing, damaged) and trial 4 (a symlink is followed; a directory was told "run as root")."""
+    if damage == "missing":
+        floor.unlink()
+    elif damage == "damaged":
+        floor.write_bytes(garbage)
+    elif damage == "symlink":  # a valid floor file elsewhere: never followed, read as damaged
+        real = floor.with_name("elsewhere.json")
+        floor.rename(real)
+        floor.symlink_to(real)
+    else:
+        floor.unlink()
+        floor.mkdir()
+
+
+def _check_floor_remedy(remedy: str, floor: Path, damage: str, command: str) -> None:
+    assert str(floor) in remedy and "NODE.json" not in remedy, remedy  # the node's own config path, not a placeholder
+    if damage == "directory":
+        assert f"remove {floor}" in remedy and f"then {command} again" in remedy, remedy
+    else:
+        state = "missing" if damage == "missing" else "damaged"
+        assert (
+            f"is {state}" in remedy and f"floor.{state}" in remedy and "boot rebuilds it from the slot states" in remedy
+        )
+    assert "as root" not in remedy  # root or not, an unreadable floor is not a permission problem here
+
+
+@pytest.mark.parametrize("damage", FLOOR_DAMAGE)
 def test_a_missing_or_damaged_floor_refuses_prune_naming_its_path_and_boots_rebuild(
     tmp_path: Path, server: S3Server, damage: str
 ) -> None:
     node, remote = _replicated_node(tmp_path, server)
     floor = Path(node.config.floor_file)
-    if damage == "missing":
-        floor.unlink()
-    else:
-        floor.write_text('{"format": "appliance.floor", "version": 1, "floor": "x"}\n')
+    _damage_floor(floor, damage, b'{"format": "appliance.floor", "version": 1, "floor": "x"}\n')
     before = _files(server.bucket_dir())
     code, err = node.cli_json("remote", "prune", "--remote", str(remote), "--keep", "1")
     assert code == 87 and err["error"] == "PruneRefusedError" and "nothing was deleted" in err["problem"], err
-    remedy = err["remedy"]
-    assert str(floor) in remedy and f"is {damage}" in remedy and "boot rebuilds it from the slot states" in remedy
-    assert f"floor.{damage}" in remedy and "run prune as root" not in remedy
+    _check_floor_remedy(err["remedy"], floor, damage, "prune")
     assert _files(server.bucket_dir()) == before
 
 
-@pytest.mark.parametrize("damage", ["missing", "damaged"])
+@pytest.mark.parametrize("damage", FLOOR_DAMAGE)
 def test_a_missing_or_damaged_floor_refuses_pull_typed_never_as_floor_0(
     tmp_path: Path, server: S3Server, damage: str
 ) -> None:
@@ -142,14 +167,13 @@ def test_a_missing_or_damaged_floor_refuses_pull_typed_never_as_floor_0(
     path and boot's rebuild, not a traceback and never floor 0; the store is left exactly as it was."""
     node, remote = _replicated_node(tmp_path, server)
     floor = Path(node.config.floor_file)
-    if damage == "missing":
-        floor.unlink()
-    else:
-        floor.write_bytes(b"\x00garbage")
+    _damage_floor(floor, damage, b"\x00garbage")
     before = _files(node.root / "store")
     code, err = node.cli_json("remote", "pull", "--remote", str(remote))
     assert code == 88 and err["error"] == "FloorUnavailableError" and "nothing was pulled" in err["problem"], err
-    assert str(floor) in err["remedy"] and f"is {damage}" in err["remedy"] and "then pull again" in err["remedy"]
+    _check_floor_remedy(err["remedy"], floor, damage, "pull")
+    if damage == "symlink":
+        assert "symbolic link" in err["problem"]
     assert _files(node.root / "store") == before
     done = node.cli("remote", "pull", "--remote", str(remote))
     assert done.returncode == 88 and "Traceback" not in done.stderr and "remedy: " in done.stderr

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from pathlib import Path
 
 import pytest
 
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, StorageError
 from appliance.format.handoff import Handoff
 from appliance.node.config import NodeConfig, load_config
 from appliance.node.entrypoint import load_entry_point
-from appliance.node.floor import FileFloor, FloorUnreadableError, open_floor
+from appliance.node.floor import FileFloor, FloorCorruptError, FloorNotAFileError, FloorUnreadableError, open_floor
 from appliance.node.mounts import unavailable_slots
 from appliance.node.notify import sd_notify, watchdog_interval
 from appliance.node.rundir import RunDir
@@ -135,6 +136,32 @@ def test_damaged_floor_file_is_reported_and_rewritten_by_a_raise(tmp_path: Path)
     with pytest.raises(FloorUnreadableError):
         floor.read()
     assert floor.raise_to(4) == 4 and floor.read() == 4
+
+
+def test_a_symlinked_floor_is_never_followed_and_a_raise_replaces_the_link(tmp_path: Path) -> None:
+    """Trial 4: a floor.json link to a file holding a lower floor was read through (config paths were
+    resolved, following links): the link is damage, and boot's rebuild replaces the link itself."""
+    real = tmp_path / "elsewhere.json"
+    FileFloor(real).raise_to(0)
+    link = tmp_path / "floor.json"
+    link.symlink_to(real)
+    config = NodeConfig.from_dict({"format": "appliance.node", "version": 1, "floor_file": "floor.json"}, base=tmp_path)
+    assert config.floor_file == str(link)  # the configured path, not the link's target
+    with pytest.raises(FloorCorruptError, match="symbolic link"):
+        FileFloor(config.floor_file).read()
+    assert FileFloor(config.floor_file).raise_to(3) == 3
+    assert not link.is_symlink() and FileFloor(link).read() == 3 and FileFloor(real).read() == 0
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_floor_path_that_is_not_a_file_is_refused_and_never_replaced(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "floor.json"
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    with pytest.raises(FloorNotAFileError, match="not a file"):
+        FileFloor(path).read()
+    with pytest.raises(StorageError, match="cannot be recorded") as caught:
+        FileFloor(path).raise_to(2)
+    assert f"remove {path}" in caught.value.remedy and (path.is_dir() if kind == "directory" else path.is_fifo())
 
 
 def test_floor_provider_entry_point(tmp_path: Path) -> None:
