@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.cli.main import add_json
 from appliance.cli.output import Output, human_bytes
@@ -23,9 +23,13 @@ from appliance.errors import ApplianceError, LockedError, StoreExistsError
 from appliance.events import EventLog
 from appliance.format.handoff import Phase, ServiceReport
 from appliance.format.inbox import import_exit_code
+from appliance.format.shown import a_or_an
 from appliance.node.config import NodeConfig, load_config
 from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
+
+if TYPE_CHECKING:
+    from appliance.store.store import Store
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
@@ -122,7 +126,8 @@ def _boot_text(d: dict[str, Any]) -> str:
         f"(manifest {serving['manifest_digest'][:12]}); boot to serving {s['total_s']:.2f} s"
     )
     if "signer_role" in serving:
-        lines.append(f"  signed by a {serving['signer_role']} key; release base generation {serving['release_base']}")
+        lines.append(f"  signed by {a_or_an(str(serving['signer_role']))} key; release base generation "
+                     f"{serving['release_base']}")  # fmt: skip
     lines.append("  stages: " + ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in s.items() if k != "total_s"))
     if r:
         lines.append(
@@ -268,17 +273,34 @@ def refuse_if_seeded(config: NodeConfig, config_path: Path | None = None) -> Non
         return
     newest = max(records, key=lambda r: (r.generation, r.slot))
     cfg = str(config_path) if config_path is not None else "NODE.json"
+    anyway = f"to commit the factory state as a new generation anyway: `appliance seed --config {cfg} --force`"
+    if _any_verifies(store):
+        remedy = (
+            f"nothing was written. To serve what is there: `appliance boot --config {cfg}`; to go back to an "
+            f"earlier checkpoint: `appliance log {config.store}`, then `appliance tech rollback GEN --config "
+            f"{cfg}` (and `appliance pin {config.store} GEN` keeps one); {anyway}"
+        )
+    else:  # trial 4: "serve what is there" pointed at a boot that can only enter recovery mode
+        remedy = (
+            f"nothing was written. None of its committed checkpoints verifies (`appliance verify {config.store}` "
+            f"says why), so boot would enter recovery mode; to bring a good checkpoint: `appliance import "
+            f"{config.store} SRC` or `appliance remote pull --config {cfg} --remote REMOTE.json`; {anyway}"
+        )
     raise StoreExistsError(
         f"the store {config.store} is already seeded: its newest committed generation is {newest.generation} "
         f"(slot {newest.slot}); seeding again would commit the model's factory state as a newer generation, "
         "which boot would then serve instead",
-        remedy=(
-            f"nothing was written. To serve what is there: `appliance boot --config {cfg}`; to go back to an "
-            f"earlier checkpoint: `appliance log {config.store}`, then `appliance tech rollback GEN --config "
-            f"{cfg}` (and `appliance pin {config.store} GEN` keeps one); to commit the factory state as a new "
-            f"generation anyway: `appliance seed --config {cfg} --force`"
-        ),
+        remedy=remedy,
     )
+
+
+def _any_verifies(store: Store) -> bool:
+    """Whether boot would find a committed checkpoint that verifies (the newest-first selection)."""
+    try:
+        store.select()
+    except ApplianceError:
+        return False
+    return True
 
 
 def _utc() -> str:

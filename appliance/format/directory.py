@@ -37,6 +37,15 @@ INDEX_REMEDY = (
 )
 
 
+def _unprintable(bad: set[str]) -> str:
+    """What is wrong with a label's characters, in words (a file name's undecodable bytes are surrogates)."""
+    if any(unicodedata.category(c) == "Cs" for c in bad):
+        return "is not valid UTF-8 (bytes that encode no character)"
+    if bad <= {"\\"}:
+        return "contains a backslash"
+    return "contains control or format characters" + (" and a backslash" if "\\" in bad else "")
+
+
 def check_label(value: object, what: str, limits: Limits = DEFAULT_LIMITS) -> str:
     """A tensor name or asset path: a relative, normalised, printable label (§4.3 rule 1).
 
@@ -48,8 +57,9 @@ def check_label(value: object, what: str, limits: Limits = DEFAULT_LIMITS) -> st
         raise ManifestError(f"{what} must be a non-empty string, got {shown(value, 60)}")
     if len(value.encode("utf-8", "surrogatepass")) > limits.max_name_bytes:
         raise ManifestError(f"{what} is longer than {limits.max_name_bytes} bytes: {shown(value, 60)}")
-    if any(unicodedata.category(c).startswith("C") for c in value) or _FORBIDDEN_CHARS & set(value):
-        raise ManifestError(f"{what} contains control characters or backslashes: {shown(value)}")
+    bad = {c for c in value if unicodedata.category(c).startswith("C") or c in _FORBIDDEN_CHARS}
+    if bad:
+        raise ManifestError(f"{what} {_unprintable(bad)}: {shown(value)}")
     if unicodedata.normalize("NFC", value) != value:
         raise ManifestError(f"{what} is not in Unicode NFC form: {shown(value)}")
     parts = value.split("/")

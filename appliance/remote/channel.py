@@ -32,6 +32,7 @@ from typing import Any
 
 from appliance.errors import ChannelRoleError, HeadError, OlderCheckpointError, UsageError
 from appliance.format.remote import HEAD_KEY, HEAD_MAX_BYTES, HEAD_PAYLOAD_TYPE, HeadRecord, parse_envelope
+from appliance.format.shown import a_or_an
 from appliance.format.statement import pae
 from appliance.remote.head import verify_head
 from appliance.remote.pull import fetch_head, pull_checkpoint
@@ -86,8 +87,8 @@ def verify_channel_head(data: bytes, trust: TrustStore, accepted: Sequence[Publi
             entry = trust.entry(keyid)
             if entry is not None and keyid not in {k.keyid for k in accepted} and entry.public.verify(sig, signed):
                 raise ChannelRoleError(
-                    f"the channel head is signed by key {keyid[:12]}, a {entry.role_name} key of the trust store; "
-                    f"a channel accepts only release keys of model {model!r}"
+                    f"the channel head is signed by key {keyid[:12]}, {a_or_an(entry.role_name)} key of the trust "
+                    f"store; a channel accepts only release keys of model {model!r}"
                 ) from None
         raise
 

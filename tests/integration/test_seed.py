@@ -87,6 +87,9 @@ def test_seed_is_refused_also_when_the_stores_checkpoint_does_not_verify(
     bundle.write_bytes(bundle.read_bytes().replace(b"{", b"[", 1))  # damaged: the record no longer matches
     code, error, _ = _seed(capsys, node)
     assert code == 14 and "newest committed generation is 1" in error["problem"]
+    remedy = error["remedy"]  # trial 4: never "serve what is there" when boot can only enter recovery mode
+    assert "None of its committed checkpoints verifies" in remedy and "recovery mode" in remedy
+    assert "To serve what is there" not in remedy and "appliance import" in remedy and "--force" in remedy
 
 
 def test_seed_force_commits_the_factory_state_as_a_new_newest_generation(

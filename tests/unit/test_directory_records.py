@@ -232,3 +232,19 @@ def test_one_dtype_table_names_a_safetensors_code_for_every_dtype_both_sides_kno
         assert code in BY_SAFETENSORS
     with pytest.raises(ValueError, match="F6_E2M3 has no torch type"):
         from_safetensors("F6_E2M3", (4,))
+
+
+@pytest.mark.parametrize(
+    ("label", "says"),
+    [
+        ("w\udcff.bin", "is not valid UTF-8"),  # a file name's undecodable byte (surrogate escape)
+        ("a\\b", "contains a backslash"),
+        ("a\x01b", "contains control or format characters"),
+        ("a\u202eb", "contains control or format characters"),  # right-to-left override
+        ("a\\\x01", "contains control or format characters and a backslash"),
+    ],
+)
+def test_an_unprintable_label_is_refused_saying_which_kind_of_character(label: str, says: str) -> None:
+    """Trial 4: invalid UTF-8 was described as "control characters or backslashes"."""
+    with pytest.raises(ManifestError, match=says):
+        check_label(label, "asset name")
