@@ -96,8 +96,8 @@ class FileKeyProvider:
 
     def signing_key(self, name: str) -> SigningKey:
         path = self.path(name)
-        try:
-            return SigningKey.load(path)
+        try:  # root (first boot) may use the key it provisioned for its owner
+            return SigningKey.load(path, owner=self.owner[0] if self.owner else None)
         except ApplianceError as exc:
             raise KeyProviderError(f"device key {name!r} cannot be read from {path}: {exc.problem}") from exc
 

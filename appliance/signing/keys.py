@@ -228,23 +228,26 @@ class SigningKey:
         return cls(key)
 
     @classmethod
-    def load(cls, path: str | Path) -> SigningKey:
+    def load(cls, path: str | Path, *, owner: int | None = None) -> SigningKey:
         """Read a private key file; refuses one that others could read or that another user owns.
 
         Raises ``KeyFileError`` (unreadable, malformed) or ``KeyPermissionError`` (group/world
         bits set, or owner != this process's effective uid; the check is on the opened file).
+        ``owner``: root may also load a key file owned by this uid — the user the key was provisioned
+        for (first boot signs the re-sealed factory checkpoint with the persist user's device key).
         """
-        return cls.from_pem(_read_key_file(Path(path), private=True), str(path))
+        return cls.from_pem(_read_key_file(Path(path), private=True, owner=owner), str(path))
 
 
-def check_private_key_stat(path: Path, st: os.stat_result, euid: int) -> None:
-    """Refuse a private key file whose mode or owner lets anyone but this process read it."""
+def check_private_key_stat(path: Path, st: os.stat_result, euid: int, owner: int | None = None) -> None:
+    """Refuse a private key file whose mode or owner lets anyone but this process read it (``owner``: when
+    this process is root, the one other uid whose key it may use, the key's provisioned user)."""
     if st.st_mode & PRIVATE_KEY_FORBIDDEN_BITS:
         raise KeyPermissionError(
             f"private key {path} has mode {st.st_mode & 0o777:04o}: group or others may read it",
             remedy=f"chmod 0400 {path} (and treat the key as leaked if others could read it)",
         )
-    if st.st_uid != euid:
+    if st.st_uid != euid and not (euid == 0 and owner is not None and st.st_uid == owner):
         raise KeyPermissionError(
             f"private key {path} is owned by uid {st.st_uid}, this process runs as uid {euid}",
             remedy=f"chown the key to the user that signs (production: appliance-persist), or run as uid {st.st_uid}",
@@ -255,7 +258,7 @@ def _only_public(data: bytes) -> bool:
     return _PUBLIC_MARK in data and _PRIVATE_MARK not in data
 
 
-def _read_key_file(path: Path, *, private: bool = False) -> bytes:
+def _read_key_file(path: Path, *, private: bool = False, owner: int | None = None) -> bytes:
     """The key file's bytes. A private key's mode and owner are checked on the opened file; a
     public key given where a private one is needed is named as such (it holds no secret)."""
     remedy = PRIVATE_KEY_REMEDY if private else PUBLIC_KEY_REMEDY
@@ -263,7 +266,7 @@ def _read_key_file(path: Path, *, private: bool = False) -> bytes:
         with open(path, "rb") as f:
             data = f.read(KEY_FILE_MAX_BYTES + 1)
             if private and not _only_public(data):
-                check_private_key_stat(path, os.fstat(f.fileno()), os.geteuid())
+                check_private_key_stat(path, os.fstat(f.fileno()), os.geteuid(), owner)
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}", remedy=remedy) from exc
     if len(data) > KEY_FILE_MAX_BYTES:

@@ -102,6 +102,26 @@ def test_signing_key_is_created_once_with_mode_0400(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands a key file to another uid: needs root, as first boot has")
+def test_first_boot_as_root_signs_with_the_key_it_provisioned_for_the_persist_user(tmp_path: Path) -> None:
+    """VM tier, encrypted first boot: the device key is created owned by appliance-persist, and then root
+    could not load it to sign the re-sealed factory checkpoint ("owned by uid 995, this process runs as
+    uid 0"). Root may use a key owned by the provider's owner, and no other uid's."""
+    from appliance.errors import KeyPermissionError
+    from appliance.signing import SigningKey
+
+    keys = FileKeyProvider(tmp_path, {DEVICE_KEY: tmp_path / "device.key"}, owner=(54321, 54321))
+    public = keys.create_signing_key(DEVICE_KEY)
+    assert (tmp_path / "device.key").stat().st_uid == 54321
+    key = keys.signing_key(DEVICE_KEY)
+    assert key.public == public and public.verify(key.sign(b"factory"), b"factory")
+    with pytest.raises(KeyPermissionError, match="owned by uid 54321"):
+        SigningKey.load(tmp_path / "device.key")  # without naming its owner: refused as before
+    other = FileKeyProvider(tmp_path, {DEVICE_KEY: tmp_path / "device.key"}, owner=(54322, 54322))
+    with pytest.raises(KeyProviderError, match="owned by uid 54321"):
+        other.signing_key(DEVICE_KEY)  # a key of any other uid: still refused
+
+
 def test_a_leftover_temp_file_from_a_cut_is_ignored(tmp_path: Path) -> None:
     (tmp_path / f".tmp-{os.getpid()}-device.key").write_bytes(b"-----BEGIN PRIV")  # cut mid-write
     keys = FileKeyProvider(tmp_path)
