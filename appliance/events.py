@@ -8,7 +8,8 @@ happened (callers emit) — and a broken logger never aborts the operation that 
 
 An event id is a 128-bit hex string that never changes once released (journald ``MESSAGE_ID``;
 ``systemd/appliance.catalog`` explains each one). Consumers (the recovery console, tests,
-``appliance events``) match on ``event`` (the name) or ``id``, never on the message text.
+``appliance events``) match on ``event`` (the name) or ``id``, never on the message text, and
+read an event's data from its ``fields`` object (``event_fields``), never from the top level.
 """
 
 from __future__ import annotations
@@ -355,6 +356,17 @@ def journal_datagram(fields: Mapping[str, Any]) -> bytes:
         else:
             out += key.encode("ascii") + b"=" + data + b"\n"
     return bytes(out)
+
+
+def event_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's own data: the log keeps it under ``fields``, never at the top level of the record.
+
+    The top level holds only the envelope (``ts``, ``ts_unix``, ``id``, ``event``, ``priority``,
+    ``component``, ``pid``, ``message``). Every reader of the log takes event data from here: a
+    record without ``fields`` (a planted or foreign line) has none, which is never fatal.
+    """
+    fields = record.get("fields")
+    return fields if isinstance(fields, dict) else {}
 
 
 def read_events(path: str | Path, names: frozenset[str] | None = None) -> list[dict[str, Any]]:
