@@ -142,8 +142,9 @@ _CATALOGUE = (
     EventType("journal.stopped", "2aa00d8c2e724bea99b7ce58da0c5009", 3,
               "journal replay stopped at record {index} of {segment} ({kind}): {detail}",
               "A journal record failed its MAC (forged: written without the journal key), belongs to another "
-              "lineage (foreign), or replayed differently (diverged). Replay stopped there; the rest is set aside "
-              "under JOURNAL/retired/ as evidence."),
+              "lineage or place (foreign), is missing (gap: a step record, a segment, or a step's outcome record "
+              "was removed), or replayed differently (diverged). Replay stopped there; the rest is set aside "
+              "under JOURNAL/retired/ as evidence. `appliance boot` and `boot-status` say so too."),
     EventType("journal.rotated", "284f328c8f7e4875a12fb944701b9f81", 6,
               "journal trimmed to point {lineage}:{index} ({removed} segments removed, {bytes_left} bytes left)",
               "A committed checkpoint covers these journal segments, so they are no longer needed."),
