@@ -513,7 +513,8 @@ class ActionRefusedError(ApplianceError):
 
 
 class JournalForgedError(IntegrityError):
-    """A journal record failed its MAC: someone without the journal key wrote it; replay stopped there."""
+    """A journal record failed its MAC (someone without the journal key wrote it), or ``journal check`` found
+    records removed or spliced (a gap, a foreign record): boot's replay stops there."""
 
     exit_code = 51
     remedy = (

@@ -8,7 +8,8 @@ happened (callers emit) — and a broken logger never aborts the operation that 
 
 An event id is a 128-bit hex string that never changes once released (journald ``MESSAGE_ID``;
 ``systemd/appliance.catalog`` explains each one). Consumers (the recovery console, tests,
-``appliance events``) match on ``event`` (the name) or ``id``, never on the message text.
+``appliance events``) match on ``event`` (the name) or ``id``, never on the message text, and
+read an event's data from its ``fields`` object (``event_fields``), never from the top level.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ _CATALOGUE = (
     EventType("journal.stopped", "2aa00d8c2e724bea99b7ce58da0c5009", 3,
               "journal replay stopped at record {index} of {segment} ({kind}): {detail}",
               "A journal record failed its MAC (forged: written without the journal key), belongs to another "
-              "lineage (foreign), or replayed differently (diverged). Replay stopped there; the rest is set aside "
-              "under JOURNAL/retired/ as evidence."),
+              "lineage or place (foreign), is missing (gap: a step record, a segment, or a step's outcome record "
+              "was removed), or replayed differently (diverged). Replay stopped there; the rest is set aside "
+              "under JOURNAL/retired/ as evidence. `appliance boot` and `boot-status` say so too."),
     EventType("journal.rotated", "284f328c8f7e4875a12fb944701b9f81", 6,
               "journal trimmed to point {lineage}:{index} ({removed} segments removed, {bytes_left} bytes left)",
               "A committed checkpoint covers these journal segments, so they are no longer needed."),
@@ -355,6 +357,17 @@ def journal_datagram(fields: Mapping[str, Any]) -> bytes:
         else:
             out += key.encode("ascii") + b"=" + data + b"\n"
     return bytes(out)
+
+
+def event_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's own data: the log keeps it under ``fields``, never at the top level of the record.
+
+    The top level holds only the envelope (``ts``, ``ts_unix``, ``id``, ``event``, ``priority``,
+    ``component``, ``pid``, ``message``). Every reader of the log takes event data from here: a
+    record without ``fields`` (a planted or foreign line) has none, which is never fatal.
+    """
+    fields = record.get("fields")
+    return fields if isinstance(fields, dict) else {}
 
 
 def read_events(path: str | Path, names: frozenset[str] | None = None) -> list[dict[str, Any]]:

@@ -66,6 +66,7 @@ class BootOutcome:
     failures: list[str] = field(default_factory=list)
     recovery: str | None = None
     exit_code: int = 0
+    replay: dict[str, Any] | None = None  # the service's journal replay (its report's ``replay``), if any
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,7 @@ class BootOutcome:
             "serving": self.serving,
             "stages": {k: round(v, 6) for k, v in self.stages.items()},
             "restore": self.restore,
+            "replay": self.replay,
             "failures": self.failures,
             "recovery": self.recovery,
         }
@@ -214,12 +216,13 @@ class BootRun:
         o.serving = {"slot": opened.slot, "generation": opened.generation, "manifest_digest": digest,
                      **_authorization(opened)}  # fmt: skip
         o.restore = trial.report.restore if trial.report else None
+        o.replay = trial.report.replay if trial.report else None  # a stopped replay still serves, and says so
         fetched = {k: o.stages[k] for k in ("second_site_s",) if k in o.stages}
         o.stages = {"discover_s": o.stages.get("discover_s", 0.0), **fetched, **_service_stages(trial)}
         o.stages["mark_s"] = self.ctx.clock() - t0
         o.stages["total_s"] = self.ctx.clock() - self.started
         self._emit("boot.serving", opened, total_s=round(o.stages["total_s"], 3), stages=o.to_dict()["stages"],
-                   restore=o.restore, fallbacks=len(o.failures))  # fmt: skip
+                   restore=o.restore, replay=o.replay, fallbacks=len(o.failures))  # fmt: skip
         sd_notify("READY=1", f"STATUS=serving {opened.slot}/{opened.generation}")
         return o
 

@@ -134,7 +134,24 @@ def _boot_text(d: dict[str, Any]) -> str:
             f"  restore: {human_bytes(r['raw_bytes'])} in {r['frames']} frames, every frame hashed, "
             f"{r['seconds']:.3f} s ({r['gb_per_s']:.2f} GB/s, {r['workers']} workers)"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + replay_lines(d.get("replay")))
+
+
+def replay_lines(replay: dict[str, Any] | None) -> list[str]:
+    """The journal replay in boot's (and boot-status's) text: how far it got, and loudly where it stopped."""
+    if not replay:
+        return []
+    cut = f"; {replay['cut']} torn or corrupt tail(s) cut" if replay.get("cut") else ""
+    lines = [f"  journal replay: {replay['replayed']} steps replayed (to index {replay['last_index']}){cut}"]
+    stop = replay.get("stopped")
+    if stop:
+        lines.append(f"  JOURNAL REPLAY STOPPED at record {stop['index']} of {stop['segment']} ({stop['kind']}): "
+                     f"{stop['detail']}")  # fmt: skip
+    if stop or replay.get("set_aside_records"):
+        lines.append(f"  {replay['set_aside_records']} journaled step records ({replay['set_aside_bytes']} bytes) "
+                     f"set aside in {replay.get('retired_dir', 'JOURNAL/retired')}: acknowledged steps the served "
+                     "state does not hold")  # fmt: skip
+    return lines
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance.cli.demo_supervised import TARGET, X, say
 from appliance.cli.localnode import LocalNode
+from appliance.events import event_fields
 
 STEPS = 5
 
@@ -40,7 +41,7 @@ def run_journal_demo(work: Path) -> bool:
         say("power on again: boot restores generation 1, the service replays the journal, then canary and admission",
             f"appliance boot {cfg}")  # fmt: skip
         _booted(node)
-        replayed = node.events("journal.replayed")[-1]["fields"]
+        replayed = event_fields(node.events("journal.replayed")[-1])
         print(f"  replayed {replayed['records']} journaled steps in {replayed['seconds']:.3f} s")
         status, body = node.control_call("/v1/adapt", {"inputs": X, "targets": TARGET})
         after = int(body["step"]) if status == 200 else -1

@@ -17,6 +17,7 @@ from typing import Any
 
 from appliance.cli.localnode import LocalNode
 from appliance.cli.output import human_bytes
+from appliance.events import event_fields
 from appliance.store.store import Store
 
 X = [[0.1 * i for i in range(16)]]
@@ -92,7 +93,7 @@ def _adapt_and_persist(node: LocalNode) -> dict[str, Any]:
     node.control_call("/v1/adapt", {"inputs": X, "targets": TARGET})
     before = len(node.events("persist.committed"))
     _, exported = node.control_call("/v1/export", {})
-    committed: dict[str, Any] = node.wait_event("persist.committed", after=before, timeout=120)["fields"]
+    committed = event_fields(node.wait_event("persist.committed", after=before, timeout=120))
     print(
         f"step {exported['step']}: serving paused {exported['pause_s'] * 1000:.1f} ms to capture; "
         f"{_committed(committed)} in {committed['seconds']:.3f} s"
@@ -101,7 +102,7 @@ def _adapt_and_persist(node: LocalNode) -> dict[str, Any]:
 
 
 def _newest_acknowledged(node: LocalNode) -> int:
-    return max((int(e["fields"]["generation"]) for e in node.events("persist.committed")), default=0)
+    return max((int(event_fields(e)["generation"]) for e in node.events("persist.committed")), default=0)
 
 
 def _cut_during_persist(node: LocalNode) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 from appliance.boot.privileges import render_tmpfiles
 from appliance.boot.supervisord_conf import SupervisordLayout, render
-from appliance.cli.boot_commands import add_config
+from appliance.cli.boot_commands import add_config, replay_lines
 from appliance.cli.main import add_json
 from appliance.cli.output import Output
 from appliance.cli.store_commands import config_from_options
@@ -218,6 +218,7 @@ def _status_text(d: dict[str, Any]) -> str:
         lines.append(f"handoff: slot {h['slot']} generation {h['generation']} (admit {h['admit']})")
     if svc:
         lines.append(f"service: pid {svc['pid']} {svc['phase']}")
+        lines.extend(replay_lines(svc.get("replay")))
     if d["recovery"]:
         lines.append(f"RECOVERY MODE: {d['recovery']['reason']}")
         lines.extend(f"  {f}" for f in d["recovery"].get("failures", []))

@@ -6,25 +6,30 @@ boot would take if it failed), next to the restore times observed at boot (``res
 events in the event log). Does not own the probe (``appliance.store.probe``) or the arithmetic
 (``appliance.format.restore_time``).
 
-Event log: JSON lines; ``restore.finished`` records carry ``ts``, ``slot``, ``generation``,
-``raw_bytes`` and ``seconds`` (the boot/service side writes them).
+Event log: the node's (``--events``, else node.json's ``event_log`` with ``--config``, else
+``$APPLIANCE_EVENT_LOG``, else the production path). A ``restore.finished`` record (the model
+service writes it, ``appliance.events``) carries ``ts`` in its envelope and ``slot``,
+``generation``, ``raw_bytes`` and ``seconds`` under ``fields``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.cli.main import add_json, add_root
 from appliance.cli.output import Output, human_bytes
 from appliance.errors import NoValidCheckpointError
+from appliance.events import event_fields, iter_events
 from appliance.format.manifest import Manifest
 from appliance.format.restore_time import estimate
 from appliance.store.probe import probe, shape_of
 from appliance.store.store import Store
+
+if TYPE_CHECKING:
+    from appliance.node.config import NodeConfig
 
 DEFAULT_EVENT_LOG = "/var/log/appliance/events.jsonl"
 RESTORE_EVENT = "restore.finished"
@@ -37,37 +42,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--events",
         type=Path,
-        help=f"event log with boot restore times (default: $APPLIANCE_EVENT_LOG or {DEFAULT_EVENT_LOG})",
+        help="event log with boot restore times (default: node.json's event_log with --config, else "
+        f"$APPLIANCE_EVENT_LOG or {DEFAULT_EVENT_LOG})",
     )
     p.add_argument("--save-profile", action="store_true", help="save the measured rates for the auto policy")
     p.add_argument(
         "--config",
         type=Path,
         metavar="NODE.json",
-        help="also show the persist interval (persist_interval 'auto': chosen from this node's measured costs)",
+        help="this node: read its event log, and show the persist interval (persist_interval 'auto': chosen "
+        "from its measured costs)",
     )
     add_json(p)
     p.set_defaults(func=cmd_report)
 
 
 def observed_restores(path: Path) -> list[dict[str, Any]]:
-    """The newest ``restore.finished`` events (a torn or foreign line is skipped), newest first."""
-    found: list[dict[str, Any]] = []
+    """The newest ``restore.finished`` events (a torn or foreign line is skipped), newest first.
+
+    The event's data is under ``fields`` (``appliance.events.event_fields``); ``ts`` is the envelope's.
+    An unreadable log (another user's, a directory) shows as no observation, never as a failure.
+    """
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and record.get("event") == RESTORE_EVENT and "seconds" in record:
-                    found.append(record)
+        found = [
+            {"ts": e.get("ts")} | {k: fields.get(k) for k in ("slot", "generation", "raw_bytes", "seconds")}
+            for e in iter_events(path, frozenset({RESTORE_EVENT}))
+            if "seconds" in (fields := event_fields(e))
+        ]
     except OSError:
         return []
-    return [
-        {k: r.get(k) for k in ("ts", "slot", "generation", "raw_bytes", "seconds")}
-        for r in reversed(found[-MAX_OBSERVED:])
-    ]
+    return list(reversed(found[-MAX_OBSERVED:]))
 
 
 def _estimates(manifest: Manifest, result: Any) -> dict[str, Any]:
@@ -113,11 +117,13 @@ def build_report(store: Store, events: Path) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace, out: Output) -> int:
+    from appliance.node.config import load_config
+
     store = Store.open(args.root)
-    events = args.events or Path(os.environ.get("APPLIANCE_EVENT_LOG", DEFAULT_EVENT_LOG))
-    report = build_report(store, events)
-    if args.config is not None:
-        report["persist_interval"] = interval_report(args.config)
+    config = load_config(args.config) if args.config is not None else None
+    report = build_report(store, event_log(args.events, config))
+    if config is not None:
+        report["persist_interval"] = interval_report(config)
     if args.save_profile:
         from appliance.format.restore_time import DeviceRates
 
@@ -127,12 +133,19 @@ def cmd_report(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def interval_report(config_path: Path) -> dict[str, Any]:
+def event_log(events: Path | None, config: NodeConfig | None) -> Path:
+    """Where the boots were observed: ``--events``, else the node's own log, else the environment's."""
+    if events is not None:
+        return events
+    if config is not None:
+        return config.path("event_log")
+    return Path(os.environ.get("APPLIANCE_EVENT_LOG", DEFAULT_EVENT_LOG))
+
+
+def interval_report(config: NodeConfig) -> dict[str, Any]:
     """The persist interval this node uses, why, and what a failure then costs (issue 17)."""
-    from appliance.node.config import load_config
     from appliance.persist.interval import chosen
 
-    config = load_config(config_path)
     choice, inputs, sources = chosen(config)
     interval = choice.interval_s if config.persist_auto else config.persist_interval
     steps_lost = 0.0 if config.journal_dir else interval / 2.0 * inputs.steps_per_s

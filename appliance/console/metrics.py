@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from appliance.errors import ApplianceError, StorageError
-from appliance.events import read_events
+from appliance.events import event_fields, read_events
 from appliance.node.config import NodeConfig
 from appliance.node.identity import open_node_store
 
@@ -74,7 +74,8 @@ class NodeCollector(Collector):
         )
         served = [e for e in events if e["event"] == "boot.serving"]
         if served:
-            for stage, seconds in (served[-1]["fields"].get("stages") or {}).items():
+            stages_of = event_fields(served[-1]).get("stages")
+            for stage, seconds in (stages_of if isinstance(stages_of, dict) else {}).items():
                 if isinstance(seconds, int | float):
                     stages.add_metric([stage.removesuffix("_s")], float(seconds))
         yield stages
@@ -120,9 +121,11 @@ def _counter(name: str, doc: str, events: list[dict[str, Any]], event: str) -> C
 
 def _last_gauge(name: str, doc: str, events: list[dict[str, Any]], event: str, field: str) -> GaugeMetricFamily:
     g = GaugeMetricFamily(name, doc)
-    found = [e for e in events if e["event"] == event and isinstance(e["fields"].get(field), int | float)]
+    found = [
+        f[field] for e in events if e["event"] == event and isinstance((f := event_fields(e)).get(field), int | float)
+    ]
     if found:
-        g.add_metric([], float(found[-1]["fields"][field]))
+        g.add_metric([], float(found[-1]))
     return g
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from appliance.cli.node_commands import boot_status
 from appliance.cli.perf_commands import observed_restores
 from appliance.errors import ApplianceError, StorageError
-from appliance.events import read_events
+from appliance.events import event_fields, read_events
 from appliance.format.console import GenerationFacts
 from appliance.node.config import NodeConfig
 from appliance.node.identity import open_node_store
@@ -87,7 +87,7 @@ def overview(config: NodeConfig) -> dict[str, Any]:
         "floor": status["floor"],
         "handoff": handoff,
         "served": served,
-        "last_boot": None if last_boot is None else {"ts": last_boot["ts"], **last_boot["fields"]},
+        "last_boot": None if last_boot is None else {"ts": last_boot.get("ts"), **event_fields(last_boot)},
         "observed_restores": observed_restores(config.path("event_log")),
         "newest": rows[0]["generation"] if rows else None,
         "trusted_keys": [k.keyid for k in store.trust.keys],

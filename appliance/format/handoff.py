@@ -112,9 +112,12 @@ class ServiceReport:
     error: dict[str, Any] | None = None  # ApplianceError.to_dict() of a failed start
     restore: dict[str, Any] | None = None  # RestoreStats.to_dict() plus load/restore seconds
     timings: dict[str, float] = field(default_factory=dict)  # seconds since process start per phase
+    # The journal replay (``Recovery.summary``: counts, where and why it stopped, what was set aside);
+    # present only with a journal, so a report without one keeps its exact v1 form.
+    replay: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": REPORT_FORMAT,
             "version": VERSION,
             "pid": self.pid,
@@ -125,18 +128,19 @@ class ServiceReport:
             "restore": self.restore,
             "timings": self.timings,
         }
+        return out if self.replay is None else out | {"replay": self.replay}
 
     @classmethod
     def from_dict(cls, obj: object) -> ServiceReport:
         keys = {"format", "version", "pid", "phase", "handoff", "updated", "error", "restore", "timings"}
-        d = require_keys(obj, "service report", keys)
+        d = require_keys(obj, "service report", keys, optional=frozenset({"replay"}))
         _check_format(d, REPORT_FORMAT, "service report")
         try:
             phase = Phase(d["phase"])
         except ValueError as exc:
             raise ManifestError(f"service report has an unknown phase {d['phase']!r:.20}") from exc
-        for key in ("error", "restore", "timings"):
-            if d[key] is not None and not isinstance(d[key], dict):
+        for key in ("error", "restore", "timings", "replay"):
+            if d.get(key) is not None and not isinstance(d[key], dict):
                 raise ManifestError(f"service report {key} must be an object")
         return cls(
             pid=get_int(d, "pid", "service report", 1, 2**31),
@@ -146,6 +150,7 @@ class ServiceReport:
             error=d["error"],
             restore=d["restore"],
             timings=dict(d["timings"] or {}),
+            replay=d.get("replay"),
         )
 
 

@@ -1,10 +1,9 @@
 """The adaptation journal's record format and the rules that decide which records replay.
 
 Owns: encoding and decoding one journal record (``encode_record`` / ``decode_at``), the segment
-header and step payloads, the segment file-name rule, and ``walk`` — given the segments found
-on disk and the journal point a restored checkpoint names, which records replay, in which
-order, and where (and why) the walk stops. Pure: no I/O, no torch; ``appliance.journal``
-does the files and the tensors.
+header, step and outcome payloads, the segment file-name rule and the journal point a
+checkpoint names. Which records replay (``walk``) is ``appliance.format.journal_walk``. Pure:
+no I/O, no torch; ``appliance.journal`` does the files and the tensors.
 
 Record layout (little-endian; docs/design.md §15.1)::
 
@@ -43,7 +42,7 @@ import hmac
 import re
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,43 +287,7 @@ class StepOutcome:
         return cls(result, error)
 
 
-# --- which records replay ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A segment as read from disk: its header, its good records, and why reading stopped early."""
-
-    name: str
-    lineage: bytes
-    first_index: int
-    header: SegmentHeader | None
-    records: tuple[Record, ...]  # step records in file order, all MAC-verified
-    stop: Bad | None  # None: the file ended cleanly
-    size: int
-    outcomes: Mapping[int, Record] = field(default_factory=dict)  # version 3: step index -> its outcome record
-
-
-@dataclass(frozen=True)
-class Issue:
-    kind: str  # torn | corrupt | forged | foreign | gap | header
-    segment: str
-    index: int  # the first index that did not replay
-    offset: int
-    detail: str
-
-
-@dataclass(frozen=True)
-class Walk:
-    """The records to replay, in order, and what ended the walk."""
-
-    records: tuple[Record, ...]
-    used: tuple[str, ...]  # segment names on the walked chain
-    issues: tuple[Issue, ...]
-    stopped: Issue | None  # forged/foreign: replay stops here and says so
-    last_index: int  # index of the last record replayed (the start point if none)
-    lineage: bytes | None  # the lineage the walk ended in (None: none found)
-    cuts: tuple[tuple[str, int], ...]  # (segment, offset): bytes from here on are cut off (torn/corrupt tails)
+# --- journal points ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -347,90 +310,3 @@ class Point:
         if not re.fullmatch(r"[0-9a-f]{32}", lineage):
             raise ManifestError("checkpoint journal point: lineage must be 32 hex digits")
         return cls(lineage, get_int(d, "index", "journal point", 0, 2**63 - 1))
-
-
-def walk(segments: Sequence[Segment], start: Point | None, content_sha256: str | None) -> Walk:
-    """The chain of records that continues the restored state (``start``, or its content digest).
-
-    Starting lineage: ``start.lineage`` when the checkpoint names a journal point, else a lineage
-    whose header base is that content digest (no parent). Within a lineage the records must run
-    ``index+1, index+2, ...``; at its end a child lineage whose base is (this lineage, last index)
-    continues the chain. A torn or corrupt record cuts its segment there (the walk goes on only
-    if a later segment continues exactly); a forged or foreign record stops the walk.
-    """
-    by_lineage: dict[bytes, list[Segment]] = {}
-    for seg in sorted(segments, key=lambda s: (s.first_index, s.name)):
-        by_lineage.setdefault(seg.lineage, []).append(seg)
-    issues: list[Issue] = []
-    for seg in segments:
-        if seg.header is None:
-            issues.append(Issue("header", seg.name, seg.first_index, 0, "segment header unreadable"))
-    lineage, index = _starting(by_lineage, start, content_sha256)
-    if lineage is None:
-        return Walk((), (), tuple(issues), None, start.index if start else 0, None, ())
-    out: list[Record] = []
-    used: list[str] = []
-    cuts: list[tuple[str, int]] = []
-    seen: set[bytes] = set()
-    current: bytes | None = lineage
-    while current is not None and current not in seen:
-        seen.add(current)
-        lineage = current
-        for seg in by_lineage.get(lineage, []):
-            if seg.header is None or (seg.records and seg.records[-1].index <= index):
-                continue  # unreadable header, or wholly covered by the start state
-            if seg.first_index > index + 1:
-                missing = f"records {index + 1}..{seg.first_index - 1} missing"
-                issues.append(Issue("gap", seg.name, index + 1, 0, missing))
-                return Walk(tuple(out), tuple(used), tuple(issues), None, index, lineage, tuple(cuts))
-            used.append(seg.name)
-            stop = _take(seg, lineage, index, out, issues)
-            index = out[-1].index if out else index
-            if stop is not None:
-                if stop.kind in ("forged", "foreign"):
-                    return Walk(tuple(out), tuple(used), tuple(issues), stop, index, lineage, tuple(cuts))
-                cuts.append((seg.name, stop.offset))
-        current = _child(by_lineage, lineage.hex(), index)
-    return Walk(tuple(out), tuple(used), tuple(issues), None, index, lineage, tuple(cuts))
-
-
-def _starting(by_lineage: Mapping[bytes, list[Segment]], start: Point | None, digest: str | None
-              ) -> tuple[bytes | None, int]:  # fmt: skip
-    if start is not None:
-        lineage = bytes.fromhex(start.lineage)
-        return (lineage if lineage in by_lineage else _child(by_lineage, start.lineage, start.index)), start.index
-    if digest is None:
-        return None, 0
-    roots = [(segs[0].header.created, lin) for lin, segs in by_lineage.items() if segs[0].header is not None
-             and segs[0].header.base.lineage is None and segs[0].header.base.content_sha256 == digest]  # fmt: skip
-    if not roots:
-        return None, 0
-    lineage = max(roots)[1]
-    return lineage, by_lineage[lineage][0].first_index - 1
-
-
-def _child(by_lineage: Mapping[bytes, list[Segment]], parent: str, index: int) -> bytes | None:
-    kids = [(segs[0].header.created, lin) for lin, segs in by_lineage.items() if segs[0].header is not None
-            and segs[0].header.base.lineage == parent and segs[0].header.base.index == index]  # fmt: skip
-    return max(kids)[1] if kids else None
-
-
-def _take(seg: Segment, lineage: bytes, index: int, out: list[Record], issues: list[Issue]) -> Issue | None:
-    """Append ``seg``'s records after ``index``; the issue that stopped it (None: all taken)."""
-    expect = index + 1
-    for rec in seg.records:
-        if rec.lineage == lineage and rec.index < expect:
-            continue  # already in the start state
-        if rec.lineage != lineage or rec.index != expect:
-            issue = Issue("foreign", seg.name, rec.index, rec.offset,
-                          f"record {rec.index} of lineage {rec.lineage.hex()[:8]} where {lineage.hex()[:8]} "
-                          f"record {expect} belongs")  # fmt: skip
-            issues.append(issue)
-            return issue
-        out.append(rec)
-        expect = rec.index + 1
-    if seg.stop is not None:
-        issue = Issue(seg.stop.kind, seg.name, expect, seg.stop.offset, seg.stop.detail)
-        issues.append(issue)
-        return issue
-    return None

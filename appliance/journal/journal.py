@@ -3,8 +3,9 @@
 Owns: ``Journal`` — ``recover`` (read every segment, ``walk`` from the restored checkpoint's
 journal point, replay the records through the service's own step function with the recorded
 seed and deterministic settings, check each replayed step's recorded result, cut torn or
-corrupt tails at the last good record, stop at a forged or foreign record, set aside what is
-not on the chain, then start a new lineage that continues exactly where replay ended), and
+corrupt tails at the last good record, stop at a forged, foreign or missing record, set aside
+what is not on the chain and count it, then start a new lineage that continues exactly where
+replay ended; ``Recovery.summary`` is what the service reports to boot), and
 the live side: ``append``/``wait`` (group commit), ``capture_point`` (rotation when a state is
 captured for a checkpoint), ``checkpointed`` (remove what a durable checkpoint covers), the cap.
 Does not own the record format (``appliance.format.journal``) or files (``files``).
@@ -22,19 +23,8 @@ import torch
 
 from appliance.errors import ApplianceError
 from appliance.events import EventLog
-from appliance.format.journal import (
-    Base,
-    Point,
-    Record,
-    Segment,
-    SegmentHeader,
-    StepOutcome,
-    StepPayload,
-    Walk,
-    outcome_aad,
-    step_aad,
-    walk,
-)
+from appliance.format.journal import Base, Point, Record, SegmentHeader, StepOutcome, StepPayload, outcome_aad, step_aad
+from appliance.format.journal_walk import Segment, Walk, covered, walk
 from appliance.journal import step as steps
 from appliance.journal.files import JournalFiles
 from appliance.journal.reader import read_segments
@@ -61,11 +51,21 @@ class Recovery:
     stopped: dict[str, Any] | None = None
     retired: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    set_aside_records: int = 0  # step records moved to JOURNAL/retired/ (cut, stopped or off the chain)
+    set_aside_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"replayed": self.replayed, "bytes": self.bytes, "seconds": round(self.seconds, 6),
                 "last_index": self.last_index, "cut": self.cut, "stopped": self.stopped, "retired": self.retired,
-                "removed": self.removed}  # fmt: skip
+                "removed": self.removed, "set_aside_records": self.set_aside_records,
+                "set_aside_bytes": self.set_aside_bytes}  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        """What boot shows (the service report's ``replay``): counts, where and why replay stopped."""
+        return {"replayed": self.replayed, "seconds": round(self.seconds, 6), "last_index": self.last_index,
+                "stopped": self.stopped, "set_aside_records": self.set_aside_records,
+                "set_aside_bytes": self.set_aside_bytes, "retired_segments": len(self.retired),
+                "cut": sum(1 for c in self.cut if c["kind"] == "cut")}  # fmt: skip
 
 
 def _utc() -> str:
@@ -134,7 +134,7 @@ class Journal:
                     if problem:
                         kind = "refused" if refusal else "diverged"
                         rec.stopped = {"kind": kind, "segment": name, "index": r.index, "detail": problem}
-                        self._set_aside_from(name, r.offset, kind, rec)
+                        self._set_aside_from(seg, r.offset, kind, rec)
                         return r.index if applied else last
                     last = r.index
                     rec.replayed += 1
@@ -142,9 +142,10 @@ class Journal:
         if w.stopped is not None:
             s = w.stopped
             rec.stopped = {"kind": s.kind, "segment": s.segment, "index": s.index, "detail": s.detail}
-            self._set_aside_from(s.segment, s.offset, s.kind, rec)
+            if s.segment in w.used:  # else the whole segment is off the chain: _tidy sets it aside
+                self._set_aside_from(by_name[s.segment], s.offset, s.kind, rec)
         for name, offset in w.cuts:
-            self._set_aside_from(name, offset, "cut", rec)
+            self._set_aside_from(by_name[name], offset, "cut", rec)
         return last
 
     def _opener(self, header: SegmentHeader) -> tuple[Opener | None, str]:
@@ -185,20 +186,21 @@ class Journal:
             return True, f"record {r.index} replayed to {result}, recorded {shown}: not deterministic"
         return True, ""
 
-    def _set_aside_from(self, name: str, offset: int, label: str, rec: Recovery) -> None:
-        data = self.files.read(name)
+    def _set_aside_from(self, seg: Segment, offset: int, label: str, rec: Recovery) -> None:
+        data = self.files.read(seg.name)
         if offset >= len(data):
             return
-        self.files.set_aside(name, data[offset:], f"{label}-at-{offset}")
-        self.files.truncate(name, offset)
-        rec.cut.append({"segment": name, "offset": offset, "bytes": len(data) - offset, "kind": label})
+        self.files.set_aside(seg.name, data[offset:], f"{label}-at-{offset}")
+        self.files.truncate(seg.name, offset)
+        rec.cut.append({"segment": seg.name, "offset": offset, "bytes": len(data) - offset, "kind": label})
+        rec.set_aside_records += sum(1 for r in seg.records if r.offset >= offset)
+        rec.set_aside_bytes += len(data) - offset
 
     def _tidy(self, w: Walk, segments: list[Segment], point: Point | None, last: int, rec: Recovery
               ) -> list[LiveSegment]:  # fmt: skip
         """Remove what the restored checkpoint covers, set aside what is not on the chain; the live chain."""
         used = set(w.used)
         chain: list[LiveSegment] = []
-        start = bytes.fromhex(point.lineage) if point else None
         for seg in sorted(segments, key=lambda s: (s.first_index, s.name)):
             if seg.name in used:
                 kept = [r for r in seg.records if r.index <= last or r.lineage != seg.lineage]
@@ -206,11 +208,12 @@ class Journal:
                 chain.append(LiveSegment(seg.name, seg.lineage, seg.first_index,
                                          kept[-1].index if kept else seg.first_index - 1, end))  # fmt: skip
                 continue
-            covered = point is not None and seg.lineage == start and bool(seg.records) \
-                and seg.records[-1].index <= point.index and seg.stop is None  # fmt: skip
-            if not covered:
-                self.files.set_aside(seg.name, self.files.read(seg.name), "retired")
+            if not covered(seg, point):
+                data = self.files.read(seg.name)
+                self.files.set_aside(seg.name, data, "retired")
                 rec.retired.append(seg.name)
+                rec.set_aside_records += len(seg.records)
+                rec.set_aside_bytes += len(data)
             else:
                 rec.removed.append(seg.name)
             self.files.remove(seg.name)
@@ -231,7 +234,8 @@ class Journal:
             self.events.emit("journal.stopped", generation=generation, **rec.stopped)
         self.events.emit("journal.replayed", generation=generation, records=rec.replayed, bytes=rec.bytes,
                          seconds=round(rec.seconds, 6), last_index=rec.last_index,
-                         retired=len(rec.retired), removed=len(rec.removed))  # fmt: skip
+                         retired=len(rec.retired), removed=len(rec.removed),
+                         set_aside_records=rec.set_aside_records)  # fmt: skip
 
     # --- the live side ----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Owns: ``read_segments`` (decode each ``seg-*.ajl`` file up to its first torn, corrupt or forged
 record; a segment whose header is missing or fails is kept with ``header=None`` so the walk
-can report it) and ``journal_bytes``. Does not own which records replay (``format.journal.walk``).
+can report it). Does not own which records replay (``format.journal_walk.walk``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from appliance.format.journal import (
     KIND_OUTCOME,
     Bad,
     Record,
-    Segment,
     SegmentHeader,
     decode_at,
     parse_segment_name,
 )
+from appliance.format.journal_walk import Segment
 from appliance.journal.files import JournalFiles
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from statistics import fmean
 from typing import Any
 
-from appliance.events import read_events
+from appliance.events import event_fields, read_events
 from appliance.format.interval import IntervalChoice, IntervalInputs, choose
 from appliance.node.config import NodeConfig
 
@@ -30,7 +30,7 @@ def measure(config: NodeConfig) -> tuple[IntervalInputs, dict[str, Any]]:
     events = read_events(config.event_log, NAMES)
     by: dict[str, list[dict[str, Any]]] = {n: [] for n in NAMES}
     for e in events:
-        fields = dict(e.get("fields") or {})
+        fields = dict(event_fields(e))
         fields["_t"] = e.get("ts_unix")
         by[e["event"]].append(fields)
     source: dict[str, Any] = {}

@@ -81,6 +81,10 @@ class ServiceJournal:
         return self.journal.recover(point, digest, restored.opened.generation, step,
                                     lambda: loader.adaptation_step(model))  # fmt: skip
 
+    def summary(self, rec: Recovery) -> dict[str, Any]:
+        """The replay as the service reports it to boot (``ServiceReport.replay``): where set-aside records went."""
+        return rec.summary() | {"retired_dir": str(Path(self.config.journal_dir) / "retired")}
+
     def _answer_canary_before(self, model: nn.Module, meta: dict[str, Any]) -> None:
         """The checkpoint's canary answered by the restored state, before replay changes it (docs/boot.md §13)."""
         try:

@@ -82,6 +82,7 @@ class ServiceRuntime:
         self.changed = False  # adapted since the restore or the last export
         self._last_receipt: dict[str, Any] | None = None
         self.journal: ServiceJournal | None = None  # with node.json journal_dir (issue 17)
+        self.replay: dict[str, Any] | None = None  # what the journal replay did (reported to boot)
 
     # --- bring-up ----------------------------------------------------------------------
 
@@ -106,7 +107,9 @@ class ServiceRuntime:
             self._emit_restored(restored, built.init)
             if self.journal is not None:
                 self._enter(Phase.REPLAYING)
-                self.changed = self.journal.recover(built.model, restored).replayed > 0
+                recovery = self.journal.recover(built.model, restored)
+                self.changed = recovery.replayed > 0
+                self.replay = self.journal.summary(recovery)
             self.model, self.restored = built.model, restored
             self._enter(Phase.RESTORED)
             if self.handoff.admit is Admit.SELF:
@@ -152,6 +155,7 @@ class ServiceRuntime:
             error=self.error,
             restore=self.restored.stats.to_dict() if self.restored else None,
             timings=dict(self.timings),
+            replay=self.replay,
         )
         try:
             self.run.write_report(report)

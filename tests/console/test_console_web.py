@@ -203,6 +203,27 @@ def test_metrics_endpoint_exposes_slot_states_and_counters(node: Node) -> None:
     assert "appliance_commits_total" in text and "appliance_fallbacks_total" in text
 
 
+def test_overview_and_metrics_take_event_data_from_fields_and_skip_planted_lines(node: Node) -> None:
+    """Every reader of the event log reads an event's data under ``fields`` (trial 4, N5)."""
+    from appliance.events import EventLog
+
+    with open(node.config.event_log, "a", encoding="utf-8") as f:  # planted lines: no fields, fields not an object
+        f.write(json.dumps({"event": "boot.serving", "ts": "x", "stages": {"restore_s": 9}}) + "\n")
+        f.write(json.dumps({"event": "persist.committed", "fields": "x", "seconds": 7}) + "\n")
+    EventLog(node.config.event_log, "service", journal=None).emit(
+        "restore.finished", slot="A", generation=3, raw_bytes=4321, seconds=0.0421, stats={}
+    )
+    EventLog(node.config.event_log, "boot", journal=None).emit(
+        "boot.serving", slot="A", generation=3, total_s=0.5, stages={"restore_s": 0.0421}, restore=None, fallbacks=0
+    )
+    text = client(node).get("/metrics").text
+    assert 'appliance_restore_stage_seconds{stage="restore"} 0.0421' in text
+    c = client(node)
+    login(c)
+    page = c.get("/").text
+    assert '<td class="num">4321</td><td class="num">0.0421</td>' in page and "boot to serving 0.5 s" in page
+
+
 def test_web_console_process_does_not_import_torch_or_the_signing_key(node: Node) -> None:
     code = (
         "import sys; from appliance.console.app import ConsoleSettings, create_app; "

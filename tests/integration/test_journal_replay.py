@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.format.journal import KIND_STEP, Point, Record, Segment, encode_record, parse_segment_name
+from appliance.format.journal import KIND_STEP, Point, Record, encode_record, parse_segment_name
+from appliance.format.journal_walk import Segment
 from appliance.journal import step as steps
 from appliance.journal.files import LocalJournalFiles
 from appliance.journal.reader import read_segment

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from appliance.cli.main import main
+from appliance.events import EventLog
 from appliance.signing import SigningKey
 from appliance.store.config import StoreConfig
 from appliance.store.encode import TensorSource
@@ -30,8 +31,8 @@ def test_report_states_expected_and_worst_case_with_fallback_and_observed_boots(
     _commit(store, key, 1)
     _commit(store, key, 2)
     events = tmp_path / "events.jsonl"
-    events.write_text(json.dumps({"event": "restore.finished", "ts": "t", "slot": "B", "generation": 2,
-                                  "raw_bytes": 1_200_000, "seconds": 0.25}) + "\n")  # fmt: skip
+    EventLog(events, "service", journal=None).emit("restore.finished", slot="B", generation=2, raw_bytes=1_200_000,
+                                                   seconds=0.25, stats={})  # fmt: skip
     assert main(["report", str(tmp_path / "s"), "--json", "--events", str(events), "--save-profile"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["checkpoint"]["generation"] == 2 and report["fallback"]["generation"] == 1

@@ -27,6 +27,15 @@ def test_service_report_round_trip() -> None:
     assert ServiceReport.from_dict(r.to_dict()) == r
     with pytest.raises(ManifestError):
         ServiceReport.from_dict(r.to_dict() | {"phase": "dancing"})
+    assert "replay" not in r.to_dict()  # without a journal the report keeps its exact v1 form
+
+
+def test_service_report_carries_the_journal_replay_to_boot() -> None:
+    replay = {"replayed": 2, "stopped": {"kind": "gap", "segment": "s", "index": 3, "detail": "d"}}
+    r = ServiceReport(42, Phase.RESTORED, Handoff("abc123", "A", 1, D), "t", replay=replay)
+    assert ServiceReport.from_dict(r.to_dict()) == r and r.to_dict()["replay"] == replay
+    with pytest.raises(ManifestError):
+        ServiceReport.from_dict(r.to_dict() | {"replay": "stopped"})
 
 
 def test_export_names_sort_in_sequence_order() -> None:

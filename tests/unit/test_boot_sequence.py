@@ -47,6 +47,7 @@ class ScriptedService:
     state: str = "STOPPED"
     pid: int = 100
     started: list[tuple[str, int]] = field(default_factory=list)
+    replay: dict[str, Any] | None = None  # what the service's journal replay reports (ServiceReport.replay)
 
     def start(self, name: str) -> None:
         h = self.run.read_handoff()
@@ -56,7 +57,8 @@ class ScriptedService:
         kind, _, phase = self.plan.get((h.slot, h.generation), "ok").partition(":")
         self.state = "RUNNING" if kind in ("ok", "hang", "wrong") else "EXITED"
         if kind in ("ok", "wrong"):
-            self._report(Phase.RESTORED, timings={"loading": 1.0, "restoring": 1.2, "restored": 1.5})
+            timings = {"loading": 1.0, "restoring": 1.2, "restored": 1.5} | ({"replaying": 1.4} if self.replay else {})
+            self._report(Phase.RESTORED, timings=timings, replay=self.replay)
         elif kind == "fail":
             self._report(Phase.FAILED, error={"error": "FrameError", "problem": "bit rot", "phase": phase})
         else:  # "die:<phase>" or "hang:<phase>": last report before dying or while stuck
@@ -147,6 +149,34 @@ def test_newest_checkpoint_is_restored_canary_checked_marked_good_and_admitted(n
     assert handoff is not None and handoff.admit is Admit.SELF  # supervisord restarts serve right away
     assert {"discover_s", "service_start_s", "restore_s", "canary_s", "mark_s", "total_s"} <= set(outcome.stages)
     assert node.events("canary.passed")[-1]["fields"]["generation"] == 2
+
+
+def test_a_journal_replay_that_stopped_still_serves_and_the_outcome_and_text_say_so(node: Node) -> None:
+    """Trial 4, N4: boot exited 0 and printed only "replay 0.094" after the replay set steps aside."""
+    from appliance.cli.boot_commands import _boot_text
+
+    node.commit(1)
+    stop = {"kind": "gap", "segment": "seg-x.ajl", "index": 3, "detail": "record 3 missing"}
+    node.service.replay = {"replayed": 2, "seconds": 0.094, "last_index": 2, "stopped": stop, "cut": 0,
+                           "set_aside_records": 3, "set_aside_bytes": 300, "retired_segments": 0,
+                           "retired_dir": "/j/retired"}  # fmt: skip
+    outcome = node.boot()
+    assert served(outcome) == ("A", 1) and outcome.exit_code == 0 and outcome.stages["replay_s"] == pytest.approx(0.1)
+    d = outcome.to_dict()
+    assert d["replay"] == node.service.replay
+    assert node.events("boot.serving")[-1]["fields"]["replay"]["stopped"] == stop
+    text = _boot_text(d)
+    assert "journal replay: 2 steps replayed (to index 2)" in text
+    assert "JOURNAL REPLAY STOPPED at record 3 of seg-x.ajl (gap): record 3 missing" in text
+    assert "3 journaled step records (300 bytes) set aside in /j/retired" in text
+
+
+def test_without_a_journal_the_outcome_has_no_replay(node: Node) -> None:
+    from appliance.cli.boot_commands import _boot_text
+
+    node.commit(1)
+    d = node.boot().to_dict()
+    assert d["replay"] is None and "journal replay" not in _boot_text(d)
 
 
 def test_restore_failure_marks_bad_and_falls_back(node: Node) -> None:

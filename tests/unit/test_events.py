@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.events import CATALOGUE, EventLog, journal_datagram, read_events
+from appliance.events import CATALOGUE, EventLog, event_fields, journal_datagram, read_events
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +76,13 @@ def test_boot_doc_lists_every_event_with_its_id() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "boot.md").read_text()
     for e in CATALOGUE.values():
         assert f"| `{e.name}` | {e.id} |" in doc, e.name
+
+
+def test_event_data_is_under_fields_and_a_record_without_them_has_none(tmp_path: Path) -> None:
+    """Readers take event data from ``fields`` (trial 4, N5: the report looked at the top level)."""
+    log = EventLog(tmp_path / "events.jsonl", "service", journal=None)
+    record = log.emit("restore.finished", slot="A", generation=2, raw_bytes=5, seconds=0.5, stats={})
+    assert "seconds" not in record and event_fields(record)["seconds"] == 0.5
+    assert event_fields(read_events(tmp_path / "events.jsonl")[0]) == record["fields"]
+    assert event_fields({"event": "restore.finished", "seconds": 1.0}) == {}
+    assert event_fields({"event": "restore.finished", "fields": ["planted"]}) == {}

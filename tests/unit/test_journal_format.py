@@ -14,7 +14,6 @@ from appliance.format.journal import (
     Base,
     Point,
     Record,
-    Segment,
     SegmentHeader,
     StepPayload,
     TensorBlob,
@@ -22,8 +21,8 @@ from appliance.format.journal import (
     encode_record,
     parse_segment_name,
     segment_name,
-    walk,
 )
+from appliance.format.journal_walk import Segment, walk
 
 pytestmark = pytest.mark.unit
 
@@ -143,6 +142,7 @@ def test_a_missing_segment_is_a_gap_and_nothing_after_it_replays() -> None:
     c = _read(segment_name(7, L1), _segment_bytes(L1, 7, 3, Base("d" * 64)))
     w = walk([a, c], None, "d" * 64)
     assert [r.index for r in w.records] == [1, 2, 3] and w.issues[-1].kind == "gap"
+    assert w.stopped is w.issues[-1] and w.stopped.index == 4  # a gap stops replay like a foreign record
 
 
 def test_segments_of_another_checkpoint_do_not_replay() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from appliance.cli.perf_commands import observed_restores
 from appliance.errors import ConfigError
+from appliance.events import EventLog
 from appliance.format.restore_time import CheckpointShape, DeviceRates, choose_policy, estimate
 
 pytestmark = pytest.mark.unit
@@ -53,13 +54,18 @@ def test_device_profile_round_trips_and_refuses_nonsense() -> None:
 
 
 def test_observed_restores_reads_restore_events_newest_first_and_skips_torn_lines(tmp_path: Path) -> None:
+    """The records as ``EventLog`` writes them: the event's data under ``fields`` (trial 4, N5)."""
     log = tmp_path / "events.jsonl"
-    lines = [
-        {"event": "boot.started", "ts": "t0"},
-        {"event": "restore.finished", "ts": "t1", "slot": "A", "generation": 3, "raw_bytes": 10, "seconds": 1.5},
-        {"event": "restore.finished", "ts": "t2", "slot": "B", "generation": 4, "raw_bytes": 10, "seconds": 2.5},
-    ]
-    log.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"event": "restore.fin')
+    events = EventLog(log, "service", journal=None)
+    events.emit("boot.started", boot_id="b1", floor=0)
+    first = events.emit("restore.finished", slot="A", generation=3, raw_bytes=10, seconds=1.5, stats={})
+    events.emit("restore.finished", slot="B", generation=4, raw_bytes=10, seconds=2.5, stats={})
+    with open(log, "a", encoding="utf-8") as f:  # planted: data at the top level, fields not an object; torn
+        f.write(json.dumps({"event": "restore.finished", "ts": "x", "seconds": 9.0}) + "\n")
+        f.write(json.dumps({"event": "restore.finished", "ts": "y", "fields": [1]}) + "\n")
+        f.write('{"event": "restore.fin')
     got = observed_restores(log)
-    assert [o["ts"] for o in got] == ["t2", "t1"] and got[0]["seconds"] == 2.5
+    assert [(o["slot"], o["generation"], o["seconds"]) for o in got] == [("B", 4, 2.5), ("A", 3, 1.5)]
+    assert got[1]["ts"] == first["ts"] and got[1]["raw_bytes"] == 10
     assert observed_restores(tmp_path / "absent.jsonl") == []
+    assert observed_restores(tmp_path) == []  # a directory: no observation, never a failure
