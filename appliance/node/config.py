@@ -187,7 +187,7 @@ class NodeConfig:
     def resolved(self, base: Path) -> NodeConfig:
         """Relative paths made absolute against ``base`` (the config file's directory)."""
         changes: dict[str, Any] = {
-            name: str((base / value).resolve())
+            name: _absolute(base / value, follow_last=name != "channel_inbox")
             for name in _PATHS
             if (value := getattr(self, name)) and not Path(value).is_absolute()
         }
@@ -199,6 +199,14 @@ class NodeConfig:
 
     def to_bytes(self) -> bytes:
         return canonical_bytes(self.to_dict()) + b"\n"
+
+
+def _absolute(path: Path, *, follow_last: bool) -> str:
+    """``path`` made absolute, symbolic links resolved; ``follow_last=False``: not its last component (the
+    channel inbox: the persistence watchdog refuses an inbox that is a link, naming the path as configured)."""
+    if follow_last or path.name in ("", ".", ".."):
+        return str(path.resolve())
+    return str(path.parent.resolve() / path.name)
 
 
 def _type_ok(value: object, default: object) -> bool:
