@@ -204,11 +204,19 @@ _CATALOGUE = (
               "The fleet channel program (its own user, no write access to the store) verified the channel's "
               "head and release and put the blobs the node lacks, the bundle and the head into its inbox. The "
               "persistence watchdog imports it, checking everything again (docs/design.md section 11.6)."),
+    EventType("channel.restaged", "a05af54e2ff641b981d2970a4ef008bf", 4,
+              "channel {channel} sequence {sequence}: the staging of generation {generation} was incomplete or "
+              "damaged and is whole again ({repaired} written again)",
+              "The channel program found the release it had handed off, which the store has not imported yet, "
+              "incomplete or damaged in its inbox (a staged file removed, cut short or altered) and downloaded or "
+              "wrote those files again, then handed it off again; the persistence watchdog imports it. If this "
+              "repeats, check the disk that holds the inbox (docs/design.md section 11.6)."),
     EventType("channel.import_failed", "9b658d9efdac4a75a40fca4c53ac355e", 4,
               "import of the release staged in {inbox} failed (attempt {attempt}): {error}: {problem}; "
               "retry in {retry_in_s}s",
               "The persistence watchdog could not import the release staged in the channel inbox (storage full or "
-              "failing, a blob missing or damaged while the channel program replaces it). Retried with backoff."),
+              "failing, a staged file missing or damaged: the channel program's next pass stages it again). "
+              "Retried with backoff, and at once when the channel program hands the release off again."),
     EventType("channel.import_refused", "1e3a34310b8e43f9ae2407da34feb6be", 3,
               "release staged in {inbox} refused: {error}: {problem}",
               "The persistence watchdog refused the release in the channel inbox (head or bundle not signed by a "

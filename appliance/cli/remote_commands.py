@@ -310,9 +310,11 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_channel(args: argparse.Namespace, out: Output) -> int:
+    from appliance.format.inbox import VerifiedStaging
     from appliance.remote.channel import follow
-    from appliance.remote.inbox import open_inbox, stage_release
+    from appliance.remote.inbox import open_inbox
     from appliance.remote.s3 import ObjectStore
+    from appliance.remote.staging import stage_release
     from appliance.remote.state import StateDir
 
     if args.if_configured and (not args.remote.exists() or not load_remote(args.remote).channel):
@@ -328,6 +330,7 @@ def cmd_channel(args: argparse.Namespace, out: Output) -> int:
     events = EventLog(node.event_log, "channel")
     state_dir = StateDir(args.state_dir or remote.state_dir)
     inbox = open_inbox(node.channel_inbox, create=True) if node.channel_inbox else None
+    memo = VerifiedStaging() if args.watch else None  # one pass (no --watch) verifies a handed-off staging fully
     stop = threading.Event()
     if args.watch:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -336,7 +339,7 @@ def cmd_channel(args: argparse.Namespace, out: Output) -> int:
         try:
             if inbox is not None:  # production: stage only; the persistence watchdog imports (design §11.6)
                 result = stage_release(store, objects, channel=remote.channel, pinned=pinned, state_dir=state_dir,
-                                       inbox=inbox, floor=_floor(node))  # fmt: skip
+                                       inbox=inbox, floor=_floor(node), memo=memo)  # fmt: skip
             else:  # a single-user development node: this process is the store's writer
                 result = follow(store, objects, channel=remote.channel, pinned=pinned, state_dir=state_dir,
                                 floor=_floor(node))  # fmt: skip
@@ -356,6 +359,8 @@ def cmd_channel(args: argparse.Namespace, out: Output) -> int:
 def _emit_pass(events: EventLog, site: str, result: dict[str, Any]) -> None:
     if result["imported"]:
         events.emit("remote.restored", site=site, **{k: v for k, v in result.items() if k != "channel"})
+    elif result.get("restaged"):
+        events.emit("channel.restaged", site=site, **{**result, "repaired": ", ".join(result["repaired"])})
     elif result.get("staged"):
         events.emit("channel.staged", site=site, **result)
 
@@ -364,8 +369,15 @@ def _channel_text(d: dict[str, Any]) -> str:
     done = " (nothing new)"
     if d["imported"]:
         done = f" imported into slot {d['slot']}"
+    elif d.get("restaged"):
+        done = (f" staged again for the persistence watchdog: the staging in the inbox was incomplete or damaged "
+                f"({', '.join(d['repaired'])} written again)")  # fmt: skip
     elif d.get("staged"):
         done = f" staged for the persistence watchdog ({d['downloaded']} of {d['blobs']} blobs downloaded)"
+    elif d.get("waiting"):
+        done = " (nothing new: staged whole, waiting for the persistence watchdog to import it)"
+    elif d.get("superseded"):
+        done = f" (nothing new: the node will not import it, the inbox was emptied: {d['superseded']})"
     return f"channel {d['channel']}: sequence {d['sequence']}, generation {d['generation']}{done}"
 
 

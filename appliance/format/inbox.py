@@ -4,11 +4,13 @@ and how the store's writer treats a staged release it could not import.
 Owns: the inbox layout (docs/design.md §11.6) — the portable layout of §11.1 holding *only* the
 blobs the node lacks, plus the channel's signed ``head.json`` written last (the hand-off point) —,
 ``blobs_to_stage`` (which blobs the network side downloads), ``stale_keys`` (which inbox files
-no longer serve the head), ``retry_import`` (a failure the writer retries with backoff, or a
-refusal it remembers until the head changes), what the writer requires of the inbox itself before
-it imports from it (``inbox_entry_problem``, ``ancestor_problem``, ``inbox_remedy``: owner, mode, no
-symbolic links; docs/design.md §7.2) and the replay rule (``check_not_replayed``: a head older than
-the newest the writer imported). Does no I/O.
+no longer serve the head), ``VerifiedStaging`` (when the network side re-verifies a staging it
+handed off that the store has not imported yet), ``retry_import`` (a failure the writer retries with
+backoff, or a refusal it remembers until the head changes) and ``restage_remedy`` (what fixes a
+damaged staging), what the writer requires of the inbox itself before it imports from it
+(``inbox_entry_problem``, ``expected_kind``, ``ancestor_problem``, ``inbox_remedy``: owner, mode, no
+symbolic links, a file where the layout has a file; docs/design.md §7.2) and the replay rule
+(``check_not_replayed``: a head older than the newest the writer imported). Does no I/O.
 
 Trust: nothing in the inbox is trusted by its reader. The channel program (``appliance-channel``)
 writes it; the persistence watchdog (``appliance-persist``, the store's only writer) imports from
@@ -22,9 +24,16 @@ import stat
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from appliance.errors import ApplianceError, FrameError, HeadError, PartialCheckpointError, StorageError
+from appliance.errors import (
+    ApplianceError,
+    FrameError,
+    HeadError,
+    PartialCheckpointError,
+    SourceUnavailableError,
+    StorageError,
+)
 from appliance.format.digest import Digest
-from appliance.format.portable import BLOBS, BUNDLES, BlobRef, blob_key
+from appliance.format.portable import BLOBS, BUNDLES, BlobRef, BundleName, blob_key, is_fan_dir
 
 INBOX_HEAD = "head.json"  # the channel head the staged bundle belongs to; written last, removed first
 
@@ -42,6 +51,39 @@ def stale_keys(present: Iterable[str], keep_bundle: str | None, keep_blobs: Iter
     return sorted(stale, key=lambda k: (not k.startswith(BUNDLES + "/"), k))
 
 
+REVERIFY_S = 3600.0  # a staging handed off and not imported is hashed again at least this often (bit rot)
+
+
+@dataclass
+class VerifiedStaging:
+    """What the channel program last found whole in its inbox (in memory, ``channel follow --watch``).
+
+    ``seal``: the staging's file identities (inode, size, times) and the store's commit records when it was
+    verified. While a handed-off head is not imported, a pass whose seal is unchanged and younger than
+    ``REVERIFY_S`` skips the re-verification (hashing every staged blob); any change to a staged file (truncated,
+    rewritten, removed) or to the store's checkpoints (the slots a staging relies on) is verified again."""
+
+    seal: object = None
+    at: float = 0.0
+
+    def holds(self, seal: object, now: float) -> bool:
+        return self.seal is not None and seal == self.seal and 0.0 <= now - self.at < REVERIFY_S
+
+    def remember(self, seal: object, now: float) -> None:
+        self.seal, self.at = seal, now
+
+
+def staged_bundle_problem(bundle: BundleName, data: bytes | None, inbox: str) -> str | None:
+    """Why the staged bundle cannot serve the head that names it (``data``: its bytes, ``None`` when it is
+    missing); ``None`` when its SHA-256 is the one the head promises."""
+    where = f"{inbox.rstrip('/')}/{bundle.key}"
+    if data is None:
+        return f"the staged bundle {where} is missing (the head names it)"
+    if Digest.of(data) != bundle.digest:
+        return f"the staged bundle {where} is not the one the head names (truncated, altered or replaced)"
+    return None
+
+
 def retry_import(exc: ApplianceError) -> bool:
     """Whether a failed import of a staged release is retried (with backoff) or remembered as refused.
 
@@ -51,6 +93,21 @@ def retry_import(exc: ApplianceError) -> bool:
     that judges the release itself (signature, key role, head binding, floor, older than the node, model).
     """
     return isinstance(exc, StorageError | FrameError | PartialCheckpointError)
+
+
+def damaged_staging(exc: ApplianceError) -> bool:
+    """A failed import the channel program's next pass repairs: a staged file missing, cut short or not hashing."""
+    return isinstance(exc, FrameError | PartialCheckpointError | SourceUnavailableError)
+
+
+def restage_remedy(inbox: str) -> str:
+    """The remedy of a failed import from a damaged or incomplete staging (there is no export to re-run)."""
+    return (
+        f"nothing was imported; the channel program (appliance-channel) finds the staging in {inbox} incomplete "
+        "on its next pass, downloads the damaged or missing files again and hands the release off again, then "
+        "this watchdog imports it; `appliance channel follow` (as appliance-channel) runs one pass now. If the "
+        "damage returns after a fresh staging, suspect the disk that holds the inbox (check dmesg and its SMART data)"
+    )
 
 
 # --- what the store's writer requires of the inbox itself (docs/design.md §7.2) --------------------
@@ -82,15 +139,32 @@ class InboxOwners:
         return self.channel_user if self.channel_uid is not None else str(self.own_uid)
 
 
+def expected_kind(relative: str) -> str | None:
+    """What the layout has at ``relative`` (a path inside the inbox): ``file`` (the head, a bundle, a blob),
+    ``dir`` (``bundles``, ``blobs``, a blob fan directory), or ``None`` (not the layout's: any file or directory)."""
+    parts = relative.split("/")
+    if parts == [INBOX_HEAD]:
+        return "file"
+    if parts[0] not in (BUNDLES, BLOBS):
+        return None
+    if len(parts) == 1:
+        return "dir"
+    if parts[0] == BUNDLES:
+        return "file" if len(parts) == 2 else None
+    if len(parts) == 2:
+        return "dir" if is_fan_dir(parts[1]) else None
+    return "file" if len(parts) == 3 and is_fan_dir(parts[1]) else None
+
+
 def inbox_entry_problem(
-    what: str, *, mode: int, uid: int, owners: InboxOwners, owner: str = ""
+    what: str, *, mode: int, uid: int, owners: InboxOwners, owner: str = "", expect: str | None = None
 ) -> tuple[str, str] | None:
     """Why the inbox's entry ``what`` (the directory or a staged file, from ``lstat``) must not be imported
-    from, and its kind (``symlink``, ``type``, ``owner``, ``mode``); ``None`` when it is as §7.2 says."""
-    if stat.S_ISLNK(mode):
-        return f"{what} is a symbolic link (never followed in the channel inbox)", "symlink"
-    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        return f"{what} is neither a regular file nor a directory", "type"
+    from, and its kind (``symlink``, ``type``, ``dir``, ``owner``, ``mode``); ``None`` when it is as §7.2 says.
+    ``expect``: ``file`` or ``dir`` where the layout has one there (``expected_kind``)."""
+    wrong = _type_problem(what, mode, owners, expect)
+    if wrong is not None:
+        return wrong
     if not owners.allowed(uid):
         named = f" ({owner})" if owner else ""
         return f"{what} is owned by uid {uid}{named}; expected owner: {owners.describe()}", "owner"
@@ -99,6 +173,19 @@ def inbox_entry_problem(
             f"{what} has mode {stat.S_IMODE(mode):04o}: its group or others may write it; expected "
             f"mode {INBOX_MODE:04o} for the inbox (staged files 0640, directories 0750)"
         ), "mode"
+    return None
+
+
+def _type_problem(what: str, mode: int, owners: InboxOwners, expect: str | None) -> tuple[str, str] | None:
+    if stat.S_ISLNK(mode):
+        wanted = f"; expected a directory owned by {owners.describe()}" if expect == "dir" else ""
+        return f"{what} is a symbolic link (never followed in the channel inbox){wanted}", "symlink"
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        return f"{what} is neither a regular file nor a directory", "type"
+    if expect == "file" and stat.S_ISDIR(mode):
+        return f"{what} is a directory, not the regular file the channel program stages there", "dir"
+    if expect == "dir" and stat.S_ISREG(mode):
+        return f"{what} is a regular file, not a directory", "type"
     return None
 
 
@@ -119,8 +206,18 @@ def ancestor_problem(what: str, *, mode: int, uid: int, owners: InboxOwners, own
 def inbox_remedy(inbox: str, path: str, kind: str, owners: InboxOwners) -> str:
     """The command that makes the inbox as §7.2 says (then the next pass imports what it holds)."""
     then = "; the next pass of the persistence watchdog imports the staged release (nothing was imported)"
-    if kind in {"symlink", "type"}:
-        return f"remove {path} (`rm {path}`): the channel program stages regular files only{then}"
+    if kind in {"symlink", "type"} and path == inbox:
+        return (
+            f"replace {inbox} with a real directory: `rm {inbox} && install -d -m 2750 -o {owners.chown_to} {inbox}` "
+            f"(tmpfiles: d {inbox} 2750 appliance-channel appliance); the channel program stages the release "
+            "there again on its next pass (nothing was imported)"
+        )
+    if kind in {"symlink", "type", "dir"}:
+        rm = "rm -r" if kind == "dir" else "rm"
+        return (
+            f"remove {path} (`{rm} {path}`): the channel program stages regular files only; its next pass stages "
+            "what is missing again, then the persistence watchdog imports the release (nothing was imported)"
+        )
     if kind == "ancestor-mode":
         return f"chmod go-w {path} (or give it the sticky bit), or move the inbox (node.json channel_inbox){then}"
     if kind == "owner" and path != inbox and not path.startswith(inbox.rstrip("/") + "/"):

@@ -5,12 +5,15 @@ Owns: ``ChannelInbox`` — on every pass of the watchdog loop, when node.json na
 ``appliance.remote.inbox.import_staged`` (everything checked again: the inbox is written by
 ``appliance-channel``, whom nothing here trusts), as the store's only writer, under the writer lock
 and never while a boot chooses the checkpoint to serve. Before reading the inbox it checks the inbox
-itself (``inbox_guard.check_inbox``: owner, mode, no symbolic link followed), and it refuses a head
+itself (``inbox_guard.check_inbox``: owner, mode, no symbolic link followed; the head is read through
+``inbox_guard.read_head``, judged the same way first), and it refuses a head
 older than the newest it imported from the channel (``inbox_guard.ImportedHeads``, raised after
 each import). The channel's name and legacy key pin come from ``remote.json`` beside node.json
 (read-only configuration; its credentials are never read here). Outcomes are events:
 ``remote.restored`` (imported into the inactive slot; ``appliance boot`` serves it through the
-canary), ``channel.import_failed`` (retried with backoff) and ``channel.import_refused`` (a release
+canary), ``channel.import_failed`` (retried with backoff; a damaged or incomplete staging has the remedy
+``restage_remedy``: the channel program repairs it and hands it off again, which this retries at once —
+a hand-off is the head's digest and its file's identity) and ``channel.import_refused`` (a release
 refused is remembered until the channel stages another head, an inbox refused for its owner or mode
 is checked again on every pass and reported once per problem), each with the error's remedy; and
 the outcome ``process`` returns (``appliance persist --once`` prints it). Nothing here stops
@@ -24,12 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.errors import ApplianceError, InboxPermissionError, StorageError
+from appliance.errors import ApplianceError, InboxPermissionError, StorageError, UnsafePathError
 from appliance.events import EventLog
 from appliance.format.digest import Digest
-from appliance.format.inbox import retry_import
+from appliance.format.inbox import damaged_staging, restage_remedy, retry_import
 from appliance.persist.committer import Committer
-from appliance.persist.inbox_guard import ImportedHeads, check_inbox, owners_for
+from appliance.persist.inbox_guard import ImportedHeads, check_inbox, owners_for, read_head
 
 if TYPE_CHECKING:
     from appliance.persist.daemon import Backoff
@@ -44,8 +47,8 @@ class ChannelInbox:
         self.path = committer.config.channel_inbox
         self.owners = owners_for(committer.config.channel_user)
         self.backoff = backoff  # daemon.Backoff: first retry after 5 s, doubling
-        self.settled: set[str] = set()  # head digests imported or refused: not tried again
-        self.attempted: str | None = None  # the head digest the backoff counts for
+        self.settled: set[str] = set()  # hand-offs (head digest @ file identity) imported or refused: not tried again
+        self.attempted: str | None = None  # the hand-off the backoff counts for (a new one is tried at once)
         self.unsafe: str | None = None  # the inbox's owner/mode problem last reported (one event per problem)
 
     @property
@@ -77,13 +80,14 @@ class ChannelInbox:
         staged = self._staged()
         if isinstance(staged, dict):
             return staged
-        digest = Digest.of(staged[1]).hex
+        inbox, data, identity = staged
+        digest = f"{Digest.of(data).hex}@{identity}"  # the channel program re-stages: a new hand-off, same bytes
         if digest in self.settled:
             return NOTHING
         if digest != self.attempted:
             self.attempted = digest
-            self.backoff.succeeded()  # a new head: no backoff from the previous one
-        return (*staged, digest)
+            self.backoff.succeeded()  # a new hand-off: no backoff from the previous one
+        return inbox, data, digest
 
     def _check(self, *, deep: bool) -> dict[str, Any] | None:
         """The inbox's owner and mode (``deep``: and of everything in it); an outcome unless it is sound."""
@@ -97,19 +101,22 @@ class ChannelInbox:
         self.unsafe = None
         return NOTHING  # no inbox (yet)
 
-    def _staged(self) -> tuple[LocalStorage, bytes] | dict[str, Any]:
-        """The inbox and the head staged there; an outcome when none is (or the inbox cannot be read: an event)."""
-        from appliance.remote.inbox import open_inbox, read_staged_head
+    def _staged(self) -> tuple[LocalStorage, bytes, str] | dict[str, Any]:
+        """The inbox, the head staged there and its file's identity; an outcome when none is (or the inbox cannot
+        be read: an event). The head is judged like every staged file before it is read (``read_head``)."""
+        from appliance.remote.inbox import open_inbox
 
         try:
             inbox = open_inbox(self.path)
-            data = read_staged_head(inbox) if inbox is not None else None
+            head = read_head(self.path, self.owners) if inbox is not None else None
+        except InboxPermissionError as exc:
+            return self._unsafe(exc)
         except (ApplianceError, OSError) as exc:  # an unreadable inbox never stops persistence
             return self._failed(exc) if not self.backoff.waiting(time.monotonic()) else NOTHING
-        if inbox is None or data is None:
+        if inbox is None or head is None:
             self.unsafe = None  # nothing staged in a sound inbox
             return NOTHING
-        return inbox, data
+        return inbox, *head
 
     def _import(
         self, inbox: LocalStorage, data: bytes, digest: str, progress: Callable[[int], None] | None
@@ -129,6 +136,9 @@ class ChannelInbox:
                 last_seen=memory.seen(prefix), pinned=pinned, progress=progress,
             )  # fmt: skip
             memory.raise_seen(prefix, head.sequence)  # a head older than this one is refused from now on
+        except UnsafePathError as exc:  # a staged file swapped for a link or special file after the check
+            checked = self._check(deep=True)
+            return checked if checked is not None else self._failed(exc)
         except (ApplianceError, OSError) as exc:  # never stops persistence: an event, then backoff or settled
             if not isinstance(exc, ApplianceError) or retry_import(exc):
                 return self._failed(exc)
@@ -158,6 +168,8 @@ class ChannelInbox:
         delay = self.backoff.failed(time.monotonic())
         if not isinstance(exc, ApplianceError):
             exc = StorageError(f"channel inbox {self.path}: {exc}", remedy="check the inbox's file system; retried")
+        elif damaged_staging(exc):  # not the export's wording: an inbox is repaired by the channel program
+            exc = type(exc)(exc.problem, remedy=restage_remedy(str(self.path)))
         outcome = _outcome("failed", exc, inbox=str(self.path), attempt=self.backoff.failures, retry_in_s=delay)
         self.events.emit("channel.import_failed", **{k: v for k, v in outcome.items() if k != "status"})
         return outcome

@@ -230,3 +230,78 @@ def test_a_file_another_real_user_planted_in_the_inbox_is_refused_naming_that_us
     finally:
         if made:
             subprocess.run(["userdel", intruder], capture_output=True, timeout=60, check=False)
+
+
+# --- head.json and the inbox itself go through the same lstat checks (new-user trial 4, N2 and N3) -----------
+
+
+def _make_link(head: Path) -> str:
+    real = head.parent.parent / "head.real"
+    head.rename(real)
+    head.symlink_to(real)
+    return f"`rm {head}`"
+
+
+def _make_dir(head: Path) -> str:
+    head.unlink()
+    head.mkdir()
+    (head / "inside").write_bytes(b"x")
+    return f"`rm -r {head}`"
+
+
+def _make_fifo(head: Path) -> str:
+    head.unlink()
+    os.mkfifo(head, 0o640)
+    return f"`rm {head}`"
+
+
+@pytest.mark.parametrize("make", [_make_link, _make_dir, _make_fifo], ids=["symlink", "directory", "fifo"])
+def test_a_head_json_that_is_no_regular_file_is_refused_as_the_inbox_guard_does_then_restaged(
+    fleet: Fleet, make: Any
+) -> None:
+    node = _node(fleet, "node-h")
+    assert fleet.publish(fleet.release(node, 1000))[0] == 0
+    _follow(node)
+    before, head = _generations(node), node.root / "channel-inbox" / "head.json"
+    rm = make(head)
+    refused = _persist_once(node, 90)["channel_import"]
+    assert refused["status"] == "refused" and refused["error"] == "InboxPermissionError", refused
+    assert str(head) in refused["problem"] and rm in refused["remedy"], refused
+    assert "store files" not in refused["remedy"] and _generations(node) == before
+    assert node.events("channel.import_refused")[-1]["fields"]["exit_code"] == 90
+
+    subprocess.run(["rm", "-r", str(head)], check=True, timeout=60)  # the remedy
+    assert node.cli_json("persist", "--once")[1]["channel_import"]["status"] == "none"  # no head: nothing staged
+    assert _follow(node)["restaged"]  # the channel program hands the release off again
+    assert _persist_once(node)["channel_import"]["generation"] == 1000
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_an_inbox_that_is_a_symbolic_link_is_refused_naming_the_configured_path(fleet: Fleet, relative: bool) -> None:
+    from appliance.node.config import load_config
+
+    node = _node(fleet, "node-l")
+    inbox, real = node.root / "channel-inbox", node.root / "channel-inbox.real"
+    if relative:  # as node.json is often written: relative to its directory (resolved, but not its last component)
+        node.config_path.write_bytes(replace(node.config, channel_inbox="channel-inbox").to_bytes())
+        node = LocalNode(node.root)
+        assert load_config(node.config_path).channel_inbox == str(inbox)
+    assert fleet.publish(fleet.release(node, 1000))[0] == 0
+    _follow(node)
+    inbox.rename(real)
+    inbox.symlink_to(real.name)
+    before = _generations(node)
+
+    refused = _persist_once(node, 90)["channel_import"]
+    assert refused["error"] == "InboxPermissionError" and refused["inbox"] == str(inbox), refused
+    problem, remedy = refused["problem"], refused["remedy"]
+    assert f"channel inbox {inbox} is a symbolic link" in problem and str(real) not in problem, problem
+    assert "expected a directory owned by" in problem and "this process's user" in problem and "root" in problem
+    assert f"rm {inbox} && install -d -m 2750" in remedy and "d " + str(inbox) + " 2750" in remedy, remedy
+    assert _generations(node) == before
+
+    inbox.unlink()  # the remedy: a real directory
+    inbox.mkdir(mode=0o2750)
+    inbox.chmod(0o2750)
+    assert _follow(node)["restaged"]
+    assert _persist_once(node)["channel_import"]["generation"] == 1000

@@ -190,3 +190,140 @@ def test_node_json_names_the_channel_user_the_inbox_belongs_to() -> None:
     for bad in ("", "a/b", "x:y"):
         with pytest.raises(ConfigError, match="channel_user"):
             NodeConfig(channel_user=bad)
+
+
+# --- the layout's files are files, head.json is judged before it is read (trial 4, N2 and N3) ------------
+
+
+def test_the_inbox_layout_says_where_a_file_and_where_a_directory_belong() -> None:
+    from appliance.format.inbox import expected_kind
+
+    fan = "ab" + "0" * 62
+    assert expected_kind("head.json") == "file"
+    assert expected_kind("bundles") == expected_kind("blobs") == expected_kind("blobs/ab") == "dir"
+    assert expected_kind("bundles/1-x.json") == expected_kind(f"blobs/ab/{fan}") == "file"
+    assert expected_kind("notes") is expected_kind("blobs/zz") is expected_kind("bundles/a/b") is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "expect", "kind"),
+    [(stat.S_IFDIR | 0o750, "file", "dir"), (stat.S_IFREG | 0o640, "dir", "type"), (stat.S_IFLNK | 0o777, "dir",
+     "symlink"), (stat.S_IFIFO | 0o640, "file", "type"), (stat.S_IFSOCK | 0o640, None, "type")],
+)  # fmt: skip
+def test_an_entry_of_the_wrong_kind_for_its_place_is_refused(mode: int, expect: str, kind: str) -> None:
+    found = inbox_entry_problem("x", mode=mode, uid=990, owners=OWNERS, expect=expect)
+    assert found is not None and found[1] == kind
+    assert inbox_entry_problem("x", mode=stat.S_IFREG | 0o640, uid=990, owners=OWNERS, expect="file") is None
+
+
+def test_the_remedies_for_a_linked_inbox_and_a_directory_in_a_files_place() -> None:
+    from appliance.format.inbox import inbox_remedy
+
+    linked = inbox_remedy("/var/lib/in", "/var/lib/in", "symlink", OWNERS)
+    assert "rm /var/lib/in && install -d -m 2750 -o appliance-channel /var/lib/in" in linked
+    assert "d /var/lib/in 2750 appliance-channel appliance" in linked
+    assert "`rm -r /var/lib/in/head.json`" in inbox_remedy("/var/lib/in", "/var/lib/in/head.json", "dir", OWNERS)
+    assert "`rm /var/lib/in/head.json`" in inbox_remedy("/var/lib/in", "/var/lib/in/head.json", "symlink", OWNERS)
+
+
+def _head_refusal(inbox: Path) -> InboxPermissionError:
+    from appliance.persist.inbox_guard import read_head
+
+    with pytest.raises(InboxPermissionError) as info:
+        read_head(inbox, owners_for("appliance-channel"))
+    assert info.value.exit_code == 90 and str(inbox / "head.json") in info.value.problem
+    return info.value
+
+
+def test_the_staged_head_is_read_with_its_identity_and_a_new_hand_off_has_another(tmp_path: Path) -> None:
+    from appliance.persist.inbox_guard import read_head
+
+    inbox = _inbox(tmp_path)
+    owners = owners_for("appliance-channel")
+    data, identity = read_head(inbox, owners) or (b"", "")
+    assert data == b"{}"
+    again = inbox / "head.tmp"
+    again.write_bytes(b"{}")
+    again.chmod(0o640)
+    again.rename(inbox / "head.json")  # the channel program writes it again (same bytes, a new file)
+    data2, identity2 = read_head(inbox, owners) or (b"", "")
+    assert data2 == data and identity2 != identity  # the watchdog tries a new hand-off at once
+    (inbox / "head.json").unlink()
+    assert read_head(inbox, owners) is None
+
+
+def test_a_head_json_that_is_a_link_a_directory_or_a_fifo_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    head = inbox / "head.json"
+    secret = tmp_path / "device.key"
+    secret.write_bytes(b"secret")
+    head.unlink()
+    head.symlink_to(secret)
+    assert "symbolic link" in _head_refusal(inbox).problem
+    head.unlink()
+    head.mkdir()
+    exc = _head_refusal(inbox)
+    assert "is a directory" in exc.problem and f"`rm -r {head}`" in exc.remedy
+    head.rmdir()
+    os.mkfifo(head, 0o640)
+    assert "neither a regular file nor a directory" in _head_refusal(inbox).problem  # and never blocks on it
+    head.unlink()
+    head.write_bytes(b"{}")
+    head.chmod(0o666)
+    assert "0666" in _head_refusal(inbox).problem
+
+
+def test_a_staged_bundle_that_is_a_directory_is_refused_by_the_deep_check(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    (inbox / "bundles" / "1-x.json").mkdir(mode=0o750)
+    exc = _refusal(inbox)
+    assert "is a directory" in exc.problem and "`rm -r " in exc.remedy
+
+
+def test_a_relative_channel_inbox_is_made_absolute_without_following_its_last_component(tmp_path: Path) -> None:
+    from appliance.node.config import NodeConfig
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "inbox").symlink_to("real")
+    (tmp_path / "store").symlink_to("real")
+    config = NodeConfig(channel_inbox="inbox", store="store").resolved(tmp_path)
+    assert config.channel_inbox == str(tmp_path.resolve() / "inbox")  # refused as a link, named as configured
+    assert config.store == str(tmp_path.resolve() / "real")  # other paths resolve as before
+
+
+# --- a damaged staging: its remedy, and when the channel program verifies it again ---------------------------
+
+
+def test_a_staged_bundle_missing_or_not_the_heads_is_named() -> None:
+    from appliance.format.digest import Digest
+    from appliance.format.inbox import staged_bundle_problem
+    from appliance.format.portable import BundleName
+
+    name = BundleName(7, Digest.of(b"bundle"))
+    assert staged_bundle_problem(name, b"bundle", "/in") is None
+    assert "is missing" in (staged_bundle_problem(name, None, "/in/") or "")
+    assert f"/in/{name.key} is not the one the head names" in (staged_bundle_problem(name, b"bundl", "/in") or "")
+
+
+def test_a_damaged_staging_is_retried_with_a_remedy_about_the_channel_program_not_an_export() -> None:
+    from appliance.errors import FrameError, PartialCheckpointError, SourceUnavailableError
+    from appliance.format.inbox import damaged_staging, restage_remedy, retry_import
+
+    for exc in (PartialCheckpointError("x"), FrameError("x"), SourceUnavailableError("x")):
+        assert damaged_staging(exc) and retry_import(exc)
+    assert not damaged_staging(HeadError("x")) and not damaged_staging(StorageError("x"))
+    remedy = restage_remedy("/var/lib/in")
+    assert "export" not in remedy and "/var/lib/in" in remedy and "`appliance channel follow`" in remedy
+    assert "disk" in remedy
+
+
+def test_a_verified_staging_is_verified_again_when_anything_changed_or_an_hour_passed() -> None:
+    from appliance.format.inbox import REVERIFY_S, VerifiedStaging
+
+    memo = VerifiedStaging()
+    assert not memo.holds(("seal",), 0.0)  # nothing verified yet: verify
+    memo.remember(("seal",), 100.0)
+    assert memo.holds(("seal",), 100.0 + REVERIFY_S - 1)
+    assert not memo.holds(("other",), 101.0)  # a staged file or the store's records changed
+    assert not memo.holds(("seal",), 100.0 + REVERIFY_S)  # damage a file's metadata does not show (bit rot)
+    assert not memo.holds(("seal",), 99.0)  # a clock that went back
