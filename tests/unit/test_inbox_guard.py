@@ -286,9 +286,10 @@ def test_a_relative_channel_inbox_is_made_absolute_without_following_its_last_co
     (tmp_path / "real").mkdir()
     (tmp_path / "inbox").symlink_to("real")
     (tmp_path / "store").symlink_to("real")
-    config = NodeConfig(channel_inbox="inbox", store="store").resolved(tmp_path)
-    assert config.channel_inbox == str(tmp_path.resolve() / "inbox")  # refused as a link, named as configured
-    assert config.store == str(tmp_path.resolve() / "real")  # other paths resolve as before
+    base = tmp_path.resolve()
+    config = NodeConfig(channel_inbox="inbox", store="store").resolved(base)
+    assert config.channel_inbox == str(base / "inbox")  # refused as a link, named as configured
+    assert config.store == str(base / "store")  # every path lexically: never through the links it names
 
 
 # --- a damaged staging: its remedy, and when the channel program verifies it again ---------------------------
