@@ -133,8 +133,12 @@ class BootRun:
                 self._fall_back(opened, f"{state.attempts - 1} boot attempts did not reach serving")
                 continue
             handoff = Handoff(self.outcome.boot_id, opened.slot, opened.generation, _digest(opened), Admit.BOOT, _utc())
-            start_warming(self.store.storage, opened)  # cold reads overlap the service's start (advisory)
-            trial = run_trial(self.ctx, opened, handoff)
+            warming = start_warming(self.store.storage, opened)  # cold reads overlap the service's start (advisory)
+            try:
+                trial = run_trial(self.ctx, opened, handoff)
+            finally:
+                if warming is not None:
+                    warming.stop()  # nothing of ours reads the slot after the trial
             if trial.ok:
                 return self._serve(opened, handoff, trial)
             if trial.node_fault == KEY_FAULT:

@@ -1,8 +1,9 @@
 """Warming the page cache with the checkpoint another process is about to restore (boot, issue 16).
 
-Owns: ``start_warming`` — a daemon thread that asks the storage to read a checkpoint's frame
-files ahead (``prefetch``: ``POSIX_FADV_WILLNEED`` on local storage), in the order the restore
-reads them, up to a byte budget. Boot calls it for the candidate it is about to hand to the
+Owns: ``start_warming`` / ``Warming`` — a daemon thread (boot stops it after the trial) that asks
+the storage to read a checkpoint's frame files ahead (``prefetch``: ``POSIX_FADV_WILLNEED`` on local
+storage), in the order the restore reads them, up to a byte budget. Boot calls it for the candidate
+it is about to hand to the
 service, so the disk reads of a cold boot overlap the service's interpreter start, torch import
 and model build instead of following them. Advisory only: nothing is read into this process,
 nothing is trusted (the service still hashes every frame before using it), a missing or
@@ -47,7 +48,32 @@ def warm_list(opened: OpenCheckpoint, budget: int) -> list[str]:
     return out
 
 
-def start_warming(storage: Storage, opened: OpenCheckpoint, budget: int | None = None) -> threading.Thread | None:
+class Warming:
+    """The warm-up thread and its stop: boot stops it once the trial is over (the service has read every
+    frame it needed by then), so no read-ahead of ours outlives boot's use of the slot — e.g. keeps a
+    file of an unmounted slot open (a loop-mounted ext4 test found ``umount``: target is busy)."""
+
+    def __init__(self, storage: PrefetchStorage, paths: list[str]) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(storage, paths), name="warm", daemon=True)
+        self._thread.start()
+
+    def _run(self, storage: PrefetchStorage, paths: list[str]) -> None:
+        for path in paths:
+            if self._stop.is_set():
+                return
+            storage.prefetch(path)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the thread to stop after the file it is on, and wait for it (at most ``timeout`` seconds)."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def start_warming(storage: Storage, opened: OpenCheckpoint, budget: int | None = None) -> Warming | None:
     """Start the warm-up thread (``None`` if the storage cannot prefetch or the budget is zero)."""
     if not isinstance(storage, PrefetchStorage):
         return None
@@ -56,7 +82,4 @@ def start_warming(storage: Storage, opened: OpenCheckpoint, budget: int | None =
     paths = warm_list(opened, budget)
     if not paths:
         return None
-    prefetch = storage.prefetch
-    thread = threading.Thread(target=lambda: [prefetch(p) for p in paths], name="warm", daemon=True)
-    thread.start()
-    return thread
+    return Warming(storage, paths)

@@ -75,7 +75,15 @@ class Ext4:
         _run("mount", "-t", "ext4", "-o", "noauto_da_alloc", self.dev, str(self.mnt))
 
     def umount(self) -> None:
-        _run("umount", str(self.mnt))
+        """Unmount; "busy" names who holds the mount (``fuser -vm``) instead of just failing."""
+        proc = subprocess.run(["umount", str(self.mnt)], capture_output=True, text=True, check=False, timeout=60)
+        if proc.returncode != 0:
+            try:
+                who = subprocess.run(["fuser", "-vm", str(self.mnt)], capture_output=True, text=True, check=False)
+                holders = who.stderr.strip()
+            except FileNotFoundError:
+                holders = "(fuser is not installed)"
+            raise RuntimeError(f"umount {self.mnt} failed: {proc.stderr.strip()}; holders: {holders}")
 
     def shutdown(self) -> None:
         fd = os.open(self.mnt, os.O_RDONLY | os.O_DIRECTORY)

@@ -60,3 +60,26 @@ def test_memavailable_is_read_from_meminfo(tmp_path: Path) -> None:
     assert available_memory(meminfo) == 12_000_000 * 1024
     meminfo.write_text("MemTotal: 1 kB\n")
     assert available_memory(meminfo) is None
+
+
+def test_a_stopped_warm_up_reads_nothing_more_and_its_thread_is_gone(tmp_path: Path) -> None:
+    """Boot stops the warm-up after the trial: no read-ahead of ours outlives it (CI: an ext4 slot's
+    umount was "target is busy" while the thread still held a frame file open)."""
+    import threading
+
+    store = _store(tmp_path)
+    opened = store.select().opened
+    gate = threading.Event()
+
+    class Slow(RecordingPrefetch):
+        def prefetch(self, path: str) -> None:
+            gate.wait(5)
+            super().prefetch(path)
+
+    storage = Slow(tmp_path / "s")
+    warming = start_warming(storage, opened, budget=1 << 30)
+    assert warming is not None
+    threading.Timer(0.2, gate.set).start()
+    warming.stop()
+    assert not [t for t in threading.enumerate() if t.name == "warm"]
+    assert len(storage.hints) <= 1 < len(warm_list(opened, 1 << 30))  # at most the file it was on
