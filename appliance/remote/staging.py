@@ -104,8 +104,8 @@ def _resume(
         outcome = _restage(store, remote, inbox, plan, data) if not plan.decision.already else {"tidied": _tidy(inbox)}
     except (OlderCheckpointError, RollbackError) as exc:  # the store will never import it: nothing to hand off
         outcome = {"tidied": _tidy(inbox), "superseded": exc.problem}
-    if memo is not None:
-        memo.remember(_seal(scan(store.storage, store.limits), inbox), time.monotonic())
+    if memo is not None:  # this program never writes the store: the scan above still describes it (or an older one)
+        memo.remember(_seal(found, inbox), time.monotonic())
     return outcome
 
 
