@@ -1,6 +1,7 @@
 """The boot sequence: newest committed checkpoint that verifies and proves itself, else the next, else recovery.
 
-Owns: ``boot`` / ``BootRun`` — under the boot lock: stop the service, scan both slots, walk
+Owns: ``boot`` / ``BootRun`` — under the boot lock: keep a standby service (docs/boot.md §14)
+or stop the service, scan both slots, walk
 candidates newest first (skipping ones marked BAD, in unavailable slots or below the
 anti-rollback floor; refusing ones whose record, signature, model id or frame presence fail),
 count the attempt durably, run a trial (``trial``), then either mark GOOD -> raise the floor ->
@@ -13,8 +14,8 @@ Does not own the state machine (``appliance.format.slotstate``) or the trial mec
 Invariants (docs/boot.md §1):
 * B1 Nothing is served that was not restored with every frame verified and admitted by boot
   after its canary (or restarted by supervisord after being proven GOOD).
-* B2 An attempt is counted durably before the service starts, so a crash of the whole node
-  during restore still uses up an attempt.
+* B2 An attempt is counted durably before the handoff is written (nothing is restored without
+  one), so a crash of the whole node during restore still uses up an attempt.
 * B3 The floor rises only after a GOOD mark, and never above the fallback slot's proven state.
 * B4 A failure before the restore starts blames the service, never a checkpoint.
 """
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from appliance.boot.control import ServiceControl
-from appliance.boot.trial import BLAMELESS_PHASES, Trial, TrialContext, run_trial
+from appliance.boot.trial import BLAMELESS_PHASES, Trial, TrialContext, find_standby, run_trial
 from appliance.errors import (
     ApplianceError,
     KeyUnavailableError,
@@ -105,13 +106,16 @@ class BootRun:
         self.started = ctx.clock()
         self.floor = 0
         self.floor_damaged = False
+        self.standby = 0  # the pid of a standby service the first trial hands its checkpoint to
 
     # --- the sequence ------------------------------------------------------------------
 
     def run(self) -> BootOutcome:
         self.store.good_provider = self.states.good_generations
-        self.ctx.control.stop(self.ctx.config.service_program)
         self.ctx.run.clear_handoff()
+        self.standby = find_standby(self.ctx)  # importing torch and building the model: keep it (§14)
+        if not self.standby:
+            self.ctx.control.stop(self.ctx.config.service_program)
         self.ctx.run.clear_recovery()
         self.floor = self._read_floor()
         self.ctx.events.emit("boot.started", boot_id=self.outcome.boot_id, floor=self.floor)
@@ -135,7 +139,8 @@ class BootRun:
             handoff = Handoff(self.outcome.boot_id, opened.slot, opened.generation, _digest(opened), Admit.BOOT, _utc())
             warming = start_warming(self.store.storage, opened)  # cold reads overlap the service's start (advisory)
             try:
-                trial = run_trial(self.ctx, opened, handoff)
+                standby, self.standby = self.standby, 0  # only the first trial: later ones start afresh
+                trial = run_trial(self.ctx, opened, handoff, standby)
             finally:
                 if warming is not None:
                     warming.stop()  # nothing of ours reads the slot after the trial
@@ -351,15 +356,19 @@ def _digest(opened: OpenCheckpoint) -> str:
 def _service_stages(trial: Trial) -> dict[str, float]:
     """Seconds per stage, in boot order: boot's view of the service start, then its own breakdown.
 
-    ``process_start_s`` is interpreter + imports (torch) up to the handoff read; ``restore_*_cpu_s``
+    ``process_start_s`` is interpreter + imports (torch) up to the model build; ``restore_*_cpu_s``
     are summed over restore workers, so together they can exceed ``restore_s`` (wall time).
+    A standby's (§14) ``standby_wait_s`` is how long it waited, built, for the handoff; its
+    ``service_start_s`` counts from the handoff, so it excludes what the standby did before.
     """
     out = {"service_start_s": trial.seconds.get("service_start_s", 0.0)}
     report = trial.report
     t = report.timings if report else {}
     if "loading" in t and "restoring" in t:
         out["process_start_s"] = t["loading"]
-        out["model_build_s"] = t["restoring"] - t["loading"]
+        out["model_build_s"] = t.get("standby", t["restoring"]) - t["loading"]
+    if "standby" in t and "handoff" in t:
+        out["standby_wait_s"] = t["handoff"] - t["standby"]
     if "restoring" in t and "restored" in t:
         replay_from = t.get("replaying", t["restored"])  # the journal replay (issue 17), when there is one
         out["restore_s"] = replay_from - t["restoring"]

@@ -5,8 +5,10 @@ Owns: ``render`` — the one template for both the shipped production file
 development/test nodes ``appliance node-init`` creates. Does not own starting supervisord
 (systemd's ``appliance-supervisor.service``, or the test harness).
 
-Program policy: the model service is never autostarted (``appliance boot`` starts it after
-choosing a checkpoint) and is restarted by supervisord only after an unexpected exit; the
+Program policy: the model service is autostarted as a *standby* (docs/boot.md §14: it imports
+torch and builds the model, then waits for boot's handoff; it restores and serves nothing
+before), so its start overlaps boot's; boot keeps it for the first trial, or stops it and starts
+it afresh. supervisord restarts it only after an unexpected exit; the
 persistence watchdog always runs (it commits only while a GOOD checkpoint is served, and its
 loop feeds systemd's watchdog); the guard listens for the service's EXITED/FATAL events.
 
@@ -24,7 +26,8 @@ from appliance.boot.privileges import BOOT, PERSIST, SERVE
 
 _TEMPLATE = """\
 ; supervisord configuration for an appliance node (rendered by appliance.boot.supervisord_conf).
-; systemd starts supervisord (appliance-supervisor.service); `appliance boot` starts the model.
+; systemd starts supervisord (appliance-supervisor.service); the model service starts as a standby
+; and restores only what `appliance boot` hands it (docs/boot.md §14).
 
 [unix_http_server]
 file={socket}
@@ -46,7 +49,7 @@ serverurl=unix://{socket}
 [program:{service}]
 ; restore happens inside this process (no CUDA memory IPC on Orin), from the boot's handoff
 command={appliance} serve --config {config}{user_serve}
-autostart=false
+autostart=true
 autorestart=unexpected
 exitcodes=0
 startsecs=1

@@ -9,6 +9,9 @@ itself can cause condemns it — a failed signature, digest or structure check w
 Node and model faults blame no checkpoint: a service that fails before it restores, a model
 whose tensors do not fit (``ModelFaultError``), a model that cannot take the canary input
 (HTTP 422), a configuration or service error (exit codes 10-29 and 65-67).
+Standby (docs/boot.md §14): a service that supervisord started at power-on and that has read
+no handoff (``find_standby``) is kept, so its torch import and model build overlap boot's own
+start and discovery; the trial then only writes the handoff, and the standby restores from it.
 Does not own marking slots or choosing candidates (``sequence``).
 """
 
@@ -19,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from appliance.boot.control import ServiceControl
+from appliance.boot.control import ProcessInfo, ServiceControl
 from appliance.errors import ApplianceError, CanaryFailedError, ControlChannelError, ModelFaultError, ServiceError
 from appliance.events import EventLog
 from appliance.format.canary import Canary, check
@@ -30,7 +33,10 @@ from appliance.node.notify import sd_notify
 from appliance.node.rundir import RunDir
 from appliance.store.discovery import OpenCheckpoint
 
-BLAMELESS_PHASES = frozenset({Phase.STARTING.value, Phase.LOADING.value})
+BLAMELESS_PHASES = frozenset({Phase.STARTING.value, Phase.LOADING.value, Phase.STANDBY.value})
+STANDBY_REPORT_S = 5.0  # how long boot waits for a running service's first report before replacing it
+# What a kept standby may be doing: nothing read from any handoff yet (docs/boot.md §14)
+STANDBY_PHASES = frozenset({Phase.STARTING, Phase.LOADING, Phase.STANDBY})
 MODEL_FAULT_CODES = frozenset({*range(10, 30), *range(51, 55), ServiceError.exit_code, 66, ModelFaultError.exit_code})
 # 51-54: the adaptation journal's key or storage failed — the node's fault, never the checkpoint's
 
@@ -99,14 +105,51 @@ class Trial:
         return str(error.get("node_fault") or "")
 
 
-def run_trial(ctx: TrialContext, opened: OpenCheckpoint, handoff: Handoff) -> Trial:
+def is_standby(info: ProcessInfo, report: ServiceReport | None) -> bool:
+    """Whether the running service ``info`` is a standby boot may keep: its own report names no handoff.
+
+    Pure. ``report`` is the run directory's service report; one from another pid (an earlier
+    process) proves nothing. A service that read any handoff — even one boot has since cleared —
+    restores from it, so it is never kept.
+    """
+    return (
+        info.alive
+        and report is not None
+        and report.pid == info.pid
+        and report.handoff is None
+        and report.phase in STANDBY_PHASES
+    )
+
+
+def find_standby(ctx: TrialContext) -> int:
+    """The pid of a standby service boot may hand its first checkpoint to, else 0 (stop and start as before).
+
+    Call after clearing the handoff. A service that runs but has not reported yet (its
+    interpreter is starting) is waited for up to ``STANDBY_REPORT_S``: its first report says
+    whether it read a handoff before boot cleared it.
+    """
     program = ctx.config.service_program
-    ctx.control.stop(program)
-    ctx.run.clear_report()
+    deadline = ctx.clock() + STANDBY_REPORT_S
+    while True:
+        info = ctx.control.info(program)
+        report = ctx.run.read_report()
+        if not info.alive or (report is not None and report.pid == info.pid) or ctx.clock() > deadline:
+            return info.pid if is_standby(info, report) else 0
+        ctx.sleep(ctx.poll)
+
+
+def run_trial(ctx: TrialContext, opened: OpenCheckpoint, handoff: Handoff, standby: int = 0) -> Trial:
+    """Hand ``handoff`` to the service — the ``standby`` pid when given, else a freshly (re)started one —
+    wait for its verified restore, then run the canary."""
+    program = ctx.config.service_program
+    if not standby:
+        ctx.control.stop(program)
+        ctx.run.clear_report()
     ctx.run.write_handoff(handoff)
     start = ctx.clock()
-    ctx.control.start(program)
-    trial = _wait_restored(ctx, handoff)
+    if not standby:
+        ctx.control.start(program)
+    trial = _wait_restored(ctx, handoff, standby)
     trial.seconds["service_start_s"] = ctx.clock() - start
     if not trial.ok:
         return trial
@@ -116,17 +159,21 @@ def run_trial(ctx: TrialContext, opened: OpenCheckpoint, handoff: Handoff) -> Tr
     return trial
 
 
-def _mine(ctx: TrialContext, boot_id: str) -> ServiceReport | None:
+def _mine(ctx: TrialContext, boot_id: str, pid: int) -> ServiceReport | None:
+    """The service's report about this handoff; or the standby ``pid``'s failure before it took the handoff."""
     report = ctx.run.read_report()
-    return report if report and report.handoff and report.handoff.boot_id == boot_id else None
+    if report and report.handoff and report.handoff.boot_id == boot_id:
+        return report
+    failed_standby = report and pid and report.pid == pid and report.handoff is None and report.phase is Phase.FAILED
+    return report if failed_standby else None
 
 
-def _wait_restored(ctx: TrialContext, handoff: Handoff) -> Trial:
+def _wait_restored(ctx: TrialContext, handoff: Handoff, standby: int = 0) -> Trial:
     deadline = ctx.clock() + ctx.config.ready_timeout
     last_note = 0.0
-    first_pid = 0  # supervisord may restart a dead service before we look: a new pid is a death too
+    first_pid = standby  # supervisord may restart a dead service before we look: a new pid is a death too
     while True:
-        report = _mine(ctx, handoff.boot_id)
+        report = _mine(ctx, handoff.boot_id, first_pid)
         phase = report.phase.value if report else Phase.STARTING.value
         if report and report.phase in (Phase.RESTORED, Phase.SERVING):
             return Trial(True, phase, report=report)
@@ -137,7 +184,7 @@ def _wait_restored(ctx: TrialContext, handoff: Handoff) -> Trial:
         if info.alive and info.pid and info.pid != first_pid:
             return Trial(False, phase, f"the service died while {phase} and was restarted", report)
         if not info.alive:
-            report = _mine(ctx, handoff.boot_id) or report  # it may have reported just before exiting
+            report = _mine(ctx, handoff.boot_id, first_pid) or report  # it may have reported just before exiting
             if report and report.phase is Phase.FAILED:
                 return _failed(report)
             return Trial(

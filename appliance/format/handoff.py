@@ -39,6 +39,7 @@ KEY_FAULT = "key"
 class Phase(str, enum.Enum):
     STARTING = "starting"  # the process runs; heavy imports (torch) are still loading
     LOADING = "loading"  # building the model from its entry point
+    STANDBY = "standby"  # built, no handoff yet: waits for boot's (restores and answers nothing; docs/boot.md §14)
     RESTORING = "restoring"  # reading, hashing and decoding every frame
     REPLAYING = "replaying"  # replaying the adaptation journal onto the restored state (issue 17)
     RESTORED = "restored"  # verified state (and its journal replayed) in memory; answers only the canary

@@ -9,6 +9,10 @@ assign=True)``: no copy, no uninitialised memory first). So a boot pays about
 ``max(interpreter + torch import + model build, verified restore)`` instead of their sum.
 Also owns ``open_handoff`` (shared with ``service.restore``).
 
+A standby service (docs/boot.md §14: started before boot wrote any handoff) starts it with no
+handoff: the thread then polls the run directory every ``HANDOFF_POLL_S`` and restores the
+moment boot's handoff appears, even while torch is still being imported.
+
 Torch-free at import (it runs while torch loads). Not used when the model is built any other
 way (``factory``, or ``meta`` refused): then the buffers are dropped and the restore runs in
 place as before (``service.restore``), which fills tensors of any layout and checks tied
@@ -20,6 +24,7 @@ error of the restore is raised from ``adopt``, which the service calls in its re
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,11 +66,34 @@ class EarlyResult:
     error: BaseException | None = None
 
 
-class EarlyRestore:
-    """The handed-off checkpoint restored into byte buffers on a thread; ``result()`` waits for it."""
+HANDOFF_POLL_S = 0.01  # how often a standby looks for boot's handoff (a failed open(): microseconds)
 
-    def __init__(self, config: NodeConfig, handoff: Handoff) -> None:
-        self.config, self.handoff = config, handoff
+
+def await_handoff(run: RunDir) -> tuple[Handoff, float]:
+    """Poll ``run`` until boot's handoff appears: (handoff, ``time.monotonic()`` when read).
+
+    Raises what ``RunDir.read_handoff`` raises for a present but unreadable handoff.
+    """
+    handoff = run.read_handoff()
+    while handoff is None:
+        time.sleep(HANDOFF_POLL_S)
+        handoff = run.read_handoff()
+    return handoff, time.monotonic()
+
+
+class EarlyRestore:
+    """The handed-off checkpoint restored into byte buffers on a thread; ``result()`` waits for it.
+
+    ``handoff`` None (a standby): the thread first waits for one in ``run``; ``wait_handoff``
+    blocks until it has it, and ``handed_at`` is when (``time.monotonic``).
+    """
+
+    def __init__(self, config: NodeConfig, handoff: Handoff | None, run: RunDir | None = None) -> None:
+        if handoff is None and run is None:
+            raise ValueError("an early restore without a handoff needs the run directory to wait for one")
+        self.config, self.handoff, self.run = config, handoff, run
+        self.handed_at = time.monotonic() if handoff is not None else 0.0
+        self._handed = threading.Event()
         self._result = EarlyResult()
         self._thread = threading.Thread(target=self._run, name="early-restore", daemon=True)
 
@@ -73,11 +101,27 @@ class EarlyRestore:
         self._thread.start()
         return self
 
+    def wait_handoff(self) -> Handoff:
+        """Block until the thread has read boot's handoff; an unreadable one raises its error here."""
+        self._handed.wait()
+        if self.handoff is None:
+            raise self._result.error or ManifestError("the early restore ended without a handoff")
+        return self.handoff
+
+    def _await_handoff(self) -> Handoff:
+        assert self.run is not None
+        self.handoff, self.handed_at = await_handoff(self.run)
+        return self.handoff
+
     def _run(self) -> None:
         out = self._result
         try:
+            try:
+                handoff = self.handoff or self._await_handoff()
+            finally:
+                self._handed.set()
             store = open_node_store(self.config)
-            out.opened = open_handoff(store, self.handoff)
+            out.opened = open_handoff(store, handoff)
             tensors = out.opened.verified.manifest.tensors
             out.buffers = {t.name: np.empty(t.nbytes, dtype=np.uint8) for t in tensors}
             workers = self.config.restore_workers or None
@@ -99,11 +143,14 @@ class EarlyRestore:
 
 
 def start_early_restore(config: NodeConfig, run: RunDir) -> EarlyRestore | None:
-    """Start the early restore when the model will be built on the meta device and a handoff exists."""
+    """Start the early restore when the model will be built on the meta device.
+
+    With a handoff in ``run`` it restores that; without one (a standby) it waits for boot's.
+    """
     if config.model_init != "meta":
         return None
     try:
         handoff = run.read_handoff()
     except Exception:  # the service's bring-up reads it again and reports what is wrong
         return None
-    return EarlyRestore(config, handoff).start() if handoff is not None else None
+    return EarlyRestore(config, handoff, run).start()

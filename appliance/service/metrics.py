@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUTES = frozenset({"/health", "/ready", "/v1/infer", "/v1/adapt"})
-PHASES = ("loading", "restored", "serving", "failed")
+PHASES = ("loading", "standby", "restored", "serving", "failed")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]

@@ -1,10 +1,10 @@
 """The model service's state: phase, model, restore result, and the operations the HTTP app calls.
 
 Owns: ``ServiceRuntime`` — bringing the service up in a background thread (read handoff ->
-build model -> verified restore -> wait for admission), the phase machine
-(loading -> restoring -> restored -> serving, or failed), the model lock, and inference,
-canary, adaptation and export on the model. Does not own HTTP (``app``) or the process
-(``server``). Every phase change is written to the run directory's service report.
+build model -> [standby until boot writes the handoff] -> verified restore -> wait for
+admission), the phase machine (loading -> [standby ->] restoring -> restored -> serving, or
+failed), the model lock, and inference, canary, adaptation and export on the model. Does not
+own HTTP (``app``) or the process (``server``). Every phase change is written to the run directory's service report.
 
 Admission: after a restore the service answers only the canary until boot admits it (the
 first restore of a boot), or admits itself when the handoff says the checkpoint was already
@@ -31,7 +31,7 @@ from appliance.node.config import NodeConfig
 from appliance.node.identity import open_node_store
 from appliance.node.rundir import RunDir
 from appliance.service import export, loader
-from appliance.service.early import EarlyRestore
+from appliance.service.early import EarlyRestore, await_handoff
 from appliance.service.journaling import ServiceJournal
 from appliance.service.modellock import ModelLock
 from appliance.service.restore import Restored, adopt_early, restore_into_model
@@ -93,17 +93,14 @@ class ServiceRuntime:
 
     def bring_up(self) -> None:
         try:
-            self.handoff = self.run.read_handoff()
-            if self.handoff is None:
-                raise ServiceError(
-                    f"no valid handoff in {self.run.path}", remedy="start the service with `appliance boot`"
-                )
+            self.handoff = self.early.handoff if self.early else self.run.read_handoff()
             self._enter(Phase.LOADING)
             built = loader.build(self.config.model, self.config.model_init)
             if self.config.journal_dir:
                 self.journal = ServiceJournal(self.config, self.events)  # key and directory: before any restore
+            handoff = self.handoff or self._await_handoff(built)
             self._enter(Phase.RESTORING)
-            restored = self._restore(built, self.handoff)
+            restored = self._restore(built, handoff)
             self._emit_restored(restored, built.init)
             if self.journal is not None:
                 self._enter(Phase.REPLAYING)
@@ -112,12 +109,27 @@ class ServiceRuntime:
                 self.replay = self.journal.summary(recovery)
             self.model, self.restored = built.model, restored
             self._enter(Phase.RESTORED)
-            if self.handoff.admit is Admit.SELF:
+            if handoff.admit is Admit.SELF:
                 self._serve("self")
         except ApplianceError as exc:
             self._fail(exc)
         except Exception as exc:  # a model or library bug must still end in a report and an exit code
             self._fail(ServiceError(f"unexpected {type(exc).__name__} while {self.phase.value}: {exc}"))
+
+    def _await_handoff(self, built: loader.BuiltModel) -> Handoff:
+        """Standby (docs/boot.md §14): imported and built, wait for boot's handoff; nothing restored or served.
+
+        The early restore's thread (model_init meta) is already waiting for it and restores the
+        moment it appears; otherwise the run directory is polled every ``HANDOFF_POLL_S``.
+        """
+        self._enter(Phase.STANDBY)
+        if self.early is None:
+            handoff, handed_at = await_handoff(self.run)
+        else:
+            handoff, handed_at = self.early.wait_handoff(), self.early.handed_at
+        self.handoff = handoff
+        self.timings["handoff"] = round(handed_at - self._started, 6)
+        return handoff
 
     def _restore(self, built: loader.BuiltModel, handoff: Handoff) -> Restored:
         """The verified restore: the early one's buffers for a meta-built model, else in place."""
