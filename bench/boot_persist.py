@@ -12,8 +12,9 @@ latency seen by a client while each persist ran (vs. at rest: median and p99), t
 goal lines (stderr). Numbers depend on the machine and on what else runs on it; the JSON
 records cpu count and load average next to them.
 
-Issue 16 goals printed: (1) power-on to serving (the boot command's wall time, interpreter
-included) <= the service's verified restore + 1.0 s; (3) request latency while persists run
+Issue 16 goals printed: (1) power-on to serving (from supervisord's spawn, which autostarts the
+standby service, to boot's exit with the service serving; interpreters included) <= the
+service's verified restore + 1.0 s; (3) request latency while persists run
 within 10% of the at-rest median and p99 (all persist rounds pooled; at rest: --rest-s seconds
 before the first export); the delta persists' commit time against the first (full-state) one.
 """
@@ -32,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.localnode import LocalNode
+from appliance.format.handoff import Handoff
+from appliance.node.rundir import RunDir
+from appliance.service.early import EarlyRestore
 
 X = [[0.01 * i for i in range(16)]]
 
@@ -66,16 +70,40 @@ class Load:
 
 
 def boot(node: LocalNode, drop_caches: bool) -> dict[str, Any]:
+    """Power-on as systemd does it: supervisord (with the standby service) and ``appliance boot`` together.
+
+    ``power_on_s``: from supervisord's spawn to boot's exit with the service serving (the
+    goal's figure); ``wall_s_including_cli``: the boot command alone, from its spawn.
+    """
     if drop_caches:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    node.start()
     t0 = time.perf_counter()
+    node.start(wait=False)  # boot waits for supervisord's socket itself, as after systemd's After=
+    t1 = time.perf_counter()
     code, outcome = node.boot(timeout=3600)
     if code != 0:
         raise SystemExit(f"boot failed ({code}): {outcome}")
-    outcome["wall_s_including_cli"] = round(time.perf_counter() - t0, 3)
+    end = time.perf_counter()
+    outcome["power_on_s"] = round(end - t0, 3)
+    outcome["wall_s_including_cli"] = round(end - t1, 3)
     return outcome
+
+
+def restore_alone(node: LocalNode, handoff: Handoff, drop_caches: bool) -> dict[str, Any]:
+    """The served checkpoint's verified restore with nothing else running: the goal's reference.
+
+    The service's own restore overlaps its torch import (standby), so its seconds can be
+    inflated by that contention; this is the same code (``EarlyRestore``) alone, in this process.
+    """
+    if drop_caches:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    t0 = time.perf_counter()
+    result = EarlyRestore(node.config, handoff).start().result()
+    seconds = time.perf_counter() - t0
+    stats = result.stats.to_dict() if result.stats else {}
+    return {"seconds": round(seconds, 3), "bytes": stats.get("raw_bytes"), "stage_seconds": stats.get("stage_seconds")}
 
 
 def p99(values: list[float]) -> float:
@@ -134,6 +162,7 @@ def main() -> None:
     parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before each boot (root)")
     parser.add_argument("--model-init", choices=("factory", "meta"), default="factory", help="node.json model_init")
     parser.add_argument("--rest-s", type=float, default=10.0, help="seconds of requests at rest before the exports")
+    parser.add_argument("--restore-workers", type=int, default=0, help="node.json restore_workers (0: one per CPU)")
     parser.add_argument("--persist-nice", type=int, default=10, help="node.json persist_nice (0: not lowered)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ap-bench-", dir="/tmp"))
@@ -145,6 +174,10 @@ def main() -> None:
         model_init=args.model_init,
         persist_nice=args.persist_nice,
     )
+    if args.restore_workers:
+        doc = json.loads(node.config_path.read_text())
+        node.config_path.write_text(json.dumps(doc | {"restore_workers": args.restore_workers}, indent=2))
+        node = LocalNode(node.root)
     result: dict[str, Any] = {"model": args.model, "model_init": args.model_init, "cpus": os.cpu_count()}
     result["loadavg_start"] = os.getloadavg()
     try:
@@ -154,9 +187,12 @@ def main() -> None:
         result["persist"] = persist_rounds(node, args.exports, args.rest_s)
         node.power_cut()
         result["boot_after_power_cut"] = boot(node, args.drop_caches)
+        handoff = RunDir(node.config.run_dir).read_handoff()
         result["loadavg_end"] = os.getloadavg()
     finally:
         node.stop()
+    if handoff is not None:
+        result["restore_alone"] = restore_alone(node, handoff, args.drop_caches)
     json.dump(result, sys.stdout, indent=2, default=str)
     print()
     for name, met, detail in goals(result):
@@ -166,16 +202,20 @@ def main() -> None:
 def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """The issue 16 goal lines this run can judge."""
     out = []
+    alone = (result.get("restore_alone") or {}).get("seconds")
     for key in ("boot_cold_process", "boot_after_power_cut"):
         boot_ = result.get(key) or {}
-        stages, wall = boot_.get("stages") or {}, boot_.get("wall_s_including_cli")
-        restore = (boot_.get("restore") or {}).get("seconds", stages.get("restore_s"))  # its own wall time
+        stages, wall = boot_.get("stages") or {}, boot_.get("power_on_s")
+        in_service = (boot_.get("restore") or {}).get("seconds", stages.get("restore_s"))  # its own wall time
+        restore = alone if alone is not None else in_service  # never the one inflated by the overlap
         if wall is not None and restore is not None:
             limit = restore + 1.0
             detail = (
-                f"{wall:.2f} s vs verified restore {restore:.2f} s + 1.0 "
-                f"(process start {stages.get('process_start_s', 0):.2f}, "
-                f"model build {stages.get('model_build_s', 0):.2f}, "
+                f"{wall:.2f} s vs verified restore alone {restore:.2f} s + 1.0 "
+                f"(in the service {in_service or 0:.2f} s) "
+                f"(boot command {boot_.get('wall_s_including_cli', 0):.2f}; service: process start "
+                f"{stages.get('process_start_s', 0):.2f}, model build {stages.get('model_build_s', 0):.2f}, "
+                f"standby {stages.get('standby_wait_s', 0):.2f}; "
                 f"discover {stages.get('discover_s', 0):.2f}, canary {stages.get('canary_s', 0):.2f} s)"
             )
             out.append((f"power-on to serving <= verified restore + 1.0 s ({key})", wall <= limit, detail))

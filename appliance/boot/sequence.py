@@ -112,8 +112,8 @@ class BootRun:
 
     def run(self) -> BootOutcome:
         self.store.good_provider = self.states.good_generations
-        self.ctx.run.clear_handoff()
-        self.standby = find_standby(self.ctx)  # importing torch and building the model: keep it (§14)
+        cleared = self.ctx.run.clear_handoff()
+        self.standby = find_standby(self.ctx, cleared)  # importing torch and building the model: keep it (§14)
         if not self.standby:
             self.ctx.control.stop(self.ctx.config.service_program)
         self.ctx.run.clear_recovery()

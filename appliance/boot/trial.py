@@ -105,36 +105,37 @@ class Trial:
         return str(error.get("node_fault") or "")
 
 
-def is_standby(info: ProcessInfo, report: ServiceReport | None) -> bool:
-    """Whether the running service ``info`` is a standby boot may keep: its own report names no handoff.
+def is_standby(info: ProcessInfo, report: ServiceReport | None, handoff_cleared: bool = True) -> bool:
+    """Whether the running service ``info`` is a standby boot may keep (docs/boot.md §14). Pure.
 
-    Pure. ``report`` is the run directory's service report; one from another pid (an earlier
-    process) proves nothing. A service that read any handoff — even one boot has since cleared —
-    restores from it, so it is never kept.
+    ``report``: the run directory's service report; ``handoff_cleared``: boot's clearing removed
+    a handoff, so a process started before may have read it. Kept: a live process whose *own*
+    report names no handoff and says starting/loading/standby; or, when no handoff existed, a
+    live process that has not reported yet (it can have read none). Never kept: one whose report
+    names any handoff (it restores that one).
     """
-    return (
-        info.alive
-        and report is not None
-        and report.pid == info.pid
-        and report.handoff is None
-        and report.phase in STANDBY_PHASES
-    )
+    if not info.alive:
+        return False
+    if report is not None and report.pid == info.pid:
+        return report.handoff is None and report.phase in STANDBY_PHASES
+    return not handoff_cleared
 
 
-def find_standby(ctx: TrialContext) -> int:
+def find_standby(ctx: TrialContext, handoff_cleared: bool) -> int:
     """The pid of a standby service boot may hand its first checkpoint to, else 0 (stop and start as before).
 
-    Call after clearing the handoff. A service that runs but has not reported yet (its
-    interpreter is starting) is waited for up to ``STANDBY_REPORT_S``: its first report says
-    whether it read a handoff before boot cleared it.
+    Call after clearing the handoff (``handoff_cleared``: whether one was there). When one was,
+    a service that runs but has not reported yet (its interpreter is starting) is waited for up
+    to ``STANDBY_REPORT_S``: its first report says whether it read that handoff first.
     """
     program = ctx.config.service_program
     deadline = ctx.clock() + STANDBY_REPORT_S
     while True:
         info = ctx.control.info(program)
         report = ctx.run.read_report()
-        if not info.alive or (report is not None and report.pid == info.pid) or ctx.clock() > deadline:
-            return info.pid if is_standby(info, report) else 0
+        reported = report is not None and report.pid == info.pid
+        if not info.alive or reported or not handoff_cleared or ctx.clock() > deadline:
+            return info.pid if is_standby(info, report, handoff_cleared) else 0
         ctx.sleep(ctx.poll)
 
 

@@ -170,11 +170,14 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_persist(args: argparse.Namespace, out: Output) -> int:
     from appliance.node.priority import lower_priority
+
+    config = load_config(args.config)
+    # Before any thread exists (every thread inherits it) and before torch's import, which would
+    # otherwise compete at full priority with the service's start at power-on (issue 16).
+    priority = lower_priority(config.persist_nice)
     from appliance.persist.committer import Committer
     from appliance.persist.daemon import PersistDaemon
 
-    config = load_config(args.config)
-    priority = lower_priority(config.persist_nice)  # before any thread exists: every thread inherits it
     print(f"appliance persist: running at {priority.describe()}", file=sys.stderr, flush=True)
     events = EventLog(config.event_log, "persist")
     remote: Path = args.remote or args.config.parent / "remote.json"  # the channel the inbox belongs to

@@ -97,7 +97,8 @@ class LocalNode:
 
     # --- supervisord -------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, wait: bool = True) -> None:
+        """Start supervisord (its autostarted programs with it); ``wait``: until it answers RUNNING."""
         log = open(self.root / "log" / "supervisord.stdout", "ab")  # noqa: SIM115 (lives as long as the process)
         self.supervisord = subprocess.Popen(  # noqa: S603 (our own interpreter and config)
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.root / "supervisord.conf")],
@@ -107,7 +108,8 @@ class LocalNode:
             start_new_session=True,
         )
         log.close()
-        SupervisorControl(self.config.supervisor_socket).wait_ready(timeout)
+        if wait:
+            SupervisorControl(self.config.supervisor_socket).wait_ready(timeout)
 
     def control(self) -> SupervisorControl:
         return SupervisorControl(self.config.supervisor_socket)

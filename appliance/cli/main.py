@@ -9,11 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from appliance import __version__
-from appliance.cli import store_commands as sc
 from appliance.cli.output import Output
 from appliance.errors import ApplianceError
-from appliance.signing.keys import KEY_TYPES
-from appliance.store.config import DEFAULT_FRAME_SIZE, DEFAULT_KEEP
 
 Command = Callable[[argparse.Namespace, Output], int]
 
@@ -33,6 +30,9 @@ COMMAND_MODULES: list[str] = [
     "appliance.cli.key_commands",
     "appliance.console.commands",  # the recovery console's verbs (`appliance tech`, `appliance console`)
 ]
+# Programs supervisord and systemd start at power-on (issue 16): their command line is parsed with
+# their own module only, so none of them imports every other command's dependencies first.
+POWER_ON_COMMANDS = dict.fromkeys(("boot", "serve", "persist", "guard"), "appliance.cli.boot_commands")
 
 
 def add_root(p: argparse.ArgumentParser) -> None:
@@ -43,12 +43,25 @@ def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _root_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="appliance", description="Signed, verified, crash-consistent A/B model checkpoints."
     )
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole grammar; for a ``POWER_ON_COMMANDS`` ``command``, only its module's commands."""
+    if command in POWER_ON_COMMANDS:
+        parser, sub = _root_parser()
+        importlib.import_module(POWER_ON_COMMANDS[command]).register(sub)
+        return parser
+    from appliance.cli import store_commands as sc
+    from appliance.signing.keys import KEY_TYPES
+    from appliance.store.config import DEFAULT_FRAME_SIZE, DEFAULT_KEEP
+
+    parser, sub = _root_parser()
 
     p = sub.add_parser("keygen", help="create a signing key pair (KEYFILE, KEYFILE.pub); Ed25519 unless --type")
     p.add_argument("keyfile", type=Path, metavar="KEYFILE")
@@ -108,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from appliance.cli import store_commands as sc
+
     p = sub.add_parser("commit", help="commit a .safetensors file or model directory as a signed checkpoint")
     add_root(p)
     p.add_argument("source", type=Path, metavar="SOURCE")
@@ -193,7 +208,8 @@ def _demo(args: argparse.Namespace, out: Output) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     out = Output(json_mode=getattr(args, "json", False))
     func: Command = args.func

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.errors import LimitExceededError, ManifestError
+from appliance.errors import LimitExceededError, ManifestError, ReservedNameError
 from appliance.format.canonical import canonical_bytes, get_int, require_keys
 from appliance.format.digest import Digest
 from appliance.format.frame import FrameRef
@@ -283,3 +283,10 @@ def validate_directory(
     total = sum(a.size for a in assets)
     if total > limits.assets_max_total_bytes:
         raise LimitExceededError(f"assets total {total} bytes, above the cap of {limits.assets_max_total_bytes}")
+
+
+def check_reserved_names(names: Iterable[str]) -> None:
+    """Refuse names that cannot round-trip through safetensors, before anything is written."""
+    reserved = sorted(RESERVED_TENSOR_NAMES & set(names))
+    if reserved:
+        raise ReservedNameError(f"tensor name {reserved[0]!r} is reserved (safetensors' header key)")

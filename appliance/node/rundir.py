@@ -55,9 +55,12 @@ class RunDir:
         except (FileNotFoundError, ApplianceError, StorageError, OSError):
             return None
 
-    def _remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+    def _remove(self, name: str) -> bool:
+        try:
             (self.path / name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     # --- handoff -------------------------------------------------------------------------
 
@@ -67,8 +70,9 @@ class RunDir:
     def read_handoff(self) -> Handoff | None:
         return _parsed(self._read(HANDOFF), Handoff.from_dict)
 
-    def clear_handoff(self) -> None:
-        self._remove(HANDOFF)
+    def clear_handoff(self) -> bool:
+        """Remove the handoff; whether there was one (a service started before may have read it)."""
+        return self._remove(HANDOFF)
 
     # --- service report ------------------------------------------------------------------
 

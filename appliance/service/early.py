@@ -13,6 +13,11 @@ A standby service (docs/boot.md §14: started before boot wrote any handoff) sta
 handoff: the thread then polls the run directory every ``HANDOFF_POLL_S`` and restores the
 moment boot's handoff appears, even while torch is still being imported.
 
+Priority: the import is one thread on the critical path, the restore is parallel, so the
+early restore runs at niceness ``EARLY_RESTORE_NICE`` (and the matching lower I/O priority;
+``node.priority``): on few cores the import keeps a core and the restore takes the rest. It
+matters only under contention; once torch is loaded the restore has the CPUs to itself.
+
 Torch-free at import (it runs while torch loads). Not used when the model is built any other
 way (``factory``, or ``meta`` refused): then the buffers are dropped and the restore runs in
 place as before (``service.restore``), which fills tensors of any layout and checks tied
@@ -34,6 +39,7 @@ from appliance.errors import CheckpointNotFoundError, ManifestError
 from appliance.format.handoff import Handoff
 from appliance.node.config import NodeConfig
 from appliance.node.identity import open_node_store
+from appliance.node.priority import lower_priority
 from appliance.node.rundir import RunDir
 from appliance.store.discovery import OpenCheckpoint, open_checkpoint
 from appliance.store.restore import RestoreStats, restore_into
@@ -66,6 +72,9 @@ class EarlyResult:
     error: BaseException | None = None
 
 
+# The early restore yields the CPU (and disk) to the torch import it overlaps, but not to the
+# persistence watchdog's start (persist_nice, 10 by default).
+EARLY_RESTORE_NICE = 5
 HANDOFF_POLL_S = 0.01  # how often a standby looks for boot's handoff (a failed open(): microseconds)
 
 
@@ -120,6 +129,7 @@ class EarlyRestore:
                 handoff = self.handoff or self._await_handoff()
             finally:
                 self._handed.set()
+            lower_priority(EARLY_RESTORE_NICE)  # this thread and the workers it starts (they inherit it)
             store = open_node_store(self.config)
             out.opened = open_handoff(store, handoff)
             tensors = out.opened.verified.manifest.tensors

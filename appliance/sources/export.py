@@ -16,9 +16,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from appliance.codec.transform import U8
 from appliance.errors import ApplianceError, ExportFileError
@@ -34,10 +32,12 @@ from appliance.format.export import (
     export_name,
 )
 from appliance.sources.safetensors_io import ImportedModel, export_safetensors, open_model
-from appliance.sources.tensors import byte_view, dtype_name
 from appliance.storage import LocalStorage
 from appliance.store.encode import TensorSource
 from appliance.store.lastcommit import LastCommit
+
+if TYPE_CHECKING:  # torch only in the service's writing half: the persistence watchdog never imports it
+    import torch
 
 
 @dataclass
@@ -55,6 +55,8 @@ Pieces = dict[tuple[int, int], str]  # (offset, size) of a piece of one tensor -
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor], *, chunk: int | None = None, workers: int = 1) -> str:
     """The content digest of ``tensors``: serial (``chunk`` None) or chunked, its pieces on ``workers`` threads."""
+    from appliance.sources.tensors import byte_view, dtype_name  # torch: the service's half only
+
     if chunk is None:
         hasher = ContentHasher()
         for name in sorted(tensors):

@@ -20,11 +20,9 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from appliance.codec.transform import U8
 from appliance.errors import (
@@ -42,6 +40,7 @@ from appliance.format.directory import (
     INDEX_NAME,
     INDEX_REMEDY,
     ShardEntry,
+    check_reserved_names,
     index_defect,
     is_shard_name,
     left_out_shards,
@@ -51,9 +50,11 @@ from appliance.format.dtypes import DTYPES, from_safetensors, safetensors_code
 from appliance.format.shown import shown
 from appliance.format.validate import validate_tensor_name
 from appliance.sources.stable import ShardHeader, StableFile, hash_whole_file, safetensors_offsets
-from appliance.sources.tensors import check_reserved_names, dtype_name
 from appliance.store.encode import TensorSource
 from appliance.store.reread import WholeFileRead
+
+if TYPE_CHECKING:  # torch only to write: the persistence watchdog reads exports without importing it
+    import torch
 
 INDEX_MAX_BYTES = 64 * 1024 * 1024
 DTYPE_REMEDY = (
@@ -316,6 +317,8 @@ def _lazy_source(path: Path, handle: Any, name: str, stable: StableFile, span: t
 
 def check_exportable(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """Refuse, naming it, anything a safetensors file cannot hold (before a byte is written)."""
+    from appliance.sources.tensors import dtype_name  # torch: only writers get here
+
     check_reserved_names(tensors)
     for name, t in tensors.items():
         try:
@@ -343,6 +346,8 @@ def process_umask() -> int:
 def export_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str]) -> Path:
     """Write ``tensors`` to ``path`` atomically (temp file, fsync, rename, fsync directory)."""
     path = Path(path)
+    from safetensors.torch import save_file  # imports torch: only the writers (service, restore) need it
+
     check_exportable(tensors, metadata)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -6,13 +6,13 @@ tensors), allocation of restore destinations, and ``TensorSource`` construction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 
 from appliance.codec.transform import U8
-from appliance.errors import ReservedNameError, TensorMismatchError, UsageError, UserError
-from appliance.format.directory import RESERVED_TENSOR_NAMES
+from appliance.errors import TensorMismatchError, UsageError, UserError
+from appliance.format.directory import check_reserved_names
 from appliance.format.dtypes import DTYPES
 from appliance.format.manifest import TensorEntry
 from appliance.format.shown import a_or_an, shown
@@ -38,13 +38,6 @@ def dtype_name(dtype: torch.dtype) -> str:
             remedy="convert the tensor to a dtype the format knows before saving it",
         )
     return name
-
-
-def check_reserved_names(names: Iterable[str]) -> None:
-    """Refuse names that cannot round-trip through safetensors, before anything is written."""
-    reserved = sorted(RESERVED_TENSOR_NAMES & set(names))
-    if reserved:
-        raise ReservedNameError(f"tensor name {reserved[0]!r} is reserved (safetensors' header key)")
 
 
 def byte_view(t: torch.Tensor) -> U8:
