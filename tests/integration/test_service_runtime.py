@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from appliance.format.canary import check
 from appliance.format.handoff import Admit, Phase
 from appliance.node.config import NodeConfig
 from appliance.node.control_channel import ControlClient
-from appliance.node.rundir import RunDir
+from appliance.node.rundir import HANDOFF, RunDir
 from appliance.service import loader
 from appliance.service.app import create_app
 from appliance.service.control import ControlServer
@@ -91,10 +93,48 @@ def test_checkpoint_for_another_architecture_fails_the_restore(node: NodeConfig)
     assert runtime.error["phase"] == "restoring" and runtime.exit_code == 67
 
 
-def test_missing_handoff_is_a_service_fault(node: NodeConfig) -> None:
-    """Started without a handoff the service fails before loading anything (exit code 65)."""
-    runtime, _ = started(node)
-    assert runtime.phase is Phase.FAILED and runtime.exit_code == 65
+def _standby(config: NodeConfig) -> tuple[ServiceRuntime, threading.Thread]:
+    """A service started without a handoff (as supervisord starts it at power-on), once it is in standby."""
+    runtime = ServiceRuntime(config, early=start_early_restore(config, RunDir(config.run_dir)))
+    thread = runtime.start()
+    deadline = time.monotonic() + 60
+    while runtime.phase is not Phase.STANDBY:
+        assert thread.is_alive() and time.monotonic() < deadline, f"no standby: {runtime.phase} {runtime.error}"
+        time.sleep(0.01)
+    return runtime, thread
+
+
+@pytest.mark.parametrize("model_init", ["factory", "meta"])
+def test_without_a_handoff_the_service_is_a_standby_until_boot_writes_one(node: NodeConfig, model_init: str) -> None:
+    """docs/boot.md §14: built and waiting, it restores and answers nothing (B1); the handoff starts its restore."""
+    config = with_changes(node, model_init=model_init)
+    runtime, thread = _standby(config)
+    client = TestClient(create_app(runtime), base_url="http://localhost")
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["phase"] == "standby"
+    assert client.post("/v1/infer", json=X).status_code == 503
+    assert runtime.restored is None and runtime.handoff is None
+    h = handoff(config, Admit.SELF)
+    thread.join(60)
+    assert runtime.phase is Phase.SERVING and runtime.handoff == h, runtime.error
+    assert runtime.timings["standby"] <= runtime.timings["handoff"] <= runtime.timings["restoring"]
+    assert client.post("/v1/infer", json=X).status_code == 200
+
+
+@pytest.mark.parametrize("model_init", ["factory", "meta"])
+def test_a_damaged_handoff_is_never_acted_on_the_standby_waits_for_a_valid_one(
+    node: NodeConfig, model_init: str
+) -> None:
+    """Boot writes handoffs atomically, so an unreadable one is not boot's: nothing is restored from it."""
+    config = with_changes(node, model_init=model_init)
+    runtime, thread = _standby(config)
+    (Path(config.run_dir) / HANDOFF).write_text("{not json")
+    thread.join(1.0)
+    assert runtime.phase is Phase.STANDBY and runtime.restored is None and runtime.error is None
+    assert runtime.early is None or runtime.early.handoff is None
+    handoff(config, Admit.SELF)
+    thread.join(60)
+    assert runtime.phase is Phase.SERVING, runtime.error
 
 
 def test_export_captures_adapted_state_with_its_canary(node: NodeConfig) -> None:
@@ -226,4 +266,7 @@ def test_no_early_restore_unless_meta(node: NodeConfig) -> None:
     handoff(node)
     assert start_early_restore(node, RunDir(node.run_dir)) is None  # model_init factory: restore in place
     RunDir(node.run_dir).clear_handoff()
-    assert start_early_restore(with_changes(node, model_init="meta"), RunDir(node.run_dir)) is None  # no handoff
+    early = start_early_restore(with_changes(node, model_init="meta"), RunDir(node.run_dir))  # no handoff: waits
+    assert early is not None and early.handoff is None
+    handoff(node)
+    assert early.wait_handoff().generation == 1 and early.result().stats is not None
