@@ -22,6 +22,8 @@ def _imports(code: str) -> set[str]:
 
 def test_the_persistence_watchdog_never_imports_torch() -> None:
     """It reads exports and commits bytes: torch's import (1-2 CPU-s) would compete with the service's start."""
+    pytest.importorskip("torch", reason="without torch installed (the Python 3.10 smoke) this would prove nothing")
+    pytest.importorskip("watchdog", reason="the persistence watchdog's file events need the watchdog package")
     loaded = _imports(
         "from appliance.persist.committer import Committer\nfrom appliance.persist.daemon import PersistDaemon"
     )
