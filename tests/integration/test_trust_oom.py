@@ -65,6 +65,8 @@ def test_oom_kills_do_not_condemn_a_good_slot(node_factory: NodeFactory) -> None
     with memory_cgroup(f"appliance-oom-{os.getpid()}") as group:
         assert node.supervisord is not None
         (group / "cgroup.procs").write_text(str(node.supervisord.pid))  # the service boot starts inherits it
+        # the standby supervisord started before the move is outside the group: boot starts a fresh one inside
+        node.control().stop(node.config.service_program)
         code, outcome = node.boot()
         assert code == 0, outcome
         for n in range(4):
