@@ -105,7 +105,7 @@ class Trial:
         return str(error.get("node_fault") or "")
 
 
-def is_standby(info: ProcessInfo, report: ServiceReport | None, handoff_cleared: bool = True) -> bool:
+def is_standby(info: ProcessInfo, report: ServiceReport | None, handoff_cleared: bool) -> bool:
     """Whether the running service ``info`` is a standby boot may keep (docs/boot.md §14). Pure.
 
     ``report``: the run directory's service report; ``handoff_cleared``: boot's clearing removed

@@ -81,7 +81,8 @@ HANDOFF_POLL_S = 0.01  # how often a standby looks for boot's handoff (a failed 
 def await_handoff(run: RunDir) -> tuple[Handoff, float]:
     """Poll ``run`` until boot's handoff appears: (handoff, ``time.monotonic()`` when read).
 
-    Raises what ``RunDir.read_handoff`` raises for a present but unreadable handoff.
+    An unreadable handoff reads as none (``RunDir.read_handoff``): boot writes atomically, so
+    it is not boot's, and the poll goes on until boot's arrives.
     """
     handoff = run.read_handoff()
     while handoff is None:
@@ -111,7 +112,7 @@ class EarlyRestore:
         return self
 
     def wait_handoff(self) -> Handoff:
-        """Block until the thread has read boot's handoff; an unreadable one raises its error here."""
+        """Block until the thread has read boot's handoff; an error of the thread before then is raised here."""
         self._handed.wait()
         if self.handoff is None:
             raise self._result.error or ManifestError("the early restore ended without a handoff")
